@@ -1,0 +1,309 @@
+//! The session cookie: [`CookiePolicy`] builds `Set-Cookie` values with
+//! secure defaults and reads the session ID from `Cookie` headers only.
+
+use std::time::Duration;
+
+use cookie::{Cookie, SameSite};
+
+use crate::id::SessionId;
+use crate::policy::ConfigError;
+
+/// How long the browser keeps the cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieLifetime {
+    /// `Max-Age` runs to the session's absolute deadline (default). The
+    /// server still enforces the idle timeout.
+    UntilAbsoluteDeadline,
+    /// No `Max-Age`: the browser drops the cookie when it closes.
+    BrowserSession,
+}
+
+/// Attributes of the session cookie.
+///
+/// Defaults: name `__Host-session`, `Secure`, `HttpOnly`, `SameSite=Lax`,
+/// `Path=/`, no `Domain`, `Max-Age` up to the absolute deadline. The
+/// `__Host-` prefix makes browsers refuse the cookie unless it is Secure,
+/// host-only and `Path=/`, which defeats cookie injection from sibling
+/// subdomains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookiePolicy {
+    name: String,
+    secure: bool,
+    http_only: bool,
+    same_site: SameSite,
+    path: String,
+    domain: Option<String>,
+    lifetime: CookieLifetime,
+}
+
+impl Default for CookiePolicy {
+    fn default() -> Self {
+        Self {
+            name: "__Host-session".to_owned(),
+            secure: true,
+            http_only: true,
+            same_site: SameSite::Lax,
+            path: "/".to_owned(),
+            domain: None,
+            lifetime: CookieLifetime::UntilAbsoluteDeadline,
+        }
+    }
+}
+
+impl CookiePolicy {
+    /// A builder starting from the secure defaults.
+    #[must_use]
+    pub fn builder() -> CookiePolicyBuilder {
+        CookiePolicyBuilder(Self::default())
+    }
+
+    /// The cookie name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The `Set-Cookie` that hands `id` to the browser. `max_age` is the time
+    /// left until the absolute deadline (ignored for
+    /// [`CookieLifetime::BrowserSession`]).
+    #[must_use]
+    pub fn session_cookie(&self, id: &SessionId, max_age: Duration) -> Cookie<'static> {
+        let mut c = self.base(id.expose());
+        if self.lifetime == CookieLifetime::UntilAbsoluteDeadline {
+            let secs = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+            c.set_max_age(time::Duration::seconds(secs));
+        }
+        c
+    }
+
+    /// The `Set-Cookie` that makes the browser forget the session cookie
+    /// (empty value, `Max-Age=0`, an expiry in the past, same attributes).
+    #[must_use]
+    pub fn removal_cookie(&self) -> Cookie<'static> {
+        let mut c = self.base(String::new());
+        c.make_removal();
+        c
+    }
+
+    /// Finds the session ID in the values of the request's `Cookie` headers.
+    ///
+    /// Only `Cookie` headers are consulted (never the URL). Cookies with
+    /// other names are ignored; of several cookies with our name, the first
+    /// that parses strictly wins. Malformed values give `None`, never an
+    /// error: a bad cookie means "no session".
+    pub fn find_session_id<'a, I>(&self, cookie_headers: I) -> Option<SessionId>
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
+        cookie_headers
+            .into_iter()
+            .flat_map(Cookie::split_parse)
+            .filter_map(Result::ok)
+            .filter(|c| c.name() == self.name)
+            .find_map(|c| SessionId::parse(c.value()).ok())
+    }
+
+    fn base(&self, value: String) -> Cookie<'static> {
+        let mut c = Cookie::new(self.name.clone(), value);
+        c.set_secure(self.secure);
+        c.set_http_only(self.http_only);
+        c.set_same_site(self.same_site);
+        c.set_path(self.path.clone());
+        if let Some(d) = &self.domain {
+            c.set_domain(d.clone());
+        }
+        c
+    }
+}
+
+/// Builder for [`CookiePolicy`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct CookiePolicyBuilder(CookiePolicy);
+
+impl CookiePolicyBuilder {
+    /// Sets the cookie name (default `__Host-session`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.0.name = name.into();
+        self
+    }
+
+    /// Sets `Secure` (default on). Turning it off is for plain-HTTP local
+    /// development only and is refused for `__Host-`/`__Secure-` names.
+    pub fn secure(mut self, on: bool) -> Self {
+        self.0.secure = on;
+        self
+    }
+
+    /// Sets `HttpOnly` (default on).
+    pub fn http_only(mut self, on: bool) -> Self {
+        self.0.http_only = on;
+        self
+    }
+
+    /// Sets `SameSite` (default `Lax`; `None` requires `Secure`).
+    pub fn same_site(mut self, s: SameSite) -> Self {
+        self.0.same_site = s;
+        self
+    }
+
+    /// Sets `Path` (default `/`; must be `/` for `__Host-` names).
+    pub fn path(mut self, p: impl Into<String>) -> Self {
+        self.0.path = p.into();
+        self
+    }
+
+    /// Sets `Domain` (default none: host-only; refused for `__Host-` names).
+    pub fn domain(mut self, d: impl Into<String>) -> Self {
+        self.0.domain = Some(d.into());
+        self
+    }
+
+    /// Sets the cookie lifetime (default until the absolute deadline).
+    pub fn lifetime(mut self, l: CookieLifetime) -> Self {
+        self.0.lifetime = l;
+        self
+    }
+
+    /// Validates and returns the policy.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Cookie`] for an invalid name, or attributes that the
+    /// name's prefix forbids (browsers would drop such a cookie silently).
+    pub fn build(self) -> Result<CookiePolicy, ConfigError> {
+        let p = self.0;
+        let err = |m: &str| Err(ConfigError::Cookie(m.to_owned()));
+        let token_char = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+        if p.name.is_empty() || !p.name.chars().all(token_char) {
+            return err("cookie name must be a non-empty HTTP token");
+        }
+        if !p.path.starts_with('/') || p.path.contains(';') {
+            return err("cookie path must start with '/' and contain no ';'");
+        }
+        if p.name.starts_with("__Host-") {
+            if !p.secure || p.path != "/" || p.domain.is_some() {
+                return err("a __Host- cookie must be Secure, have Path=/ and no Domain");
+            }
+        } else if p.name.starts_with("__Secure-") && !p.secure {
+            return err("a __Secure- cookie must be Secure");
+        }
+        if p.same_site == SameSite::None && !p.secure {
+            return err("SameSite=None requires Secure");
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_cookie_is_locked_down() {
+        let id = SessionId::generate();
+        let c = CookiePolicy::default().session_cookie(&id, Duration::from_secs(3600));
+        let s = c.to_string();
+        assert!(
+            s.starts_with(&format!("__Host-session={}", id.expose())),
+            "{s}"
+        );
+        for attr in [
+            "Secure",
+            "HttpOnly",
+            "SameSite=Lax",
+            "Path=/",
+            "Max-Age=3600",
+        ] {
+            assert!(s.contains(attr), "{attr} missing in {s}");
+        }
+        assert!(!s.contains("Domain"));
+    }
+
+    #[test]
+    fn removal_cookie_expires_with_same_attributes() {
+        let s = CookiePolicy::default().removal_cookie().to_string();
+        assert!(s.starts_with("__Host-session=;"), "{s}");
+        for attr in ["Max-Age=0", "Secure", "Path=/", "HttpOnly", "Expires="] {
+            assert!(s.contains(attr), "{attr} missing in {s}");
+        }
+    }
+
+    #[test]
+    fn browser_session_lifetime_has_no_max_age() {
+        let p = CookiePolicy::builder()
+            .lifetime(CookieLifetime::BrowserSession)
+            .build()
+            .unwrap();
+        let s = p
+            .session_cookie(&SessionId::generate(), Duration::from_secs(5))
+            .to_string();
+        assert!(!s.contains("Max-Age"));
+    }
+
+    #[test]
+    fn host_prefix_rules_are_enforced() {
+        assert!(CookiePolicy::builder().secure(false).build().is_err());
+        assert!(CookiePolicy::builder()
+            .domain("example.com")
+            .build()
+            .is_err());
+        assert!(CookiePolicy::builder().path("/app").build().is_err());
+        assert!(CookiePolicy::builder()
+            .name("__Secure-s")
+            .secure(false)
+            .build()
+            .is_err());
+        assert!(CookiePolicy::builder().name("bad name").build().is_err());
+        assert!(CookiePolicy::builder().name("").build().is_err());
+        assert!(CookiePolicy::builder()
+            .name("dev")
+            .secure(false)
+            .same_site(SameSite::None)
+            .build()
+            .is_err());
+        let dev = CookiePolicy::builder()
+            .name("dev")
+            .secure(false)
+            .build()
+            .unwrap();
+        assert!(!dev
+            .session_cookie(&SessionId::generate(), Duration::ZERO)
+            .to_string()
+            .contains("Secure"));
+    }
+
+    #[test]
+    fn finds_the_id_among_other_cookies() {
+        let p = CookiePolicy::default();
+        let id = SessionId::generate();
+        let header = format!("a=1; __Host-session={}; b=2", id.expose());
+        assert_eq!(p.find_session_id([header.as_str()]), Some(id.clone()));
+        // In a second Cookie header line.
+        assert_eq!(
+            p.find_session_id(["a=1", header.as_str()]),
+            Some(id.clone())
+        );
+        // A malformed first duplicate does not hide a valid one.
+        let dup = format!("__Host-session=garbage; __Host-session={}", id.expose());
+        assert_eq!(p.find_session_id([dup.as_str()]), Some(id));
+    }
+
+    #[test]
+    fn malformed_values_are_no_session() {
+        let p = CookiePolicy::default();
+        let good = SessionId::generate().expose();
+        for bad in [
+            String::new(),
+            "__Host-session=".to_owned(),
+            "__Host-session=abc".to_owned(),
+            format!("__Host-session={}=", &good[..42]),
+            format!("__Host-session=\"{good}\""),
+            format!("session={good}"),
+            format!("__host-session={good}"),
+            "\u{0}\u{1}; ;;==".to_owned(),
+        ] {
+            assert_eq!(p.find_session_id([bad.as_str()]), None, "{bad:?}");
+        }
+    }
+}

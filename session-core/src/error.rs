@@ -1,0 +1,33 @@
+//! The manager's error type.
+
+use crate::store::StoreError;
+
+/// What can go wrong in a [`SessionManager`](crate::SessionManager) call.
+///
+/// None of the variants carries a session ID, token or session data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The store failed; see the source. For `Unavailable`, check the
+    /// backend server; the request can be retried.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A value could not be serialized into, or deserialized from, the
+    /// session: the type asked for does not match what was stored.
+    #[error("session value (de)serialization failed: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// Login refused: the user already has the maximum number of sessions
+    /// and the policy is [`LimitStrategy::RejectNew`](crate::LimitStrategy).
+    #[error("user already has the maximum of {max} concurrent sessions")]
+    TooManySessions {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// Another request saved this session first and the conflict policy
+    /// gave up. Reload and retry the request, or report it.
+    #[error("session was modified concurrently and the change could not be saved")]
+    Conflict,
+    /// The operation needs a logged-in session.
+    #[error("the session is not logged in")]
+    NotLoggedIn,
+}

@@ -1,0 +1,71 @@
+//! Server-side web sessions with pluggable storage backends.
+//!
+//! - [`id`]: 256-bit session IDs, strictly parsed, redacted everywhere.
+//! - [`key`]: storage keys (one-way hashes of IDs) and audit tags.
+//! - [`record`]: what stores keep, and the id-free per-user summaries.
+//! - [`store`]: the [`SessionStore`] contract every backend implements.
+//! - [`policy`]: timeouts, touch throttling, per-user limits, conflicts.
+//! - [`session`]: one request's typed, change-tracked view of a session.
+//! - [`manager`]: [`SessionManager`], the API applications use.
+//! - [`token`]: one-time tokens for sensitive operations.
+//! - [`cookie`]: the session cookie's attributes and parsing.
+//! - [`clock`]: timestamps and the injectable clock.
+//! - [`memory`]: [`MemoryStore`], the embedded default store.
+//! - `conformance` (feature `conformance`): the suite every backend runs.
+//!
+//! ```
+//! use session_core::{MemoryStore, SessionManager};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), session_core::SessionError> {
+//! let manager = SessionManager::new(MemoryStore::new());
+//!
+//! // Request 1: log in; the response carries the Set-Cookie.
+//! let mut session = manager.start();
+//! manager.login(&mut session, "alice").await?;
+//! session.insert("theme", "dark")?;
+//! manager.commit(&mut session).await?;
+//! let set_cookie = manager.response_cookie(&session).expect("new session");
+//!
+//! // Request 2: the browser sends the cookie back.
+//! let header = format!("{}={}", set_cookie.name(), set_cookie.value());
+//! let session = manager.load_from_cookie_headers([header.as_str()]).await?.expect("logged in");
+//! assert_eq!(session.user_id(), Some("alice"));
+//! assert_eq!(session.get::<String>("theme")?.as_deref(), Some("dark"));
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod cookie;
+pub mod error;
+pub mod id;
+pub mod key;
+pub mod manager;
+pub mod memory;
+pub mod policy;
+pub mod record;
+pub mod session;
+pub mod store;
+pub mod token;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use crate::cookie::{CookieLifetime, CookiePolicy};
+pub use crate::error::SessionError;
+pub use crate::id::{InvalidSessionId, SessionId};
+pub use crate::key::{KeyDeriver, StorageKey};
+pub use crate::manager::{CommitOutcome, SessionManager, SessionManagerBuilder};
+pub use crate::memory::MemoryStore;
+pub use crate::policy::{
+    ConfigError, ConflictPolicy, LimitStrategy, SessionConfig, UserSessionLimit,
+};
+pub use crate::record::{SessionRecord, SessionSummary};
+pub use crate::session::Session;
+pub use crate::store::{BoxError, SessionStore, StoreError, StoreResult};
+pub use crate::token::OneTimeToken;
+
+/// Re-export of the `cookie` crate version used in this API.
+pub use ::cookie as cookie_crate;

@@ -1,0 +1,729 @@
+//! [`SessionManager`]: the API applications use.
+//!
+//! The manager turns cookie values into [`Session`]s, derives storage keys,
+//! serializes data, enforces timeouts with its [`Clock`], rotates IDs,
+//! applies the per-user limit, issues one-time tokens, and writes audit
+//! events to `tracing` (target `session_core::audit`) naming sessions only by
+//! a salted tag.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use cookie::Cookie;
+use tracing::Level;
+
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::cookie::CookiePolicy;
+use crate::error::SessionError;
+use crate::id::SessionId;
+use crate::key::{AuditTagger, KeyDeriver, StorageKey};
+use crate::policy::{ConflictPolicy, LimitStrategy, SessionConfig};
+use crate::record::{SessionRecord, SessionSummary};
+use crate::session::{Field, Payload, Session, State};
+use crate::store::{SessionStore, StoreError};
+use crate::token::{OneTimeToken, TokenEntry};
+
+const AUDIT: &str = "session_core::audit";
+
+/// What [`SessionManager::commit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommitOutcome {
+    /// Nothing to write: no change and no touch due (or a new, empty
+    /// session that was never stored).
+    Unchanged,
+    /// The session was stored for the first time.
+    Created,
+    /// The session's data was written.
+    Updated,
+    /// Only the idle deadline was moved.
+    Touched,
+    /// The session no longer exists on the server (logged out elsewhere,
+    /// expired meanwhile); it is now marked deleted and the cookie should be
+    /// removed.
+    Gone,
+    /// The session had been deleted in this request; nothing written.
+    Deleted,
+}
+
+enum Write {
+    Done,
+    Conflict,
+    Gone,
+}
+
+struct Inner {
+    store: Arc<dyn SessionStore>,
+    config: SessionConfig,
+    cookie: CookiePolicy,
+    keys: KeyDeriver,
+    audit: AuditTagger,
+    clock: Arc<dyn Clock>,
+}
+
+/// Creates, loads, saves and ends sessions. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionManager {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionManager")
+            .field("config", &self.inner.config)
+            .field("cookie", &self.inner.cookie)
+            .field("keys", &self.inner.keys)
+            .field("clock", &self.inner.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builder for [`SessionManager`].
+#[must_use]
+pub struct SessionManagerBuilder {
+    store: Arc<dyn SessionStore>,
+    config: SessionConfig,
+    cookie: CookiePolicy,
+    keys: KeyDeriver,
+    audit: Option<AuditTagger>,
+    clock: Arc<dyn Clock>,
+}
+
+impl SessionManagerBuilder {
+    /// Sets the policies (default: [`SessionConfig::default`]).
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the cookie policy (default: [`CookiePolicy::default`]).
+    pub fn cookie_policy(mut self, cookie: CookiePolicy) -> Self {
+        self.cookie = cookie;
+        self
+    }
+
+    /// Keys the storage-key derivation with an application secret. All
+    /// instances sharing a store must use the same secret; changing it ends
+    /// every session.
+    pub fn key_secret(mut self, secret: &[u8]) -> Self {
+        self.keys = KeyDeriver::with_secret(secret);
+        self
+    }
+
+    /// Sets the salt of audit tags (default: random per process).
+    pub fn audit_salt(mut self, salt: &[u8]) -> Self {
+        self.audit = Some(AuditTagger::with_salt(salt));
+        self
+    }
+
+    /// Sets the clock (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Builds the manager.
+    pub fn build(self) -> SessionManager {
+        SessionManager {
+            inner: Arc::new(Inner {
+                store: self.store,
+                config: self.config,
+                cookie: self.cookie,
+                keys: self.keys,
+                audit: self.audit.unwrap_or_else(AuditTagger::random),
+                clock: self.clock,
+            }),
+        }
+    }
+}
+
+impl SessionManager {
+    /// A manager with the default policies over `store`.
+    pub fn new(store: impl SessionStore) -> Self {
+        Self::builder(store).build()
+    }
+
+    /// A builder over `store` (any store, `Arc<S>` or `Arc<dyn SessionStore>`).
+    pub fn builder(store: impl SessionStore) -> SessionManagerBuilder {
+        Self::builder_arc(Arc::new(store))
+    }
+
+    /// A builder over a shared trait object.
+    pub fn builder_arc(store: Arc<dyn SessionStore>) -> SessionManagerBuilder {
+        SessionManagerBuilder {
+            store,
+            config: SessionConfig::default(),
+            cookie: CookiePolicy::default(),
+            keys: KeyDeriver::new(),
+            audit: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.inner.store
+    }
+
+    /// The policies.
+    #[must_use]
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.config
+    }
+
+    /// The cookie policy.
+    #[must_use]
+    pub fn cookie_policy(&self) -> &CookiePolicy {
+        &self.inner.cookie
+    }
+
+    /// The current time on the manager's clock.
+    #[must_use]
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// The storage key for `id`.
+    #[must_use]
+    pub fn storage_key(&self, id: &SessionId) -> StorageKey {
+        self.inner.keys.derive(id)
+    }
+
+    /// Starts a new, empty session with a fresh ID. Nothing is stored until
+    /// a commit has something to save, so anonymous requests that never
+    /// write cost no store round trip and get no cookie.
+    pub fn start(&self) -> Session {
+        let id = SessionId::generate();
+        let now = self.now();
+        let cfg = &self.inner.config;
+        let absolute_deadline = now.saturating_add(cfg.absolute_timeout);
+        Session {
+            key: self.storage_key(&id),
+            id,
+            state: State::New,
+            payload: Payload::default(),
+            changes: HashMap::new(),
+            user_id: None,
+            created_at: now,
+            last_access: now,
+            idle_deadline: now.saturating_add(cfg.idle_timeout).min(absolute_deadline),
+            absolute_deadline,
+            touch_due: false,
+            id_changed: true,
+        }
+    }
+
+    /// Loads the session named by a raw cookie value.
+    ///
+    /// Malformed, unknown, expired or unreadable values give `Ok(None)`:
+    /// "no session", never an error page. A client-chosen ID is never
+    /// adopted: callers start a fresh session instead.
+    ///
+    /// # Errors
+    ///
+    /// Only store failures ([`SessionError::Store`]), so the application can
+    /// answer 500 rather than silently logging the user out.
+    pub async fn load_cookie_value(&self, value: &str) -> Result<Option<Session>, SessionError> {
+        match SessionId::parse(value) {
+            Ok(id) => self.load(&id).await,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Loads the session named by the request's `Cookie` header values.
+    ///
+    /// # Errors
+    ///
+    /// As [`SessionManager::load_cookie_value`].
+    pub async fn load_from_cookie_headers<'a, I>(
+        &self,
+        headers: I,
+    ) -> Result<Option<Session>, SessionError>
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
+        match self.inner.cookie.find_session_id(headers) {
+            Some(id) => self.load(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Loads the session with ID `id`, or `None` if it does not exist, has
+    /// expired (by the manager's clock, whatever the store thinks), or
+    /// cannot be decoded.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`] when the store fails.
+    pub async fn load(&self, id: &SessionId) -> Result<Option<Session>, SessionError> {
+        let key = self.storage_key(id);
+        let Some(record) = self.load_record(&key).await? else {
+            return Ok(None);
+        };
+        let Some(payload) = self.decode(&key, &record) else {
+            return Ok(None);
+        };
+        let now = self.now();
+        Ok(Some(Session {
+            id: id.clone(),
+            key,
+            state: State::Stored(record.version),
+            payload,
+            changes: HashMap::new(),
+            touch_due: now.duration_since(record.last_access) >= self.inner.config.touch_interval,
+            user_id: record.user_id,
+            created_at: record.created_at,
+            last_access: record.last_access,
+            idle_deadline: record.idle_deadline,
+            absolute_deadline: record.absolute_deadline,
+            id_changed: false,
+        }))
+    }
+
+    async fn load_record(&self, key: &StorageKey) -> Result<Option<SessionRecord>, SessionError> {
+        let record = match self.inner.store.load(key).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(StoreError::Corrupt(why)) => {
+                self.warn_unreadable(key, &why);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if record.is_expired_at(self.now()) {
+            self.audit("expired", key, record.user_id.as_deref());
+            // Best effort: the store would drop it anyway.
+            let _ = self.inner.store.delete(key).await;
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    fn decode(&self, key: &StorageKey, record: &SessionRecord) -> Option<Payload> {
+        match Payload::decode(&record.data) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.warn_unreadable(key, &e.to_string());
+                None
+            }
+        }
+    }
+
+    fn warn_unreadable(&self, key: &StorageKey, why: &str) {
+        if tracing::enabled!(target: AUDIT, Level::WARN) {
+            let session = self.inner.audit.tag(key);
+            tracing::warn!(target: AUDIT, event = "unreadable", %session, reason = why, "session record unreadable; treated as no session");
+        }
+    }
+
+    /// Saves the session: creates it if new and non-empty, writes it if
+    /// changed, otherwise touches it if the touch interval has passed,
+    /// otherwise does nothing.
+    ///
+    /// On a version conflict the configured [`ConflictPolicy`] applies.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Conflict`] when the policy gives up,
+    /// [`SessionError::Store`] when the store fails.
+    pub async fn commit(&self, session: &mut Session) -> Result<CommitOutcome, SessionError> {
+        match session.state {
+            State::Deleted => return Ok(CommitOutcome::Deleted),
+            State::New if session.changes.is_empty() => return Ok(CommitOutcome::Unchanged),
+            State::Stored(_) if session.changes.is_empty() => {
+                return self.touch(session).await;
+            }
+            _ => {}
+        }
+        let was_new = session.is_new();
+        let max_attempts = match self.inner.config.conflict {
+            ConflictPolicy::Fail => 1,
+            ConflictPolicy::MergeChanges { max_attempts } => max_attempts,
+        };
+        let mut attempt = 1;
+        loop {
+            match self.try_write(session).await? {
+                Write::Done if was_new => return Ok(CommitOutcome::Created),
+                Write::Done => return Ok(CommitOutcome::Updated),
+                Write::Gone => return Ok(self.mark_gone(session)),
+                Write::Conflict if attempt >= max_attempts => return Err(SessionError::Conflict),
+                Write::Conflict => {
+                    attempt += 1;
+                    if !self.refresh(session).await? {
+                        return Ok(self.mark_gone(session));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn touch(&self, session: &mut Session) -> Result<CommitOutcome, SessionError> {
+        if !session.touch_due {
+            return Ok(CommitOutcome::Unchanged);
+        }
+        let now = self.now();
+        let idle = self.idle_deadline(now, session.absolute_deadline);
+        match self.inner.store.touch(&session.key, now, idle).await {
+            Ok(()) => {
+                session.last_access = now;
+                session.idle_deadline = idle;
+                session.touch_due = false;
+                Ok(CommitOutcome::Touched)
+            }
+            Err(StoreError::NotFound) => Ok(self.mark_gone(session)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn idle_deadline(&self, now: Timestamp, absolute: Timestamp) -> Timestamp {
+        now.saturating_add(self.inner.config.idle_timeout)
+            .min(absolute)
+    }
+
+    fn mark_gone(&self, session: &mut Session) -> CommitOutcome {
+        session.state = State::Deleted;
+        session.changes.clear();
+        CommitOutcome::Gone
+    }
+
+    /// One write attempt of the session as it stands.
+    async fn try_write(&self, session: &mut Session) -> Result<Write, SessionError> {
+        let now = self.now();
+        session.last_access = now;
+        session.idle_deadline = self.idle_deadline(now, session.absolute_deadline);
+        match session.state {
+            State::Deleted => Ok(Write::Gone),
+            State::New => {
+                self.create(session).await?;
+                self.audit("created", &session.key, session.user_id.as_deref());
+                Ok(Write::Done)
+            }
+            State::Stored(version) => {
+                let record = session.to_record(version + 1)?;
+                match self
+                    .inner
+                    .store
+                    .update(&session.key, version, &record)
+                    .await
+                {
+                    Ok(()) => {
+                        session.state = State::Stored(version + 1);
+                        session.changes.clear();
+                        session.touch_due = false;
+                        Ok(Write::Done)
+                    }
+                    Err(StoreError::Conflict) => Ok(Write::Conflict),
+                    Err(StoreError::NotFound) => Ok(Write::Gone),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Stores the session under its (new) key as version 1, drawing a new ID
+    /// in the astronomically unlikely case that the key is taken.
+    async fn create(&self, session: &mut Session) -> Result<(), SessionError> {
+        let record = session.to_record(1)?;
+        for _ in 0..3 {
+            match self.inner.store.create(&session.key, &record).await {
+                Ok(()) => {
+                    session.state = State::Stored(1);
+                    session.changes.clear();
+                    session.touch_due = false;
+                    session.id_changed = true;
+                    return Ok(());
+                }
+                Err(StoreError::AlreadyExists) => {
+                    session.id = SessionId::generate();
+                    session.key = self.storage_key(&session.id);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::AlreadyExists.into())
+    }
+
+    /// Reloads the stored record and re-applies pending changes on top.
+    /// Returns `false` if the session is gone.
+    async fn refresh(&self, session: &mut Session) -> Result<bool, SessionError> {
+        let Some(record) = self.load_record(&session.key).await? else {
+            return Ok(false);
+        };
+        let Some(payload) = self.decode(&session.key, &record) else {
+            return Ok(false);
+        };
+        session.rebase(payload);
+        session.state = State::Stored(record.version);
+        session.last_access = record.last_access;
+        session.idle_deadline = record.idle_deadline;
+        session.absolute_deadline = record.absolute_deadline;
+        Ok(true)
+    }
+
+    /// Gives the session a new ID; the old ID stops working at once. Data,
+    /// user and deadlines carry over. Use after any privilege change.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`]; if the old record could not be deleted the
+    /// error is returned and the new cookie must not be sent.
+    pub async fn rotate(&self, session: &mut Session) -> Result<(), SessionError> {
+        let old = session.key.clone();
+        self.replace_id(session).await?;
+        if !session.is_new() {
+            self.audit_rotated(&old, &session.key, session.user_id.as_deref());
+        }
+        Ok(())
+    }
+
+    /// Moves the session to a fresh ID: stores it under the new key first,
+    /// then deletes the old one.
+    async fn replace_id(&self, session: &mut Session) -> Result<(), SessionError> {
+        let old_key = session.key.clone();
+        let was_stored = matches!(session.state, State::Stored(_));
+        session.id = SessionId::generate();
+        session.key = self.storage_key(&session.id);
+        session.id_changed = true;
+        match session.state {
+            State::Deleted => return Ok(()),
+            State::New if session.user_id.is_none() && session.changes.is_empty() => return Ok(()),
+            _ => {}
+        }
+        session.state = State::New;
+        let now = self.now();
+        session.last_access = now;
+        session.idle_deadline = self.idle_deadline(now, session.absolute_deadline);
+        self.create(session).await?;
+        if was_stored {
+            self.inner.store.delete(&old_key).await?;
+        }
+        Ok(())
+    }
+
+    /// Logs the session in as `user_id`: applies the per-user limit, gives
+    /// the session a fresh ID whatever it was before (no fixation), binds the
+    /// user, restarts the absolute lifetime and drops outstanding one-time
+    /// tokens. Data stored before login carries over.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::TooManySessions`] under
+    /// [`LimitStrategy::RejectNew`]; [`SessionError::Store`].
+    pub async fn login(&self, session: &mut Session, user_id: &str) -> Result<(), SessionError> {
+        let limit = self.inner.config.user_limit;
+        if let Some(l) = limit.filter(|l| l.strategy == LimitStrategy::RejectNew) {
+            let others = self
+                .list_user_sessions(user_id)
+                .await?
+                .into_iter()
+                .filter(|s| s.key != session.key)
+                .count();
+            if others >= l.max.get() {
+                self.audit("login_rejected", &session.key, Some(user_id));
+                return Err(SessionError::TooManySessions { max: l.max.get() });
+            }
+        }
+        let now = self.now();
+        let cfg = &self.inner.config;
+        if session.state == State::Deleted {
+            session.state = State::New;
+            session.payload = Payload::default();
+            session.changes.clear();
+        }
+        session.user_id = Some(user_id.to_owned());
+        session.created_at = now;
+        session.absolute_deadline = now.saturating_add(cfg.absolute_timeout);
+        for purpose in session.payload.tokens.keys().cloned().collect::<Vec<_>>() {
+            session.set_token(&purpose, None);
+        }
+        self.replace_id(session).await?;
+        self.audit("logged_in", &session.key, Some(user_id));
+        if let Some(l) = limit.filter(|l| l.strategy == LimitStrategy::EvictOldest) {
+            let mut others: Vec<SessionSummary> = self
+                .list_user_sessions(user_id)
+                .await?
+                .into_iter()
+                .filter(|s| s.key != session.key)
+                .collect();
+            let excess = (others.len() + 1).saturating_sub(l.max.get());
+            others.sort_by_key(|s| (s.created_at, s.last_access));
+            for victim in others.into_iter().take(excess) {
+                self.inner.store.delete(&victim.key).await?;
+                self.audit("evicted", &victim.key, Some(user_id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the session on the server; the response should carry the
+    /// removal cookie ([`SessionManager::response_cookie`] gives it).
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`].
+    pub async fn logout(&self, session: &mut Session) -> Result<(), SessionError> {
+        if matches!(session.state, State::Stored(_)) {
+            self.inner.store.delete(&session.key).await?;
+            self.audit("logged_out", &session.key, session.user_id.as_deref());
+        }
+        session.state = State::Deleted;
+        session.changes.clear();
+        Ok(())
+    }
+
+    /// Ends every session of the session's user, this one included; returns
+    /// how many were ended.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotLoggedIn`] for an anonymous session;
+    /// [`SessionError::Store`].
+    pub async fn logout_everywhere(&self, session: &mut Session) -> Result<u64, SessionError> {
+        let user = session.user_id.clone().ok_or(SessionError::NotLoggedIn)?;
+        let n = self.logout_user(&user).await?;
+        // The index may lag on some backends; make sure this one is gone.
+        self.inner.store.delete(&session.key).await?;
+        session.state = State::Deleted;
+        session.changes.clear();
+        Ok(n)
+    }
+
+    /// Ends every session of `user_id` (an administrator's "sign out
+    /// everywhere"); returns how many were ended.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`].
+    pub async fn logout_user(&self, user_id: &str) -> Result<u64, SessionError> {
+        let n = self.inner.store.delete_user(user_id).await?;
+        if tracing::enabled!(target: AUDIT, Level::INFO) {
+            tracing::info!(target: AUDIT, event = "logged_out_everywhere", user = user_id, sessions = n);
+        }
+        Ok(n)
+    }
+
+    /// Ends one session by its storage key (a "sign out that device"
+    /// button fed from [`SessionManager::list_user_sessions`]). Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`].
+    pub async fn end_session(&self, key: &StorageKey) -> Result<(), SessionError> {
+        self.inner.store.delete(key).await?;
+        self.audit("ended", key, None);
+        Ok(())
+    }
+
+    /// The live sessions of `user_id`, oldest first, without IDs.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`].
+    pub async fn list_user_sessions(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<SessionSummary>, SessionError> {
+        let now = self.now();
+        let mut list: Vec<SessionSummary> = self
+            .inner
+            .store
+            .list_user(user_id)
+            .await?
+            .into_iter()
+            .filter(|s| now < s.expires_at())
+            .collect();
+        list.sort_by_key(|s| s.created_at);
+        Ok(list)
+    }
+
+    /// Issues a one-time token for `purpose` (replacing any outstanding one
+    /// for the same purpose). It lives for the configured token lifetime,
+    /// never beyond the session, and is saved by the next commit.
+    pub fn issue_token(&self, session: &mut Session, purpose: &str) -> OneTimeToken {
+        let (token, hash) = OneTimeToken::generate();
+        let session_end = session.absolute_deadline;
+        let expires_at = self
+            .now()
+            .saturating_add(self.inner.config.token_ttl)
+            .min(session_end);
+        session.set_token(purpose, Some(TokenEntry { hash, expires_at }));
+        token
+    }
+
+    /// Verifies `presented` against the token issued for `purpose` in
+    /// constant time and consumes it. Returns `true` exactly once per
+    /// issued token, even when concurrent requests present it: the
+    /// consumption is committed at once with a strict version check.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Store`]; [`SessionError::Conflict`] if the session
+    /// keeps changing under us.
+    pub async fn consume_token(
+        &self,
+        session: &mut Session,
+        purpose: &str,
+        presented: &str,
+    ) -> Result<bool, SessionError> {
+        for _ in 0..8 {
+            let now = self.now();
+            let valid = session
+                .payload
+                .tokens
+                .get(purpose)
+                .is_some_and(|e| e.accepts(presented, now));
+            if !valid {
+                return Ok(false);
+            }
+            session.set_token(purpose, None);
+            match self.try_write(session).await? {
+                Write::Done => return Ok(true),
+                Write::Gone => {
+                    self.mark_gone(session);
+                    return Ok(false);
+                }
+                Write::Conflict => {
+                    // Forget our removal and look at the latest state: the
+                    // other writer may have consumed the token.
+                    session.changes.remove(&Field::Token(purpose.to_owned()));
+                    if !self.refresh(session).await? {
+                        self.mark_gone(session);
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Err(SessionError::Conflict)
+    }
+
+    /// The `Set-Cookie` the response needs after commit, if any: the session
+    /// cookie when the ID is new to the client, the removal cookie when the
+    /// session ended.
+    #[must_use]
+    pub fn response_cookie(&self, session: &Session) -> Option<Cookie<'static>> {
+        match session.state {
+            State::Deleted => Some(self.inner.cookie.removal_cookie()),
+            State::Stored(_) if session.id_changed => {
+                let left = session.absolute_deadline.duration_since(self.now());
+                Some(self.inner.cookie.session_cookie(&session.id, left))
+            }
+            _ => None,
+        }
+    }
+
+    fn audit(&self, event: &'static str, key: &StorageKey, user: Option<&str>) {
+        if tracing::enabled!(target: AUDIT, Level::INFO) {
+            let session = self.inner.audit.tag(key);
+            tracing::info!(target: AUDIT, event, %session, user = user.unwrap_or("-"));
+        }
+    }
+
+    fn audit_rotated(&self, from: &StorageKey, to: &StorageKey, user: Option<&str>) {
+        if tracing::enabled!(target: AUDIT, Level::INFO) {
+            let a = &self.inner.audit;
+            tracing::info!(target: AUDIT, event = "rotated", from = %a.tag(from), session = %a.tag(to), user = user.unwrap_or("-"));
+        }
+    }
+}

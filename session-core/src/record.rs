@@ -1,0 +1,222 @@
+//! What a store keeps: [`SessionRecord`] (opaque bytes plus metadata) and the
+//! id-free [`SessionSummary`] returned by the per-user index.
+
+use bytes::Bytes;
+
+use crate::clock::Timestamp;
+use crate::key::StorageKey;
+use crate::store::StoreError;
+
+/// One stored session.
+///
+/// `data` is opaque to stores: the manager serializes the session's values
+/// into it (and `session-encrypted` turns it into ciphertext). The metadata is
+/// what stores need to expire, index and version the record.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The serialized session data. Stores must round-trip it byte for byte.
+    pub data: Bytes,
+    /// The user this session is bound to, if logged in. Stores index it.
+    /// It is fixed when the record is created: [`update`] never changes it.
+    ///
+    /// [`update`]: crate::SessionStore::update
+    pub user_id: Option<String>,
+    /// When the session was created.
+    pub created_at: Timestamp,
+    /// When the session was last used (as of the last write or touch).
+    pub last_access: Timestamp,
+    /// The session ends at this instant unless touched again.
+    pub idle_deadline: Timestamp,
+    /// The session ends at this instant whatever happens.
+    pub absolute_deadline: Timestamp,
+    /// Optimistic-concurrency version; the manager starts at 1 and bumps it
+    /// on every update.
+    pub version: u64,
+}
+
+impl SessionRecord {
+    /// The instant the record stops being loadable: the earlier deadline.
+    #[must_use]
+    pub fn expires_at(&self) -> Timestamp {
+        self.idle_deadline.min(self.absolute_deadline)
+    }
+
+    /// Whether the record has expired at `now` (a deadline is exclusive: a
+    /// record is dead *at* its deadline).
+    #[must_use]
+    pub fn is_expired_at(&self, now: Timestamp) -> bool {
+        now >= self.expires_at()
+    }
+
+    /// The id-free summary of this record, stored under `key`.
+    #[must_use]
+    pub fn summary(&self, key: &StorageKey) -> SessionSummary {
+        SessionSummary {
+            key: key.clone(),
+            created_at: self.created_at,
+            last_access: self.last_access,
+            idle_deadline: self.idle_deadline,
+            absolute_deadline: self.absolute_deadline,
+        }
+    }
+
+    /// Encodes the whole record into one self-describing byte string, for
+    /// stores that keep a record as a single value (Memcached, files).
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let user = self.user_id.as_deref().unwrap_or("").as_bytes();
+        let mut out = Vec::with_capacity(HEADER_LEN + user.len() + self.data.len());
+        out.push(FORMAT_V1);
+        out.push(u8::from(self.user_id.is_some()));
+        out.extend_from_slice(&self.version.to_be_bytes());
+        for t in [
+            self.created_at,
+            self.last_access,
+            self.idle_deadline,
+            self.absolute_deadline,
+        ] {
+            out.extend_from_slice(&t.as_unix_millis().to_be_bytes());
+        }
+        out.extend_from_slice(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(user);
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    /// Decodes what [`SessionRecord::encode`] produced.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Corrupt`] for truncated or unknown input; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |why: &str| StoreError::Corrupt(format!("encoded record: {why}"));
+        if bytes.len() < HEADER_LEN {
+            return Err(corrupt("truncated header"));
+        }
+        if bytes[0] != FORMAT_V1 {
+            return Err(corrupt("unknown format version"));
+        }
+        let has_user = match bytes[1] {
+            0 => false,
+            1 => true,
+            _ => return Err(corrupt("bad user flag")),
+        };
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            b
+        };
+        let version = u64::from_be_bytes(u64_at(2));
+        let ts = |i: usize| Timestamp::from_unix_millis(i64::from_be_bytes(u64_at(i)));
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&bytes[42..46]);
+        let user_len = u32::from_be_bytes(len) as usize;
+        let rest = &bytes[HEADER_LEN..];
+        if rest.len() < user_len {
+            return Err(corrupt("truncated user id"));
+        }
+        let user = std::str::from_utf8(&rest[..user_len]).map_err(|_| corrupt("user id"))?;
+        Ok(Self {
+            data: Bytes::copy_from_slice(&rest[user_len..]),
+            user_id: has_user.then(|| user.to_owned()),
+            created_at: ts(10),
+            last_access: ts(18),
+            idle_deadline: ts(26),
+            absolute_deadline: ts(34),
+            version,
+        })
+    }
+}
+
+const FORMAT_V1: u8 = 1;
+const HEADER_LEN: usize = 1 + 1 + 8 + 4 * 8 + 4;
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("data", &format_args!("<{} bytes>", self.data.len()))
+            .field("user_id", &self.user_id)
+            .field("created_at", &self.created_at)
+            .field("last_access", &self.last_access)
+            .field("idle_deadline", &self.idle_deadline)
+            .field("absolute_deadline", &self.absolute_deadline)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// What the per-user index returns for one session: no session ID, no data.
+///
+/// `key` is the storage key (a one-way hash of the ID), which lets the
+/// manager evict or revoke a specific session; it is not a usable token, but
+/// applications showing a "your devices" page need not expose it either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// The storage key of the session.
+    pub key: StorageKey,
+    /// When the session was created.
+    pub created_at: Timestamp,
+    /// When the session was last used, as last written or touched.
+    pub last_access: Timestamp,
+    /// When it ends unless used again.
+    pub idle_deadline: Timestamp,
+    /// When it ends whatever happens.
+    pub absolute_deadline: Timestamp,
+}
+
+impl SessionSummary {
+    /// The earlier of the two deadlines.
+    #[must_use]
+    pub fn expires_at(&self) -> Timestamp {
+        self.idle_deadline.min(self.absolute_deadline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(user: Option<&str>) -> SessionRecord {
+        SessionRecord {
+            data: Bytes::from_static(b"\x00\x01payload\xff"),
+            user_id: user.map(str::to_owned),
+            created_at: Timestamp::from_unix_millis(1),
+            last_access: Timestamp::from_unix_millis(2),
+            idle_deadline: Timestamp::from_unix_millis(3),
+            absolute_deadline: Timestamp::from_unix_millis(-4),
+            version: 7,
+        }
+    }
+
+    #[test]
+    fn encode_round_trips() {
+        for r in [sample(None), sample(Some("")), sample(Some("ünï:{x}"))] {
+            assert_eq!(SessionRecord::decode(&r.encode()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn decode_rejects_every_truncation_without_panicking() {
+        let enc = sample(Some("alice")).encode();
+        for n in 0..HEADER_LEN + 5 {
+            assert!(SessionRecord::decode(&enc[..n]).is_err(), "len {n}");
+        }
+        let mut bad = enc.clone();
+        bad[0] = 9;
+        assert!(SessionRecord::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn expiry_uses_the_earlier_deadline() {
+        let r = sample(None);
+        assert_eq!(r.expires_at(), Timestamp::from_unix_millis(-4));
+        assert!(r.is_expired_at(Timestamp::from_unix_millis(-4)));
+        assert!(!r.is_expired_at(Timestamp::from_unix_millis(-5)));
+    }
+
+    #[test]
+    fn debug_hides_data() {
+        let s = format!("{:?}", sample(None));
+        assert!(!s.contains("payload"));
+    }
+}

@@ -1,0 +1,130 @@
+//! One-time tokens for sensitive operations (a transfer, a password change).
+//!
+//! A token is 256 random bits shown to the client once; the session keeps
+//! only its BLAKE3 hash, its purpose and its expiry. Verification compares
+//! hashes in constant time and consumes the token, so it works exactly once.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::clock::Timestamp;
+
+const TOKEN_CONTEXT: &str = "session-core 2026-11 one-time token v1";
+
+/// A freshly issued one-time token. Redacted in `Debug`/`Display`; put
+/// [`OneTimeToken::expose`] in the form that needs it.
+#[derive(Clone)]
+pub struct OneTimeToken(Zeroizing<String>);
+
+impl OneTimeToken {
+    pub(crate) fn generate() -> (Self, TokenEntryHash) {
+        let mut raw = Zeroizing::new([0u8; 32]);
+        getrandom::fill(raw.as_mut()).expect("the operating system CSPRNG failed");
+        let text = Zeroizing::new(URL_SAFE_NO_PAD.encode(raw.as_ref()));
+        let hash = hash_token(&text);
+        (Self(text), hash)
+    }
+
+    /// The token text, to embed in a form or header.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for OneTimeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OneTimeToken(<redacted>)")
+    }
+}
+
+impl fmt::Display for OneTimeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+pub(crate) type TokenEntryHash = [u8; 32];
+
+pub(crate) fn hash_token(presented: &str) -> TokenEntryHash {
+    blake3::Hasher::new_derive_key(TOKEN_CONTEXT)
+        .update(presented.as_bytes())
+        .finalize()
+        .into()
+}
+
+/// What the session stores for an outstanding token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TokenEntry {
+    /// Hash of the token.
+    #[serde(rename = "h", with = "hex32")]
+    pub(crate) hash: TokenEntryHash,
+    /// Expiry.
+    #[serde(rename = "e")]
+    pub(crate) expires_at: Timestamp,
+}
+
+impl TokenEntry {
+    /// Constant-time check of `presented` against this entry at `now`.
+    pub(crate) fn accepts(&self, presented: &str, now: Timestamp) -> bool {
+        let candidate = hash_token(presented);
+        let same: bool = candidate.ct_eq(&self.hash).into();
+        same & (now < self.expires_at)
+    }
+}
+
+mod hex32 {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&URL_SAFE_NO_PAD.encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        match URL_SAFE_NO_PAD.decode_slice(s.as_bytes(), &mut out) {
+            Ok(32) => Ok(out),
+            _ => Err(serde::de::Error::custom("bad token hash")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_accepts_only_its_token_before_expiry() {
+        let (tok, hash) = OneTimeToken::generate();
+        let e = TokenEntry {
+            hash,
+            expires_at: Timestamp::from_unix_millis(100),
+        };
+        assert!(e.accepts(tok.expose(), Timestamp::from_unix_millis(99)));
+        assert!(!e.accepts(tok.expose(), Timestamp::from_unix_millis(100)));
+        assert!(!e.accepts("", Timestamp::from_unix_millis(0)));
+        let (other, _) = OneTimeToken::generate();
+        assert!(!e.accepts(other.expose(), Timestamp::from_unix_millis(0)));
+        assert!(!format!("{tok:?}{tok}").contains(tok.expose()));
+    }
+
+    #[test]
+    fn entry_serializes_without_the_token() {
+        let (tok, hash) = OneTimeToken::generate();
+        let e = TokenEntry {
+            hash,
+            expires_at: Timestamp::from_unix_millis(1),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(!json.contains(tok.expose()));
+        assert_eq!(serde_json::from_str::<TokenEntry>(&json).unwrap(), e);
+    }
+}
