@@ -52,7 +52,6 @@ impl Default for CookiePolicy {
 
 impl CookiePolicy {
     /// A builder starting from the secure defaults.
-    #[must_use]
     pub fn builder() -> CookiePolicyBuilder {
         CookiePolicyBuilder(Self::default())
     }

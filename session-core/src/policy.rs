@@ -108,7 +108,6 @@ impl Default for SessionConfig {
 
 impl SessionConfig {
     /// A builder starting from the secure defaults.
-    #[must_use]
     pub fn builder() -> SessionConfigBuilder {
         SessionConfigBuilder(Self::default())
     }

@@ -1,14 +1,24 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! AES-256-GCM encryption at rest for any [`session_core::SessionStore`].
+//!
+//! - [`key`]: [`EncryptionKey`] (zeroized, redacted) and the rotating
+//!   [`KeyRing`] (one primary key encrypts, older keys still decrypt).
+//! - [`store`]: [`EncryptedStore`], a store wrapper that keeps only
+//!   ciphertext and keyed hashes of user ids in the inner store.
+//!
+//! ```
+//! use session_core::{MemoryStore, SessionManager};
+//! use session_encrypted::{EncryptedStore, EncryptionKey, KeyRing};
+//!
+//! // In production: KeyRing::from_env("SESSION_ENCRYPTION_KEY")?
+//! let ring = KeyRing::new(1, EncryptionKey::generate());
+//! let manager = SessionManager::new(EncryptedStore::new(MemoryStore::new(), ring));
+//! # let _ = manager;
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod key;
+pub mod store;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use crate::key::{EncryptionKey, KeyError, KeyRing};
+pub use crate::store::EncryptedStore;
