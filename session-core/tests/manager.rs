@@ -1,0 +1,528 @@
+//! SessionManager behaviour, with a manual clock so timeouts are exact.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use session_core::{
+    Clock, CommitOutcome, ConflictPolicy, LimitStrategy, ManualClock, MemoryStore, SessionConfig,
+    SessionError, SessionManager, SessionRecord, SessionStore, Timestamp,
+};
+
+const MIN: Duration = Duration::from_secs(60);
+
+struct Env {
+    clock: Arc<ManualClock>,
+    store: MemoryStore,
+    manager: SessionManager,
+}
+
+fn env_with(config: SessionConfig) -> Env {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_unix_millis(
+        1_800_000_000_000,
+    )));
+    let store = MemoryStore::with_clock(clock.clone());
+    let manager = SessionManager::builder(store.clone())
+        .config(config)
+        .clock(clock.clone())
+        .build();
+    Env {
+        clock,
+        store,
+        manager,
+    }
+}
+
+fn env() -> Env {
+    env_with(SessionConfig::default())
+}
+
+#[tokio::test]
+async fn an_untouched_new_session_is_never_stored() {
+    let e = env();
+    let mut s = e.manager.start();
+    assert_eq!(
+        e.manager.commit(&mut s).await.unwrap(),
+        CommitOutcome::Unchanged
+    );
+    assert!(e.manager.response_cookie(&s).is_none());
+    assert!(e.store.is_empty());
+}
+
+#[tokio::test]
+async fn first_write_creates_and_sets_a_secure_cookie() {
+    let e = env();
+    let mut s = e.manager.start();
+    s.insert("cart", &[1, 2]).unwrap();
+    assert_eq!(
+        e.manager.commit(&mut s).await.unwrap(),
+        CommitOutcome::Created
+    );
+    let c = e.manager.response_cookie(&s).unwrap().to_string();
+    assert!(c.starts_with("__Host-session="));
+    assert!(c.contains("Max-Age=43200"), "{c}");
+    let header = format!("other=1; __Host-session={}", s.id().expose());
+    let back = e
+        .manager
+        .load_from_cookie_headers([header.as_str()])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.get::<Vec<i32>>("cart").unwrap(), Some(vec![1, 2]));
+    assert!(
+        e.manager.response_cookie(&back).is_none(),
+        "unchanged id is not re-sent"
+    );
+}
+
+#[tokio::test]
+async fn read_only_requests_write_nothing_until_the_touch_interval() {
+    let e = env();
+    let mut s = e.manager.start();
+    s.insert("a", &1).unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    e.clock.advance(Duration::from_secs(30));
+    let mut r = e.manager.load(s.id()).await.unwrap().unwrap();
+    let _ = r.get::<i32>("a").unwrap();
+    assert_eq!(
+        e.manager.commit(&mut r).await.unwrap(),
+        CommitOutcome::Unchanged
+    );
+    e.clock.advance(Duration::from_secs(31));
+    let mut r = e.manager.load(s.id()).await.unwrap().unwrap();
+    assert_eq!(
+        e.manager.commit(&mut r).await.unwrap(),
+        CommitOutcome::Touched
+    );
+    let stored = e.store.load(s.storage_key()).await.unwrap().unwrap();
+    assert_eq!(stored.last_access, e.clock.now());
+    assert_eq!(stored.idle_deadline, e.clock.now().saturating_add(30 * MIN));
+    assert_eq!(stored.version, 1, "touch does not bump the version");
+    // Inserting an identical value is not a change.
+    r.insert("a", &1).unwrap();
+    assert!(!r.is_modified());
+}
+
+#[tokio::test]
+async fn idle_timeout_ends_the_session() {
+    let e = env();
+    let mut s = e.manager.start();
+    s.insert("a", &1).unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    e.clock.advance(30 * MIN - Duration::from_millis(1));
+    assert!(e.manager.load(s.id()).await.unwrap().is_some());
+    e.clock.advance(Duration::from_millis(1));
+    assert!(e.manager.load(s.id()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_manager_enforces_deadlines_even_if_the_store_does_not() {
+    // The store runs on the system clock; only the manager's clock moves.
+    let clock = Arc::new(ManualClock::new(Timestamp::now()));
+    let manager = SessionManager::builder(MemoryStore::new())
+        .clock(clock.clone())
+        .build();
+    let mut s = manager.start();
+    s.insert("a", &1).unwrap();
+    manager.commit(&mut s).await.unwrap();
+    clock.advance(31 * MIN);
+    assert!(manager.load(s.id()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn absolute_timeout_ends_even_an_active_session() {
+    let e = env();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "alice").await.unwrap();
+    for _ in 0..(12 * 60 / 20 - 1) {
+        e.clock.advance(20 * MIN);
+        let mut r = e
+            .manager
+            .load(s.id())
+            .await
+            .unwrap()
+            .expect("active session alive");
+        assert_eq!(
+            e.manager.commit(&mut r).await.unwrap(),
+            CommitOutcome::Touched
+        );
+        assert!(r.idle_deadline() <= r.absolute_deadline());
+    }
+    e.clock.advance(20 * MIN);
+    assert!(
+        e.manager.load(s.id()).await.unwrap().is_none(),
+        "outlived absolute lifetime"
+    );
+}
+
+#[tokio::test]
+async fn rotation_invalidates_the_old_id_at_once() {
+    let e = env();
+    let mut s = e.manager.start();
+    s.insert("k", "v").unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    let old = s.id().clone();
+    e.manager.rotate(&mut s).await.unwrap();
+    assert_ne!(&old, s.id());
+    assert!(e.manager.load(&old).await.unwrap().is_none());
+    let now = e.manager.load(s.id()).await.unwrap().unwrap();
+    assert_eq!(now.get::<String>("k").unwrap().as_deref(), Some("v"));
+    assert!(
+        e.manager.response_cookie(&s).is_some(),
+        "rotated id must be sent"
+    );
+}
+
+#[tokio::test]
+async fn login_always_issues_a_fresh_id() {
+    let e = env();
+    // An attacker plants a session and hands its cookie to the victim.
+    let mut planted = e.manager.start();
+    planted.insert("x", &1).unwrap();
+    e.manager.commit(&mut planted).await.unwrap();
+    let planted_id = planted.id().clone();
+    let mut victim = e.manager.load(&planted_id).await.unwrap().unwrap();
+    e.manager.login(&mut victim, "alice").await.unwrap();
+    assert_ne!(victim.id(), &planted_id);
+    assert!(
+        e.manager.load(&planted_id).await.unwrap().is_none(),
+        "fixated id survived login"
+    );
+    let logged = e.manager.load(victim.id()).await.unwrap().unwrap();
+    assert_eq!(logged.user_id(), Some("alice"));
+    assert_eq!(
+        logged.get::<i32>("x").unwrap(),
+        Some(1),
+        "pre-login data carries over"
+    );
+}
+
+#[tokio::test]
+async fn a_client_chosen_id_is_never_adopted() {
+    let e = env();
+    let chosen = session_core::SessionId::generate();
+    assert!(e.manager.load(&chosen).await.unwrap().is_none());
+    let mut s = e.manager.start();
+    s.insert("a", &1).unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    assert_ne!(s.id(), &chosen);
+}
+
+#[tokio::test]
+async fn malformed_cookies_are_no_session() {
+    let e = env();
+    for v in ["", "x", "=====", "%41%41", &"A".repeat(44), "é"] {
+        assert!(
+            e.manager.load_cookie_value(v).await.unwrap().is_none(),
+            "{v:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unreadable_data_is_no_session() {
+    let e = env();
+    let mut s = e.manager.start();
+    s.insert("a", &1).unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    let rec = e.store.load(s.storage_key()).await.unwrap().unwrap();
+    let garbage = SessionRecord {
+        data: Bytes::from_static(b"\xff\x00not json"),
+        version: 2,
+        ..rec
+    };
+    e.store.update(s.storage_key(), 1, &garbage).await.unwrap();
+    assert!(e.manager.load(s.id()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn reject_new_refuses_logins_beyond_the_limit() {
+    let e = env_with(
+        SessionConfig::builder()
+            .max_sessions_per_user(NonZeroUsize::new(2).unwrap(), LimitStrategy::RejectNew)
+            .build()
+            .unwrap(),
+    );
+    let mut a = e.manager.start();
+    e.manager.login(&mut a, "bob").await.unwrap();
+    let mut b = e.manager.start();
+    e.manager.login(&mut b, "bob").await.unwrap();
+    let mut c = e.manager.start();
+    let err = e.manager.login(&mut c, "bob").await.unwrap_err();
+    assert!(matches!(err, SessionError::TooManySessions { max: 2 }));
+    assert!(c.user_id().is_none());
+    // Re-login from an existing session of bob does not count itself.
+    e.manager.login(&mut a, "bob").await.unwrap();
+    e.manager.logout(&mut b).await.unwrap();
+    e.manager.login(&mut c, "bob").await.unwrap();
+    assert_eq!(e.manager.list_user_sessions("bob").await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn evict_oldest_ends_the_oldest_sessions() {
+    let e = env_with(
+        SessionConfig::builder()
+            .max_sessions_per_user(NonZeroUsize::new(2).unwrap(), LimitStrategy::EvictOldest)
+            .build()
+            .unwrap(),
+    );
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        e.clock.advance(Duration::from_secs(1));
+        let mut s = e.manager.start();
+        e.manager.login(&mut s, "carol").await.unwrap();
+        ids.push(s.id().clone());
+    }
+    assert!(e.manager.load(&ids[0]).await.unwrap().is_none());
+    assert!(e.manager.load(&ids[1]).await.unwrap().is_none());
+    assert!(e.manager.load(&ids[2]).await.unwrap().is_some());
+    assert!(e.manager.load(&ids[3]).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn logout_and_logout_everywhere() {
+    let e = env();
+    let mut a = e.manager.start();
+    e.manager.login(&mut a, "dave").await.unwrap();
+    let mut b = e.manager.start();
+    e.manager.login(&mut b, "dave").await.unwrap();
+    let mut other = e.manager.start();
+    e.manager.login(&mut other, "erin").await.unwrap();
+
+    e.manager.logout(&mut a).await.unwrap();
+    assert!(e.manager.load(a.id()).await.unwrap().is_none());
+    let removal = e.manager.response_cookie(&a).unwrap().to_string();
+    assert!(removal.contains("Max-Age=0"), "{removal}");
+
+    let mut c = e.manager.start();
+    e.manager.login(&mut c, "dave").await.unwrap();
+    assert_eq!(e.manager.logout_everywhere(&mut c).await.unwrap(), 2);
+    assert!(e.manager.load(b.id()).await.unwrap().is_none());
+    assert!(e.manager.load(c.id()).await.unwrap().is_none());
+    assert!(e.manager.load(other.id()).await.unwrap().is_some());
+    let mut anon = e.manager.start();
+    assert!(matches!(
+        e.manager.logout_everywhere(&mut anon).await,
+        Err(SessionError::NotLoggedIn)
+    ));
+}
+
+#[tokio::test]
+async fn list_user_sessions_is_oldest_first_and_id_free() {
+    let e = env();
+    for _ in 0..3 {
+        e.clock.advance(Duration::from_secs(5));
+        let mut s = e.manager.start();
+        e.manager.login(&mut s, "fay").await.unwrap();
+    }
+    let list = e.manager.list_user_sessions("fay").await.unwrap();
+    assert_eq!(list.len(), 3);
+    assert!(list.windows(2).all(|w| w[0].created_at <= w[1].created_at));
+}
+
+#[tokio::test]
+async fn concurrent_commits_merge_changed_keys() {
+    let e = env();
+    let mut s = e.manager.start();
+    s.insert("base", &0).unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    let mut a = e.manager.load(s.id()).await.unwrap().unwrap();
+    let mut b = e.manager.load(s.id()).await.unwrap().unwrap();
+    a.insert("a", &1).unwrap();
+    b.insert("b", &2).unwrap();
+    b.remove("base");
+    assert_eq!(
+        e.manager.commit(&mut a).await.unwrap(),
+        CommitOutcome::Updated
+    );
+    assert_eq!(
+        e.manager.commit(&mut b).await.unwrap(),
+        CommitOutcome::Updated
+    );
+    let end = e.manager.load(s.id()).await.unwrap().unwrap();
+    assert_eq!(end.get::<i32>("a").unwrap(), Some(1));
+    assert_eq!(end.get::<i32>("b").unwrap(), Some(2));
+    assert!(!end.contains("base"));
+}
+
+#[tokio::test]
+async fn fail_policy_reports_the_conflict() {
+    let e = env_with(
+        SessionConfig::builder()
+            .conflict_policy(ConflictPolicy::Fail)
+            .build()
+            .unwrap(),
+    );
+    let mut s = e.manager.start();
+    s.insert("n", &0).unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    let mut a = e.manager.load(s.id()).await.unwrap().unwrap();
+    let mut b = e.manager.load(s.id()).await.unwrap().unwrap();
+    a.insert("n", &1).unwrap();
+    b.insert("n", &2).unwrap();
+    e.manager.commit(&mut a).await.unwrap();
+    assert!(matches!(
+        e.manager.commit(&mut b).await,
+        Err(SessionError::Conflict)
+    ));
+    let end = e.manager.load(s.id()).await.unwrap().unwrap();
+    assert_eq!(end.get::<i32>("n").unwrap(), Some(1));
+}
+
+#[tokio::test]
+async fn committing_a_session_ended_elsewhere_is_gone_not_resurrected() {
+    let e = env();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "gus").await.unwrap();
+    let mut stale = e.manager.load(s.id()).await.unwrap().unwrap();
+    e.manager.logout_user("gus").await.unwrap();
+    stale.insert("x", &1).unwrap();
+    assert_eq!(
+        e.manager.commit(&mut stale).await.unwrap(),
+        CommitOutcome::Gone
+    );
+    assert!(e.manager.load(s.id()).await.unwrap().is_none());
+    assert!(e
+        .manager
+        .response_cookie(&stale)
+        .unwrap()
+        .to_string()
+        .contains("Max-Age=0"));
+}
+
+#[tokio::test]
+async fn one_time_tokens_work_exactly_once() {
+    let e = env();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "hal").await.unwrap();
+    let token = e.manager.issue_token(&mut s, "transfer");
+    assert!(!format!("{token:?}").contains(token.expose()));
+    e.manager.commit(&mut s).await.unwrap();
+
+    let mut r = e.manager.load(s.id()).await.unwrap().unwrap();
+    assert!(!e
+        .manager
+        .consume_token(&mut r, "transfer", "wrong")
+        .await
+        .unwrap());
+    assert!(!e
+        .manager
+        .consume_token(&mut r, "other", token.expose())
+        .await
+        .unwrap());
+    assert!(e
+        .manager
+        .consume_token(&mut r, "transfer", token.expose())
+        .await
+        .unwrap());
+    assert!(!e
+        .manager
+        .consume_token(&mut r, "transfer", token.expose())
+        .await
+        .unwrap());
+    let mut again = e.manager.load(s.id()).await.unwrap().unwrap();
+    assert!(
+        !e.manager
+            .consume_token(&mut again, "transfer", token.expose())
+            .await
+            .unwrap(),
+        "replay"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_replays_of_a_token_succeed_once() {
+    let e = env();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "ida").await.unwrap();
+    let token = e.manager.issue_token(&mut s, "pay");
+    e.manager.commit(&mut s).await.unwrap();
+    let mut copies = Vec::new();
+    for _ in 0..8 {
+        copies.push(e.manager.load(s.id()).await.unwrap().unwrap());
+    }
+    let mut wins = 0;
+    for c in &mut copies {
+        // An unrelated concurrent write must not make the token fail.
+        c.insert("seen", &true).unwrap();
+        wins += usize::from(
+            e.manager
+                .consume_token(c, "pay", token.expose())
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(wins, 1);
+}
+
+#[tokio::test]
+async fn tokens_expire_and_do_not_survive_login() {
+    let e = env();
+    let mut s = e.manager.start();
+    let early = e.manager.issue_token(&mut s, "t");
+    s.insert("a", &1).unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    e.manager.login(&mut s, "jo").await.unwrap();
+    let mut r = e.manager.load(s.id()).await.unwrap().unwrap();
+    assert!(
+        !e.manager
+            .consume_token(&mut r, "t", early.expose())
+            .await
+            .unwrap(),
+        "token crossed login"
+    );
+    let late = e.manager.issue_token(&mut r, "t");
+    e.manager.commit(&mut r).await.unwrap();
+    e.clock.advance(11 * MIN);
+    let mut r = e.manager.load(s.id()).await.unwrap().unwrap();
+    assert!(
+        !e.manager
+            .consume_token(&mut r, "t", late.expose())
+            .await
+            .unwrap(),
+        "expired token"
+    );
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn audit_events_name_sessions_by_tag_only() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let e = env();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "kim").await.unwrap();
+    let first = s.id().clone();
+    e.manager.rotate(&mut s).await.unwrap();
+    e.manager.logout(&mut s).await.unwrap();
+    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    for event in ["logged_in", "rotated", "logged_out"] {
+        assert!(log.contains(event), "{event} missing from {log}");
+    }
+    for id in [&first, s.id()] {
+        assert!(!log.contains(&id.expose()), "session id in the log");
+        assert!(
+            !log.contains(e.manager.storage_key(id).as_str()),
+            "storage key in the log"
+        );
+    }
+}
