@@ -1,0 +1,534 @@
+//! The layer and extractor driven through `tower::ServiceExt::oneshot`.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::{to_bytes, Body};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use http::{header, Request, Response, StatusCode};
+use session_axum::{Error, Session, SessionLayer};
+use session_core::{
+    ManualClock, MemoryStore, SessionConfig, SessionManager, SessionRecord, SessionStore,
+    SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
+};
+use tower::ServiceExt;
+
+/// MemoryStore with call counters and a switch that makes every call fail.
+struct CountingStore {
+    inner: MemoryStore,
+    loads: AtomicUsize,
+    writes: AtomicUsize,
+    touches: AtomicUsize,
+    others: AtomicUsize,
+    fail: AtomicBool,
+}
+
+impl CountingStore {
+    fn new(clock: Arc<ManualClock>) -> Self {
+        Self {
+            inner: MemoryStore::with_clock(clock),
+            loads: AtomicUsize::new(0),
+            writes: AtomicUsize::new(0),
+            touches: AtomicUsize::new(0),
+            others: AtomicUsize::new(0),
+            fail: AtomicBool::new(false),
+        }
+    }
+    fn total(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+            + self.writes.load(Ordering::SeqCst)
+            + self.touches.load(Ordering::SeqCst)
+            + self.others.load(Ordering::SeqCst)
+    }
+    fn check(&self, counter: &AtomicUsize) -> StoreResult<()> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::unavailable(
+                "db-secret-host.internal:6379 refused",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionStore for CountingStore {
+    async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
+        self.check(&self.writes)?;
+        self.inner.create(key, record).await
+    }
+    async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
+        self.check(&self.loads)?;
+        self.inner.load(key).await
+    }
+    async fn update(&self, key: &StorageKey, v: u64, record: &SessionRecord) -> StoreResult<()> {
+        self.check(&self.writes)?;
+        self.inner.update(key, v, record).await
+    }
+    async fn touch(&self, key: &StorageKey, at: Timestamp, idle: Timestamp) -> StoreResult<()> {
+        self.check(&self.touches)?;
+        self.inner.touch(key, at, idle).await
+    }
+    async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
+        self.check(&self.others)?;
+        self.inner.delete(key).await
+    }
+    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+        self.check(&self.others)?;
+        self.inner.list_user(user_id).await
+    }
+    async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
+        self.check(&self.others)?;
+        self.inner.delete_user(user_id).await
+    }
+    async fn delete_expired(&self) -> StoreResult<u64> {
+        self.check(&self.others)?;
+        self.inner.delete_expired().await
+    }
+}
+
+async fn visit(session: Session) -> Result<String, Error> {
+    let n: u64 = session.get("n").await?.unwrap_or(0) + 1;
+    session.insert("n", &n).await?;
+    Ok(n.to_string())
+}
+
+async fn read(session: Session) -> Result<String, Error> {
+    let n: Option<u64> = session.get("n").await?;
+    let user = session.user_id().await?;
+    Ok(format!("{n:?} {user:?}"))
+}
+
+async fn login(session: Session, body: String) -> Result<&'static str, Error> {
+    session.login(&body).await?;
+    Ok("ok")
+}
+
+async fn logout(session: Session) -> Result<&'static str, Error> {
+    session.logout().await?;
+    Ok("bye")
+}
+
+async fn logout_all(session: Session) -> Result<String, Error> {
+    Ok(session.logout_everywhere().await?.to_string())
+}
+
+async fn list(session: Session) -> Result<String, Error> {
+    Ok(session.list_sessions().await?.len().to_string())
+}
+
+async fn issue(session: Session) -> Result<String, Error> {
+    Ok(session.issue_token("transfer").await?.expose().to_owned())
+}
+
+async fn consume(session: Session, token: String) -> Result<StatusCode, Error> {
+    Ok(if session.consume_token("transfer", &token).await? {
+        StatusCode::OK
+    } else {
+        StatusCode::FORBIDDEN
+    })
+}
+
+async fn rotate(session: Session) -> Result<&'static str, Error> {
+    session.rotate().await?;
+    Ok("rotated")
+}
+
+async fn write_then_fail(session: Session) -> Result<StatusCode, Error> {
+    session.insert("n", &99).await?;
+    Ok(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+struct App {
+    store: Arc<CountingStore>,
+    router: Router,
+    clock: Arc<ManualClock>,
+}
+
+fn app() -> App {
+    let clock = Arc::new(ManualClock::new(Timestamp::now()));
+    let store = Arc::new(CountingStore::new(Arc::clone(&clock)));
+    let config = SessionConfig::builder()
+        .idle_timeout(Duration::from_secs(600))
+        .touch_interval(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let manager = SessionManager::builder(Arc::clone(&store))
+        .config(config)
+        .clock(clock.clone())
+        .build();
+    let router = Router::new()
+        .route("/static", get(|| async { "hello" }))
+        .route("/visit", post(visit))
+        .route("/read", get(read))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/logout-all", post(logout_all))
+        .route("/list", get(list))
+        .route("/token", get(issue).post(consume))
+        .route("/rotate", post(rotate))
+        .route("/fail", post(write_then_fail))
+        .layer(SessionLayer::new(manager));
+    App {
+        store,
+        router,
+        clock,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    set_cookie: Vec<String>,
+    cache_control: Option<String>,
+    body: String,
+}
+
+impl Reply {
+    /// The `name=value` pair of the single Set-Cookie, for the next request.
+    fn cookie(&self) -> String {
+        assert_eq!(self.set_cookie.len(), 1, "expected one Set-Cookie");
+        self.set_cookie[0].split(';').next().unwrap().to_owned()
+    }
+}
+
+async fn send(app: &App, method: &str, uri: &str, cookie: Option<&str>, body: &str) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(c) = cookie {
+        req = req.header(header::COOKIE, c);
+    }
+    let res = app
+        .router
+        .clone()
+        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let set_cookie = res
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let cache_control = res
+        .headers()
+        .get(header::CACHE_CONTROL)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body =
+        String::from_utf8(to_bytes(res.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    Reply {
+        status,
+        set_cookie,
+        cache_control,
+        body,
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_ignores_the_session_costs_no_store_call() {
+    let app = app();
+    let first = send(&app, "POST", "/visit", None, "").await;
+    let calls = app.store.total();
+    let r = send(&app, "GET", "/static", Some(&first.cookie()), "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(app.store.total(), calls, "no store round trip");
+    assert!(r.set_cookie.is_empty());
+    assert_eq!(r.cache_control, None, "does not depend on the session");
+}
+
+#[tokio::test]
+async fn an_anonymous_read_stores_nothing_and_sets_no_cookie() {
+    let app = app();
+    let r = send(&app, "GET", "/read", None, "").await;
+    assert_eq!(r.body, "None None");
+    assert!(r.set_cookie.is_empty());
+    assert_eq!(app.store.total(), 0);
+    assert_eq!(r.cache_control.as_deref(), Some("no-store"));
+}
+
+#[tokio::test]
+async fn a_write_sets_a_secure_cookie_and_later_requests_see_it() {
+    let app = app();
+    let r = send(&app, "POST", "/visit", None, "").await;
+    assert_eq!(r.body, "1");
+    assert_eq!(r.cache_control.as_deref(), Some("no-store"));
+    let sc = &r.set_cookie[0];
+    assert!(sc.starts_with("__Host-session="), "{sc}");
+    for attr in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(sc.contains(attr), "{attr} missing in {sc}");
+    }
+    assert!(!sc.contains("Domain"));
+    let cookie = r.cookie();
+    let r = send(&app, "POST", "/visit", Some(&cookie), "").await;
+    assert_eq!(r.body, "2");
+    assert!(r.set_cookie.is_empty(), "same ID: no new cookie");
+    let r = send(
+        &app,
+        "GET",
+        "/read",
+        Some(&format!("other=1; {cookie}")),
+        "",
+    )
+    .await;
+    assert_eq!(r.body, "Some(2) None");
+}
+
+#[tokio::test]
+async fn unchanged_sessions_are_not_written_and_touched_only_when_due() {
+    let app = app();
+    let cookie = send(&app, "POST", "/visit", None, "").await.cookie();
+    let writes = app.store.writes.load(Ordering::SeqCst);
+    send(&app, "GET", "/read", Some(&cookie), "").await;
+    assert_eq!(app.store.writes.load(Ordering::SeqCst), writes);
+    assert_eq!(
+        app.store.touches.load(Ordering::SeqCst),
+        0,
+        "touch not due yet"
+    );
+    app.clock.advance(Duration::from_secs(61));
+    let r = send(&app, "GET", "/read", Some(&cookie), "").await;
+    assert_eq!(r.body, "Some(1) None");
+    assert_eq!(app.store.touches.load(Ordering::SeqCst), 1);
+    assert_eq!(app.store.writes.load(Ordering::SeqCst), writes);
+}
+
+#[tokio::test]
+async fn nothing_is_committed_on_a_server_error() {
+    let app = app();
+    let r = send(&app, "POST", "/fail", None, "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.set_cookie.is_empty());
+    assert_eq!(app.store.writes.load(Ordering::SeqCst), 0);
+
+    let cookie = send(&app, "POST", "/visit", None, "").await.cookie();
+    send(&app, "POST", "/fail", Some(&cookie), "").await;
+    let r = send(&app, "GET", "/read", Some(&cookie), "").await;
+    assert_eq!(
+        r.body, "Some(1) None",
+        "the 5xx request's change was dropped"
+    );
+}
+
+#[tokio::test]
+async fn the_session_id_is_never_read_from_the_url() {
+    let app = app();
+    let cookie = send(&app, "POST", "/visit", None, "").await.cookie();
+    let id = cookie.split_once('=').unwrap().1;
+    let r = send(
+        &app,
+        "GET",
+        &format!("/read?__Host-session={id}&session={id}"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(r.body, "None None");
+}
+
+#[tokio::test]
+async fn store_failures_give_a_bare_500() {
+    let app = app();
+    let cookie = send(&app, "POST", "/visit", None, "").await.cookie();
+    app.store.fail.store(true, Ordering::SeqCst);
+    for (method, uri) in [("GET", "/read"), ("POST", "/visit"), ("POST", "/login")] {
+        let r = send(&app, method, uri, Some(&cookie), "alice").await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{uri}");
+        assert!(!r.body.contains("secret"), "{uri}: {}", r.body);
+        assert!(r.set_cookie.is_empty());
+        assert_eq!(r.cache_control.as_deref(), Some("no-store"));
+    }
+    // Commit-time failure: the handler succeeded, the save did not.
+    app.store.fail.store(false, Ordering::SeqCst);
+    let fresh = send(&app, "GET", "/read", None, "").await;
+    assert_eq!(fresh.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_commit_failure_replaces_the_response() {
+    let app = app();
+    // The handler's own calls succeed; the store fails only afterwards, so
+    // the commit at response time is what fails.
+    let store = Arc::clone(&app.store);
+    let router = Router::new()
+        .route(
+            "/visit",
+            post(move |session: Session| {
+                let store = Arc::clone(&store);
+                async move {
+                    let n: u64 = session.get("n").await?.unwrap_or(0);
+                    session.insert("n", &(n + 1)).await?;
+                    store.fail.store(true, Ordering::SeqCst);
+                    Ok::<_, Error>("handler says fine")
+                }
+            }),
+        )
+        .layer(SessionLayer::new(SessionManager::new(Arc::clone(
+            &app.store,
+        ))));
+    let first = App {
+        store: Arc::clone(&app.store),
+        router,
+        clock: Arc::clone(&app.clock),
+    };
+    let r = send(&first, "POST", "/visit", None, "").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.body.is_empty(), "generic body, got {:?}", r.body);
+    assert!(r.set_cookie.is_empty());
+}
+
+#[tokio::test]
+async fn login_always_issues_a_fresh_id() {
+    let app = app();
+    let before = send(&app, "POST", "/visit", None, "").await.cookie();
+    let r = send(&app, "POST", "/login", Some(&before), "alice").await;
+    let after = r.cookie();
+    assert_ne!(before, after);
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&before), "").await.body,
+        "None None"
+    );
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&after), "").await.body,
+        "Some(1) Some(\"alice\")",
+        "data before login carries over"
+    );
+    let rotated = send(&app, "POST", "/rotate", Some(&after), "")
+        .await
+        .cookie();
+    assert_ne!(rotated, after);
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&after), "").await.body,
+        "None None"
+    );
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&rotated), "").await.body,
+        "Some(1) Some(\"alice\")"
+    );
+}
+
+#[tokio::test]
+async fn logout_removes_the_cookie_and_the_session() {
+    let app = app();
+    let cookie = send(&app, "POST", "/login", None, "alice").await.cookie();
+    let r = send(&app, "POST", "/logout", Some(&cookie), "").await;
+    let sc = &r.set_cookie[0];
+    assert!(sc.starts_with("__Host-session=;"), "{sc}");
+    assert!(sc.contains("Max-Age=0"), "{sc}");
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&cookie), "").await.body,
+        "None None"
+    );
+}
+
+#[tokio::test]
+async fn a_cookie_naming_no_session_is_removed_when_the_session_is_used() {
+    let app = app();
+    let cookie = send(&app, "POST", "/login", None, "alice").await.cookie();
+    send(&app, "POST", "/logout", Some(&cookie), "").await;
+    let r = send(&app, "GET", "/read", Some(&cookie), "").await;
+    assert!(r.set_cookie[0].contains("Max-Age=0"));
+    let r = send(&app, "GET", "/static", Some(&cookie), "").await;
+    assert!(
+        r.set_cookie.is_empty(),
+        "untouched session: response left alone"
+    );
+}
+
+#[tokio::test]
+async fn logout_everywhere_and_listing() {
+    let app = app();
+    let a = send(&app, "POST", "/login", None, "alice").await.cookie();
+    let b = send(&app, "POST", "/login", None, "alice").await.cookie();
+    let bob = send(&app, "POST", "/login", None, "bob").await.cookie();
+    assert_eq!(send(&app, "GET", "/list", Some(&a), "").await.body, "2");
+    assert_eq!(send(&app, "GET", "/list", None, "").await.body, "0");
+    let r = send(&app, "POST", "/logout-all", Some(&a), "").await;
+    assert_eq!(r.body, "2");
+    assert!(r.set_cookie[0].contains("Max-Age=0"));
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&b), "").await.body,
+        "None None"
+    );
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&bob), "").await.body,
+        "None Some(\"bob\")"
+    );
+    let r = send(&app, "POST", "/logout-all", None, "").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn one_time_tokens_work_exactly_once() {
+    let app = app();
+    let cookie = send(&app, "POST", "/login", None, "alice").await.cookie();
+    let token = send(&app, "GET", "/token", Some(&cookie), "").await.body;
+    assert_eq!(
+        send(&app, "POST", "/token", Some(&cookie), "wrong")
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(&app, "POST", "/token", Some(&cookie), &token)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, "POST", "/token", Some(&cookie), &token)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(&app, "POST", "/token", None, &token).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn the_extractor_without_the_layer_is_a_500() {
+    let router: Router = Router::new().route("/read", get(read));
+    let res = router
+        .oneshot(Request::get("/read").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
+async fn works_with_a_plain_tower_service() {
+    let manager = SessionManager::new(MemoryStore::new());
+    let svc = tower::ServiceBuilder::new()
+        .layer(SessionLayer::new(manager))
+        .service_fn(|req: Request<String>| async move {
+            let session = req.extensions().get::<Session>().unwrap().clone();
+            let res = match visit(session).await {
+                Ok(body) => Response::new(body),
+                Err(e) => {
+                    let status = e.into_response().status();
+                    let mut r = Response::new(String::new());
+                    *r.status_mut() = status;
+                    r
+                }
+            };
+            Ok::<_, Infallible>(res)
+        });
+    let res = svc
+        .clone()
+        .oneshot(Request::new(String::new()))
+        .await
+        .unwrap();
+    assert_eq!(res.body(), "1");
+    let set = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let mut req = Request::new(String::new());
+    req.headers_mut()
+        .insert(header::COOKIE, cookie.parse().unwrap());
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.body(), "2");
+}
