@@ -44,7 +44,7 @@ pub(crate) struct Shared {
 pub(crate) enum Slot {
     Unloaded,
     Loaded {
-        session: session_core::Session,
+        session: Box<session_core::Session>,
         /// The client sent a cookie naming a session that does not exist.
         stale_cookie: bool,
     },
@@ -118,7 +118,7 @@ impl Session {
             };
             let stale_cookie = self.shared.cookie_id.is_some() && loaded.is_none();
             *slot = Slot::Loaded {
-                session: loaded.unwrap_or_else(|| manager.start()),
+                session: Box::new(loaded.unwrap_or_else(|| manager.start())),
                 stale_cookie,
             };
         }
