@@ -123,7 +123,7 @@ impl Session {
             };
         }
         Ok(MutexGuard::map(slot, |s| match s {
-            Slot::Loaded { session, .. } => session,
+            Slot::Loaded { session, .. } => &mut **session,
             Slot::Unloaded => unreachable!("loaded just above"),
         }))
     }
