@@ -1,0 +1,242 @@
+//! The few Memcached primitives the store is built on, and how they run.
+//!
+//! The store's logic ([`crate::store`]) is written against [`Transport`]:
+//! get with CAS, multi-get, conditional store, delete. [`Blocking`] runs
+//! them with the `memcache` crate's meta-protocol client on Tokio's blocking
+//! thread pool, never on an async worker thread.
+//!
+//! Why the meta-protocol client (`memcache::exp::MetaClient`) rather than
+//! `memcache::Client`: the classic client's r2d2 pool sends a `version`
+//! round trip before every checkout, and turning that off would hand out
+//! dead connections after a server restart (its manager never reports a
+//! broken connection); its binary protocol writes each header field in its
+//! own syscall; and its ASCII `add` reports `NOT_STORED` as success, so an
+//! insert-only create cannot be built on it. The meta client speaks the
+//! text meta protocol in one write per request, pools without a probe,
+//! drops a connection after any failed exchange, bounds every exchange by a
+//! deadline, reports add/CAS outcomes as values, and spreads keys over
+//! several servers by rendezvous hashing.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use memcache::exp::{Delete, Get, Meta, MetaClient, MutationStatus, Set, SetMode};
+use session_core::{StoreError, StoreResult};
+use tokio::sync::Semaphore;
+
+use crate::config::{ConfigError, MemcachedConfig};
+
+/// An item read with its CAS token.
+#[derive(Debug)]
+pub(crate) struct Item {
+    pub(crate) value: Vec<u8>,
+    pub(crate) cas: u64,
+}
+
+/// The condition of a store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mode {
+    /// Only if the key is absent.
+    Add,
+    /// Only if the item's CAS is still this one.
+    Cas(u64),
+}
+
+/// The outcome of a conditional store or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Done.
+    Applied,
+    /// Add: the key exists.
+    Exists,
+    /// CAS or delete: the key is absent.
+    NotFound,
+    /// CAS: someone else wrote first.
+    CasMismatch,
+    /// The server refused the value as larger than its item size limit;
+    /// nothing was written.
+    TooLarge,
+}
+
+/// What the store needs from a Memcached client.
+#[async_trait]
+pub(crate) trait Transport: Send + Sync + 'static {
+    /// `mg <key> v c`.
+    async fn get(&self, key: String) -> StoreResult<Option<Item>>;
+    /// Several gets, pipelined per server; one answer per key, in order.
+    async fn get_many(&self, keys: Vec<String>) -> StoreResult<Vec<Option<Item>>>;
+    /// `ms <key> T<exptime> ME` or `C<cas>`.
+    async fn store(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        exptime: u32,
+        mode: Mode,
+    ) -> StoreResult<Outcome>;
+    /// `md <key>`, optionally only if the CAS still matches.
+    async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome>;
+    /// Several deletes, pipelined per server; one answer per key, in order.
+    async fn delete_many(&self, keys: Vec<String>) -> StoreResult<Vec<Outcome>>;
+    /// A no-op round trip to every server.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// The blocking meta client, run on Tokio's blocking pool with at most
+/// `max_in_flight` calls at once.
+#[derive(Clone)]
+pub(crate) struct Blocking {
+    client: MetaClient,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Blocking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blocking")
+            .field("available_permits", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Blocking {
+    /// Builds the client; connections are dialed lazily.
+    pub(crate) fn new(config: &MemcachedConfig) -> Result<Self, ConfigError> {
+        let client = MetaClient::builder()
+            .io_timeout(Some(config.io_timeout))
+            .connect_timeout(Some(config.connect_timeout))
+            .max_idle(config.max_idle)
+            .max_connections(Some(config.max_in_flight))
+            .connect_multiple(config.servers.iter().map(String::as_str))
+            .map_err(|e| ConfigError::Client(e.to_string()))?;
+        Ok(Self {
+            client,
+            permits: Arc::new(Semaphore::new(config.max_in_flight)),
+        })
+    }
+
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&MetaClient) -> Result<T, memcache::exp::Error> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(StoreError::backend)?;
+        let client = self.client.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&client)
+        })
+        .await
+        .map_err(|e| StoreError::backend(format!("memcached call did not complete: {e}")))?;
+        result.map_err(map_error)
+    }
+}
+
+fn get_op(key: &str) -> Get {
+    Get::new(key).meta(Meta::NONE.cas())
+}
+
+fn item(r: &memcache::exp::GetResult) -> Option<Item> {
+    if !r.hit() {
+        return None;
+    }
+    Some(Item {
+        value: r.value.clone().unwrap_or_default(),
+        cas: r.item.cas.unwrap_or(0),
+    })
+}
+
+fn outcome(status: MutationStatus) -> Outcome {
+    match status {
+        MutationStatus::Applied => Outcome::Applied,
+        MutationStatus::AlreadyExists => Outcome::Exists,
+        MutationStatus::CasMismatch => Outcome::CasMismatch,
+        _ => Outcome::NotFound,
+    }
+}
+
+#[async_trait]
+impl Transport for Blocking {
+    async fn get(&self, key: String) -> StoreResult<Option<Item>> {
+        self.run(move |c| c.run(get_op(&key)).map(|r| item(&r)))
+            .await
+    }
+
+    async fn get_many(&self, keys: Vec<String>) -> StoreResult<Vec<Option<Item>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(move |c| {
+            c.run_many(keys.iter().map(|k| get_op(k)))?
+                .into_iter()
+                .map(|r| r.map(|r| item(&r)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn store(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        exptime: u32,
+        mode: Mode,
+    ) -> StoreResult<Outcome> {
+        self.run(move |c| {
+            let op = Set::new(&key, &value).ttl_raw(exptime);
+            let op = match mode {
+                Mode::Add => op.mode(SetMode::Add),
+                Mode::Cas(cas) => op.compare_cas(cas),
+            };
+            match c.run(op) {
+                Ok(r) => Ok(outcome(r.status)),
+                Err(memcache::exp::Error::Server(msg)) if msg.contains("too large") => {
+                    Ok(Outcome::TooLarge)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome> {
+        self.run(move |c| {
+            let op = Delete::new(&key);
+            let op = match cas {
+                Some(cas) => op.compare_cas(cas),
+                None => op,
+            };
+            c.run(op).map(|r| outcome(r.status))
+        })
+        .await
+    }
+
+    async fn delete_many(&self, keys: Vec<String>) -> StoreResult<Vec<Outcome>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(move |c| {
+            c.run_many(keys.iter().map(Delete::new))?
+                .into_iter()
+                .map(|r| r.map(|r| outcome(r.status)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.run(MetaClient::noop).await
+    }
+}
+
+/// Maps a client error onto the store's error kinds: anything that means
+/// "the server did not answer" is [`StoreError::Unavailable`]. Messages
+/// name at most an item key, which is a hash (never a session id).
+pub(crate) fn map_error(e: memcache::exp::Error) -> StoreError {
+    use memcache::exp::Error as E;
+    match e {
+        E::Io(_) | E::Timeout { .. } | E::Ambiguous { .. } => StoreError::unavailable(e),
+        other => StoreError::backend(other),
+    }
+}
