@@ -1,0 +1,309 @@
+//! [`PostgresStoreBuilder`]: where the table lives, pool sizing and
+//! timeouts, clean-up batch size and record size limit.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::error::SetupError;
+use crate::ident::{TableName, DEFAULT_TABLE};
+use crate::store::PostgresStore;
+
+/// Default [`PostgresStoreBuilder::acquire_timeout`].
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default [`PostgresStoreBuilder::operation_timeout`].
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`PostgresStoreBuilder::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// Default [`PostgresStoreBuilder::cleanup_batch_size`].
+pub const DEFAULT_CLEANUP_BATCH_SIZE: u32 = 1_000;
+/// Default [`PostgresStoreBuilder::max_record_bytes`]: 4 MiB.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 << 20;
+/// Largest accepted [`PostgresStoreBuilder::max_record_bytes`]: PostgreSQL
+/// cannot store a `bytea` value of 1 GiB or more.
+pub const MAX_RECORD_BYTES_LIMIT: usize = (1 << 30) - 1024;
+
+/// Configures and builds a [`PostgresStore`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), session_postgres::SetupError> {
+/// use std::time::Duration;
+/// use session_postgres::PostgresStore;
+///
+/// let store = PostgresStore::builder()
+///     .schema("auth")
+///     .table("web_sessions")
+///     .max_connections(16)
+///     .acquire_timeout(Duration::from_secs(2))
+///     .connect("postgres://app@db.internal/app")
+///     .await?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PostgresStoreBuilder {
+    schema: Option<String>,
+    table: String,
+    max_connections: u32,
+    min_connections: u32,
+    acquire_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
+    test_before_acquire: bool,
+    operation_timeout: Option<Duration>,
+    cleanup_batch_size: u32,
+    max_record_bytes: usize,
+}
+
+impl Default for PostgresStoreBuilder {
+    fn default() -> Self {
+        Self {
+            schema: None,
+            table: DEFAULT_TABLE.to_owned(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            min_connections: 0,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1_800)),
+            test_before_acquire: false,
+            operation_timeout: Some(DEFAULT_OPERATION_TIMEOUT),
+            cleanup_batch_size: DEFAULT_CLEANUP_BATCH_SIZE,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+}
+
+impl PostgresStoreBuilder {
+    /// A builder with the defaults: table `sessions` on the `search_path`,
+    /// 10 connections, 3 s acquire timeout, 5 s operation timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The schema of the sessions table (created by
+    /// [`PostgresStore::migrate`] if missing). Default: none, the table is
+    /// found through the connection's `search_path`.
+    ///
+    /// Validated when the store is built: `[a-z_][a-z0-9_]*`, at most 63
+    /// bytes, not starting with `pg_`.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// The sessions table. Default: `sessions`.
+    ///
+    /// Validated when the store is built: `[a-z_][a-z0-9_]*`, at most 48
+    /// bytes (index names derived from it must fit PostgreSQL's 63).
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// Largest number of pooled connections. Default: 10.
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Connections the pool keeps open even when idle. Default: 0.
+    pub fn min_connections(mut self, n: u32) -> Self {
+        self.min_connections = n;
+        self
+    }
+
+    /// How long an operation waits for a pooled connection (including
+    /// connecting) before failing with [`StoreError::Unavailable`].
+    /// Default: 3 s.
+    ///
+    /// [`StoreError::Unavailable`]: session_core::StoreError::Unavailable
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Close connections idle for longer than this. Default: 10 min.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Close connections older than this. Default: 30 min.
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.max_lifetime = lifetime;
+        self
+    }
+
+    /// Ping each pooled connection before using it. Default: `false`.
+    ///
+    /// Off, every operation is one round trip; after the server restarts or
+    /// kills connections, each stale pooled connection fails one operation
+    /// (reads, `touch` and `delete` are retried once on a fresh connection
+    /// by the store itself). On, stale connections are replaced silently at
+    /// the price of a second round trip per operation.
+    pub fn test_before_acquire(mut self, test: bool) -> Self {
+        self.test_before_acquire = test;
+        self
+    }
+
+    /// Upper bound on one operation (one statement, including waiting for a
+    /// connection and one retry), after which it fails with
+    /// [`StoreError::Unavailable`]; `None` waits as long as the driver does.
+    /// Default: 5 s.
+    ///
+    /// [`StoreError::Unavailable`]: session_core::StoreError::Unavailable
+    pub fn operation_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// Rows deleted per statement by
+    /// [`delete_expired`](session_core::SessionStore::delete_expired), which
+    /// repeats batches until none is full. Small batches keep row locks and
+    /// WAL bursts short on a big table. Default: 1000.
+    pub fn cleanup_batch_size(mut self, rows: u32) -> Self {
+        self.cleanup_batch_size = rows;
+        self
+    }
+
+    /// Largest `data` accepted by `create` and `update`; larger records are
+    /// refused with [`StoreError::TooLarge`]. Default: 4 MiB.
+    ///
+    /// [`StoreError::TooLarge`]: session_core::StoreError::TooLarge
+    pub fn max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+
+    /// Connects a new pool to `url` (`postgres://user:password@host/db`,
+    /// with any libpq-style parameters such as `sslmode=verify-full`) and
+    /// builds the store. One connection is opened to check the server
+    /// answers. Does not migrate: call [`PostgresStore::migrate`].
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError`] for an invalid table name or setting, a malformed URL,
+    /// or a server that does not answer within the acquire timeout.
+    pub async fn connect(self, url: &str) -> Result<PostgresStore, SetupError> {
+        let options = PgConnectOptions::from_str(url).map_err(SetupError::InvalidUrl)?;
+        self.connect_with(options).await
+    }
+
+    /// Like [`connect`](Self::connect), with parsed connection options.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_with(
+        self,
+        options: PgConnectOptions,
+    ) -> Result<PostgresStore, SetupError> {
+        self.validate()?;
+        if self.max_connections == 0 {
+            return Err(SetupError::InvalidConfig(
+                "max_connections must be at least 1",
+            ));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .min_connections(self.min_connections.min(self.max_connections))
+            .acquire_timeout(self.acquire_timeout)
+            .idle_timeout(self.idle_timeout)
+            .max_lifetime(self.max_lifetime)
+            .test_before_acquire(self.test_before_acquire)
+            .connect_with(options)
+            .await
+            .map_err(SetupError::Connect)?;
+        self.build(pool)
+    }
+
+    /// Builds the store on an existing pool (shared with the application,
+    /// say). The pool's own settings are used; the pool settings of this
+    /// builder are ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError`] for an invalid table name or setting.
+    pub fn build(self, pool: PgPool) -> Result<PostgresStore, SetupError> {
+        let table = self.validate()?;
+        Ok(PostgresStore::from_parts(
+            pool,
+            table,
+            self.operation_timeout,
+            self.cleanup_batch_size,
+            self.max_record_bytes,
+        ))
+    }
+
+    fn validate(&self) -> Result<TableName, SetupError> {
+        let table = TableName::new(self.schema.as_deref(), &self.table)?;
+        if self.cleanup_batch_size == 0 {
+            return Err(SetupError::InvalidConfig(
+                "cleanup_batch_size must be at least 1",
+            ));
+        }
+        if self.max_record_bytes == 0 || self.max_record_bytes > MAX_RECORD_BYTES_LIMIT {
+            return Err(SetupError::InvalidConfig(
+                "max_record_bytes must be between 1 byte and 1 GiB - 1 KiB",
+            ));
+        }
+        if self.operation_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(SetupError::InvalidConfig(
+                "operation_timeout must be positive (or None)",
+            ));
+        }
+        Ok(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_names_and_settings_are_rejected_before_connecting() {
+        let bad_table = PostgresStoreBuilder::new().table("x; DROP TABLE y");
+        assert!(matches!(
+            bad_table.validate(),
+            Err(SetupError::InvalidName(_))
+        ));
+        let bad_schema = PostgresStoreBuilder::new().schema("A\"B");
+        assert!(matches!(
+            bad_schema.validate(),
+            Err(SetupError::InvalidName(_))
+        ));
+        assert!(matches!(
+            PostgresStoreBuilder::new().cleanup_batch_size(0).validate(),
+            Err(SetupError::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            PostgresStoreBuilder::new().max_record_bytes(0).validate(),
+            Err(SetupError::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            PostgresStoreBuilder::new()
+                .operation_timeout(Some(Duration::ZERO))
+                .validate(),
+            Err(SetupError::InvalidConfig(_))
+        ));
+        let ok = PostgresStoreBuilder::new()
+            .schema("auth")
+            .table("s")
+            .validate()
+            .unwrap();
+        assert_eq!(ok.qualified(), r#""auth"."s""#);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_url_is_an_error_without_the_url() {
+        let err = PostgresStoreBuilder::new()
+            .connect("postgres://user:hunter2@host:notaport/db")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SetupError::InvalidUrl(_)), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}

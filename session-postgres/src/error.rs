@@ -1,0 +1,170 @@
+//! Errors: [`SetupError`] for building and migrating a store, [`PgError`]
+//! inside the [`StoreError`]s of session operations.
+//!
+//! Connectivity problems (the server is down, restarting, terminated our
+//! connection, or did not answer in time) become
+//! [`StoreError::Unavailable`]; everything else the server reports becomes
+//! [`StoreError::Backend`]. Messages never contain session data; they may
+//! name a storage key (a one-way hash) or the table.
+
+use std::time::Duration;
+
+use session_core::StoreError;
+
+use crate::ident::IdentifierError;
+
+/// Building, connecting or migrating a [`PostgresStore`](crate::PostgresStore)
+/// failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// The configured table or schema name is not a plain identifier.
+    #[error("invalid session table configuration: {0}")]
+    InvalidName(#[from] IdentifierError),
+    /// A configuration value is out of range.
+    #[error("invalid session store configuration: {0}")]
+    InvalidConfig(&'static str),
+    /// The connection URL could not be parsed. (The URL itself is not
+    /// repeated here: it may hold a password.)
+    #[error("invalid PostgreSQL connection URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    /// The first connection could not be established.
+    #[error(
+        "could not connect to PostgreSQL: {0} (check that the server is running and that the \
+         URL, user and password are right)"
+    )]
+    Connect(#[source] sqlx::Error),
+    /// Talking to the server while migrating failed.
+    #[error("migrating the sessions table failed: {0}")]
+    Migrate(#[source] sqlx::Error),
+    /// A migration's DDL was rejected (commonly: the role may not create
+    /// tables or schemas). Nothing was changed.
+    #[error(
+        "migration {version} ({description}) failed, nothing was changed: {source} (the role \
+         needs CREATE on the schema, or run migrate() once with a role that has it)"
+    )]
+    MigrationFailed {
+        /// The version that failed.
+        version: i32,
+        /// What it would have done.
+        description: &'static str,
+        /// The server's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// The cause inside a [`StoreError::Unavailable`] or
+/// [`StoreError::Backend`] returned by the store; downcast the source to
+/// inspect it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PgError {
+    /// The driver or the server reported an error.
+    #[error("PostgreSQL {op} failed: {source}")]
+    Driver {
+        /// The store operation (`"load"`, `"update"`, ...).
+        op: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The operation did not complete within the configured
+    /// [operation timeout](crate::PostgresStoreBuilder::operation_timeout).
+    #[error("PostgreSQL {op} did not complete within {timeout:?}")]
+    Timeout {
+        /// The store operation.
+        op: &'static str,
+        /// The configured timeout.
+        timeout: Duration,
+    },
+    /// The user id contains a NUL character, which PostgreSQL `text`
+    /// cannot hold. Nothing was written.
+    #[error("the user id contains a NUL character, which PostgreSQL text columns cannot store")]
+    NulInUserId,
+    /// The storage key contains a NUL character. Nothing was written.
+    #[error(
+        "the storage key contains a NUL character, which PostgreSQL text columns cannot store"
+    )]
+    NulInKey,
+}
+
+/// Wraps a driver error from operation `op` into the right [`StoreError`].
+pub(crate) fn store_error(op: &'static str, source: sqlx::Error) -> StoreError {
+    let unavailable = is_unavailable(&source);
+    let e = PgError::Driver { op, source };
+    if unavailable {
+        StoreError::unavailable(e)
+    } else {
+        StoreError::backend(e)
+    }
+}
+
+/// Whether `e` means "the server could not be reached or did not answer",
+/// as opposed to "the server rejected the statement".
+pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P01..57P05: admin/crash shutdown,
+            // cannot connect now, database dropped, idle session timeout;
+            // 57014: query cancelled (statement_timeout); 53300: too many
+            // connections.
+            code.starts_with("08") || code.starts_with("57P") || code == "57014" || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
+/// Whether `e` says the pooled connection itself was dead (the server
+/// closed or terminated it), so a fresh connection may well succeed.
+pub(crate) fn is_dead_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code == "57P01" || code == "57P02"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connectivity_errors_are_unavailable() {
+        let io = || sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(matches!(
+            store_error("load", io()),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            store_error("load", sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            store_error("load", sqlx::Error::RowNotFound),
+            StoreError::Backend(_)
+        ));
+        assert!(is_dead_connection(&io()));
+        assert!(!is_dead_connection(&sqlx::Error::PoolTimedOut));
+    }
+
+    #[test]
+    fn messages_name_the_operation() {
+        let e = store_error("update", sqlx::Error::PoolTimedOut);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("unavailable") && msg.contains("update"),
+            "{msg}"
+        );
+        let source = std::error::Error::source(&e).unwrap();
+        assert!(source.downcast_ref::<PgError>().is_some());
+    }
+}

@@ -1,0 +1,132 @@
+//! The SQL text of every operation, built once per store.
+//!
+//! Each operation is exactly one statement, so one round trip; sqlx prepares
+//! it once per connection and reuses it (persistent statements). Every
+//! comparison with "now" uses the server's `now()`, so all application
+//! instances agree on expiry whatever their own clocks say.
+
+use std::sync::Arc;
+
+use crate::ident::TableName;
+
+/// Outcome codes of [`Statements::update`].
+pub(crate) const UPDATED: i32 = 0;
+/// A live record exists under the key, with another version.
+pub(crate) const STALE: i32 = 1;
+// Anything else: no live record under the key.
+
+/// Prepared SQL strings for one table.
+///
+/// `Arc<str>` so that handing one to sqlx costs a reference-count increment,
+/// not a copy.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    /// `$1 key, $2 data, $3 version, $4 user_id, $5 created_at,
+    /// $6 last_access, $7 idle_deadline, $8 absolute_deadline`; one row
+    /// affected when written, none when a live record holds the key.
+    pub create: Arc<str>,
+    /// `$1 key`; the row's record columns when live.
+    pub load: Arc<str>,
+    /// `$1 key, $2 expected version, $3 data, $4 version, $5 created_at,
+    /// $6 last_access, $7 idle_deadline, $8 absolute_deadline`; one `int4`:
+    /// [`UPDATED`], [`STALE`] or not found.
+    pub update: Arc<str>,
+    /// `$1 key, $2 last_access, $3 idle_deadline`; one row affected when
+    /// live.
+    pub touch: Arc<str>,
+    /// `$1 key`.
+    pub delete: Arc<str>,
+    /// `$1 user_id`; summaries of the live sessions.
+    pub list_user: Arc<str>,
+    /// `$1 user_id`; one `int8`: how many live sessions were deleted.
+    pub delete_user: Arc<str>,
+    /// `$1 batch size`; rows affected = expired rows removed.
+    pub delete_expired: Arc<str>,
+}
+
+/// The columns a load returns, in the order `decode_record` reads them.
+pub(crate) const RECORD_COLUMNS: &str =
+    "data, version, user_id, created_at, last_access, idle_deadline, absolute_deadline";
+
+impl Statements {
+    pub(crate) fn new(table: &TableName) -> Self {
+        let t = table.qualified();
+        let s = |text: String| -> Arc<str> { Arc::from(text) };
+        Self {
+            create: s(format!(
+                "INSERT INTO {t} AS s \
+                 (key, data, version, user_id, created_at, last_access, idle_deadline, absolute_deadline) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (key) DO UPDATE SET \
+                 data = excluded.data, version = excluded.version, user_id = excluded.user_id, \
+                 created_at = excluded.created_at, last_access = excluded.last_access, \
+                 idle_deadline = excluded.idle_deadline, absolute_deadline = excluded.absolute_deadline \
+                 WHERE s.expires_at <= now()"
+            )),
+            load: s(format!(
+                "SELECT {RECORD_COLUMNS} FROM {t} WHERE key = $1 AND expires_at > now()"
+            )),
+            update: s(format!(
+                "WITH updated AS (\
+                 UPDATE {t} SET data = $3, version = $4, created_at = $5, last_access = $6, \
+                 idle_deadline = $7, absolute_deadline = $8 \
+                 WHERE key = $1 AND version = $2 AND expires_at > now() RETURNING 1) \
+                 SELECT CASE WHEN EXISTS (SELECT 1 FROM updated) THEN {UPDATED} \
+                 WHEN EXISTS (SELECT 1 FROM {t} WHERE key = $1 AND expires_at > now()) THEN {STALE} \
+                 ELSE 2 END"
+            )),
+            touch: s(format!(
+                "UPDATE {t} SET last_access = $2, idle_deadline = $3 \
+                 WHERE key = $1 AND expires_at > now()"
+            )),
+            delete: s(format!("DELETE FROM {t} WHERE key = $1")),
+            list_user: s(format!(
+                "SELECT key, created_at, last_access, idle_deadline, absolute_deadline \
+                 FROM {t} WHERE user_id = $1 AND expires_at > now()"
+            )),
+            delete_user: s(format!(
+                "WITH gone AS (DELETE FROM {t} WHERE user_id = $1 RETURNING expires_at) \
+                 SELECT count(*) FILTER (WHERE expires_at > now()) FROM gone"
+            )),
+            delete_expired: s(format!(
+                "DELETE FROM {t} WHERE key IN (\
+                 SELECT key FROM {t} WHERE expires_at <= now() \
+                 LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 AND expires_at <= now()"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_statement_names_the_qualified_table() {
+        let table = TableName::new(Some("auth"), "web_sessions").unwrap();
+        let s = Statements::new(&table);
+        for sql in [
+            &s.create,
+            &s.load,
+            &s.update,
+            &s.touch,
+            &s.delete,
+            &s.list_user,
+            &s.delete_user,
+            &s.delete_expired,
+        ] {
+            assert!(sql.contains(r#""auth"."web_sessions""#), "{sql}");
+            assert!(!sql.contains(';'), "one statement only: {sql}");
+        }
+    }
+
+    #[test]
+    fn reads_filter_on_server_time() {
+        let s = Statements::new(&TableName::default());
+        for sql in [&s.load, &s.update, &s.touch, &s.list_user] {
+            assert!(sql.contains("expires_at > now()"), "{sql}");
+        }
+        assert!(s.create.contains("WHERE s.expires_at <= now()"));
+    }
+}

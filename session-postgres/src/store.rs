@@ -1,0 +1,478 @@
+//! [`PostgresStore`]: the [`SessionStore`] implementation.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use session_core::{
+    SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
+};
+use sqlx::{AssertSqlSafe, PgPool};
+use time::OffsetDateTime;
+
+use crate::builder::PostgresStoreBuilder;
+use crate::cleanup::CleanupTask;
+use crate::error::{is_dead_connection, store_error, PgError, SetupError};
+use crate::ident::TableName;
+use crate::migrate;
+use crate::sql::{Statements, STALE, UPDATED};
+
+/// A session store on a PostgreSQL table, through a sqlx connection pool.
+///
+/// Cheap to clone; clones share the pool. Every operation is one SQL
+/// statement (one round trip, a statement prepared once per connection),
+/// and every expiry decision uses the server's clock (`now()`), so a record
+/// stops loading at its deadline exactly, whether or not a clean-up has run.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use session_core::SessionManager;
+/// use session_postgres::PostgresStore;
+///
+/// let store = PostgresStore::connect("postgres://app@localhost/app").await?;
+/// store.migrate().await?;
+/// let cleanup = store.spawn_cleanup(Duration::from_secs(300));
+/// let manager = SessionManager::new(store);
+/// // ... serve requests ...
+/// cleanup.stop().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pool: PgPool,
+    table: TableName,
+    sql: Statements,
+    operation_timeout: Option<Duration>,
+    cleanup_batch_size: u32,
+    max_record_bytes: usize,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the pool: its connect options hold the password.
+        f.debug_struct("PostgresStore")
+            .field("table", &self.inner.table)
+            .field("pool_size", &self.inner.pool.size())
+            .field("operation_timeout", &self.inner.operation_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// A builder for a store: table, pool and timeouts.
+    pub fn builder() -> PostgresStoreBuilder {
+        PostgresStoreBuilder::new()
+    }
+
+    /// Connects to `url` with the default settings (table `sessions`).
+    /// Shorthand for `PostgresStore::builder().connect(url)`.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError`] if the URL is malformed or the server does not answer.
+    pub async fn connect(url: &str) -> Result<Self, SetupError> {
+        PostgresStoreBuilder::new().connect(url).await
+    }
+
+    pub(crate) fn from_parts(
+        pool: PgPool,
+        table: TableName,
+        operation_timeout: Option<Duration>,
+        cleanup_batch_size: u32,
+        max_record_bytes: usize,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sql: Statements::new(&table),
+                pool,
+                table,
+                operation_timeout,
+                cleanup_batch_size,
+                max_record_bytes,
+            }),
+        }
+    }
+
+    /// The connection pool.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The sessions table.
+    #[must_use]
+    pub fn table(&self) -> &TableName {
+        &self.inner.table
+    }
+
+    /// Creates or upgrades the sessions table (and its schema, if
+    /// configured); returns how many migrations ran (0 when up to date).
+    ///
+    /// Safe to call at every start-up and from several instances at once:
+    /// all pending migrations run in one transaction under an advisory lock
+    /// (see the [`migrate`](crate::migrate) module).
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError::MigrationFailed`] if the role may not create the table
+    /// or schema; [`SetupError::Migrate`] if the server is unreachable.
+    pub async fn migrate(&self) -> Result<u32, SetupError> {
+        migrate::run(&self.inner.pool, &self.inner.table).await
+    }
+
+    /// Spawns a task on the current Tokio runtime that deletes expired rows
+    /// every `period` (at least 10 ms), in batches.
+    ///
+    /// Several instances may each run one: batches skip rows another
+    /// instance is deleting. The task ends once every clone of the store is
+    /// dropped, and after its current batch when the returned handle is
+    /// dropped or [`CleanupTask::stop`] is called.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    #[must_use = "the clean-up task stops when its handle is dropped"]
+    pub fn spawn_cleanup(&self, period: Duration) -> CleanupTask {
+        CleanupTask::spawn(Arc::downgrade(&self.inner), period)
+    }
+
+    /// Closes the pool: in-flight operations finish, later ones fail with
+    /// [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+}
+
+impl Inner {
+    /// Runs one statement with the operation timeout; when `retry` is set
+    /// (idempotent operations only) a failure on a dead pooled connection
+    /// is retried once on a fresh one.
+    async fn run<T, F, Fut>(&self, op: &'static str, retry: bool, f: F) -> StoreResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        let attempt = async {
+            match f().await {
+                Err(e) if retry && is_dead_connection(&e) => {
+                    tracing::debug!(target: "session_postgres", op, error = %e, "retrying on a fresh connection");
+                    f().await
+                }
+                result => result,
+            }
+        };
+        let result = match self.operation_timeout {
+            None => attempt.await,
+            Some(timeout) => match tokio::time::timeout(timeout, attempt).await {
+                Ok(result) => result,
+                Err(_) => return Err(StoreError::unavailable(PgError::Timeout { op, timeout })),
+            },
+        };
+        result.map_err(|e| store_error(op, e))
+    }
+
+    fn check_size(&self, record: &SessionRecord) -> StoreResult<()> {
+        if record.data.len() > self.max_record_bytes {
+            return Err(StoreError::TooLarge {
+                size: record.data.len(),
+                limit: self.max_record_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes one batch of expired rows; returns how many.
+    pub(crate) async fn delete_expired_batch(&self) -> StoreResult<u64> {
+        let sql = &self.sql.delete_expired;
+        let pool = &self.pool;
+        let batch = i64::from(self.cleanup_batch_size);
+        let done = self
+            .run("delete_expired", true, || async move {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(batch)
+                    .execute(pool)
+                    .await
+            })
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub(crate) fn cleanup_batch_size(&self) -> u64 {
+        u64::from(self.cleanup_batch_size)
+    }
+}
+
+/// Earliest instant stored exactly: 0001-01-01T00:00:00Z.
+const MIN_DB_MILLIS: i64 = -62_135_596_800_000;
+/// Latest instant stored exactly: 9999-12-31T23:59:59.999Z.
+const MAX_DB_MILLIS: i64 = 253_402_300_799_999;
+
+/// A [`Timestamp`] as a `timestamptz` value. Instants outside years
+/// 1..=9999 are clamped, which keeps their order relative to any real "now"
+/// (a deadline at the end of time stays in the future).
+fn to_db(t: Timestamp) -> OffsetDateTime {
+    let ms = t.as_unix_millis().clamp(MIN_DB_MILLIS, MAX_DB_MILLIS);
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn from_db(t: OffsetDateTime) -> Timestamp {
+    Timestamp::from_offset_date_time(t)
+}
+
+fn has_nul(s: &str) -> bool {
+    s.as_bytes().contains(&0)
+}
+
+type RecordRow = (
+    Vec<u8>,
+    i64,
+    Option<String>,
+    OffsetDateTime,
+    OffsetDateTime,
+    OffsetDateTime,
+    OffsetDateTime,
+);
+
+type SummaryRow = (
+    String,
+    OffsetDateTime,
+    OffsetDateTime,
+    OffsetDateTime,
+    OffsetDateTime,
+);
+
+#[async_trait]
+impl SessionStore for PostgresStore {
+    async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
+        let inner = &*self.inner;
+        inner.check_size(record)?;
+        if has_nul(key.as_str()) {
+            return Err(StoreError::backend(PgError::NulInKey));
+        }
+        if record.user_id.as_deref().is_some_and(has_nul) {
+            return Err(StoreError::backend(PgError::NulInUserId));
+        }
+        let (sql, pool) = (&inner.sql.create, &inner.pool);
+        let done = inner
+            .run("create", false, || async move {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(key.as_str())
+                    .bind(&record.data[..])
+                    .bind(record.version.cast_signed())
+                    .bind(record.user_id.as_deref())
+                    .bind(to_db(record.created_at))
+                    .bind(to_db(record.last_access))
+                    .bind(to_db(record.idle_deadline))
+                    .bind(to_db(record.absolute_deadline))
+                    .execute(pool)
+                    .await
+            })
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AlreadyExists);
+        }
+        Ok(())
+    }
+
+    async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
+        if has_nul(key.as_str()) {
+            return Ok(None);
+        }
+        let inner = &*self.inner;
+        let (sql, pool) = (&inner.sql.load, &inner.pool);
+        let row: Option<RecordRow> = inner
+            .run("load", true, || async move {
+                sqlx::query_as(AssertSqlSafe(sql.clone()))
+                    .bind(key.as_str())
+                    .fetch_optional(pool)
+                    .await
+            })
+            .await?;
+        Ok(row.map(
+            |(data, version, user_id, created, last_access, idle, absolute)| SessionRecord {
+                data: Bytes::from(data),
+                user_id,
+                created_at: from_db(created),
+                last_access: from_db(last_access),
+                idle_deadline: from_db(idle),
+                absolute_deadline: from_db(absolute),
+                version: version.cast_unsigned(),
+            },
+        ))
+    }
+
+    async fn update(
+        &self,
+        key: &StorageKey,
+        expected_version: u64,
+        record: &SessionRecord,
+    ) -> StoreResult<()> {
+        let inner = &*self.inner;
+        inner.check_size(record)?;
+        if has_nul(key.as_str()) {
+            return Err(StoreError::NotFound);
+        }
+        let (sql, pool) = (&inner.sql.update, &inner.pool);
+        let outcome: i32 = inner
+            .run("update", false, || async move {
+                sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+                    .bind(key.as_str())
+                    .bind(expected_version.cast_signed())
+                    .bind(&record.data[..])
+                    .bind(record.version.cast_signed())
+                    .bind(to_db(record.created_at))
+                    .bind(to_db(record.last_access))
+                    .bind(to_db(record.idle_deadline))
+                    .bind(to_db(record.absolute_deadline))
+                    .fetch_one(pool)
+                    .await
+            })
+            .await?;
+        match outcome {
+            UPDATED => Ok(()),
+            STALE => Err(StoreError::Conflict),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        last_access: Timestamp,
+        idle_deadline: Timestamp,
+    ) -> StoreResult<()> {
+        if has_nul(key.as_str()) {
+            return Err(StoreError::NotFound);
+        }
+        let inner = &*self.inner;
+        let (sql, pool) = (&inner.sql.touch, &inner.pool);
+        let done = inner
+            .run("touch", true, || async move {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(key.as_str())
+                    .bind(to_db(last_access))
+                    .bind(to_db(idle_deadline))
+                    .execute(pool)
+                    .await
+            })
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
+        if has_nul(key.as_str()) {
+            return Ok(());
+        }
+        let inner = &*self.inner;
+        let (sql, pool) = (&inner.sql.delete, &inner.pool);
+        inner
+            .run("delete", true, || async move {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(key.as_str())
+                    .execute(pool)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+        if has_nul(user_id) {
+            return Ok(Vec::new());
+        }
+        let inner = &*self.inner;
+        let (sql, pool) = (&inner.sql.list_user, &inner.pool);
+        let rows: Vec<SummaryRow> = inner
+            .run("list_user", true, || async move {
+                sqlx::query_as(AssertSqlSafe(sql.clone()))
+                    .bind(user_id)
+                    .fetch_all(pool)
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(key, created, last_access, idle, absolute)| SessionSummary {
+                    key: StorageKey::from_stored(&key),
+                    created_at: from_db(created),
+                    last_access: from_db(last_access),
+                    idle_deadline: from_db(idle),
+                    absolute_deadline: from_db(absolute),
+                },
+            )
+            .collect())
+    }
+
+    async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
+        if has_nul(user_id) {
+            return Ok(0);
+        }
+        let inner = &*self.inner;
+        let (sql, pool) = (&inner.sql.delete_user, &inner.pool);
+        let live: i64 = inner
+            .run("delete_user", false, || async move {
+                sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+                    .bind(user_id)
+                    .fetch_one(pool)
+                    .await
+            })
+            .await?;
+        Ok(live.cast_unsigned())
+    }
+
+    /// Deletes expired rows in batches of
+    /// [`cleanup_batch_size`](PostgresStoreBuilder::cleanup_batch_size),
+    /// one short statement each, until a batch comes back short.
+    async fn delete_expired(&self) -> StoreResult<u64> {
+        let inner = &*self.inner;
+        let mut total = 0;
+        loop {
+            let n = inner.delete_expired_batch().await?;
+            total += n;
+            if n < inner.cleanup_batch_size() {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_to_the_millisecond() {
+        for ms in [0, 1, -1, 1_700_000_000_123, MIN_DB_MILLIS, MAX_DB_MILLIS] {
+            let t = Timestamp::from_unix_millis(ms);
+            assert_eq!(from_db(to_db(t)), t, "{ms}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_timestamps_clamp_in_order() {
+        let end = from_db(to_db(Timestamp::from_unix_millis(i64::MAX)));
+        let start = from_db(to_db(Timestamp::from_unix_millis(i64::MIN)));
+        assert_eq!(end.as_unix_millis(), MAX_DB_MILLIS);
+        assert_eq!(start.as_unix_millis(), MIN_DB_MILLIS);
+        assert!(start < Timestamp::now() && Timestamp::now() < end);
+    }
+
+    #[test]
+    fn nul_detection() {
+        assert!(has_nul("a\0b"));
+        assert!(!has_nul("Zoë-名前"));
+    }
+}
