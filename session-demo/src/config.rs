@@ -1,0 +1,137 @@
+//! Command-line options and environment variables.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use session_core::{LimitStrategy, SessionConfig};
+
+/// Serves the session demo over HTTPS.
+///
+/// Environment: `SESSION_BACKEND` selects the session store (default
+/// `memory`); `DEMO_USERS` lists the users as `name:password,name:password`
+/// (when unset, a user `demo` with a random password is created and the
+/// password printed at start).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "session-demo", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain; with --key. Without both, a self-signed
+    /// certificate for localhost and the listen address is generated.
+    #[arg(long, requires = "key", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key for --cert.
+    #[arg(long, requires = "cert", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Session store: memory (more as backends are added).
+    #[arg(long, env = "SESSION_BACKEND", default_value = "memory", value_name = "NAME")]
+    pub backend: String,
+
+    /// Maximum concurrent sessions per user (unlimited when absent).
+    #[arg(long, value_name = "N")]
+    pub max_sessions_per_user: Option<NonZeroUsize>,
+
+    /// What a login beyond --max-sessions-per-user does.
+    #[arg(long, value_enum, default_value_t = OnLimit::Reject)]
+    pub on_limit: OnLimit,
+
+    /// A session ends after this many seconds without a request.
+    #[arg(long, default_value_t = 30 * 60, value_name = "SECS")]
+    pub idle_timeout_secs: u64,
+
+    /// A session ends this many seconds after login, whatever happens.
+    #[arg(long, default_value_t = 12 * 60 * 60, value_name = "SECS")]
+    pub absolute_timeout_secs: u64,
+
+    /// `name:password,...`; read from `DEMO_USERS` (not a flag, so
+    /// passwords stay out of the process list).
+    #[arg(skip = std::env::var("DEMO_USERS").ok())]
+    pub users: Option<String>,
+}
+
+/// The `--on-limit` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnLimit {
+    /// Refuse the new login.
+    Reject,
+    /// Accept it and end the user's oldest session.
+    Evict,
+}
+
+impl Config {
+    /// The session policies these options describe.
+    ///
+    /// # Errors
+    ///
+    /// When the timeouts are inconsistent (zero, or idle above absolute).
+    pub fn session_config(&self) -> Result<SessionConfig, session_core::ConfigError> {
+        let idle = Duration::from_secs(self.idle_timeout_secs);
+        // Touch often enough that an active session never idles out.
+        let touch = (idle / 2).min(Duration::from_secs(60));
+        let mut b = SessionConfig::builder()
+            .idle_timeout(idle)
+            .absolute_timeout(Duration::from_secs(self.absolute_timeout_secs))
+            .touch_interval(touch);
+        if let Some(max) = self.max_sessions_per_user {
+            let strategy = match self.on_limit {
+                OnLimit::Reject => LimitStrategy::RejectNew,
+                OnLimit::Evict => LimitStrategy::EvictOldest,
+            };
+            b = b.max_sessions_per_user(max, strategy);
+        }
+        b.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::try_parse_from(["session-demo"]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.on_limit, OnLimit::Reject);
+        let s = c.session_config().unwrap();
+        assert_eq!(s.idle_timeout(), Duration::from_secs(1800));
+        assert_eq!(s.touch_interval(), Duration::from_secs(60));
+        assert_eq!(s.user_limit(), None);
+    }
+
+    #[test]
+    fn limits_and_short_timeouts() {
+        let c = Config::try_parse_from([
+            "session-demo",
+            "--max-sessions-per-user",
+            "2",
+            "--on-limit",
+            "evict",
+            "--idle-timeout-secs",
+            "1",
+            "--absolute-timeout-secs",
+            "2",
+        ])
+        .unwrap();
+        let s = c.session_config().unwrap();
+        let limit = s.user_limit().unwrap();
+        assert_eq!(limit.max.get(), 2);
+        assert_eq!(limit.strategy, LimitStrategy::EvictOldest);
+        assert_eq!(s.touch_interval(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        assert!(Config::try_parse_from(["session-demo", "--on-limit", "queue"]).is_err());
+        assert!(Config::try_parse_from(["session-demo", "--max-sessions-per-user", "0"]).is_err());
+        assert!(Config::try_parse_from(["session-demo", "--cert", "c.pem"]).is_err());
+        let c = Config::try_parse_from(["session-demo", "--idle-timeout-secs", "0"]).unwrap();
+        assert!(c.session_config().is_err());
+    }
+}

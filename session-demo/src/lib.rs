@@ -1,0 +1,25 @@
+//! A runnable HTTPS demo of server-side sessions: the classic secure-session
+//! tutorial flow (login, profile, logout, log out everywhere, a session list
+//! and a one-time-token form) on top of `session-axum`.
+//!
+//! Run it with `cargo run -p session-demo` and open <https://127.0.0.1:8443>.
+//! See `session-demo --help` for the options.
+//!
+//! - [`config`]: command-line options and environment variables.
+//! - [`users`]: the demo's user list, passwords kept as Argon2id hashes.
+//! - [`backend`]: picks the session store from `SESSION_BACKEND`.
+//! - [`tls`]: the rustls configuration, self-signed unless files are given.
+//! - [`app`]: the router: routes, pages and protective headers.
+//! - [`server`]: binds, prints what a newcomer needs, and serves.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod backend;
+pub mod config;
+pub mod server;
+pub mod tls;
+pub mod users;
+
+pub use crate::config::Config;
+pub use crate::server::{Demo, StartupError};
