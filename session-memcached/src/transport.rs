@@ -191,9 +191,7 @@ impl Transport for Blocking {
             };
             match c.run(op) {
                 Ok(r) => Ok(outcome(r.status)),
-                Err(memcache::exp::Error::Server(msg)) if msg.contains("too large") => {
-                    Ok(Outcome::TooLarge)
-                }
+                Err(e) if refused_as_too_large(&e) => Ok(Outcome::TooLarge),
                 Err(e) => Err(e),
             }
         })
@@ -227,6 +225,18 @@ impl Transport for Blocking {
 
     async fn ping(&self) -> StoreResult<()> {
         self.run(MetaClient::noop).await
+    }
+}
+
+/// Whether the server answered "object too large for cache" (possibly
+/// after the client gave up on the connection, which it reports as an
+/// ambiguous outcome): the item was not stored.
+fn refused_as_too_large(e: &memcache::exp::Error) -> bool {
+    use memcache::exp::Error as E;
+    match e {
+        E::Server(msg) => msg.contains("too large"),
+        E::Ambiguous { source, .. } => refused_as_too_large(source),
+        _ => false,
     }
 }
 
