@@ -1,0 +1,174 @@
+//! [`RedisStoreBuilder`]: key prefix, timeouts and size limit, then connect
+//! to a single server or a cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+
+use crate::connection::Conn;
+use crate::error::ConnectError;
+use crate::keys::{KeyPrefix, DEFAULT_PREFIX};
+use crate::scripts::Scripts;
+use crate::store::{RedisStore, Shared};
+
+/// Default bound on one store operation, retries and reconnects included.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default bound on establishing a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default largest encoded record (metadata, user id and data) accepted.
+pub const DEFAULT_MAX_RECORD_SIZE: usize = 4 * 1024 * 1024;
+
+/// Configures and connects a [`RedisStore`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), session_redis::ConnectError> {
+/// use std::time::Duration;
+/// let store = session_redis::RedisStore::builder()
+///     .prefix("myapp")
+///     .operation_timeout(Duration::from_millis(500))
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    prefix: String,
+    operation_timeout: Duration,
+    connect_timeout: Duration,
+    max_record_size: usize,
+}
+
+impl Default for RedisStoreBuilder {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_record_size: DEFAULT_MAX_RECORD_SIZE,
+        }
+    }
+}
+
+impl RedisStoreBuilder {
+    /// A builder with the defaults: prefix `session`, 2 s operation and
+    /// connect timeouts, 4 MiB records.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The key prefix (namespace): every key this store writes starts with
+    /// `<prefix>:`. Stores with different prefixes share nothing. Validated
+    /// when connecting (see [`KeyPrefix::new`]).
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The longest one operation may take, reconnects and retries included;
+    /// past it the operation fails with
+    /// [`StoreError::Unavailable`](session_core::StoreError::Unavailable).
+    /// Also the per-request response timeout of the connection.
+    #[must_use]
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// The longest one connection attempt may take.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The largest encoded record accepted; larger ones fail with
+    /// [`StoreError::TooLarge`](session_core::StoreError::TooLarge) and
+    /// nothing is written.
+    #[must_use]
+    pub fn max_record_size(mut self, bytes: usize) -> Self {
+        self.max_record_size = bytes;
+        self
+    }
+
+    /// Connects to a single server, e.g. `redis://127.0.0.1:6379/0` or
+    /// `rediss://user:pass@host:6380`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError`] for a bad prefix or URL, or a server that does not
+    /// answer.
+    pub async fn connect(self, url: &str) -> Result<RedisStore, ConnectError> {
+        let prefix = KeyPrefix::new(&self.prefix)?;
+        let client = redis::Client::open(url).map_err(ConnectError::InvalidUrl)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.operation_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = self
+            .bounded_connect(ConnectionManager::new_with_config(client, config))
+            .await?;
+        Ok(self.finish(prefix, Conn::Single(conn)))
+    }
+
+    /// Connects to a Redis Cluster through one or more of its nodes, e.g.
+    /// `["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError`] for a bad prefix or URL, no URL at all, or a cluster
+    /// that does not answer.
+    pub async fn connect_cluster<I, S>(self, urls: I) -> Result<RedisStore, ConnectError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let prefix = KeyPrefix::new(&self.prefix)?;
+        let nodes: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        if nodes.is_empty() {
+            return Err(ConnectError::NoClusterNodes);
+        }
+        let client = ClusterClient::builder(nodes)
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.operation_timeout)
+            .retries(2)
+            .build()
+            .map_err(ConnectError::InvalidUrl)?;
+        let conn = self.bounded_connect(client.get_async_connection()).await?;
+        Ok(self.finish(prefix, Conn::Cluster(conn)))
+    }
+
+    async fn bounded_connect<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, ConnectError> {
+        // Room for the connection manager's own retries.
+        let bound = self.connect_timeout.saturating_mul(3);
+        tokio::time::timeout(bound, fut)
+            .await
+            .map_err(|_| ConnectError::TimedOut(bound))?
+            .map_err(|e| {
+                if crate::error::is_unavailable(&e) {
+                    ConnectError::Unavailable(e)
+                } else {
+                    ConnectError::Refused(e)
+                }
+            })
+    }
+
+    fn finish(self, prefix: KeyPrefix, conn: Conn) -> RedisStore {
+        RedisStore::from_parts(
+            Arc::new(Shared {
+                conn,
+                scripts: Scripts::new(),
+                operation_timeout: self.operation_timeout,
+                max_record_size: self.max_record_size,
+            }),
+            prefix,
+        )
+    }
+}

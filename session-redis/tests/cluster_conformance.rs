@@ -1,0 +1,11 @@
+//! The whole `session-core` conformance suite against a Redis Cluster
+//! (`REDIS_CLUSTER_URLS`, default the local 3-master cluster on ports
+//! 7101-7103).
+
+mod common;
+
+session_core::conformance_suite!(|namespace: String| async move {
+    let store = common::cluster_store(&namespace).await;
+    assert!(store.is_cluster());
+    store
+});
