@@ -1,3 +1,265 @@
-fn main() {
-    println!("Hello, world!");
+//! `session-bench`: see `--help` and BENCHMARKS.md.
+
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use session_bench::report::{attach_floor_ratios, markdown, Row};
+use session_bench::systems::{self, Servers};
+use session_bench::workload::{self, Op, System};
+use session_bench::BenchResult;
+use session_core::SessionStore;
+use session_encrypted::{EncryptedStore, EncryptionKey, KeyRing};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Memory,
+    Redis,
+    Postgres,
+    Memcached,
+}
+
+/// Request-cycle benchmark of every session backend against its raw-client
+/// floor and tower-sessions, with interleaved rounds and medians.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Backends to run (repeatable).
+    #[arg(long = "backend", value_enum, default_values_t = [Backend::Memory])]
+    backends: Vec<Backend>,
+    /// Also run each backend wrapped in EncryptedStore.
+    #[arg(long)]
+    encrypted: bool,
+    /// Sessions created before timing.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Timed operations per system and round.
+    #[arg(long, default_value_t = 200_000)]
+    ops: usize,
+    /// Concurrent tasks.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Probability that a request modifies the session.
+    #[arg(long, default_value_t = 0.2)]
+    write_ratio: f64,
+    /// Payload bytes per session (repeatable).
+    #[arg(long = "payload", default_values_t = [200, 4096])]
+    payloads: Vec<usize>,
+    /// Interleaved rounds; tables report medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Skip tower-sessions peers.
+    #[arg(long)]
+    no_peers: bool,
+    /// Skip the login, logout-everywhere and listing paths.
+    #[arg(long)]
+    no_paths: bool,
+    /// Print one JSON object per system and round instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Random seed of the operation sequence.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn ns(tag: &str) -> String {
+    format!("bench{}{}", std::process::id(), tag)
+}
+
+async fn our_store(b: Backend, servers: &Servers, tag: &str) -> BenchResult<Arc<dyn SessionStore>> {
+    session_bench::systems::our_store(
+        match b {
+            Backend::Memory => "memory",
+            Backend::Redis => "redis",
+            Backend::Postgres => "postgres",
+            Backend::Memcached => "memcached",
+        },
+        servers,
+        &ns(tag),
+    )
+    .await
+}
+
+fn encrypted(store: Arc<dyn SessionStore>) -> Arc<dyn SessionStore> {
+    Arc::new(EncryptedStore::new(
+        store,
+        KeyRing::new(1, EncryptionKey::generate()),
+    ))
+}
+
+async fn systems_for(
+    b: Backend,
+    args: &Args,
+    servers: &Servers,
+    payload: usize,
+) -> BenchResult<Vec<(String, Box<dyn System>)>> {
+    let tag = format!("p{payload}");
+    let mut out: Vec<(String, Box<dyn System>)> = Vec::new();
+    let floor: Box<dyn System> = match b {
+        Backend::Memory => Box::<systems::MemoryFloor>::default(),
+        Backend::Redis => Box::new(
+            systems::RedisFloor::connect(&servers.redis, &ns(&format!("floor{tag}"))).await?,
+        ),
+        Backend::Postgres => Box::new(
+            systems::PostgresFloor::connect(&servers.postgres, &ns(&format!("floor{tag}")), 10)
+                .await?,
+        ),
+        Backend::Memcached => Box::new(
+            systems::MemcachedFloor::connect(
+                &servers.memcached_addr(),
+                &ns(&format!("floor{tag}")),
+                args.concurrency,
+            )
+            .await?,
+        ),
+    };
+    out.push(("floor".into(), floor));
+    out.push((
+        "manager".into(),
+        Box::new(systems::Manager::new(
+            our_store(b, servers, &format!("m{tag}")).await?,
+        )),
+    ));
+    if args.encrypted {
+        let store = encrypted(our_store(b, servers, &format!("e{tag}")).await?);
+        out.push((
+            "manager+encrypted".into(),
+            Box::new(systems::Manager::new(store)),
+        ));
+    }
+    if !args.no_peers {
+        for (name, peer) in systems::peers(
+            match b {
+                Backend::Memory => "memory",
+                Backend::Redis => "redis",
+                Backend::Postgres => "postgres",
+                Backend::Memcached => "memcached",
+            },
+            servers,
+            &ns(&format!("t{tag}")),
+        )
+        .await?
+        {
+            out.push((name, peer));
+        }
+    }
+    Ok(out)
+}
+
+async fn paths_for(
+    b: Backend,
+    servers: &Servers,
+    payload: usize,
+) -> BenchResult<Vec<(String, Box<dyn System>)>> {
+    let tag = format!("p{payload}");
+    Ok(vec![
+        (
+            "path:login".into(),
+            Box::new(systems::Login::new(
+                our_store(b, servers, &format!("l{tag}")).await?,
+            )) as Box<dyn System>,
+        ),
+        (
+            "path:list-user".into(),
+            Box::new(systems::PerUser::new(
+                our_store(b, servers, &format!("u{tag}")).await?,
+                false,
+            )),
+        ),
+    ])
+}
+
+async fn run(args: Args) -> BenchResult<Vec<Row>> {
+    let servers = Servers::from_env();
+    let mut rows = Vec::new();
+    let ops = workload::ops(args.seed, args.sessions, args.ops, args.write_ratio);
+    for &b in &args.backends {
+        let backend = format!("{b:?}").to_lowercase();
+        for &payload in &args.payloads {
+            let mut list = systems_for(b, &args, &servers, payload).await?;
+            if !args.no_paths {
+                list.extend(paths_for(b, &servers, payload).await?);
+            }
+            let mut ready: Vec<(String, Arc<dyn System>)> = Vec::new();
+            for (name, mut sys) in list {
+                eprintln!(
+                    "setup {backend} {payload} B {name}: {} sessions",
+                    args.sessions
+                );
+                sys.setup(args.sessions, payload).await?;
+                ready.push((name, Arc::from(sys)));
+            }
+            for round in 0..args.rounds {
+                for (name, sys) in &ready {
+                    let seq = path_ops(name, &ops, args.sessions, round);
+                    let m = workload::run(sys.clone(), seq, args.concurrency).await;
+                    if let Some(e) = &m.first_error {
+                        eprintln!("{backend} {name}: {} errors, first: {e}", m.errors);
+                    }
+                    rows.push(Row::new(name, &backend, payload, args.sessions, round, &m));
+                }
+            }
+            // Logout-everywhere consumes its users: one fresh setup per round.
+            if !args.no_paths {
+                for round in 0..args.rounds {
+                    let mut sys = systems::PerUser::new(
+                        our_store(b, &servers, &format!("o{payload}r{round}")).await?,
+                        true,
+                    );
+                    sys.setup(args.sessions, payload).await?;
+                    let users = (args.sessions / 10).max(1);
+                    let seq = Arc::new(
+                        (0..users)
+                            .map(|i| Op {
+                                session: i,
+                                write: true,
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    let m = workload::run(Arc::new(sys), seq, args.concurrency).await;
+                    rows.push(Row::new(
+                        "path:logout-everywhere",
+                        &backend,
+                        payload,
+                        args.sessions,
+                        round,
+                        &m,
+                    ));
+                }
+            }
+        }
+    }
+    attach_floor_ratios(&mut rows);
+    Ok(rows)
+}
+
+/// Login ops: each session at most once per round (it is rotated); listing
+/// uses the shared sequence.
+fn path_ops(name: &str, ops: &Arc<Vec<Op>>, sessions: usize, _round: usize) -> Arc<Vec<Op>> {
+    if name == "path:login" {
+        let n = ops.len().min(sessions);
+        Arc::new(ops.iter().take(n).copied().collect())
+    } else {
+        ops.clone()
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let json = args.json;
+    match run(args).await {
+        Ok(rows) => {
+            if json {
+                for r in &rows {
+                    println!("{}", serde_json::to_string(r).expect("row serializes"));
+                }
+            } else {
+                print!("{}", markdown(&rows));
+            }
+        }
+        Err(e) => {
+            eprintln!("session-bench: {e}");
+            std::process::exit(1);
+        }
+    }
 }
