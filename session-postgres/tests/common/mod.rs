@@ -17,7 +17,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use session_core::{SessionRecord, SessionStore, SessionSummary, StorageKey, StoreResult, Timestamp};
+use session_core::{
+    SessionRecord, SessionStore, SessionSummary, StorageKey, StoreResult, Timestamp,
+};
 use session_postgres::{PostgresStore, PostgresStoreBuilder};
 
 /// The project's default test database.

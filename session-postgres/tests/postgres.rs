@@ -1,0 +1,359 @@
+//! PostgreSQL-specific behaviour beyond the conformance suite: migrations,
+//! configured names, exact expiry before clean-up, batched clean-up and the
+//! background task, limits and hostile input.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{database_url, unique, Scratch};
+use session_core::conformance::record;
+use session_core::{KeyDeriver, SessionId, SessionStore, StorageKey, StoreError, Timestamp};
+use session_postgres::{PgError, PostgresStore, SetupError};
+
+const HOUR: u64 = 3_600_000;
+
+fn key() -> StorageKey {
+    KeyDeriver::new().derive(&SessionId::generate())
+}
+
+async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !cond().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_run_once_in_a_new_schema() {
+    let schema = unique("spg_mig");
+    let mut stores = Vec::new();
+    for _ in 0..6 {
+        stores.push(
+            PostgresStore::builder()
+                .schema(&schema)
+                .table("sessions")
+                .max_connections(1)
+                .connect(&database_url())
+                .await
+                .unwrap(),
+        );
+    }
+    let runs: Vec<_> = stores
+        .iter()
+        .map(|s| {
+            let s = s.clone();
+            tokio::spawn(async move { s.migrate().await })
+        })
+        .collect();
+    let mut applied = 0;
+    for r in runs {
+        applied += r.await.unwrap().expect("concurrent migrate failed");
+    }
+    assert_eq!(applied, 1, "the one migration ran {applied} times");
+    assert_eq!(stores[0].migrate().await.unwrap(), 0, "not idempotent");
+
+    let pool = stores[0].pool();
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND tablename = 'sessions' \
+         ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "sessions_expires_at_idx",
+            "sessions_pkey",
+            "sessions_user_id_idx"
+        ]
+    );
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT column_name::text, data_type::text FROM information_schema.columns \
+         WHERE table_schema = $1 AND table_name = 'sessions' ORDER BY ordinal_position",
+    )
+    .bind(&schema)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "key",
+            "data",
+            "version",
+            "user_id",
+            "created_at",
+            "last_access",
+            "idle_deadline",
+            "absolute_deadline",
+            "expires_at"
+        ]
+    );
+    assert!(columns
+        .iter()
+        .filter(|(n, _)| n.ends_with("_at") || n.ends_with("deadline") || n == "last_access")
+        .all(|(_, t)| t == "timestamp with time zone"));
+
+    // The store works in its schema, and nothing leaked into `public`.
+    let k = key();
+    stores[0]
+        .create(&k, &record(Some("u"), b"x", HOUR, HOUR))
+        .await
+        .unwrap();
+    assert!(stores[1].load(&k).await.unwrap().is_some());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn hostile_names_are_refused_before_any_connection() {
+    for (schema, table) in [
+        (None, "sessions\"; DROP TABLE users; --"),
+        (Some("public; DROP SCHEMA x"), "sessions"),
+        (Some("Public"), "sessions"),
+        (None, ""),
+    ] {
+        let mut b = PostgresStore::builder().table(table);
+        if let Some(s) = schema {
+            b = b.schema(s);
+        }
+        // Port 1 never answers: an error other than InvalidName would mean
+        // the builder tried to connect with the hostile name.
+        let err = b
+            .connect("postgres://nobody@127.0.0.1:1/x")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SetupError::InvalidName(_)), "{err:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_rows_stay_until_cleanup_but_never_show() {
+    let t = Scratch::new(&unique("exp")).await;
+    let s = &t.store;
+    let (k, user) = (key(), unique("user"));
+    s.create(&k, &record(Some(&user), b"old", 300, HOUR))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(t.expired_rows().await, 1, "the row should still be stored");
+    assert!(s.load(&k).await.unwrap().is_none());
+    assert!(s.list_user(&user).await.unwrap().is_empty());
+    assert!(matches!(
+        s.touch(&k, Timestamp::now(), Timestamp::now()).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        s.delete_user(&user).await.unwrap(),
+        0,
+        "counted an expired one"
+    );
+
+    // An expired row does not block a new record under its key, and the new
+    // record's user (none) replaces the old one in the index.
+    s.create(&k, &record(Some(&user), b"old", 300, HOUR))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.create(&k, &record(None, b"new", HOUR, HOUR))
+        .await
+        .unwrap();
+    let got = s.load(&k).await.unwrap().unwrap();
+    assert_eq!((&got.data[..], got.user_id), (&b"new"[..], None));
+    assert!(s.list_user(&user).await.unwrap().is_empty());
+    assert_eq!(t.rows().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_expired_works_through_many_batches() {
+    let t = Scratch::with(common::builder(&unique("batch")).cleanup_batch_size(7)).await;
+    let s = &t.store;
+    let past = Timestamp::now().saturating_sub(Duration::from_secs(1));
+    for i in 0..30u8 {
+        let mut r = record(Some("u"), &[i], HOUR, HOUR);
+        r.idle_deadline = past;
+        s.create(&key(), &r).await.unwrap();
+    }
+    let live: Vec<StorageKey> = (0..5).map(|_| key()).collect();
+    for k in &live {
+        s.create(k, &record(Some("u"), b"live", HOUR, HOUR))
+            .await
+            .unwrap();
+    }
+    assert_eq!(t.rows().await, 35);
+    assert_eq!(s.delete_expired().await.unwrap(), 30);
+    assert_eq!(t.rows().await, 5);
+    assert_eq!(s.delete_expired().await.unwrap(), 0);
+    assert_eq!(s.list_user("u").await.unwrap().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_task_deletes_expired_rows_and_stops() {
+    let t = Scratch::with(common::builder(&unique("task")).cleanup_batch_size(3)).await;
+    let s = &t.store;
+    let expired = |n: u8| {
+        let mut r = record(None, &[n], HOUR, HOUR);
+        r.absolute_deadline = Timestamp::now().saturating_sub(Duration::from_millis(1));
+        r
+    };
+    for i in 0..10 {
+        s.create(&key(), &expired(i)).await.unwrap();
+    }
+    let live = key();
+    s.create(&live, &record(None, b"live", HOUR, HOUR))
+        .await
+        .unwrap();
+
+    let task = s.spawn_cleanup(Duration::from_millis(50));
+    wait_for("the clean-up task to delete expired rows", || async {
+        t.expired_rows().await == 0
+    })
+    .await;
+    assert!(s.load(&live).await.unwrap().is_some());
+    assert!(!task.is_finished());
+    tokio::time::timeout(Duration::from_secs(10), task.stop())
+        .await
+        .expect("stop() did not return");
+
+    // Stopped means stopped: new expired rows stay.
+    s.create(&key(), &expired(99)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(t.expired_rows().await, 1);
+
+    // Dropping the handle stops it too.
+    drop(s.spawn_cleanup(Duration::from_millis(50)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(t.expired_rows().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_task_ends_with_the_store() {
+    let store = common::builder("unused_never_created")
+        .connect(&database_url())
+        .await
+        .unwrap();
+    // The table does not exist: rounds fail, are logged, and the task
+    // carries on until the store goes away.
+    let task = store.spawn_cleanup(Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!task.is_finished(), "a failing round ended the task");
+    drop(store);
+    wait_for("the task to end with its store", || {
+        let done = task.is_finished();
+        async move { done }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_records_are_refused_and_nothing_is_written() {
+    let t = Scratch::with(common::builder(&unique("big")).max_record_bytes(1024)).await;
+    let s = &t.store;
+    let k = key();
+    let err = s
+        .create(&k, &record(None, &[7; 1025], HOUR, HOUR))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::TooLarge {
+                size: 1025,
+                limit: 1024
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(s.load(&k).await.unwrap().is_none());
+    let ok = record(None, &[7; 1024], HOUR, HOUR);
+    s.create(&k, &ok).await.unwrap();
+    let mut next = record(None, &[8; 2048], HOUR, HOUR);
+    next.version = 2;
+    assert!(matches!(
+        s.update(&k, 1, &next).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert_eq!(s.load(&k).await.unwrap().unwrap(), ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_are_typed_errors_not_panics() {
+    let t = Scratch::new(&unique("nul")).await;
+    let s = &t.store;
+    let err = s
+        .create(&key(), &record(Some("a\0b"), b"x", HOUR, HOUR))
+        .await
+        .unwrap_err();
+    match &err {
+        StoreError::Backend(source) => assert!(matches!(
+            source.downcast_ref::<PgError>(),
+            Some(PgError::NulInUserId)
+        )),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.rows().await, 0);
+    assert!(s.list_user("a\0b").await.unwrap().is_empty());
+    assert_eq!(s.delete_user("a\0b").await.unwrap(), 0);
+    let bad = StorageKey::from_stored("k\0");
+    assert!(s.load(&bad).await.unwrap().is_none());
+    assert!(matches!(
+        s.touch(&bad, Timestamp::now(), Timestamp::now()).await,
+        Err(StoreError::NotFound)
+    ));
+    s.delete(&bad).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_versions_and_deadlines_are_stored() {
+    let t = Scratch::new(&unique("extreme")).await;
+    let s = &t.store;
+    let k = key();
+    let mut r = record(Some("u"), b"x", HOUR, HOUR);
+    r.version = u64::MAX;
+    r.absolute_deadline = Timestamp::from_unix_millis(i64::MAX);
+    s.create(&k, &r).await.unwrap();
+    let got = s
+        .load(&k)
+        .await
+        .unwrap()
+        .expect("far-future deadline expired");
+    assert_eq!(got.version, u64::MAX);
+    assert_eq!(got.data, Bytes::from_static(b"x"));
+    let mut next = got.clone();
+    next.version = 0;
+    s.update(&k, u64::MAX, &next).await.unwrap();
+    assert!(matches!(
+        s.update(&k, u64::MAX, &next).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(s.load(&k).await.unwrap().unwrap().version, 0);
+}
+
+#[tokio::test]
+async fn debug_output_hides_the_password() {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str("postgres://app@db.invalid/app")
+        .unwrap()
+        .password("s3cr3t");
+    let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy_with(options);
+    let store = common::builder("sessions").build(pool).unwrap();
+    let debug = format!("{store:?}");
+    assert!(!debug.contains("s3cr3t"), "{debug}");
+    assert!(debug.contains("session_postgres_test"), "{debug}");
+}
