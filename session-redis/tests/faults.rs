@@ -1,0 +1,314 @@
+//! Fault tests against a private redis-server this test starts on a spare
+//! loopback port: the server dies in the middle of traffic and comes back
+//! on the same port; its script cache is flushed under a live store.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use session_core::{SessionRecord, SessionStore, StorageKey, StoreError, Timestamp};
+use session_redis::RedisStore;
+
+const OP_TIMEOUT: Duration = Duration::from_millis(400);
+/// How long any call may take while the server is down: the operation
+/// timeout plus scheduling slack.
+const DOWN_BOUND: Duration = Duration::from_secs(2);
+
+/// A redis-server child process; killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn spare_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("no spare port");
+        l.local_addr().unwrap().port()
+    }
+
+    async fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "could not run redis-server: install it (Debian: apt-get install redis-server) \
+                 or run `eval \"$(scripts/services.sh)\"`, which does",
+            );
+        let server = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !common::answers(&server.url()).await {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {port} did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn key() -> StorageKey {
+    session_core::KeyDeriver::new().derive(&session_core::SessionId::generate())
+}
+
+fn record(user: Option<&str>, data: &[u8], version: u64) -> SessionRecord {
+    let now = Timestamp::now();
+    SessionRecord {
+        data: Bytes::copy_from_slice(data),
+        user_id: user.map(str::to_owned),
+        created_at: now,
+        last_access: now,
+        idle_deadline: now.saturating_add(Duration::from_secs(3600)),
+        absolute_deadline: now.saturating_add(Duration::from_secs(7200)),
+        version,
+    }
+}
+
+async fn store_on(server: &Server) -> RedisStore {
+    RedisStore::builder()
+        .prefix("faults")
+        .operation_timeout(OP_TIMEOUT)
+        .connect_timeout(Duration::from_millis(300))
+        .connect(&server.url())
+        .await
+        .expect("connect to the private redis-server")
+}
+
+/// Runs every store operation once; each must fail with `Unavailable`
+/// within [`DOWN_BOUND`].
+async fn every_call_is_unavailable(store: &RedisStore, known: &StorageKey) {
+    let now = Timestamp::now();
+    let later = now.saturating_add(Duration::from_secs(60));
+    macro_rules! check {
+        ($name:literal, $call:expr) => {{
+            let started = Instant::now();
+            let r = tokio::time::timeout(DOWN_BOUND, $call)
+                .await
+                .unwrap_or_else(|_| panic!("{} hung while the server was down", $name));
+            assert!(
+                matches!(r, Err(StoreError::Unavailable(_))),
+                "{} while down: {:?}",
+                $name,
+                r
+            );
+            assert!(started.elapsed() < DOWN_BOUND);
+        }};
+    }
+    check!("create", store.create(&key(), &record(Some("u"), b"x", 1)));
+    check!("load", store.load(known));
+    check!(
+        "update",
+        store.update(known, 1, &record(Some("u"), b"y", 2))
+    );
+    check!("touch", store.touch(known, now, later));
+    check!("delete", store.delete(&key()));
+    check!("list_user", store.list_user("u"));
+    check!("delete_user", store.delete_user("nobody"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_dies_mid_traffic_and_comes_back() {
+    let port = Server::spare_port();
+    let mut server = Server::start(port).await;
+    let store = store_on(&server).await;
+
+    // Traffic: writers that create, load and update until told to stop,
+    // counting successes and typed unavailability; anything else fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let unavailable = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (store, stop, ok, unavailable) =
+                (store.clone(), stop.clone(), ok.clone(), unavailable.clone());
+            tokio::spawn(async move {
+                let user = format!("worker{w}");
+                while !stop.load(Ordering::Relaxed) {
+                    let k = key();
+                    let started = Instant::now();
+                    let result = async {
+                        store.create(&k, &record(Some(&user), b"v1", 1)).await?;
+                        let got = store.load(&k).await?.ok_or(StoreError::NotFound)?;
+                        store
+                            .update(&k, got.version, &record(Some(&user), b"v2", 2))
+                            .await
+                    }
+                    .await;
+                    assert!(started.elapsed() < DOWN_BOUND * 3, "an operation hung");
+                    match result {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(StoreError::Unavailable(_)) => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            unavailable.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => panic!("unexpected error during faults: {e:?}"),
+                    };
+                }
+            })
+        })
+        .collect();
+
+    let known = key();
+    store
+        .create(&known, &record(Some("u"), b"before", 1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        ok.load(Ordering::Relaxed) > 0,
+        "no traffic went through before the crash"
+    );
+
+    server.kill();
+    let down_at = ok.load(Ordering::Relaxed);
+    every_call_is_unavailable(&store, &known).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    every_call_is_unavailable(&store, &known).await;
+
+    let _server = Server::start(port).await;
+    // The same store recovers by itself (a fresh server: empty data and
+    // script cache, so the scripts are reloaded on the way).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let k = key();
+    loop {
+        match store.create(&k, &record(Some("back"), b"after", 1)).await {
+            Ok(()) => break,
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("store did not recover after the restart: {e:?}"),
+        }
+    }
+    store
+        .update(&k, 1, &record(Some("back"), b"again", 2))
+        .await
+        .unwrap();
+    assert_eq!(&store.load(&k).await.unwrap().unwrap().data[..], b"again");
+    assert_eq!(store.list_user("back").await.unwrap().len(), 1);
+    let now = Timestamp::now();
+    store
+        .touch(&k, now, now.saturating_add(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(store.delete_user("back").await.unwrap(), 1);
+    assert!(
+        store.load(&known).await.unwrap().is_none(),
+        "no persistence configured"
+    );
+
+    let resumed = Instant::now() + Duration::from_secs(10);
+    while ok.load(Ordering::Relaxed) <= down_at + 5 {
+        assert!(
+            Instant::now() < resumed,
+            "traffic did not resume after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("a traffic task panicked");
+    }
+    assert!(
+        unavailable.load(Ordering::Relaxed) > 0,
+        "the outage went unnoticed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_reloaded_after_script_flush() {
+    let server = Server::start(Server::spare_port()).await;
+    let store = store_on(&server).await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+
+    let k = key();
+    store
+        .create(&k, &record(Some("flush"), b"1", 1))
+        .await
+        .unwrap();
+    store
+        .update(&k, 1, &record(Some("flush"), b"2", 2))
+        .await
+        .unwrap();
+    assert!(
+        cached_scripts(&mut raw).await >= 2,
+        "scripts were not cached"
+    );
+
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        cached_scripts(&mut raw).await,
+        0,
+        "SCRIPT FLUSH left scripts"
+    );
+
+    // Every scripted operation still works on the same store.
+    store
+        .update(&k, 2, &record(Some("flush"), b"3", 3))
+        .await
+        .unwrap();
+    let now = Timestamp::now();
+    store
+        .touch(&k, now, now.saturating_add(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let k2 = key();
+    store
+        .create(&k2, &record(Some("flush"), b"x", 1))
+        .await
+        .unwrap();
+    assert_eq!(&store.load(&k).await.unwrap().unwrap().data[..], b"3");
+    assert!(
+        cached_scripts(&mut raw).await >= 3,
+        "scripts were not reloaded"
+    );
+    store.delete(&k).await.unwrap();
+    assert_eq!(store.delete_user("flush").await.unwrap(), 1);
+    assert!(store.load(&k2).await.unwrap().is_none());
+}
+
+/// How many scripts the server has cached.
+async fn cached_scripts(raw: &mut redis::aio::MultiplexedConnection) -> i64 {
+    redis::cmd("INFO")
+        .arg("memory")
+        .query_async::<String>(raw)
+        .await
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("number_of_cached_scripts:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO memory reports number_of_cached_scripts")
+}

@@ -1,0 +1,275 @@
+//! What the store leaves in Redis: key names, TTLs, in-place touches, index
+//! upkeep and crash ordering, on a single server and on the cluster.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::ConnectionLike;
+use session_core::{
+    KeyDeriver, SessionId, SessionRecord, SessionStore, StorageKey, StoreError, Timestamp,
+};
+use session_redis::{KeyPrefix, RedisStore};
+
+fn key() -> StorageKey {
+    KeyDeriver::new().derive(&SessionId::generate())
+}
+
+fn record(user: Option<&str>, data: &[u8], idle_ms: u64, abs_ms: u64) -> SessionRecord {
+    let now = Timestamp::now();
+    SessionRecord {
+        data: Bytes::copy_from_slice(data),
+        user_id: user.map(str::to_owned),
+        created_at: now,
+        last_access: now,
+        idle_deadline: now.saturating_add(Duration::from_millis(idle_ms)),
+        absolute_deadline: now.saturating_add(Duration::from_millis(abs_ms)),
+        version: 1,
+    }
+}
+
+async fn single() -> (RedisStore, redis::aio::MultiplexedConnection) {
+    let url = common::redis_url().await;
+    let store = common::store(&common::unique("layout")).await;
+    let raw = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    (store, raw)
+}
+
+async fn cluster() -> (RedisStore, redis::cluster_async::ClusterConnection) {
+    let urls = common::cluster_urls().await;
+    let store = common::cluster_store(&common::unique("layout")).await;
+    let raw = redis::cluster::ClusterClient::new(urls)
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    (store, raw)
+}
+
+fn prefix(store: &RedisStore) -> KeyPrefix {
+    KeyPrefix::new(store.prefix()).unwrap()
+}
+
+async fn pttl<C: ConnectionLike + Send>(raw: &mut C, k: &str) -> i64 {
+    redis::cmd("PTTL").arg(k).query_async(raw).await.unwrap()
+}
+
+async fn get<C: ConnectionLike + Send>(raw: &mut C, k: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET").arg(k).query_async(raw).await.unwrap()
+}
+
+async fn ttls_are_milliseconds_and_touch_is_in_place<C: ConnectionLike + Send>(
+    store: &RedisStore,
+    raw: &mut C,
+) {
+    let p = prefix(store);
+    let user = "Zoë {tag}: with spaces";
+    let k = key();
+    let rec = record(Some(user), b"payload bytes", 1_500, 3_600_000);
+    store.create(&k, &rec).await.unwrap();
+    let sk = p.session_key(&k);
+    let ik = p.index_key(user.as_bytes());
+    assert!(!sk.contains("Zoë") && !ik.contains("Zoë") && !ik.contains("tag"));
+    let ttl = pttl(raw, &sk).await;
+    assert!((1..=1_500).contains(&ttl), "session TTL {ttl} ms");
+    assert!(
+        pttl(raw, &ik).await > 3_600_000,
+        "index must outlive the session"
+    );
+
+    let before = get(raw, &sk).await.unwrap();
+    let now = Timestamp::now();
+    let idle = now.saturating_add(Duration::from_millis(30_000));
+    store.touch(&k, now, idle).await.unwrap();
+    let after = get(raw, &sk).await.unwrap();
+    assert_eq!(before.len(), after.len());
+    assert_eq!(
+        before[..18],
+        after[..18],
+        "touch changed fields before last access"
+    );
+    assert_eq!(
+        before[34..],
+        after[34..],
+        "touch changed fields after the idle deadline"
+    );
+    let ttl = pttl(raw, &sk).await;
+    assert!((28_000..=30_000).contains(&ttl), "touched TTL {ttl} ms");
+}
+
+async fn update_later_absolute_deadline_extends_index<C: ConnectionLike + Send>(
+    store: &RedisStore,
+    raw: &mut C,
+) {
+    let p = prefix(store);
+    let k = key();
+    let rec = record(Some("abs"), b"x", 5_000, 10_000);
+    store.create(&k, &rec).await.unwrap();
+    let ik = p.index_key(b"abs");
+    assert!(pttl(raw, &ik).await < 80_000);
+    let next = SessionRecord {
+        version: 2,
+        ..record(Some("abs"), b"y", 3_600_000, 7_200_000)
+    };
+    store.update(&k, 1, &next).await.unwrap();
+    assert!(pttl(raw, &ik).await > 7_200_000, "index TTL not extended");
+    assert_eq!(store.list_user("abs").await.unwrap().len(), 1);
+}
+
+async fn update_refuses_to_change_the_user(store: &RedisStore) {
+    let k = key();
+    store
+        .create(&k, &record(Some("owner"), b"x", 60_000, 60_000))
+        .await
+        .unwrap();
+    let other = SessionRecord {
+        version: 2,
+        ..record(Some("intruder"), b"y", 60_000, 60_000)
+    };
+    let err = store.update(&k, 1, &other).await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    let got = store.load(&k).await.unwrap().unwrap();
+    assert_eq!(
+        (got.user_id.as_deref(), &got.data[..]),
+        (Some("owner"), &b"x"[..])
+    );
+    assert!(store.list_user("intruder").await.unwrap().is_empty());
+}
+
+async fn corrupt_values_are_typed_errors<C: ConnectionLike + Send>(
+    store: &RedisStore,
+    raw: &mut C,
+) {
+    let k = key();
+    let sk = prefix(store).session_key(&k);
+    redis::cmd("SET")
+        .arg(&sk)
+        .arg("garbage")
+        .arg("PX")
+        .arg(60_000)
+        .query_async::<()>(raw)
+        .await
+        .unwrap();
+    assert!(matches!(store.load(&k).await, Err(StoreError::Corrupt(_))));
+    let now = Timestamp::now();
+    let r = store
+        .touch(&k, now, now.saturating_add(Duration::from_secs(9)))
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+    store.delete(&k).await.unwrap();
+    assert!(get(raw, &sk).await.is_none());
+}
+
+async fn too_large_records_are_refused() {
+    let url = common::redis_url().await;
+    let store = RedisStore::builder()
+        .prefix(common::unique("small"))
+        .max_record_size(1_000)
+        .connect(&url)
+        .await
+        .unwrap();
+    let k = key();
+    let err = store
+        .create(&k, &record(None, &[7; 2_000], 60_000, 60_000))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::TooLarge { limit: 1_000, .. }),
+        "{err:?}"
+    );
+    assert!(store.load(&k).await.unwrap().is_none());
+}
+
+/// A crash after the index write of a create (the cluster's first step):
+/// the entry is never listed; it is kept while young (its session may be in
+/// flight) on a cluster, and pruned once old.
+async fn index_entries_without_sessions<C: ConnectionLike + Send>(store: &RedisStore, raw: &mut C) {
+    let p = prefix(store);
+    let ik = p.index_key(b"crash");
+    let live = key();
+    store
+        .create(&live, &record(Some("crash"), b"x", 60_000, 60_000))
+        .await
+        .unwrap();
+    let (young, old) = (key(), key());
+    let now = Timestamp::now().as_unix_millis();
+    redis::cmd("ZADD")
+        .arg(&ik)
+        .arg(now)
+        .arg(young.as_str())
+        .arg(now - 120_000)
+        .arg(old.as_str())
+        .query_async::<()>(raw)
+        .await
+        .unwrap();
+    let listed: Vec<_> = store
+        .list_user("crash")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(listed, vec![live.clone()]);
+    let remaining: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&ik)
+        .arg(0)
+        .arg(-1)
+        .query_async(raw)
+        .await
+        .unwrap();
+    assert!(
+        !remaining.contains(&old.as_str().to_owned()),
+        "old stale entry not pruned"
+    );
+    assert_eq!(
+        remaining.contains(&young.as_str().to_owned()),
+        store.is_cluster(),
+        "young entry: kept on a cluster only"
+    );
+    // A session created after its entry was written is found by delete_user.
+    store
+        .create(&young, &record(Some("crash"), b"late", 60_000, 60_000))
+        .await
+        .unwrap();
+    assert_eq!(store.delete_user("crash").await.unwrap(), 2);
+    assert!(store.load(&young).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_server_layout() {
+    let (store, mut raw) = single().await;
+    assert!(!store.is_cluster());
+    ttls_are_milliseconds_and_touch_is_in_place(&store, &mut raw).await;
+    update_later_absolute_deadline_extends_index(&store, &mut raw).await;
+    update_refuses_to_change_the_user(&store).await;
+    corrupt_values_are_typed_errors(&store, &mut raw).await;
+    index_entries_without_sessions(&store, &mut raw).await;
+    too_large_records_are_refused().await;
+    // Everything written lives under the store's prefix.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", store.prefix()))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    assert!(keys
+        .iter()
+        .all(|k| k.starts_with(&format!("{}:s:{{", store.prefix()))
+            || k.starts_with(&format!("{}:u:{{", store.prefix()))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_layout() {
+    let (store, mut raw) = cluster().await;
+    assert!(store.is_cluster());
+    ttls_are_milliseconds_and_touch_is_in_place(&store, &mut raw).await;
+    update_later_absolute_deadline_extends_index(&store, &mut raw).await;
+    update_refuses_to_change_the_user(&store).await;
+    corrupt_values_are_typed_errors(&store, &mut raw).await;
+    index_entries_without_sessions(&store, &mut raw).await;
+}
