@@ -76,8 +76,14 @@ async fn protect(req: Request, next: Next) -> Response {
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     res
 }
 
@@ -316,23 +322,52 @@ mod tests {
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs
             .iter()
-            .map(|(k, v)| (header::HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .map(|(k, v)| {
+                (
+                    header::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
             .collect()
     }
 
     #[test]
     fn cross_site_detection() {
-        let same = headers(&[("host", "127.0.0.1:8443"), ("origin", "https://127.0.0.1:8443")]);
+        let same = headers(&[
+            ("host", "127.0.0.1:8443"),
+            ("origin", "https://127.0.0.1:8443"),
+        ]);
         assert!(!cross_site(&same, None));
-        let other = headers(&[("host", "127.0.0.1:8443"), ("origin", "https://evil.example")]);
+        let other = headers(&[
+            ("host", "127.0.0.1:8443"),
+            ("origin", "https://evil.example"),
+        ]);
         assert!(cross_site(&other, None));
-        let http = headers(&[("host", "127.0.0.1:8443"), ("origin", "http://127.0.0.1:8443")]);
+        let http = headers(&[
+            ("host", "127.0.0.1:8443"),
+            ("origin", "http://127.0.0.1:8443"),
+        ]);
         assert!(cross_site(&http, None));
-        assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")]), None));
-        assert!(cross_site(&headers(&[("sec-fetch-site", "same-site")]), None));
-        assert!(!cross_site(&headers(&[("sec-fetch-site", "same-origin")]), None));
-        assert!(!cross_site(&HeaderMap::new(), None), "non-browser clients pass");
-        assert!(cross_site(&headers(&[("host", "a"), ("origin", "null")]), None));
+        assert!(cross_site(
+            &headers(&[("sec-fetch-site", "cross-site")]),
+            None
+        ));
+        assert!(cross_site(
+            &headers(&[("sec-fetch-site", "same-site")]),
+            None
+        ));
+        assert!(!cross_site(
+            &headers(&[("sec-fetch-site", "same-origin")]),
+            None
+        ));
+        assert!(
+            !cross_site(&HeaderMap::new(), None),
+            "non-browser clients pass"
+        );
+        assert!(cross_site(
+            &headers(&[("host", "a"), ("origin", "null")]),
+            None
+        ));
     }
 
     #[test]

@@ -75,6 +75,10 @@ mod tests {
     async fn memory_is_known_and_unknown_names_are_refused() {
         assert!(open("Memory").await.is_ok());
         let err = open("mongodb").await.unwrap_err();
-        assert!(err.to_string().contains("unknown SESSION_BACKEND \"mongodb\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("unknown SESSION_BACKEND \"mongodb\""),
+            "{err}"
+        );
     }
 }

@@ -31,7 +31,12 @@ pub struct Config {
     pub key: Option<PathBuf>,
 
     /// Session store: memory (more as backends are added).
-    #[arg(long, env = "SESSION_BACKEND", default_value = "memory", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "SESSION_BACKEND",
+        default_value = "memory",
+        value_name = "NAME"
+    )]
     pub backend: String,
 
     /// Maximum concurrent sessions per user (unlimited when absent).

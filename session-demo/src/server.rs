@@ -85,7 +85,11 @@ impl Demo {
         let addr = listener.local_addr().map_err(bind_err)?;
 
         let mut banner = format!("session-demo listening on https://{addr}/\n");
-        let _ = writeln!(banner, "  session store: {}", config.backend.to_ascii_lowercase());
+        let _ = writeln!(
+            banner,
+            "  session store: {}",
+            config.backend.to_ascii_lowercase()
+        );
         match &generated {
             Some(pw) => {
                 let _ = writeln!(

@@ -37,7 +37,9 @@ impl fmt::Debug for Users {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut names: Vec<&str> = self.hashes.keys().map(String::as_str).collect();
         names.sort_unstable();
-        f.debug_struct("Users").field("names", &names).finish_non_exhaustive()
+        f.debug_struct("Users")
+            .field("names", &names)
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,8 +111,11 @@ impl Users {
             Some(h) => (h.as_str(), true),
             None => (self.dummy.as_str(), false),
         };
-        let ok = PasswordHash::new(stored)
-            .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok());
+        let ok = PasswordHash::new(stored).is_ok_and(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        });
         ok && known
     }
 }
@@ -136,7 +141,10 @@ mod tests {
         for bad in ["", "alice", ":pw", "alice:", "alice:pw,", "a\u{7}b:pw"] {
             assert!(Users::parse(bad).is_err(), "{bad:?}");
         }
-        assert!(matches!(Users::parse("a:1,a:2"), Err(UsersError::Duplicate(_))));
+        assert!(matches!(
+            Users::parse("a:1,a:2"),
+            Err(UsersError::Duplicate(_))
+        ));
     }
 
     #[test]
