@@ -2,7 +2,9 @@
 //!
 //! - [`config`]: servers, namespace, item size limit, timeouts, concurrency.
 //! - [`store`]: [`MemcachedStore`], the [`SessionStore`](session_core::SessionStore).
-//! - `transport` (private): the Memcached primitives, run on Tokio's blocking pool.
+//! - `transport` (private): the Memcached primitives, run on Tokio's blocking
+//!   pool, or on the Tokio client with the `async` feature
+//!   (`MemcachedStore::new_async`).
 //! - `keys`, `expiry`, `index` (private): key layout, deadlines to
 //!   expiration times, the per-user index item.
 //!

@@ -76,16 +76,33 @@ impl MemcachedStore {
     /// [`ConfigError::Client`] if a server address does not resolve.
     pub fn new(config: MemcachedConfig) -> Result<Self, ConfigError> {
         let transport = Blocking::new(&config)?;
-        Ok(Self {
+        Ok(Self::with_transport(Box::new(transport), config))
+    }
+
+    /// A store on the `memcache` crate's Tokio client (feature `async`):
+    /// same behaviour, no hop to the blocking thread pool per call.
+    /// `max_in_flight` caps the connections per server.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Client`] if a server address does not resolve.
+    #[cfg(feature = "async")]
+    pub async fn new_async(config: MemcachedConfig) -> Result<Self, ConfigError> {
+        let transport = crate::transport::Async::new(&config).await?;
+        Ok(Self::with_transport(Box::new(transport), config))
+    }
+
+    fn with_transport(transport: Box<dyn Transport>, config: MemcachedConfig) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                transport: Box::new(transport),
+                transport,
                 keys: Keys::new(&config.namespace),
                 max_item_size: config.max_item_size,
                 cas_retries: config.cas_retries,
                 index_grace: config.index_grace,
                 servers: config.servers,
             }),
-        })
+        }
     }
 
     /// Checks that every server answers.

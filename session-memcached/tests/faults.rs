@@ -104,8 +104,41 @@ async fn unavailable<T: std::fmt::Debug>(
     assert!(started.elapsed() < bound);
 }
 
+/// Which transport a test runs on.
+#[derive(Clone, Copy)]
+enum Kind {
+    Blocking,
+    Async,
+}
+
+async fn build(config: MemcachedConfig, kind: Kind) -> MemcachedStore {
+    match kind {
+        Kind::Blocking => MemcachedStore::new(config).unwrap(),
+        Kind::Async => MemcachedStore::new_async(config).await.unwrap(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_stopped_and_restarted_mid_traffic() {
+    outage(Kind::Blocking).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stopped_and_restarted_mid_traffic_async() {
+    outage(Kind::Async).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_fails_within_the_io_timeout() {
+    freeze(Kind::Blocking).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_fails_within_the_io_timeout_async() {
+    freeze(Kind::Async).await;
+}
+
+async fn outage(kind: Kind) {
     let port = spare_port();
     let server = start_memcached(port);
     let config = MemcachedConfig::new([format!("memcache://127.0.0.1:{port}")])
@@ -114,7 +147,7 @@ async fn server_stopped_and_restarted_mid_traffic() {
         .unwrap()
         .with_io_timeout(Duration::from_millis(500))
         .with_connect_timeout(Duration::from_millis(500));
-    let store = MemcachedStore::new(config).unwrap();
+    let store = build(config, kind).await;
     let user = "fault-user".to_owned();
     let before = key();
     store
@@ -211,8 +244,7 @@ async fn server_stopped_and_restarted_mid_traffic() {
 
 /// A server that stops answering (frozen, not closed) costs at most the
 /// I/O timeout per call.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frozen_server_fails_within_the_io_timeout() {
+async fn freeze(kind: Kind) {
     let port = spare_port();
     let server = start_memcached(port);
     let config = MemcachedConfig::new([format!("127.0.0.1:{port}")])
@@ -221,7 +253,7 @@ async fn frozen_server_fails_within_the_io_timeout() {
         .unwrap()
         .with_io_timeout(Duration::from_millis(300))
         .with_connect_timeout(Duration::from_millis(300));
-    let store = MemcachedStore::new(config).unwrap();
+    let store = build(config, kind).await;
     let k = key();
     store
         .create(&k, &record(None, b"v", 60_000, 120_000))

@@ -3,7 +3,8 @@
 //! The store's logic ([`crate::store`]) is written against [`Transport`]:
 //! get with CAS, multi-get, conditional store, delete. [`Blocking`] runs
 //! them with the `memcache` crate's meta-protocol client on Tokio's blocking
-//! thread pool, never on an async worker thread.
+//! thread pool, never on an async worker thread; with the `async` feature,
+//! `Async` runs the same operations on the crate's Tokio client.
 //!
 //! Why the meta-protocol client (`memcache::exp::MetaClient`) rather than
 //! `memcache::Client`: the classic client's r2d2 pool sends a `version`
@@ -17,14 +18,17 @@
 //! deadline, reports add/CAS outcomes as values, and spreads keys over
 //! several servers by rendezvous hashing.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use memcache::exp::{Delete, Get, Meta, MetaClient, MutationStatus, Set, SetMode};
+use memcache::exp::{Delete, Get, Meta, MutationResult, MutationStatus, Set, SetMode};
 use session_core::{StoreError, StoreResult};
-use tokio::sync::Semaphore;
 
-use crate::config::{ConfigError, MemcachedConfig};
+mod blocking;
+#[cfg(feature = "async")]
+mod nonblocking;
+
+pub(crate) use blocking::Blocking;
+#[cfg(feature = "async")]
+pub(crate) use nonblocking::Async;
 
 /// An item read with its CAS token.
 #[derive(Debug)]
@@ -81,63 +85,11 @@ pub(crate) trait Transport: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 }
 
-/// The blocking meta client, run on Tokio's blocking pool with at most
-/// `max_in_flight` calls at once.
-#[derive(Clone)]
-pub(crate) struct Blocking {
-    client: MetaClient,
-    permits: Arc<Semaphore>,
-}
-
-impl std::fmt::Debug for Blocking {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Blocking")
-            .field("available_permits", &self.permits.available_permits())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Blocking {
-    /// Builds the client; connections are dialed lazily.
-    pub(crate) fn new(config: &MemcachedConfig) -> Result<Self, ConfigError> {
-        let client = MetaClient::builder()
-            .io_timeout(Some(config.io_timeout))
-            .connect_timeout(Some(config.connect_timeout))
-            .max_idle(config.max_idle)
-            .max_connections(Some(config.max_in_flight))
-            .connect_multiple(config.servers.iter().map(String::as_str))
-            .map_err(|e| ConfigError::Client(e.to_string()))?;
-        Ok(Self {
-            client,
-            permits: Arc::new(Semaphore::new(config.max_in_flight)),
-        })
-    }
-
-    async fn run<T, F>(&self, f: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&MetaClient) -> Result<T, memcache::exp::Error> + Send + 'static,
-    {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(StoreError::backend)?;
-        let client = self.client.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            f(&client)
-        })
-        .await
-        .map_err(|e| StoreError::backend(format!("memcached call did not complete: {e}")))?;
-        result.map_err(map_error)
-    }
-}
-
-fn get_op(key: &str) -> Get {
+pub(crate) fn get_op(key: &str) -> Get {
     Get::new(key).meta(Meta::NONE.cas())
 }
 
-fn item(r: &memcache::exp::GetResult) -> Option<Item> {
+pub(crate) fn item(r: &memcache::exp::GetResult) -> Option<Item> {
     if !r.hit() {
         return None;
     }
@@ -147,7 +99,7 @@ fn item(r: &memcache::exp::GetResult) -> Option<Item> {
     })
 }
 
-fn outcome(status: MutationStatus) -> Outcome {
+pub(crate) fn outcome(status: MutationStatus) -> Outcome {
     match status {
         MutationStatus::Applied => Outcome::Applied,
         MutationStatus::AlreadyExists => Outcome::Exists,
@@ -156,75 +108,32 @@ fn outcome(status: MutationStatus) -> Outcome {
     }
 }
 
-#[async_trait]
-impl Transport for Blocking {
-    async fn get(&self, key: String) -> StoreResult<Option<Item>> {
-        self.run(move |c| c.run(get_op(&key)).map(|r| item(&r)))
-            .await
+/// The `ms` for a conditional store.
+pub(crate) fn set_op(key: &str, value: &[u8], exptime: u32, mode: Mode) -> Set {
+    let op = Set::new(key, value).ttl_raw(exptime);
+    match mode {
+        Mode::Add => op.mode(SetMode::Add),
+        Mode::Cas(cas) => op.compare_cas(cas),
     }
+}
 
-    async fn get_many(&self, keys: Vec<String>) -> StoreResult<Vec<Option<Item>>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.run(move |c| {
-            c.run_many(keys.iter().map(|k| get_op(k)))?
-                .into_iter()
-                .map(|r| r.map(|r| item(&r)))
-                .collect()
-        })
-        .await
+/// The `md`, optionally CAS-guarded.
+pub(crate) fn delete_op(key: &str, cas: Option<u64>) -> Delete {
+    let op = Delete::new(key);
+    match cas {
+        Some(cas) => op.compare_cas(cas),
+        None => op,
     }
+}
 
-    async fn store(
-        &self,
-        key: String,
-        value: Vec<u8>,
-        exptime: u32,
-        mode: Mode,
-    ) -> StoreResult<Outcome> {
-        self.run(move |c| {
-            let op = Set::new(&key, &value).ttl_raw(exptime);
-            let op = match mode {
-                Mode::Add => op.mode(SetMode::Add),
-                Mode::Cas(cas) => op.compare_cas(cas),
-            };
-            match c.run(op) {
-                Ok(r) => Ok(outcome(r.status)),
-                Err(e) if refused_as_too_large(&e) => Ok(Outcome::TooLarge),
-                Err(e) => Err(e),
-            }
-        })
-        .await
-    }
-
-    async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome> {
-        self.run(move |c| {
-            let op = Delete::new(&key);
-            let op = match cas {
-                Some(cas) => op.compare_cas(cas),
-                None => op,
-            };
-            c.run(op).map(|r| outcome(r.status))
-        })
-        .await
-    }
-
-    async fn delete_many(&self, keys: Vec<String>) -> StoreResult<Vec<Outcome>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.run(move |c| {
-            c.run_many(keys.iter().map(Delete::new))?
-                .into_iter()
-                .map(|r| r.map(|r| outcome(r.status)))
-                .collect()
-        })
-        .await
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        self.run(MetaClient::noop).await
+/// The outcome of a store, with the server's size refusal as a value.
+pub(crate) fn store_outcome(
+    r: Result<MutationResult, memcache::exp::Error>,
+) -> Result<Outcome, memcache::exp::Error> {
+    match r {
+        Ok(r) => Ok(outcome(r.status)),
+        Err(e) if refused_as_too_large(&e) => Ok(Outcome::TooLarge),
+        Err(e) => Err(e),
     }
 }
 
