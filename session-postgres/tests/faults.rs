@@ -1,0 +1,320 @@
+//! Faults against a real PostgreSQL: the server terminates the pool's
+//! connections mid-traffic (`pg_terminate_backend`), and the network path
+//! to the server resets or black-holes every connection for a while. Calls
+//! must fail promptly with typed errors while the server is away, and the
+//! same store must work again afterwards.
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{database_url, unique, Scratch};
+use session_core::conformance::record;
+use session_core::{KeyDeriver, SessionId, SessionRecord, SessionStore, StorageKey, StoreError};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::Connection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const HOUR: u64 = 3_600_000;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
+/// No call may take longer than this, whatever the fault.
+const PROMPT: Duration = Duration::from_secs(5);
+
+fn key() -> StorageKey {
+    KeyDeriver::new().derive(&SessionId::generate())
+}
+
+async fn scratch(table: &str, options: PgConnectOptions) -> Scratch {
+    let store = common::builder(table)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .operation_timeout(Some(OPERATION_TIMEOUT))
+        .connect_with(options)
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    Scratch { store }
+}
+
+fn counter(r: &SessionRecord) -> u64 {
+    u64::from_be_bytes(r.data[..8].try_into().unwrap())
+}
+
+/// One load + compare-and-set increment of the counter under `k`.
+async fn increment(store: &dyn SessionStore, k: &StorageKey) -> Result<(), StoreError> {
+    let cur = store.load(k).await?.ok_or(StoreError::NotFound)?;
+    let next = SessionRecord {
+        data: (counter(&cur) + 1).to_be_bytes().to_vec().into(),
+        version: cur.version + 1,
+        ..cur.clone()
+    };
+    store.update(k, cur.version, &next).await
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    ok: u64,
+    conflicts: u64,
+    unavailable: u64,
+    /// Updates that failed as unavailable: they may or may not have been
+    /// applied before the connection died.
+    unavailable_updates: u64,
+    unexpected: Vec<String>,
+    slowest_failure: Duration,
+}
+
+/// The same store keeps working: a first success within a few seconds, then
+/// `n` operations in a row without a single error.
+async fn assert_recovers(store: &dyn SessionStore, k: &StorageKey, n: usize) {
+    let started = Instant::now();
+    let mut streak = 0;
+    while streak < 4 {
+        match increment(store, k).await {
+            Ok(()) => streak += 1,
+            Err(e) => {
+                streak = 0;
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "store did not recover: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    for i in 0..n {
+        increment(store, k)
+            .await
+            .unwrap_or_else(|e| panic!("operation {i} after recovery failed: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_backends_fail_typed_and_the_store_recovers() {
+    let app = unique("spg_fault");
+    let options = PgConnectOptions::from_str(&database_url())
+        .unwrap()
+        .application_name(&app);
+    let t = Arc::new(scratch(&unique("term"), options).await);
+    let k = key();
+    t.create(&k, &record(None, &0u64.to_be_bytes(), HOUR, HOUR))
+        .await
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            let (t, k, stop, tally) = (t.clone(), k.clone(), stop.clone(), tally.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let loaded = t.load(&k).await;
+                    let result = match loaded {
+                        Ok(Some(cur)) => {
+                            let next = SessionRecord {
+                                data: (counter(&cur) + 1).to_be_bytes().to_vec().into(),
+                                version: cur.version + 1,
+                                ..cur.clone()
+                            };
+                            t.update(&k, cur.version, &next)
+                                .await
+                                .map_err(|e| (e, true))
+                        }
+                        Ok(None) => Err((StoreError::NotFound, false)),
+                        Err(e) => Err((e, false)),
+                    };
+                    let elapsed = started.elapsed();
+                    let mut tally = tally.lock().unwrap();
+                    match result {
+                        Ok(()) => tally.ok += 1,
+                        Err((StoreError::Conflict, _)) => tally.conflicts += 1,
+                        Err((StoreError::Unavailable(_), was_update)) => {
+                            tally.unavailable += 1;
+                            tally.unavailable_updates += u64::from(was_update);
+                            tally.slowest_failure = tally.slowest_failure.max(elapsed);
+                        }
+                        Err((other, _)) => tally.unexpected.push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut admin = sqlx::PgConnection::connect(&database_url()).await.unwrap();
+    let mut terminated = 0i64;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        terminated += sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
+             FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&app)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    eprintln!("terminated {terminated} backends; {tally:?}");
+    assert!(terminated > 0, "no backend of the pool was terminated");
+    assert!(tally.unexpected.is_empty(), "untyped failures: {tally:?}");
+    assert!(
+        tally.unavailable > 0,
+        "no call saw the terminations: {tally:?}"
+    );
+    assert!(
+        tally.ok > 0,
+        "no call succeeded between terminations: {tally:?}"
+    );
+    assert!(
+        tally.slowest_failure < PROMPT,
+        "a failure took too long: {tally:?}"
+    );
+
+    let before = counter(&t.load(&k).await.unwrap().unwrap());
+    assert!(
+        before >= tally.ok && before <= tally.ok + tally.unavailable_updates,
+        "counter {before} does not match {tally:?}: an acknowledged update was lost"
+    );
+    assert_recovers(&*t, &k, 20).await;
+    assert!(counter(&t.load(&k).await.unwrap().unwrap()) >= before + 24);
+    drop(admin);
+}
+
+/// What the proxy does with connections.
+const UP: u8 = 0;
+/// Close every connection at once (like a crashed or restarting server).
+const RESET: u8 = 1;
+/// Accept connections and never answer (like a partitioned network).
+const BLACKHOLE: u8 = 2;
+
+/// A TCP proxy in front of the real server, whose path can be broken.
+struct Proxy {
+    port: u16,
+    mode: Arc<AtomicU8>,
+    cut: watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(target: (String, u16)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(AtomicU8::new(UP));
+        let (cut, _) = watch::channel(0u64);
+        let (m, c) = (mode.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut cut = c.subscribe();
+                match m.load(Ordering::SeqCst) {
+                    UP => {
+                        let target = target.clone();
+                        tokio::spawn(async move {
+                            let Ok(mut server) = TcpStream::connect(target).await else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                _ = cut.changed() => {}
+                            }
+                        });
+                    }
+                    RESET => drop(client),
+                    _ => {
+                        // Hold the socket open without a byte in either
+                        // direction until the path is repaired.
+                        tokio::spawn(async move {
+                            let _ = cut.changed().await;
+                            drop(client);
+                        });
+                    }
+                }
+            }
+        });
+        Self { port, mode, cut }
+    }
+
+    /// Breaks every open connection and treats new ones per `mode`.
+    fn fail(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    fn repair(&self) {
+        self.mode.store(UP, Ordering::SeqCst);
+        self.cut.send_modify(|g| *g += 1);
+    }
+}
+
+type Call<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// Every kind of call fails with `Unavailable`, each within [`PROMPT`].
+async fn assert_all_unavailable(store: &dyn SessionStore, k: &StorageKey, phase: &str) {
+    let mut next = record(None, &0u64.to_be_bytes(), HOUR, HOUR);
+    next.version = 2;
+    let now = session_core::Timestamp::now();
+    for (op, call) in [
+        (
+            "load",
+            Box::pin(async { store.load(k).await.map(drop) }) as Call<'_>,
+        ),
+        ("create", Box::pin(store.create(&key(), &next))),
+        ("update", Box::pin(store.update(k, 1, &next))),
+        ("touch", Box::pin(store.touch(k, now, now))),
+        (
+            "list_user",
+            Box::pin(async { store.list_user("u").await.map(drop) }),
+        ),
+        (
+            "delete_expired",
+            Box::pin(async { store.delete_expired().await.map(drop) }),
+        ),
+    ] {
+        let started = Instant::now();
+        let result = call.await;
+        let elapsed = started.elapsed();
+        eprintln!("{phase}: {op} failed after {elapsed:?}");
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{phase}: {op} gave {result:?}"
+        );
+        assert!(elapsed < PROMPT, "{phase}: {op} took {elapsed:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_fails_promptly_and_the_store_recovers() {
+    let real = PgConnectOptions::from_str(&database_url()).unwrap();
+    let proxy = Proxy::start((real.get_host().to_owned(), real.get_port())).await;
+    let via_proxy = real.clone().host("127.0.0.1").port(proxy.port);
+    let t = scratch(&unique("proxy"), via_proxy).await;
+    let k = key();
+    t.create(&k, &record(Some("u"), &0u64.to_be_bytes(), HOUR, HOUR))
+        .await
+        .unwrap();
+    assert!(t.load(&k).await.unwrap().is_some());
+
+    proxy.fail(RESET);
+    assert_all_unavailable(&t, &k, "reset").await;
+    proxy.fail(BLACKHOLE);
+    assert_all_unavailable(&t, &k, "black hole").await;
+
+    proxy.repair();
+    assert_recovers(&t, &k, 20).await;
+    let r = t.load(&k).await.unwrap().expect("the session survived");
+    assert_eq!(counter(&r), 24);
+    assert_eq!(t.list_user("u").await.unwrap().len(), 1);
+}
