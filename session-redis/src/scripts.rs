@@ -15,7 +15,9 @@
 //! one key; the combined forms (session key plus index key) are used only
 //! against a single server, where they keep the index consistent atomically.
 
-use redis::Script;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind};
+
+use crate::connection::Conn;
 
 /// Helpers shared by every script.
 macro_rules! prelude {
@@ -202,4 +204,34 @@ pub(crate) mod delete_if_user {
     pub(crate) const DELETED_LIVE: i64 = 2;
     pub(crate) const DELETED_EXPIRED: i64 = 1;
     pub(crate) const MISSING: i64 = 0;
+}
+
+/// Starts an `EVALSHA` of `script` declaring `keys` keys; append the keys,
+/// then the arguments.
+///
+/// Building the command directly (rather than through
+/// [`redis::ScriptInvocation`]) copies each argument, the record included,
+/// once instead of twice.
+pub(crate) fn evalsha(script: &Script, keys: usize) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys);
+    cmd
+}
+
+/// Sends `cmd` (built by [`evalsha`] for `script`); on `NOSCRIPT` (server
+/// restarted, `SCRIPT FLUSH`, failover to a node that never saw it) loads
+/// the script and sends it once more.
+pub(crate) async fn run<T: FromRedisValue>(
+    script: &Script,
+    cmd: &Cmd,
+    conn: &mut Conn,
+) -> RedisResult<T> {
+    match cmd.query_async(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            tracing::debug!(target: "session_redis", "script cache was empty; reloading");
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        other => other,
+    }
 }

@@ -24,7 +24,7 @@ use crate::codec::{self, HEADER_LEN};
 use crate::connection::Conn;
 use crate::error::{store_error, ConnectError, OperationTimedOut};
 use crate::keys::{InvalidPrefix, KeyPrefix};
-use crate::scripts::{delete_if_user, update, Scripts};
+use crate::scripts::{self, delete_if_user, update, Scripts};
 
 /// Longest TTL ever set (100 years): deadlines further away are capped.
 const MAX_TTL_MS: i64 = 100 * 365 * 24 * 3_600_000;
@@ -212,6 +212,25 @@ impl RedisStore {
         written_at < cutoff
     }
 
+    /// Adds (or refreshes) `key`'s entry in `index` and makes the index
+    /// live at least `index_ttl` ms.
+    async fn index_add(
+        &self,
+        conn: &mut Conn,
+        index: &str,
+        key: &StorageKey,
+        now: Timestamp,
+        index_ttl: i64,
+    ) -> RedisResult<()> {
+        let script = &self.scripts().index_add;
+        let mut cmd = scripts::evalsha(script, 1);
+        cmd.arg(index)
+            .arg(key.as_str())
+            .arg(now.as_unix_millis())
+            .arg(index_ttl);
+        scripts::run::<i64>(script, &cmd, conn).await.map(drop)
+    }
+
     /// The index entries of `index`: (storage key, written-at ms).
     async fn index_entries(conn: &mut Conn, index: &str) -> RedisResult<Vec<(String, f64)>> {
         redis::cmd("ZRANGE")
@@ -271,26 +290,19 @@ impl SessionStore for RedisStore {
                 if let (Some(index), true, true) = (&index, cluster, ttl > 0) {
                     // Index first: a failure between the two writes leaves a
                     // stale entry, never an unindexed session.
-                    self.scripts()
-                        .index_add
-                        .key(index)
-                        .arg(key.as_str())
-                        .arg(now.as_unix_millis())
-                        .arg(index_ttl)
-                        .invoke_async::<i64>(&mut conn)
-                        .await?;
+                    self.index_add(&mut conn, index, key, now, index_ttl).await?;
                 }
-                let mut call = self.scripts().create.key(&session_key);
-                if let (Some(index), false) = (&index, cluster) {
-                    call.key(index);
-                }
-                call.arg(&value[..])
+                let script = &self.scripts().create;
+                let with_index = index.as_ref().filter(|_| !cluster);
+                let mut cmd = scripts::evalsha(script, 1 + usize::from(with_index.is_some()));
+                cmd.arg(&session_key)
+                    .arg(with_index)
+                    .arg(&value[..])
                     .arg(now.as_unix_millis())
                     .arg(ttl)
                     .arg(key.as_str())
-                    .arg(index_ttl)
-                    .invoke_async(&mut conn)
-                    .await
+                    .arg(index_ttl);
+                scripts::run(script, &cmd, &mut conn).await
             })
             .await?;
         if stored == 1 {
@@ -335,12 +347,13 @@ impl SessionStore for RedisStore {
         let index_ttl = index_ttl_ms(record.absolute_deadline, now);
         let cluster = self.is_cluster();
         let mut conn = self.conn();
-        let invoke = |conn: &mut Conn, index_ready: bool| {
-            let mut call = self.scripts().update.key(&session_key);
-            if let (Some(index), false) = (&index, cluster) {
-                call.key(index);
-            }
-            call.arg(&expected_version.to_be_bytes()[..])
+        let script = &self.scripts().update;
+        let with_index = index.as_ref().filter(|_| !cluster);
+        let command = |index_ready: bool| {
+            let mut cmd = scripts::evalsha(script, 1 + usize::from(with_index.is_some()));
+            cmd.arg(&session_key)
+                .arg(with_index)
+                .arg(&expected_version.to_be_bytes()[..])
                 .arg(now.as_unix_millis())
                 .arg(&value[..])
                 .arg(ttl)
@@ -349,25 +362,17 @@ impl SessionStore for RedisStore {
                 .arg(index_ttl)
                 .arg(if index_ready { "1" } else { "0" })
                 .arg(key.as_str());
-            let mut conn = conn.clone();
-            async move { call.invoke_async::<i64>(&mut conn).await }
+            cmd
         };
         let code = self
             .bounded(async {
-                let code = invoke(&mut conn, false).await?;
+                let code: i64 = scripts::run(script, &command(false), &mut conn).await?;
                 match (&index, code) {
                     (Some(index), update::NEEDS_INDEX) => {
                         // The absolute deadline moved later: make the index
                         // outlive it before the session does.
-                        self.scripts()
-                            .index_add
-                            .key(index)
-                            .arg(key.as_str())
-                            .arg(now.as_unix_millis())
-                            .arg(index_ttl)
-                            .invoke_async::<i64>(&mut conn)
-                            .await?;
-                        invoke(&mut conn, true).await
+                        self.index_add(&mut conn, index, key, now, index_ttl).await?;
+                        scripts::run(script, &command(true), &mut conn).await
                     }
                     _ => Ok(code),
                 }
@@ -394,17 +399,13 @@ impl SessionStore for RedisStore {
         let session_key = self.prefix.session_key(key);
         let fields = codec::touch_bytes(last_access, idle_deadline);
         let mut conn = self.conn();
-        let touched: i64 = self
-            .bounded(
-                self.scripts()
-                    .touch
-                    .key(&session_key)
-                    .arg(now.as_unix_millis())
-                    .arg(&fields[..])
-                    .arg(idle_deadline.as_unix_millis())
-                    .invoke_async(&mut conn),
-            )
-            .await?;
+        let script = &self.scripts().touch;
+        let mut cmd = scripts::evalsha(script, 1);
+        cmd.arg(&session_key)
+            .arg(now.as_unix_millis())
+            .arg(&fields[..])
+            .arg(idle_deadline.as_unix_millis());
+        let touched: i64 = self.bounded(scripts::run(script, &cmd, &mut conn)).await?;
         if touched == 1 {
             Ok(())
         } else {
@@ -418,12 +419,10 @@ impl SessionStore for RedisStore {
         self.bounded(async {
             // Session first, then its index entry: a failure in between
             // leaves a stale entry, which the index readers prune.
-            let (bound, user): (i64, Vec<u8>) = self
-                .scripts()
-                .delete
-                .key(&session_key)
-                .invoke_async(&mut conn)
-                .await?;
+            let script = &self.scripts().delete;
+            let mut cmd = scripts::evalsha(script, 1);
+            cmd.arg(&session_key);
+            let (bound, user): (i64, Vec<u8>) = scripts::run(script, &cmd, &mut conn).await?;
             if bound == 1 {
                 let index = self.prefix.index_key(&user);
                 Self::prune(&mut conn, &index, &[key.as_str()]).await?;
@@ -484,13 +483,10 @@ impl SessionStore for RedisStore {
                 let mut conn = conn.clone();
                 let segment = &segment[..];
                 async move {
-                    self.scripts()
-                        .delete_if_user
-                        .key(session_key)
-                        .arg(segment)
-                        .arg(now.as_unix_millis())
-                        .invoke_async::<i64>(&mut conn)
-                        .await
+                    let script = &self.scripts().delete_if_user;
+                    let mut cmd = scripts::evalsha(script, 1);
+                    cmd.arg(session_key).arg(segment).arg(now.as_unix_millis());
+                    scripts::run::<i64>(script, &cmd, &mut conn).await
                 }
             });
             let results = join_all(deletes).await;
