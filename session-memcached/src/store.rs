@@ -276,6 +276,46 @@ impl MemcachedStore {
         Err(self.contended("updating the session"))
     }
 
+    /// Writes a new record: an `add`, or a CAS over a record that is past
+    /// its deadline but not yet dropped by the server.
+    async fn insert(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        value: Vec<u8>,
+    ) -> StoreResult<()> {
+        let skey = self.inner.keys.session(key);
+        for attempt in 0..self.inner.cas_retries {
+            let now = Timestamp::now();
+            let exp = exptime(record.expires_at(), now);
+            match self
+                .t()
+                .store(skey.clone(), value.clone(), exp, Mode::Add)
+                .await?
+            {
+                Outcome::Applied => return Ok(()),
+                Outcome::TooLarge => return Err(self.too_large(value.len())),
+                _ => {}
+            }
+            let Some((current, item)) = self.read(key).await? else {
+                continue;
+            };
+            if !current.is_expired_at(now) {
+                return Err(StoreError::AlreadyExists);
+            }
+            match self
+                .t()
+                .store(skey.clone(), value.clone(), exp, Mode::Cas(item.cas))
+                .await?
+            {
+                Outcome::Applied => return Ok(()),
+                Outcome::TooLarge => return Err(self.too_large(value.len())),
+                _ => Self::backoff(attempt).await,
+            }
+        }
+        Err(self.contended("creating the session"))
+    }
+
     /// The live records of `user`'s index entries, and the entries that may
     /// be pruned.
     async fn resolve(
@@ -317,42 +357,24 @@ impl SessionStore for MemcachedStore {
     async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
         let value = record.encode();
         self.check_size(value.len())?;
-        if let Some(user) = &record.user_id {
-            // Index first: a failure leaves at most a stale entry.
-            self.index_add(user, key, record.absolute_deadline).await?;
-        }
-        let skey = self.inner.keys.session(key);
-        for attempt in 0..self.inner.cas_retries {
-            let now = Timestamp::now();
-            let exp = exptime(record.expires_at(), now);
-            match self
-                .t()
-                .store(skey.clone(), value.clone(), exp, Mode::Add)
-                .await?
-            {
-                Outcome::Applied => return Ok(()),
-                Outcome::TooLarge => return Err(self.too_large(value.len())),
-                _ => {}
-            }
-            // The key exists: refuse if it holds a live record, replace an
-            // expired one the server has not dropped yet.
-            let Some((current, item)) = self.read(key).await? else {
-                continue;
-            };
-            if !current.is_expired_at(now) {
-                return Err(StoreError::AlreadyExists);
-            }
-            match self
-                .t()
-                .store(skey.clone(), value.clone(), exp, Mode::Cas(item.cas))
-                .await?
-            {
-                Outcome::Applied => return Ok(()),
-                Outcome::TooLarge => return Err(self.too_large(value.len())),
-                _ => Self::backoff(attempt).await,
+        let Some(user) = &record.user_id else {
+            return self.insert(key, record, value).await;
+        };
+        // Index first: a failure leaves at most a stale entry.
+        self.index_add(user, key, record.absolute_deadline).await?;
+        let result = self.insert(key, record, value).await;
+        if let Err(StoreError::TooLarge { .. } | StoreError::AlreadyExists) = &result {
+            // Nothing was written under this user: take the entry back,
+            // unless the existing record is this user's own session.
+            let owned =
+                matches!(self.load(key).await, Ok(Some(r)) if r.user_id.as_deref() == Some(user));
+            if !owned {
+                if let Err(e) = self.index_remove(user, |e| &e.key == key).await {
+                    tracing::debug!(target: "session_memcached", error = %e, "index cleanup deferred");
+                }
             }
         }
-        Err(self.contended("creating the session"))
+        result
     }
 
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
