@@ -100,8 +100,12 @@ async fn systems_for(
             systems::RedisFloor::connect(&servers.redis, &ns(&format!("floor{tag}"))).await?,
         ),
         Backend::Postgres => Box::new(
-            systems::PostgresFloor::connect(&servers.postgres, &ns(&format!("floor{tag}")), 10)
-                .await?,
+            systems::PostgresFloor::connect(
+                &servers.postgres,
+                &format!("session_bench.{}", ns(&format!("floor{tag}"))),
+                10,
+            )
+            .await?,
         ),
         Backend::Memcached => Box::new(
             systems::MemcachedFloor::connect(
@@ -119,6 +123,15 @@ async fn systems_for(
             our_store(b, servers, &format!("m{tag}")).await?,
         )),
     ));
+    if b == Backend::Memcached {
+        let store =
+            session_bench::systems::our_store("memcached-async", servers, &ns(&format!("a{tag}")))
+                .await?;
+        out.push((
+            "manager (async transport)".into(),
+            Box::new(systems::Manager::new(store)),
+        ));
+    }
     if args.encrypted {
         let store = encrypted(our_store(b, servers, &format!("e{tag}")).await?);
         out.push((
@@ -172,6 +185,9 @@ async fn run(args: Args) -> BenchResult<Vec<Row>> {
     let servers = Servers::from_env();
     let mut rows = Vec::new();
     let ops = workload::ops(args.seed, args.sessions, args.ops, args.write_ratio);
+    if args.backends.contains(&Backend::Postgres) {
+        systems::reset_postgres_schema(&servers).await?;
+    }
     for &b in &args.backends {
         let backend = format!("{b:?}").to_lowercase();
         for &payload in &args.payloads {

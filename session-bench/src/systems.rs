@@ -582,13 +582,57 @@ tower_sessions_peer!(
 /// When the backend's server does not answer, or the backend is unknown.
 pub async fn our_store(
     backend: &str,
-    _servers: &Servers,
-    _ns: &str,
+    servers: &Servers,
+    ns: &str,
 ) -> BenchResult<Arc<dyn SessionStore>> {
-    match backend {
-        "memory" => Ok(Arc::new(session_core::MemoryStore::new())),
-        other => Err(format!("backend {other} is not wired into the benchmark yet").into()),
-    }
+    Ok(match backend {
+        "memory" => Arc::new(session_core::MemoryStore::new()),
+        "redis" => Arc::new(
+            session_redis::RedisStore::builder()
+                .prefix(ns)
+                .connect(&servers.redis)
+                .await?,
+        ),
+        "postgres" => {
+            let store = session_postgres::PostgresStore::builder()
+                .schema("session_bench")
+                .table(ns)
+                .max_connections(10)
+                .connect(&servers.postgres)
+                .await?;
+            store.migrate().await?;
+            Arc::new(store)
+        }
+        "memcached" => {
+            let config = session_memcached::MemcachedConfig::new([servers.memcached.as_str()])?
+                .with_namespace(ns)?;
+            Arc::new(session_memcached::MemcachedStore::new(config)?)
+        }
+        "memcached-async" => {
+            let config = session_memcached::MemcachedConfig::new([servers.memcached.as_str()])?
+                .with_namespace(ns)?;
+            Arc::new(session_memcached::MemcachedStore::new_async(config).await?)
+        }
+        other => return Err(format!("unknown backend {other}").into()),
+    })
+}
+
+/// Creates the schema the PostgreSQL systems use, after dropping it with
+/// every table of earlier runs.
+///
+/// # Errors
+///
+/// When PostgreSQL does not answer.
+pub async fn reset_postgres_schema(servers: &Servers) -> BenchResult<()> {
+    let pool = sqlx::PgPool::connect(&servers.postgres).await?;
+    sqlx::query("DROP SCHEMA IF EXISTS session_bench CASCADE")
+        .execute(&pool)
+        .await?;
+    sqlx::query("CREATE SCHEMA session_bench")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    Ok(())
 }
 
 /// tower-sessions' stores for `backend`, ready to set up.
@@ -632,7 +676,8 @@ pub async fn peers(
                 .connect(&servers.postgres)
                 .await?;
             let store = tower_sessions_sqlx_store::PostgresStore::new(pool)
-                .with_schema_name(ns)
+                .with_schema_name("session_bench")
+                .and_then(|s| s.with_table_name(ns))
                 .map_err(|e| e.to_string())?;
             store.migrate().await?;
             out.push((
