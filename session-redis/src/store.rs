@@ -290,7 +290,8 @@ impl SessionStore for RedisStore {
                 if let (Some(index), true, true) = (&index, cluster, ttl > 0) {
                     // Index first: a failure between the two writes leaves a
                     // stale entry, never an unindexed session.
-                    self.index_add(&mut conn, index, key, now, index_ttl).await?;
+                    self.index_add(&mut conn, index, key, now, index_ttl)
+                        .await?;
                 }
                 let script = &self.scripts().create;
                 let with_index = index.as_ref().filter(|_| !cluster);
@@ -371,7 +372,8 @@ impl SessionStore for RedisStore {
                     (Some(index), update::NEEDS_INDEX) => {
                         // The absolute deadline moved later: make the index
                         // outlive it before the session does.
-                        self.index_add(&mut conn, index, key, now, index_ttl).await?;
+                        self.index_add(&mut conn, index, key, now, index_ttl)
+                            .await?;
                         scripts::run(script, &command(true), &mut conn).await
                     }
                     _ => Ok(code),

@@ -312,3 +312,46 @@ async fn cached_scripts(raw: &mut redis::aio::MultiplexedConnection) -> i64 {
         .and_then(|n| n.trim().parse().ok())
         .expect("INFO memory reports number_of_cached_scripts")
 }
+
+#[tokio::test]
+async fn connect_errors_are_typed_and_hide_credentials() {
+    let port = Server::spare_port();
+    let err = RedisStore::builder()
+        .connect_timeout(Duration::from_millis(200))
+        .connect(&format!("redis://user:hunter2@127.0.0.1:{port}/0"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, session_redis::ConnectError::Unavailable(_)),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains("hunter2"));
+    for bad in [
+        "redis://user:hunter2@127.0.0.1:notaport",
+        "http://user:hunter2@127.0.0.1",
+    ] {
+        let err = RedisStore::connect(bad).await.unwrap_err();
+        assert!(
+            matches!(err, session_redis::ConnectError::InvalidUrl(_)),
+            "{err:?}"
+        );
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("hunter2"), "credentials leaked: {shown}");
+    }
+    let err = RedisStore::builder()
+        .prefix("a b")
+        .connect("redis://127.0.0.1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, session_redis::ConnectError::InvalidPrefix(_)),
+        "{err:?}"
+    );
+    let err = RedisStore::connect_cluster(Vec::<String>::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, session_redis::ConnectError::NoClusterNodes),
+        "{err:?}"
+    );
+}
