@@ -117,7 +117,7 @@ impl PostgresStore {
     ///
     /// Safe to call at every start-up and from several instances at once:
     /// all pending migrations run in one transaction under an advisory lock
-    /// (see the [`migrate`](crate::migrate) module).
+    /// (see the [`crate::migrate`] module).
     ///
     /// # Errors
     ///
