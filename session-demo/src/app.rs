@@ -59,7 +59,15 @@ pub fn router(manager: SessionManager, users: Arc<Users>) -> Router {
 async fn protect(req: Request, next: Next) -> Response {
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let mut res = if !safe && cross_site(req.headers(), req.uri().authority()) {
-        tracing::info!(target: "session_demo", method = %req.method(), path = req.uri().path(), "cross-site request refused");
+        let h = req.headers();
+        tracing::info!(
+            target: "session_demo",
+            method = %req.method(),
+            path = req.uri().path(),
+            origin = ?h.get(header::ORIGIN),
+            sec_fetch_site = ?h.get("sec-fetch-site"),
+            "cross-site request refused"
+        );
         page(
             StatusCode::FORBIDDEN,
             "Forbidden",
@@ -88,13 +96,16 @@ async fn protect(req: Request, next: Next) -> Response {
 }
 
 /// Whether the browser tells us the request comes from another origin.
-/// Requests without these headers (non-browser clients) pass: the
+///
+/// Fetch metadata (`Sec-Fetch-Site`) decides when present: only
+/// `same-origin` and `none` (typed in the address bar) pass. Browsers that
+/// do not send it are judged by `Origin`, which must be this server's own
+/// (`null`, sent for opaque or privacy-restricted origins, is refused).
+/// Requests with neither header (non-browser clients) pass: the
 /// `SameSite=Lax` cookie already keeps browsers' cross-site POSTs anonymous.
 fn cross_site(headers: &HeaderMap, authority: Option<&axum::http::uri::Authority>) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return true;
-        }
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
