@@ -15,7 +15,7 @@ use session_core::{LimitStrategy, SessionConfig};
 /// (when unset, a user `demo` with a random password is created and the
 /// password printed at start).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "session-demo", version, about, long_about = None)]
+#[command(name = "session-demo", version, about)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
