@@ -104,15 +104,38 @@ impl RedisStoreBuilder {
     pub async fn connect(self, url: &str) -> Result<RedisStore, ConnectError> {
         let prefix = KeyPrefix::new(&self.prefix)?;
         let client = redis::Client::open(url).map_err(ConnectError::InvalidUrl)?;
-        let config = ConnectionManagerConfig::new()
+        let conn = self
+            .bounded_connect(ConnectionManager::new_with_config(
+                client,
+                self.manager_config(),
+            ))
+            .await?;
+        Ok(self.finish(prefix, Conn::Single(conn)))
+    }
+
+    /// Like [`connect`](Self::connect), but without waiting for the server:
+    /// the connection is made on first use, so an application can start
+    /// while Redis is still down (calls fail with
+    /// [`StoreError::Unavailable`](session_core::StoreError::Unavailable)
+    /// until it is up). Must be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError`] for a bad prefix or URL.
+    pub fn connect_lazy(self, url: &str) -> Result<RedisStore, ConnectError> {
+        let prefix = KeyPrefix::new(&self.prefix)?;
+        let client = redis::Client::open(url).map_err(ConnectError::InvalidUrl)?;
+        let conn = ConnectionManager::new_lazy_with_config(client, self.manager_config())
+            .map_err(ConnectError::Refused)?;
+        Ok(self.finish(prefix, Conn::Single(conn)))
+    }
+
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.operation_timeout))
             .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = self
-            .bounded_connect(ConnectionManager::new_with_config(client, config))
-            .await?;
-        Ok(self.finish(prefix, Conn::Single(conn)))
+            .set_max_delay(Duration::from_millis(500))
     }
 
     /// Connects to a Redis Cluster through one or more of its nodes, e.g.

@@ -358,3 +358,28 @@ async fn connect_errors_are_typed_and_hide_credentials() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_store_starts_before_its_server() {
+    let port = Server::spare_port();
+    let store = RedisStore::builder()
+        .prefix("lazy")
+        .operation_timeout(OP_TIMEOUT)
+        .connect_timeout(Duration::from_millis(300))
+        .connect_lazy(&format!("redis://127.0.0.1:{port}"))
+        .expect("lazy store");
+    let k = key();
+    every_call_is_unavailable(&store, &k).await;
+    let _server = Server::start(port).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.create(&k, &record(None, b"late", 1)).await {
+            Ok(()) => break,
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("lazy store never connected: {e:?}"),
+        }
+    }
+    assert_eq!(&store.load(&k).await.unwrap().unwrap().data[..], b"late");
+}
