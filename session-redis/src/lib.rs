@@ -48,7 +48,8 @@
 //! [`redis::Script`] after a restart or `SCRIPT FLUSH` drops them).
 //! `list_user` and `delete_user` read the index, visit the sessions
 //! concurrently (reading only headers), and prune entries whose sessions
-//! are gone. `delete_expired` is a no-op: Redis expires keys itself.
+//! are gone. `delete` of a logged-in session is the one two-command
+//! operation: the session's script returns its user, then the entry goes. `delete_expired` is a no-op: Redis expires keys itself.
 //!
 //! **Index consistency.** On a single server, `create` and `update` write
 //! the session and its index entry in the same script, atomically. On a
@@ -58,9 +59,14 @@
 //! it (delete, delete_user). Any failure in between leaves at most a stale
 //! entry, never a live session missing from its user's index, so "log out
 //! everywhere" cannot miss one. Readers verify each entry against the
-//! stored record (user id and deadlines) before listing it, and prune stale
-//! ones; on a cluster an entry whose session is missing is pruned only after
-//! [`CLUSTER_INDEX_GRACE`], since its session may be being written.
+//! stored record (user id and deadlines) before listing it, and prune the
+//! entries of sessions that are gone from Redis; on a cluster only once the
+//! entry is older than [`CLUSTER_INDEX_GRACE`], since its session may be
+//! being written. An expired record that Redis has not evicted yet is never
+//! listed but keeps its entry until it is evicted, so an application server
+//! whose clock lags cannot touch a session back to life without its entry.
+//! Index keys expire by themselves a minute after their newest session's
+//! absolute deadline.
 //!
 //! **Failures.** Connections are multiplexed and reconnect by themselves
 //! ([`redis::aio::ConnectionManager`], or the cluster client). Every

@@ -199,11 +199,12 @@ impl RedisStore {
         Ok(record.encode())
     }
 
-    /// Index entries visited by `list_user` / `delete_user` that may go:
-    /// every entry whose session is gone for good. On a cluster a missing
-    /// session's entry stays until it is older than [`CLUSTER_INDEX_GRACE`].
-    fn prunable(&self, missing: bool, written_at: f64, now: Timestamp) -> bool {
-        if !missing || !self.is_cluster() {
+    /// Whether the index entry of a missing session, written at
+    /// `written_at`, may go. On a single server, yes: a session and its
+    /// entry are created together. On a cluster the entry is written first,
+    /// so it stays until it is older than [`CLUSTER_INDEX_GRACE`].
+    fn prunable(&self, written_at: f64, now: Timestamp) -> bool {
+        if !self.is_cluster() {
             return true;
         }
         let grace = i64::try_from(CLUSTER_INDEX_GRACE.as_millis()).unwrap_or(i64::MAX);
@@ -460,11 +461,13 @@ impl SessionStore for RedisStore {
                 let key = StorageKey::from_stored(member);
                 match Entry::classify(&header?, &key, user_id, now) {
                     Entry::Live(summary) => live.push(summary),
-                    Entry::Expired => stale.push(member.as_str()),
-                    Entry::Missing if self.prunable(true, *written_at, now) => {
+                    Entry::Missing if self.prunable(*written_at, now) => {
                         stale.push(member.as_str());
                     }
-                    Entry::Missing | Entry::Foreign => {}
+                    // An expired record still in Redis keeps its entry until
+                    // Redis evicts it: an application server whose clock lags
+                    // ours may still see it live and touch it.
+                    Entry::Expired | Entry::Missing | Entry::Foreign => {}
                 }
             }
             Self::prune(&mut conn, &index, &stale).await?;
@@ -501,7 +504,7 @@ impl SessionStore for RedisStore {
                         gone.push(member.as_str());
                     }
                     delete_if_user::DELETED_EXPIRED => gone.push(member.as_str()),
-                    delete_if_user::MISSING if self.prunable(true, *written_at, now) => {
+                    delete_if_user::MISSING if self.prunable(*written_at, now) => {
                         gone.push(member.as_str());
                     }
                     _ => {}
