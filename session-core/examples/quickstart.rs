@@ -14,8 +14,14 @@ async fn main() -> Result<(), SessionError> {
     manager.login(&mut session, "alice").await?;
     session.insert("theme", "dark")?;
     manager.commit(&mut session).await?;
-    let set_cookie = manager.response_cookie(&session).expect("login sets the cookie");
-    println!("login      -> Set-Cookie: {}=<redacted>; {}", set_cookie.name(), attributes(&set_cookie));
+    let set_cookie = manager
+        .response_cookie(&session)
+        .expect("login sets the cookie");
+    println!(
+        "login      -> Set-Cookie: {}=<redacted>; {}",
+        set_cookie.name(),
+        attributes(&set_cookie)
+    );
 
     // GET /profile: the browser sends the cookie back.
     let cookie_header = format!("{}={}", set_cookie.name(), set_cookie.value());
@@ -33,20 +39,37 @@ async fn main() -> Result<(), SessionError> {
     // A sensitive operation guarded by a one-time token.
     let token = manager.issue_token(&mut session, "transfer");
     manager.commit(&mut session).await?;
-    let first = manager.consume_token(&mut session, "transfer", token.expose()).await?;
-    let replay = manager.consume_token(&mut session, "transfer", token.expose()).await?;
+    let first = manager
+        .consume_token(&mut session, "transfer", token.expose())
+        .await?;
+    let replay = manager
+        .consume_token(&mut session, "transfer", token.expose())
+        .await?;
     println!("transfer   -> first use accepted: {first}, replay accepted: {replay}");
 
     // POST /logout: the server forgets the session; the cookie is removed.
     manager.logout(&mut session).await?;
-    let removal = manager.response_cookie(&session).expect("logout removes the cookie");
+    let removal = manager
+        .response_cookie(&session)
+        .expect("logout removes the cookie");
     println!("logout     -> Set-Cookie: {removal}");
-    let replayed = manager.load_from_cookie_headers([cookie_header.as_str()]).await?;
-    println!("old cookie -> {}", if replayed.is_some() { "still valid (bug!)" } else { "no session" });
+    let replayed = manager
+        .load_from_cookie_headers([cookie_header.as_str()])
+        .await?;
+    println!(
+        "old cookie -> {}",
+        if replayed.is_some() {
+            "still valid (bug!)"
+        } else {
+            "no session"
+        }
+    );
     Ok(())
 }
 
 fn attributes(c: &cookie::Cookie<'_>) -> String {
     let full = c.to_string();
-    full.split_once("; ").map(|(_, a)| a.to_owned()).unwrap_or_default()
+    full.split_once("; ")
+        .map(|(_, a)| a.to_owned())
+        .unwrap_or_default()
 }

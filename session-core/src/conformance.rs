@@ -5,7 +5,7 @@
 //! macro call, which expands into one `#[tokio::test]` per case so a failure
 //! names its case:
 //!
-//! ```ignore
+//! ```text
 //! // tests/conformance.rs of a backend crate; needs `tokio` (macros,
 //! // rt-multi-thread) as a dev-dependency.
 //! session_core::conformance_suite!(|namespace: String| async move {

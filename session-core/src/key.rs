@@ -59,15 +59,19 @@ impl AsRef<str> for StorageKey {
 /// Derives [`StorageKey`]s from [`SessionId`]s.
 #[derive(Clone)]
 pub struct KeyDeriver {
-    secret: Option<Zeroizing<[u8; 32]>>,
+    key: Zeroizing<[u8; 32]>,
+    keyed: bool,
 }
 
 impl KeyDeriver {
-    /// Unkeyed derivation: `BLAKE3(id)` under a fixed context. Already
-    /// one-way; a secret adds defence if IDs could ever be guessed.
+    /// Derivation without an application secret: a BLAKE3 keyed hash under a
+    /// fixed, public key. Already one-way; a secret adds defence in depth.
     #[must_use]
     pub fn new() -> Self {
-        Self { secret: None }
+        Self {
+            key: Zeroizing::new(blake3::derive_key(UNKEYED_CONTEXT, b"")),
+            keyed: false,
+        }
     }
 
     /// Keyed derivation: a BLAKE3 keyed hash with a key derived from
@@ -75,19 +79,15 @@ impl KeyDeriver {
     #[must_use]
     pub fn with_secret(secret: &[u8]) -> Self {
         Self {
-            secret: Some(Zeroizing::new(blake3::derive_key(SECRET_CONTEXT, secret))),
+            key: Zeroizing::new(blake3::derive_key(SECRET_CONTEXT, secret)),
+            keyed: true,
         }
     }
 
     /// The storage key for `id`.
     #[must_use]
     pub fn derive(&self, id: &SessionId) -> StorageKey {
-        let hash = match &self.secret {
-            Some(k) => blake3::keyed_hash(k, id.as_bytes()),
-            None => blake3::Hasher::new_derive_key(UNKEYED_CONTEXT)
-                .update(id.as_bytes())
-                .finalize(),
-        };
+        let hash = blake3::keyed_hash(&self.key, id.as_bytes());
         StorageKey(Arc::from(hash.to_hex().as_str()))
     }
 }
@@ -101,7 +101,7 @@ impl Default for KeyDeriver {
 impl fmt::Debug for KeyDeriver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyDeriver")
-            .field("keyed", &self.secret.is_some())
+            .field("keyed", &self.keyed)
             .finish()
     }
 }

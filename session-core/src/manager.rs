@@ -259,13 +259,13 @@ impl SessionManager {
     /// [`SessionError::Store`] when the store fails.
     pub async fn load(&self, id: &SessionId) -> Result<Option<Session>, SessionError> {
         let key = self.storage_key(id);
-        let Some(record) = self.load_record(&key).await? else {
+        let now = self.now();
+        let Some(record) = self.load_record(&key, now).await? else {
             return Ok(None);
         };
         let Some(payload) = self.decode(&key, &record) else {
             return Ok(None);
         };
-        let now = self.now();
         Ok(Some(Session {
             id: id.clone(),
             key,
@@ -282,7 +282,11 @@ impl SessionManager {
         }))
     }
 
-    async fn load_record(&self, key: &StorageKey) -> Result<Option<SessionRecord>, SessionError> {
+    async fn load_record(
+        &self,
+        key: &StorageKey,
+        now: Timestamp,
+    ) -> Result<Option<SessionRecord>, SessionError> {
         let record = match self.inner.store.load(key).await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(None),
@@ -292,7 +296,7 @@ impl SessionManager {
             }
             Err(e) => return Err(e.into()),
         };
-        if record.is_expired_at(self.now()) {
+        if record.is_expired_at(now) {
             self.audit("expired", key, record.user_id.as_deref());
             // Best effort: the store would drop it anyway.
             let _ = self.inner.store.delete(key).await;
@@ -448,7 +452,7 @@ impl SessionManager {
     /// Reloads the stored record and re-applies pending changes on top.
     /// Returns `false` if the session is gone.
     async fn refresh(&self, session: &mut Session) -> Result<bool, SessionError> {
-        let Some(record) = self.load_record(&session.key).await? else {
+        let Some(record) = self.load_record(&session.key, self.now()).await? else {
             return Ok(false);
         };
         let Some(payload) = self.decode(&session.key, &record) else {
@@ -535,7 +539,13 @@ impl SessionManager {
         session.user_id = Some(user_id.to_owned());
         session.created_at = now;
         session.absolute_deadline = now.saturating_add(cfg.absolute_timeout);
-        for purpose in session.payload.tokens.keys().cloned().collect::<Vec<_>>() {
+        let purposes: Vec<String> = session
+            .payload
+            .tokens
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect();
+        for purpose in purposes {
             session.set_token(&purpose, None);
         }
         self.replace_id(session).await?;
@@ -671,8 +681,7 @@ impl SessionManager {
             let now = self.now();
             let valid = session
                 .payload
-                .tokens
-                .get(purpose)
+                .token(purpose)
                 .is_some_and(|e| e.accepts(presented, now));
             if !valid {
                 return Ok(false);

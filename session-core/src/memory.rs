@@ -19,9 +19,13 @@ use crate::key::StorageKey;
 use crate::record::{SessionRecord, SessionSummary};
 use crate::store::{SessionStore, StoreError, StoreResult};
 
+/// Storage keys are uniformly random hashes of server-generated IDs, so a
+/// fast seeded hasher is safe here (clients cannot choose stored keys).
+type FastHash = foldhash::fast::RandomState;
+
 struct Inner {
-    records: DashMap<StorageKey, SessionRecord>,
-    users: DashMap<String, HashSet<StorageKey>>,
+    records: DashMap<StorageKey, SessionRecord, FastHash>,
+    users: DashMap<String, HashSet<StorageKey, FastHash>, FastHash>,
     clock: Arc<dyn Clock>,
 }
 
@@ -57,8 +61,8 @@ impl MemoryStore {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                records: DashMap::new(),
-                users: DashMap::new(),
+                records: DashMap::with_hasher(FastHash::default()),
+                users: DashMap::with_hasher(FastHash::default()),
                 clock,
             }),
         }

@@ -7,8 +7,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
 
 use crate::clock::Timestamp;
 use crate::error::SessionError;
@@ -17,25 +16,163 @@ use crate::key::StorageKey;
 use crate::record::SessionRecord;
 use crate::token::TokenEntry;
 
-/// The serialized form of a session's data.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A session's data as stored: each value is kept as its own JSON text and
+/// decoded only when read, so a load parses no more than a length-prefixed
+/// list and never copies a value.
+///
+/// Layout (integers big-endian): `format (1 byte = 1) | value count (u32) |
+/// { key length (u32) | key | value length (u32) | JSON value }* | token
+/// count (u32) | { purpose length (u32) | purpose | hash (32) | expiry (i64
+/// ms) }*`. Empty bytes are an empty session.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Payload {
-    #[serde(rename = "d", default)]
-    pub(crate) data: HashMap<String, Value>,
-    #[serde(rename = "t", default, skip_serializing_if = "HashMap::is_empty")]
-    pub(crate) tokens: HashMap<String, TokenEntry>,
+    pub(crate) data: Vec<(String, Bytes)>,
+    pub(crate) tokens: Vec<(String, TokenEntry)>,
+}
+
+const PAYLOAD_V1: u8 = 1;
+
+/// Why stored session data could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BadPayload(pub(crate) &'static str);
+
+impl std::fmt::Display for BadPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "session data: {}", self.0)
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a Bytes,
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn slice(&mut self, n: usize) -> Result<&[u8], BadPayload> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.buf.len());
+        let end = end.ok_or(BadPayload("truncated"))?;
+        let out = &self.buf[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    /// A zero-copy view of the next `n` bytes.
+    fn bytes(&mut self, n: usize) -> Result<Bytes, BadPayload> {
+        let start = self.at;
+        self.slice(n)?;
+        Ok(self.buf.slice(start..self.at))
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], BadPayload> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.slice(N)?);
+        Ok(out)
+    }
+
+    fn len(&mut self) -> Result<usize, BadPayload> {
+        Ok(u32::from_be_bytes(self.array()?) as usize)
+    }
+
+    fn string(&mut self) -> Result<String, BadPayload> {
+        let n = self.len()?;
+        let b = self.slice(n)?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| BadPayload("key is not UTF-8"))
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
 }
 
 impl Payload {
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+    pub(crate) fn decode(bytes: &Bytes) -> Result<Self, BadPayload> {
         if bytes.is_empty() {
             return Ok(Self::default());
         }
-        serde_json::from_slice(bytes)
+        let mut r = Reader { buf: bytes, at: 0 };
+        if r.array::<1>()?[0] != PAYLOAD_V1 {
+            return Err(BadPayload("unknown format"));
+        }
+        let n = r.len()?;
+        // Every entry takes at least 8 bytes: bound the allocation by the input.
+        let mut data = Vec::with_capacity(n.min(bytes.len() / 8));
+        for _ in 0..n {
+            let key = r.string()?;
+            let len = r.len()?;
+            data.push((key, r.bytes(len)?));
+        }
+        let n = r.len()?;
+        let mut tokens = Vec::with_capacity(n.min(bytes.len() / 44));
+        for _ in 0..n {
+            let purpose = r.string()?;
+            let hash = r.array::<32>()?;
+            let expires_at = Timestamp::from_unix_millis(i64::from_be_bytes(r.array()?));
+            tokens.push((purpose, TokenEntry { hash, expires_at }));
+        }
+        if r.at != bytes.len() {
+            return Err(BadPayload("trailing bytes"));
+        }
+        Ok(Self { data, tokens })
     }
 
-    pub(crate) fn encode(&self) -> Result<Bytes, serde_json::Error> {
-        serde_json::to_vec(self).map(Bytes::from)
+    pub(crate) fn encode(&self) -> Bytes {
+        let size = 9
+            + self
+                .data
+                .iter()
+                .map(|(k, v)| 8 + k.len() + v.len())
+                .sum::<usize>()
+            + self.tokens.iter().map(|(p, _)| 44 + p.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.push(PAYLOAD_V1);
+        put_len(&mut out, self.data.len());
+        for (k, v) in &self.data {
+            put_len(&mut out, k.len());
+            out.extend_from_slice(k.as_bytes());
+            put_len(&mut out, v.len());
+            out.extend_from_slice(v);
+        }
+        put_len(&mut out, self.tokens.len());
+        for (p, t) in &self.tokens {
+            put_len(&mut out, p.len());
+            out.extend_from_slice(p.as_bytes());
+            out.extend_from_slice(&t.hash);
+            out.extend_from_slice(&t.expires_at.as_unix_millis().to_be_bytes());
+        }
+        Bytes::from(out)
+    }
+
+    pub(crate) fn value(&self, key: &str) -> Option<&Bytes> {
+        self.data.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    pub(crate) fn set_value(&mut self, key: &str, value: Option<Bytes>) -> Option<Bytes> {
+        let pos = self.data.iter().position(|(k, _)| k == key);
+        match (pos, value) {
+            (Some(i), Some(v)) => Some(std::mem::replace(&mut self.data[i].1, v)),
+            (Some(i), None) => Some(self.data.swap_remove(i).1),
+            (None, Some(v)) => {
+                self.data.push((key.to_owned(), v));
+                None
+            }
+            (None, None) => None,
+        }
+    }
+
+    pub(crate) fn token(&self, purpose: &str) -> Option<&TokenEntry> {
+        self.tokens
+            .iter()
+            .find(|(p, _)| p == purpose)
+            .map(|(_, t)| t)
+    }
+
+    pub(crate) fn set_token(&mut self, purpose: &str, entry: Option<TokenEntry>) {
+        self.tokens.retain(|(p, _)| p != purpose);
+        if let Some(e) = entry {
+            self.tokens.push((purpose.to_owned(), e));
+        }
     }
 }
 
@@ -48,7 +185,7 @@ pub(crate) enum Field {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Change {
-    Data(Option<Value>),
+    Data(Option<Bytes>),
     Token(Option<TokenEntry>),
 }
 
@@ -91,8 +228,8 @@ impl Session {
     ///
     /// [`SessionError::Serialization`] if the stored value is not a `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
-        match self.payload.data.get(key) {
-            Some(v) => Ok(Some(T::deserialize(v)?)),
+        match self.payload.value(key) {
+            Some(v) => Ok(Some(serde_json::from_slice(v)?)),
             None => Ok(None),
         }
     }
@@ -108,11 +245,11 @@ impl Session {
         key: &str,
         value: &T,
     ) -> Result<(), SessionError> {
-        let v = serde_json::to_value(value)?;
-        if self.payload.data.get(key) == Some(&v) {
+        let v = Bytes::from(serde_json::to_vec(value)?);
+        if self.payload.value(key) == Some(&v) {
             return Ok(());
         }
-        self.payload.data.insert(key.to_owned(), v.clone());
+        self.payload.set_value(key, Some(v.clone()));
         self.changes
             .insert(Field::Data(key.to_owned()), Change::Data(Some(v)));
         Ok(())
@@ -120,7 +257,7 @@ impl Session {
 
     /// Removes `key`; returns whether it was present.
     pub fn remove(&mut self, key: &str) -> bool {
-        let was = self.payload.data.remove(key).is_some();
+        let was = self.payload.set_value(key, None).is_some();
         if was {
             self.changes
                 .insert(Field::Data(key.to_owned()), Change::Data(None));
@@ -131,12 +268,12 @@ impl Session {
     /// Whether `key` is present.
     #[must_use]
     pub fn contains(&self, key: &str) -> bool {
-        self.payload.data.contains_key(key)
+        self.payload.value(key).is_some()
     }
 
     /// The keys present, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.payload.data.keys().map(String::as_str)
+        self.payload.data.iter().map(|(k, _)| k.as_str())
     }
 
     /// Whether the session holds no values.
@@ -213,14 +350,7 @@ impl Session {
     }
 
     pub(crate) fn set_token(&mut self, purpose: &str, entry: Option<TokenEntry>) {
-        match &entry {
-            Some(e) => {
-                self.payload.tokens.insert(purpose.to_owned(), e.clone());
-            }
-            None => {
-                self.payload.tokens.remove(purpose);
-            }
-        }
+        self.payload.set_token(purpose, entry.clone());
         self.changes
             .insert(Field::Token(purpose.to_owned()), Change::Token(entry));
     }
@@ -230,18 +360,10 @@ impl Session {
         self.payload = fresh;
         for (field, change) in &self.changes {
             match (field, change) {
-                (Field::Data(k), Change::Data(Some(v))) => {
-                    self.payload.data.insert(k.clone(), v.clone());
+                (Field::Data(k), Change::Data(v)) => {
+                    self.payload.set_value(k, v.clone());
                 }
-                (Field::Data(k), Change::Data(None)) => {
-                    self.payload.data.remove(k);
-                }
-                (Field::Token(p), Change::Token(Some(e))) => {
-                    self.payload.tokens.insert(p.clone(), e.clone());
-                }
-                (Field::Token(p), Change::Token(None)) => {
-                    self.payload.tokens.remove(p);
-                }
+                (Field::Token(p), Change::Token(e)) => self.payload.set_token(p, e.clone()),
                 _ => {}
             }
         }
@@ -249,7 +371,7 @@ impl Session {
 
     pub(crate) fn to_record(&self, version: u64) -> Result<SessionRecord, SessionError> {
         Ok(SessionRecord {
-            data: self.payload.encode()?,
+            data: self.payload.encode(),
             user_id: self.user_id.clone(),
             created_at: self.created_at,
             last_access: self.last_access,
@@ -272,5 +394,46 @@ impl fmt::Debug for Session {
             .field("idle_deadline", &self.idle_deadline)
             .field("absolute_deadline", &self.absolute_deadline)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Payload {
+        let mut p = Payload::default();
+        p.set_value("a", Some(Bytes::from_static(b"1")));
+        p.set_value("ключ", Some(Bytes::from_static(b"\"x\"")));
+        p.set_token(
+            "transfer",
+            Some(TokenEntry {
+                hash: [7; 32],
+                expires_at: Timestamp::from_unix_millis(-5),
+            }),
+        );
+        p
+    }
+
+    #[test]
+    fn payload_round_trips() {
+        let p = sample();
+        assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
+        assert_eq!(Payload::decode(&Bytes::new()).unwrap(), Payload::default());
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_rejected_without_panicking() {
+        let enc = sample().encode();
+        for n in 1..enc.len() {
+            assert!(Payload::decode(&enc.slice(..n)).is_err(), "len {n}");
+        }
+        let mut longer = enc.to_vec();
+        longer.push(0);
+        assert!(Payload::decode(&Bytes::from(longer)).is_err());
+        let mut huge = enc.to_vec();
+        huge[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(Payload::decode(&Bytes::from(huge)).is_err());
+        assert!(Payload::decode(&Bytes::from_static(b"{\"d\":{}}")).is_err());
     }
 }
