@@ -240,6 +240,59 @@ async fn index_entries_without_sessions<C: ConnectionLike + Send>(store: &RedisS
     assert!(store.load(&young).await.unwrap().is_none());
 }
 
+/// Deadlines at the ends of time: TTLs are capped, touch caps the idle
+/// deadline at the absolute one, and a record born expired is never stored.
+async fn extreme_deadlines<C: ConnectionLike + Send>(store: &RedisStore, raw: &mut C) {
+    let p = prefix(store);
+    let far = Timestamp::from_unix_millis(i64::MAX);
+    let k = key();
+    let forever = SessionRecord {
+        idle_deadline: far,
+        absolute_deadline: far,
+        ..record(Some("far"), b"x", 0, 0)
+    };
+    store.create(&k, &forever).await.unwrap();
+    assert!(pttl(raw, &p.session_key(&k)).await > 3_000_000_000_000);
+    store.touch(&k, Timestamp::now(), far).await.unwrap();
+    let next = SessionRecord {
+        version: 2,
+        ..forever.clone()
+    };
+    store.update(&k, 1, &next).await.unwrap();
+    assert_eq!(store.load(&k).await.unwrap().unwrap(), next);
+
+    let capped = key();
+    store
+        .create(&capped, &record(None, b"x", 5_000, 10_000))
+        .await
+        .unwrap();
+    store.touch(&capped, Timestamp::now(), far).await.unwrap();
+    let ttl = pttl(raw, &p.session_key(&capped)).await;
+    assert!(
+        (1..=10_000).contains(&ttl),
+        "touch went past the absolute deadline: {ttl}"
+    );
+
+    let born_dead = key();
+    let past = Timestamp::from_unix_millis(-5);
+    let dead = SessionRecord {
+        idle_deadline: past,
+        absolute_deadline: past,
+        ..record(Some("far"), b"x", 0, 0)
+    };
+    store.create(&born_dead, &dead).await.unwrap();
+    assert!(get(raw, &p.session_key(&born_dead)).await.is_none());
+    assert!(store.load(&born_dead).await.unwrap().is_none());
+    let listed: Vec<_> = store
+        .list_user("far")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(listed, vec![k]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_server_layout() {
     let (store, mut raw) = single().await;
@@ -249,6 +302,7 @@ async fn single_server_layout() {
     update_refuses_to_change_the_user(&store).await;
     corrupt_values_are_typed_errors(&store, &mut raw).await;
     index_entries_without_sessions(&store, &mut raw).await;
+    extreme_deadlines(&store, &mut raw).await;
     too_large_records_are_refused().await;
     // Everything written lives under the store's prefix.
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -272,4 +326,5 @@ async fn cluster_layout() {
     update_refuses_to_change_the_user(&store).await;
     corrupt_values_are_typed_errors(&store, &mut raw).await;
     index_entries_without_sessions(&store, &mut raw).await;
+    extreme_deadlines(&store, &mut raw).await;
 }
