@@ -30,7 +30,9 @@ pub struct Config {
     #[arg(long, requires = "cert", value_name = "FILE")]
     pub key: Option<PathBuf>,
 
-    /// Session store: memory (more as backends are added).
+    /// Session store: memory, redis, postgres or memcached (servers from
+    /// REDIS_URL, DATABASE_URL, MEMCACHED_URL; encrypted when
+    /// SESSION_ENCRYPTION_KEY is set).
     #[arg(
         long,
         env = "SESSION_BACKEND",
@@ -38,6 +40,16 @@ pub struct Config {
         value_name = "NAME"
     )]
     pub backend: String,
+
+    /// Key prefix / table name of this app's sessions in a shared backend
+    /// (`[a-z0-9_]`); apps sharing one server need different namespaces.
+    #[arg(
+        long,
+        env = "SESSION_NAMESPACE",
+        default_value = "session_demo",
+        value_name = "NAME"
+    )]
+    pub namespace: String,
 
     /// Maximum concurrent sessions per user (unlimited when absent).
     #[arg(long, value_name = "N")]

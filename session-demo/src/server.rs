@@ -61,7 +61,7 @@ impl Demo {
     /// [`StartupError`], with a message saying what to fix.
     pub async fn bind(config: Config) -> Result<Self, StartupError> {
         let session_config = config.session_config()?;
-        let backend = backend::open(&config.backend).await?;
+        let backend = backend::open(&config.backend, &config.namespace).await?;
         let users_spec = config.users.clone();
         let (users, generated) = tokio::task::spawn_blocking(move || match users_spec {
             Some(spec) => Users::parse(&spec).map(|u| (u, None)),
@@ -87,8 +87,13 @@ impl Demo {
         let mut banner = format!("session-demo listening on https://{addr}/\n");
         let _ = writeln!(
             banner,
-            "  session store: {}",
-            config.backend.to_ascii_lowercase()
+            "  session store: {}{}",
+            config.backend.to_ascii_lowercase(),
+            if backend.encrypted {
+                " (encrypted with SESSION_ENCRYPTION_KEY)"
+            } else {
+                ""
+            }
         );
         match &generated {
             Some(pw) => {

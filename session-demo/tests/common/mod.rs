@@ -47,6 +47,10 @@ pub async fn bind(args: &[&str], users: Option<&str>) -> Demo {
     argv.extend_from_slice(args);
     let mut config = Config::try_parse_from(argv).unwrap();
     config.users = users.map(str::to_owned);
+    // Each demo gets its own keys in a shared backend (SESSION_BACKEND may
+    // name Redis, PostgreSQL or Memcached), so tests never see each other's
+    // users.
+    config.namespace = unique_namespace();
     Demo::bind(config).await.expect("demo starts")
 }
 
@@ -179,4 +183,18 @@ impl Server {
             s => panic!("unexpected status {s} from /profile"),
         }
     }
+}
+
+fn unique_namespace() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "demo_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
