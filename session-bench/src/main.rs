@@ -56,6 +56,9 @@ struct Args {
     /// Print one JSON object per system and round instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the Markdown table to this file.
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<std::path::PathBuf>,
     /// Random seed of the operation sequence.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -263,8 +266,15 @@ fn path_ops(name: &str, ops: &Arc<Vec<Op>>, sessions: usize, _round: usize) -> A
 async fn main() {
     let args = Args::parse();
     let json = args.json;
+    let markdown_file = args.markdown.clone();
     match run(args).await {
         Ok(rows) => {
+            if let Some(path) = markdown_file {
+                if let Err(e) = std::fs::write(&path, markdown(&rows)) {
+                    eprintln!("session-bench: cannot write {}: {e}", path.display());
+                    std::process::exit(1);
+                }
+            }
             if json {
                 for r in &rows {
                     println!("{}", serde_json::to_string(r).expect("row serializes"));
