@@ -118,7 +118,7 @@ start_memcached() { # port
   if ! (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null; then
     log "starting memcached on 127.0.0.1:$p"
     local user=root; id memcache >/dev/null 2>&1 && user=memcache
-    memcached -d -u "$user" -l 127.0.0.1 -p "$p" -U 0 -m 256 -c 4096 -P "$STATE/memcached-$p.pid" >&2
+    memcached -d -u "$user" -l 127.0.0.1 -p "$p" -U 0 -m 1024 -c 4096 >&2
     wait_for "memcached $p" bash -c "exec 3<>/dev/tcp/127.0.0.1/$p"
   fi
 }

@@ -68,18 +68,19 @@ fn ns(tag: &str) -> String {
     format!("bench{}{}", std::process::id(), tag)
 }
 
-async fn our_store(b: Backend, servers: &Servers, tag: &str) -> BenchResult<Arc<dyn SessionStore>> {
-    session_bench::systems::our_store(
-        match b {
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
             Backend::Memory => "memory",
             Backend::Redis => "redis",
             Backend::Postgres => "postgres",
             Backend::Memcached => "memcached",
-        },
-        servers,
-        &ns(tag),
-    )
-    .await
+        }
+    }
+}
+
+async fn our_store(b: Backend, servers: &Servers, tag: &str) -> BenchResult<Arc<dyn SessionStore>> {
+    session_bench::systems::our_store(b.name(), servers, &ns(tag)).await
 }
 
 fn encrypted(store: Arc<dyn SessionStore>) -> Arc<dyn SessionStore> {
@@ -143,18 +144,7 @@ async fn systems_for(
         ));
     }
     if !args.no_peers {
-        for (name, peer) in systems::peers(
-            match b {
-                Backend::Memory => "memory",
-                Backend::Redis => "redis",
-                Backend::Postgres => "postgres",
-                Backend::Memcached => "memcached",
-            },
-            servers,
-            &ns(&format!("t{tag}")),
-        )
-        .await?
-        {
+        for (name, peer) in systems::peers(b.name(), servers, &ns(&format!("t{tag}"))).await? {
             out.push((name, peer));
         }
     }
@@ -192,7 +182,7 @@ async fn run(args: Args) -> BenchResult<Vec<Row>> {
         systems::reset_postgres_schema(&servers).await?;
     }
     for &b in &args.backends {
-        let backend = format!("{b:?}").to_lowercase();
+        let backend = b.name();
         for &payload in &args.payloads {
             let mut list = systems_for(b, &args, &servers, payload).await?;
             if !args.no_paths {

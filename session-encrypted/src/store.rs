@@ -65,8 +65,10 @@ impl<S: SessionStore> EncryptedStore<S> {
 
     fn seal(&self, key: &StorageKey, record: &SessionRecord) -> SessionRecord {
         let k = self.ring.primary();
+        // A fresh random nonce from the thread-local CSPRNG (seeded and
+        // periodically reseeded from the OS): 96 random bits per write.
         let mut nonce_bytes = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce_bytes).expect("the operating system CSPRNG failed");
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut nonce_bytes);
         let user = record.user_id.as_deref().unwrap_or("").as_bytes();
         let plain_len = 1 + 4 + user.len() + record.data.len();
         let mut out = Vec::with_capacity(HEADER_LEN + plain_len + TAG_LEN);
