@@ -204,7 +204,7 @@ async fn run(args: Args) -> BenchResult<Vec<Row>> {
                     if let Some(e) = &m.first_error {
                         eprintln!("{backend} {name}: {} errors, first: {e}", m.errors);
                     }
-                    rows.push(Row::new(name, &backend, payload, args.sessions, round, &m));
+                    rows.push(Row::new(name, backend, payload, args.sessions, round, &m));
                 }
             }
             // Logout-everywhere consumes its users: one fresh setup per round.
@@ -227,7 +227,7 @@ async fn run(args: Args) -> BenchResult<Vec<Row>> {
                     let m = workload::run(Arc::new(sys), seq, args.concurrency).await;
                     rows.push(Row::new(
                         "path:logout-everywhere",
-                        &backend,
+                        backend,
                         payload,
                         args.sessions,
                         round,
