@@ -65,8 +65,15 @@ impl Timestamp {
     /// Converts to a `time::OffsetDateTime` (UTC).
     #[must_use]
     pub fn to_offset_date_time(self) -> time::OffsetDateTime {
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        // Out-of-range values saturate (a "never" deadline must not turn
+        // into 1970, which would read as long expired).
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000).unwrap_or(
+            if self.0 < 0 {
+                time::PrimitiveDateTime::MIN.assume_utc()
+            } else {
+                time::PrimitiveDateTime::MAX.assume_utc()
+            },
+        )
     }
 
     /// Converts from a `time::OffsetDateTime`, truncating to milliseconds.
@@ -176,6 +183,22 @@ mod tests {
         let c = ManualClock::new(Timestamp::from_unix_millis(10));
         c.advance(Duration::from_millis(5));
         assert_eq!(c.now().as_unix_millis(), 15);
+    }
+
+    #[test]
+    fn out_of_range_saturates() {
+        assert!(
+            Timestamp::from_unix_millis(i64::MAX)
+                .to_offset_date_time()
+                .year()
+                >= 9999
+        );
+        assert!(
+            Timestamp::from_unix_millis(i64::MIN)
+                .to_offset_date_time()
+                .year()
+                <= -9999
+        );
     }
 
     #[test]

@@ -509,7 +509,9 @@ impl SessionManager {
     /// Logs the session in as `user_id`: applies the per-user limit, gives
     /// the session a fresh ID whatever it was before (no fixation), binds the
     /// user, restarts the absolute lifetime and drops outstanding one-time
-    /// tokens. Data stored before login carries over.
+    /// tokens. Data stored before login carries over (an anonymous cart, say),
+    /// except when the session belonged to another user: then it starts
+    /// empty.
     ///
     /// # Errors
     ///
@@ -533,6 +535,12 @@ impl SessionManager {
         let cfg = &self.inner.config;
         if session.state == State::Deleted {
             session.state = State::New;
+            session.payload = Payload::default();
+            session.changes.clear();
+        }
+        if session.user_id.as_deref().is_some_and(|u| u != user_id) {
+            // Another user logs in on top of this session (a shared
+            // computer): nothing of the previous user's session carries over.
             session.payload = Payload::default();
             session.changes.clear();
         }

@@ -199,6 +199,36 @@ async fn login_always_issues_a_fresh_id() {
 }
 
 #[tokio::test]
+async fn another_users_login_does_not_inherit_the_session_data() {
+    let e = env();
+    let mut s = e.manager.start();
+    s.insert("cart", "anonymous").unwrap();
+    e.manager.login(&mut s, "alice").await.unwrap();
+    s.insert("alice-secret", "s3cr3t").unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    let alices = s.id().clone();
+    // Bob logs in on the same browser without logging Alice out.
+    e.manager.login(&mut s, "bob").await.unwrap();
+    let bob = e.manager.load(s.id()).await.unwrap().unwrap();
+    assert_eq!(bob.user_id(), Some("bob"));
+    assert!(
+        !bob.contains("alice-secret"),
+        "alice's data followed bob's login"
+    );
+    assert!(!bob.contains("cart"));
+    assert!(e.manager.load(&alices).await.unwrap().is_none());
+    // Re-login as the same user keeps the data.
+    let mut again = e.manager.load(s.id()).await.unwrap().unwrap();
+    again.insert("theme", "dark").unwrap();
+    e.manager.login(&mut again, "bob").await.unwrap();
+    let after = e.manager.load(again.id()).await.unwrap().unwrap();
+    assert_eq!(
+        after.get::<String>("theme").unwrap().as_deref(),
+        Some("dark")
+    );
+}
+
+#[tokio::test]
 async fn a_client_chosen_id_is_never_adopted() {
     let e = env();
     let chosen = session_core::SessionId::generate();
