@@ -102,8 +102,14 @@ impl Manager {
     /// Over `store` with the default policies.
     #[must_use]
     pub fn new(store: Arc<dyn SessionStore>) -> Self {
+        Self::with_config(store, session_core::SessionConfig::default())
+    }
+
+    /// Over `store` with `config` (to isolate the cost of touches).
+    #[must_use]
+    pub fn with_config(store: Arc<dyn SessionStore>, config: session_core::SessionConfig) -> Self {
         Self {
-            manager: SessionManager::builder_arc(store).build(),
+            manager: SessionManager::builder_arc(store).config(config).build(),
             ids: Arc::new(Vec::new()),
         }
     }

@@ -128,16 +128,30 @@ fn assert_clean(what: &str, blobs: &[Vec<u8>]) {
 
 #[tokio::test]
 async fn raw_redis_holds_neither_plaintext_nor_user() {
-    let store = redis("rawread").await;
+    let store = redis(&format!("rawread{}", std::process::id())).await;
     write_secret(&store).await;
     let client = redis::Client::open(url("REDIS_URL", "redis://127.0.0.1:6379")).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let pattern = format!("{}*", store.prefix());
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(&pattern)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    // SCAN, not KEYS: the server may hold millions of other keys.
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
     let mut blobs: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
     for k in &keys {
         // DUMP serializes any type (strings, sorted sets) with its content.

@@ -305,11 +305,25 @@ async fn single_server_layout() {
     extreme_deadlines(&store, &mut raw).await;
     too_large_records_are_refused().await;
     // Everything written lives under the store's prefix.
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", store.prefix()))
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    // SCAN, not KEYS: the server may hold millions of other keys.
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{}:*", store.prefix()))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
     assert!(!keys.is_empty());
     assert!(keys
         .iter()
