@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use redis::aio::ConnectionLike;
 use session_core::{
     KeyDeriver, SessionId, SessionRecord, SessionStore, StorageKey, StoreError, Timestamp,
@@ -16,18 +15,7 @@ fn key() -> StorageKey {
     KeyDeriver::new().derive(&SessionId::generate())
 }
 
-fn record(user: Option<&str>, data: &[u8], idle_ms: u64, abs_ms: u64) -> SessionRecord {
-    let now = Timestamp::now();
-    SessionRecord {
-        data: Bytes::copy_from_slice(data),
-        user_id: user.map(str::to_owned),
-        created_at: now,
-        last_access: now,
-        idle_deadline: now.saturating_add(Duration::from_millis(idle_ms)),
-        absolute_deadline: now.saturating_add(Duration::from_millis(abs_ms)),
-        version: 1,
-    }
-}
+use session_core::conformance::record;
 
 async fn single() -> (RedisStore, redis::aio::MultiplexedConnection) {
     let url = common::redis_url().await;
