@@ -67,6 +67,10 @@ struct Args {
     /// Random seed of the operation sequence.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Run only the systems whose name starts with this (repeatable), for
+    /// profiling one of them; without the floor there are no ratios.
+    #[arg(long = "only", value_name = "SYSTEM")]
+    only: Vec<String>,
 }
 
 fn session_config(args: &Args) -> BenchResult<session_core::SessionConfig> {
@@ -202,6 +206,10 @@ async fn run(args: Args) -> BenchResult<Vec<Row>> {
             }
             let mut ready: Vec<(String, Arc<dyn System>)> = Vec::new();
             for (name, mut sys) in list {
+                if !args.only.is_empty() && !args.only.iter().any(|o| name.starts_with(o.as_str()))
+                {
+                    continue;
+                }
                 eprintln!(
                     "setup {backend} {payload} B {name}: {} sessions",
                     args.sessions

@@ -9,6 +9,10 @@ use memcache::Url;
 /// item header and key.
 pub const DEFAULT_MAX_ITEM_SIZE: usize = 1024 * 1024 - 1024;
 
+/// How many recent loads a store remembers by default (see
+/// [`MemcachedConfig::with_recent_reads`]).
+pub const DEFAULT_RECENT_READS: usize = 10_000;
+
 /// Longest namespace accepted, so that every key stays within Memcached's
 /// 250-byte limit.
 pub const MAX_NAMESPACE_LEN: usize = 64;
@@ -58,6 +62,7 @@ pub struct MemcachedConfig {
     pub(crate) max_idle: usize,
     pub(crate) cas_retries: u32,
     pub(crate) index_grace: Duration,
+    pub(crate) recent_reads: usize,
 }
 
 impl MemcachedConfig {
@@ -96,6 +101,7 @@ impl MemcachedConfig {
             max_idle: 16,
             cas_retries: 64,
             index_grace: Duration::from_secs(60),
+            recent_reads: DEFAULT_RECENT_READS,
         })
     }
 
@@ -186,6 +192,21 @@ impl MemcachedConfig {
     #[must_use]
     pub fn with_index_grace(mut self, grace: Duration) -> Self {
         self.index_grace = grace;
+        self
+    }
+
+    /// How many recent loads the store remembers the CAS token of (default
+    /// 10,000; 0 turns it off).
+    ///
+    /// An update of a session loaded a moment ago (the usual request: load,
+    /// change, commit) is then one `cas` with that token instead of `gets`
+    /// then `cas`. The token changes on every write to the item, so a stale
+    /// entry only costs the extra round trip: correctness never depends on
+    /// it. Each entry holds a token, a version, two deadlines and the user
+    /// id (no session data), about 150 bytes.
+    #[must_use]
+    pub fn with_recent_reads(mut self, entries: usize) -> Self {
+        self.recent_reads = entries;
         self
     }
 

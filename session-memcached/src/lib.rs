@@ -7,6 +7,8 @@
 //!   (`MemcachedStore::new_async`).
 //! - `keys`, `expiry`, `index` (private): key layout, deadlines to
 //!   expiration times, the per-user index item.
+//! - `recent` (private): the CAS tokens of recent loads, which make the
+//!   usual update a single round trip.
 //!
 //! ```no_run
 //! use session_core::SessionManager;
@@ -38,8 +40,11 @@ pub mod config;
 mod expiry;
 mod index;
 mod keys;
+mod recent;
 pub mod store;
 mod transport;
 
-pub use crate::config::{ConfigError, MemcachedConfig, DEFAULT_MAX_ITEM_SIZE};
+pub use crate::config::{
+    ConfigError, MemcachedConfig, DEFAULT_MAX_ITEM_SIZE, DEFAULT_RECENT_READS,
+};
 pub use crate::store::MemcachedStore;

@@ -12,13 +12,16 @@ use crate::config::{ConfigError, MemcachedConfig};
 use crate::expiry::exptime;
 use crate::index::{Entry, Index};
 use crate::keys::Keys;
+use crate::recent::{RecentReads, Seen};
 use crate::transport::{Blocking, Item, Mode, Outcome, Transport};
 
 /// A session store on one or more Memcached servers.
 ///
 /// - `create` is an `add`: it never overwrites a live record.
 /// - `update` and `touch` are `gets`/`cas` compare-and-sets; `update` also
-///   checks the record's version.
+///   checks the record's version. An `update` of a session this store
+///   loaded a moment ago skips the `gets`: it sends one `cas` with the token
+///   that load saw (see [`MemcachedConfig::with_recent_reads`]).
 /// - Items expire on the server at the record's earlier deadline (whole
 ///   seconds, rounded up); `load` also checks the deadlines itself, so a
 ///   record is never returned after its deadline.
@@ -42,6 +45,7 @@ struct Inner {
     cas_retries: u32,
     index_grace: Duration,
     servers: Vec<String>,
+    recent: RecentReads,
 }
 
 impl std::fmt::Debug for MemcachedStore {
@@ -100,6 +104,7 @@ impl MemcachedStore {
                 max_item_size: config.max_item_size,
                 cas_retries: config.cas_retries,
                 index_grace: config.index_grace,
+                recent: RecentReads::new(config.recent_reads),
                 servers: config.servers,
             }),
         }
@@ -276,6 +281,49 @@ impl MemcachedStore {
         Err(self.contended("updating the session"))
     }
 
+    /// The one-round-trip update: a `cas` with the token a recent load saw.
+    ///
+    /// Applies only when that load saw the expected version of a record
+    /// that is still live and whose user index needs no change; the token
+    /// then guarantees the item is still exactly that record. Returns
+    /// `None` when the caller must take the `gets`/`cas` path instead (not
+    /// applicable, or the token is stale).
+    async fn update_as_seen(
+        &self,
+        key: &StorageKey,
+        expected_version: u64,
+        record: &SessionRecord,
+        seen: Seen,
+    ) -> StoreResult<Option<StoreResult<()>>> {
+        let now = Timestamp::now();
+        let extends_index =
+            seen.user_id.is_some() && record.absolute_deadline > seen.absolute_deadline;
+        if seen.version != expected_version || seen.expires_at <= now || extends_index {
+            return Ok(None);
+        }
+        let next = SessionRecord {
+            user_id: seen.user_id,
+            ..record.clone()
+        };
+        let value = next.encode();
+        self.check_size(value.len())?;
+        let size = value.len();
+        let exp = exptime(next.expires_at(), now);
+        let skey = self.inner.keys.session(key);
+        Ok(
+            match self
+                .t()
+                .store(skey, value, exp, Mode::Cas(seen.cas))
+                .await?
+            {
+                Outcome::Applied => Some(Ok(())),
+                Outcome::NotFound => Some(Err(StoreError::NotFound)),
+                Outcome::TooLarge => Some(Err(self.too_large(size))),
+                Outcome::CasMismatch | Outcome::Exists => None,
+            },
+        )
+    }
+
     /// Writes a new record: an `add`, or a CAS over a record that is past
     /// its deadline but not yet dropped by the server.
     async fn insert(
@@ -379,11 +427,15 @@ impl SessionStore for MemcachedStore {
 
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
         let now = Timestamp::now();
-        Ok(self
-            .read(key)
-            .await?
-            .map(|(r, _)| r)
-            .filter(|r| !r.is_expired_at(now)))
+        match self.read(key).await? {
+            Some((record, item)) if !record.is_expired_at(now) => {
+                self.inner
+                    .recent
+                    .remember(key, Seen::new(&record, item.cas));
+                Ok(Some(record))
+            }
+            _ => Ok(None),
+        }
     }
 
     async fn update(
@@ -392,6 +444,14 @@ impl SessionStore for MemcachedStore {
         expected_version: u64,
         record: &SessionRecord,
     ) -> StoreResult<()> {
+        if let Some(seen) = self.inner.recent.take(key) {
+            if let Some(done) = self
+                .update_as_seen(key, expected_version, record, seen)
+                .await?
+            {
+                return done;
+            }
+        }
         self.modify(key, |current| {
             if current.version != expected_version {
                 return Err(StoreError::Conflict);
@@ -410,6 +470,7 @@ impl SessionStore for MemcachedStore {
         last_access: Timestamp,
         idle_deadline: Timestamp,
     ) -> StoreResult<()> {
+        self.inner.recent.forget(key);
         self.modify(key, |current| {
             Ok(SessionRecord {
                 last_access,
@@ -421,6 +482,7 @@ impl SessionStore for MemcachedStore {
     }
 
     async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
+        self.inner.recent.forget(key);
         let user = match self.read(key).await {
             Ok(found) => found.and_then(|(r, _)| r.user_id),
             // An unreadable record is deleted all the same.
@@ -458,6 +520,9 @@ impl SessionStore for MemcachedStore {
             };
             let index = Index::decode(&item.value)?;
             let (live, _) = self.resolve(user_id, &index).await?;
+            for (entry, _) in &live {
+                self.inner.recent.forget(&entry.key);
+            }
             let keys = live
                 .iter()
                 .map(|(e, _)| self.inner.keys.session(&e.key))
