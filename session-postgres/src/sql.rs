@@ -8,12 +8,7 @@
 use std::sync::Arc;
 
 use crate::ident::TableName;
-
-/// Outcome codes of [`Statements::update`].
-pub(crate) const UPDATED: i32 = 0;
-/// A live record exists under the key, with another version.
-pub(crate) const STALE: i32 = 1;
-// Anything else: no live record under the key.
+use crate::migrate::{EXPIRY_BUCKET, EXPIRY_BUCKET_ORIGIN};
 
 /// Prepared SQL strings for one table.
 ///
@@ -28,11 +23,14 @@ pub(crate) struct Statements {
     /// `$1 key`; the row's record columns when live.
     pub load: Arc<str>,
     /// `$1 key, $2 expected version, $3 data, $4 version, $5 created_at,
-    /// $6 last_access, $7 idle_deadline, $8 absolute_deadline`; one `int4`:
-    /// [`UPDATED`], [`STALE`] or not found.
+    /// $6 last_access, $7 idle_deadline, $8 absolute_deadline`; one row
+    /// affected when written. When none is, [`Statements::live`] tells a
+    /// stale version from a missing record.
     pub update: Arc<str>,
+    /// `$1 key`; one row when a live record exists.
+    pub live: Arc<str>,
     /// `$1 key, $2 last_access, $3 idle_deadline`; one row affected when
-    /// live.
+    /// live. Committed asynchronously: see [`Statements::new`].
     pub touch: Arc<str>,
     /// `$1 key`.
     pub delete: Arc<str>,
@@ -49,6 +47,16 @@ pub(crate) const RECORD_COLUMNS: &str =
     "data, version, user_id, created_at, last_access, idle_deadline, absolute_deadline";
 
 impl Statements {
+    /// The statements for `table`.
+    ///
+    /// `touch` turns `synchronous_commit` off for its own transaction
+    /// (`set_config(…, true)` is transaction-local and still in force when
+    /// the statement's implicit transaction commits): PostgreSQL answers
+    /// before the touch's WAL is flushed. A touch only moves the idle
+    /// deadline forward, so a database crash can at worst lose the last
+    /// fraction of a second of touches, and those sessions expire up to one
+    /// touch interval early. Every other write waits for its flush as the
+    /// server is configured to.
     pub(crate) fn new(table: &TableName) -> Self {
         let t = table.qualified();
         let s = |text: String| -> Arc<str> { Arc::from(text) };
@@ -67,16 +75,16 @@ impl Statements {
                 "SELECT {RECORD_COLUMNS} FROM {t} WHERE key = $1 AND expires_at > now()"
             )),
             update: s(format!(
-                "WITH updated AS (\
-                 UPDATE {t} SET data = $3, version = $4, created_at = $5, last_access = $6, \
+                "UPDATE {t} SET data = $3, version = $4, created_at = $5, last_access = $6, \
                  idle_deadline = $7, absolute_deadline = $8 \
-                 WHERE key = $1 AND version = $2 AND expires_at > now() RETURNING 1) \
-                 SELECT CASE WHEN EXISTS (SELECT 1 FROM updated) THEN {UPDATED} \
-                 WHEN EXISTS (SELECT 1 FROM {t} WHERE key = $1 AND expires_at > now()) THEN {STALE} \
-                 ELSE 2 END"
+                 WHERE key = $1 AND version = $2 AND expires_at > now()"
+            )),
+            live: s(format!(
+                "SELECT 1 FROM {t} WHERE key = $1 AND expires_at > now()"
             )),
             touch: s(format!(
                 "UPDATE {t} SET last_access = $2, idle_deadline = $3 \
+                 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit \
                  WHERE key = $1 AND expires_at > now()"
             )),
             delete: s(format!("DELETE FROM {t} WHERE key = $1")),
@@ -90,7 +98,9 @@ impl Statements {
             )),
             delete_expired: s(format!(
                 "DELETE FROM {t} WHERE key IN (\
-                 SELECT key FROM {t} WHERE expires_at <= now() \
+                 SELECT key FROM {t} \
+                 WHERE expiry_bucket <= date_bin('{EXPIRY_BUCKET}', now(), '{EXPIRY_BUCKET_ORIGIN}') \
+                 AND expires_at <= now() \
                  LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  AND expires_at <= now()"
             )),
@@ -110,6 +120,7 @@ mod tests {
             &s.create,
             &s.load,
             &s.update,
+            &s.live,
             &s.touch,
             &s.delete,
             &s.list_user,
@@ -124,9 +135,20 @@ mod tests {
     #[test]
     fn reads_filter_on_server_time() {
         let s = Statements::new(&TableName::default());
-        for sql in [&s.load, &s.update, &s.touch, &s.list_user] {
+        for sql in [&s.load, &s.update, &s.live, &s.touch, &s.list_user] {
             assert!(sql.contains("expires_at > now()"), "{sql}");
         }
         assert!(s.create.contains("WHERE s.expires_at <= now()"));
+    }
+
+    #[test]
+    fn only_touch_commits_asynchronously() {
+        let s = Statements::new(&TableName::default());
+        assert!(s
+            .touch
+            .contains("set_config('synchronous_commit', 'off', true)"));
+        for sql in [&s.create, &s.load, &s.update, &s.delete, &s.delete_user] {
+            assert!(!sql.contains("synchronous_commit"), "{sql}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::cleanup::CleanupTask;
 use crate::error::{is_dead_connection, store_error, PgError, SetupError};
 use crate::ident::TableName;
 use crate::migrate;
-use crate::sql::{Statements, STALE, UPDATED};
+use crate::sql::Statements;
 
 /// A session store on a PostgreSQL table, through a sqlx connection pool.
 ///
@@ -321,9 +321,9 @@ impl SessionStore for PostgresStore {
             return Err(StoreError::NotFound);
         }
         let (sql, pool) = (&inner.sql.update, &inner.pool);
-        let outcome: i32 = inner
+        let done = inner
             .run("update", false, || async move {
-                sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+                sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
                     .bind(expected_version.cast_signed())
                     .bind(&record.data[..])
@@ -332,15 +332,29 @@ impl SessionStore for PostgresStore {
                     .bind(to_db(record.last_access))
                     .bind(to_db(record.idle_deadline))
                     .bind(to_db(record.absolute_deadline))
-                    .fetch_one(pool)
+                    .execute(pool)
                     .await
             })
             .await?;
-        match outcome {
-            UPDATED => Ok(()),
-            STALE => Err(StoreError::Conflict),
-            _ => Err(StoreError::NotFound),
+        if done.rows_affected() > 0 {
+            return Ok(());
         }
+        // Nothing written: say why. (A second statement, so the answer may
+        // be a moment newer than the update; either answer was true then.)
+        let sql = &inner.sql.live;
+        let live = inner
+            .run("update", true, || async move {
+                sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(key.as_str())
+                    .fetch_optional(pool)
+                    .await
+            })
+            .await?;
+        Err(if live.is_some() {
+            StoreError::Conflict
+        } else {
+            StoreError::NotFound
+        })
     }
 
     async fn touch(

@@ -58,7 +58,11 @@ async fn concurrent_migrations_run_once_in_a_new_schema() {
     for r in runs {
         applied += r.await.unwrap().expect("concurrent migrate failed");
     }
-    assert_eq!(applied, 1, "the one migration ran {applied} times");
+    assert_eq!(
+        applied,
+        session_postgres::migrate::LATEST_VERSION as u32,
+        "each migration runs once in all"
+    );
     assert_eq!(stores[0].migrate().await.unwrap(), 0, "not idempotent");
 
     let pool = stores[0].pool();
@@ -73,7 +77,7 @@ async fn concurrent_migrations_run_once_in_a_new_schema() {
     assert_eq!(
         indexes,
         [
-            "sessions_expires_at_idx",
+            "sessions_expiry_idx",
             "sessions_pkey",
             "sessions_user_id_idx"
         ]
@@ -98,7 +102,8 @@ async fn concurrent_migrations_run_once_in_a_new_schema() {
             "last_access",
             "idle_deadline",
             "absolute_deadline",
-            "expires_at"
+            "expires_at",
+            "expiry_bucket"
         ]
     );
     assert!(columns
@@ -356,4 +361,162 @@ async fn debug_output_hides_the_password() {
     let debug = format!("{store:?}");
     assert!(!debug.contains("s3cr3t"), "{debug}");
     assert!(debug.contains("session_postgres_test"), "{debug}");
+}
+
+/// The table's `(n_tup_upd, n_tup_hot_upd)` once the statistics show at
+/// least `updates` updates (statistics are flushed asynchronously).
+async fn update_counts(store: &PostgresStore, updates: i64) -> (i64, i64) {
+    let pool = store.pool();
+    let table = store.table().to_string();
+    let mut last = (0, 0);
+    for _ in 0..200 {
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(pool)
+            .await
+            .unwrap();
+        last = sqlx::query_as(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = $1::regclass",
+        )
+        .bind(&table)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if last.0 >= updates {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("statistics never showed {updates} updates: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_touches_are_heap_only_updates() {
+    // One connection: every statement, and the stats flush, on it.
+    let t = Scratch::with(common::builder(&unique("hot")).max_connections(1)).await;
+    let s = &t.store;
+    let k = key();
+    let mut current = record(Some("hot-user"), b"v0", HOUR, 2 * HOUR);
+    s.create(&k, &current).await.unwrap();
+    for i in 0..40u64 {
+        let mut next = record(Some("hot-user"), format!("v{i}").as_bytes(), HOUR, 2 * HOUR);
+        next.absolute_deadline = current.absolute_deadline;
+        next.version = current.version + 1;
+        s.update(&k, current.version, &next).await.unwrap();
+        current = next;
+        let now = Timestamp::now();
+        s.touch(&k, now, now.saturating_add(Duration::from_millis(HOUR)))
+            .await
+            .unwrap();
+    }
+    let (updates, hot) = update_counts(s, 80).await;
+    assert_eq!(updates, 80);
+    // A write that crosses a 10-minute expiry bucket is not HOT; in a test
+    // this short, at most one does.
+    assert!(hot >= 70, "{hot} of {updates} updates were HOT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn touch_commits_asynchronously_without_changing_the_connection() {
+    let t = Scratch::with(common::builder(&unique("touch")).max_connections(1)).await;
+    let s = &t.store;
+    let show = || async {
+        sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+            .fetch_one(s.pool())
+            .await
+            .unwrap()
+    };
+    let before = show().await;
+    let k = key();
+    s.create(&k, &record(None, b"x", HOUR, 2 * HOUR))
+        .await
+        .unwrap();
+    let (at, idle) = (
+        Timestamp::from_unix_millis(Timestamp::now().as_unix_millis() + 5),
+        Timestamp::from_unix_millis(Timestamp::now().as_unix_millis() + HOUR as i64 + 7),
+    );
+    s.touch(&k, at, idle).await.unwrap();
+    assert_eq!(show().await, before, "the touch's setting leaked");
+    let got = s.load(&k).await.unwrap().unwrap();
+    assert_eq!((got.last_access, got.idle_deadline), (at, idle));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_schema_version_1_keeps_sessions_and_cleanup() {
+    let name = unique("v1");
+    let store = common::builder(&name)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let pool = store.pool().clone();
+    let t = store.table().to_string();
+    let schema = common::SCHEMA;
+    // The table and bookkeeping exactly as version 1 left them.
+    for sql in [
+        format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""),
+        format!(
+            "CREATE TABLE {t} (key text COLLATE \"C\" PRIMARY KEY, data bytea NOT NULL, \
+             version bigint NOT NULL, user_id text COLLATE \"C\", created_at timestamptz NOT NULL, \
+             last_access timestamptz NOT NULL, idle_deadline timestamptz NOT NULL, \
+             absolute_deadline timestamptz NOT NULL, expires_at timestamptz GENERATED ALWAYS AS \
+             (least(idle_deadline, absolute_deadline)) STORED)"
+        ),
+        format!("CREATE INDEX \"{name}_user_id_idx\" ON {t} (user_id) WHERE user_id IS NOT NULL"),
+        format!("CREATE INDEX \"{name}_expires_at_idx\" ON {t} (expires_at)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS \"{schema}\".session_postgres_migrations (\
+             table_name text NOT NULL, version integer NOT NULL, description text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (table_name, version))"
+        ),
+        format!(
+            "INSERT INTO \"{schema}\".session_postgres_migrations VALUES ('{name}', 1, 'v1', now())"
+        ),
+        format!(
+            "INSERT INTO {t} VALUES ('{}', '\\x6c697665', 3, 'u', now(), now(), \
+             now() + interval '1 hour', now() + interval '2 hours')",
+            "a".repeat(64)
+        ),
+        format!(
+            "INSERT INTO {t} VALUES ('{}', '\\x6f6c64', 1, 'u', now() - interval '2 hours', \
+             now() - interval '2 hours', now() - interval '1 hour', now() + interval '1 hour')",
+            "b".repeat(64)
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    assert_eq!(store.migrate().await.unwrap(), 1, "only version 2 runs");
+    let live = StorageKey::from_stored(&"a".repeat(64));
+    let got = store.load(&live).await.unwrap().unwrap();
+    assert_eq!((&got.data[..], got.version), (&b"live"[..], 3));
+    assert_eq!(store.list_user("u").await.unwrap().len(), 1);
+    assert_eq!(store.delete_expired().await.unwrap(), 1);
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND tablename = $2 \
+         ORDER BY 1",
+    )
+    .bind(schema)
+    .bind(&name)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            format!("{name}_expiry_idx"),
+            format!("{name}_pkey"),
+            format!("{name}_user_id_idx")
+        ]
+    );
+    for sql in [
+        format!("DROP TABLE {t}"),
+        format!("DELETE FROM \"{schema}\".session_postgres_migrations WHERE table_name = '{name}'"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
 }
