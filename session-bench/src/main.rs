@@ -136,6 +136,14 @@ async fn systems_for(
         ),
     };
     out.push(("floor".into(), floor));
+    if b == Backend::Redis {
+        out.push((
+            "floor+cas".into(),
+            Box::new(
+                systems::RedisCasFloor::connect(&servers.redis, &ns(&format!("cas{tag}"))).await?,
+            ),
+        ));
+    }
     out.push((
         "manager".into(),
         Box::new(systems::Manager::with_config(
