@@ -131,9 +131,14 @@ impl RedisStoreBuilder {
     }
 
     fn manager_config(&self) -> ConnectionManagerConfig {
+        // No per-command response timeout: every store operation already
+        // runs under the operation timeout as a whole, and a second timer
+        // per command cost about 9 % of the client's instructions per
+        // request (callgrind). A timed-out command does not make the
+        // manager reconnect either way; a dropped connection does.
         ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.operation_timeout))
+            .set_response_timeout(None)
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500))
     }

@@ -206,15 +206,21 @@ pub(crate) mod delete_if_user {
     pub(crate) const MISSING: i64 = 0;
 }
 
+/// Room for the small arguments of a script call (numbers, flags, a
+/// storage key) beyond the `bytes` its caller declares.
+const SMALL_ARGS: usize = 192;
+
 /// Starts an `EVALSHA` of `script` declaring `keys` keys; append the keys,
-/// then the arguments.
+/// then the arguments. `bytes` is the length of the large ones (key names,
+/// the record) so that the command's buffer is allocated once: appending a
+/// record to an empty command would reallocate it several times per write.
 ///
 /// Building the command directly (rather than through
 /// [`redis::ScriptInvocation`]) copies each argument, the record included,
 /// once instead of twice.
-pub(crate) fn evalsha(script: &Script, keys: usize) -> Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(keys);
+pub(crate) fn evalsha(script: &Script, keys: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(16, "EVALSHA".len() + 40 + bytes + SMALL_ARGS);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
     cmd
 }
 

@@ -224,7 +224,7 @@ impl RedisStore {
         index_ttl: i64,
     ) -> RedisResult<()> {
         let script = &self.scripts().index_add;
-        let mut cmd = scripts::evalsha(script, 1);
+        let mut cmd = scripts::evalsha(script, 1, index.len());
         cmd.arg(index)
             .arg(key.as_str())
             .arg(now.as_unix_millis())
@@ -255,6 +255,13 @@ impl RedisStore {
             .await
             .map(drop)
     }
+}
+
+/// `GET session_key`, its buffer allocated once.
+fn get(session_key: &str) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(2, "GET".len() + session_key.len());
+    cmd.arg("GET").arg(session_key);
+    cmd
 }
 
 /// Milliseconds from `now` to `deadline`, capped at [`MAX_TTL_MS`].
@@ -296,7 +303,11 @@ impl SessionStore for RedisStore {
                 }
                 let script = &self.scripts().create;
                 let with_index = index.as_ref().filter(|_| !cluster);
-                let mut cmd = scripts::evalsha(script, 1 + usize::from(with_index.is_some()));
+                let mut cmd = scripts::evalsha(
+                    script,
+                    1 + usize::from(with_index.is_some()),
+                    session_key.len() + with_index.map_or(0, String::len) + value.len(),
+                );
                 cmd.arg(&session_key)
                     .arg(with_index)
                     .arg(&value[..])
@@ -318,7 +329,7 @@ impl SessionStore for RedisStore {
         let session_key = self.prefix.session_key(key);
         let mut conn = self.conn();
         let value: Option<Vec<u8>> = self
-            .bounded(redis::cmd("GET").arg(&session_key).query_async(&mut conn))
+            .bounded(get(&session_key).query_async(&mut conn))
             .await?;
         let Some(value) = value else {
             return Ok(None);
@@ -352,7 +363,11 @@ impl SessionStore for RedisStore {
         let script = &self.scripts().update;
         let with_index = index.as_ref().filter(|_| !cluster);
         let command = |index_ready: bool| {
-            let mut cmd = scripts::evalsha(script, 1 + usize::from(with_index.is_some()));
+            let mut cmd = scripts::evalsha(
+                script,
+                1 + usize::from(with_index.is_some()),
+                session_key.len() + with_index.map_or(0, String::len) + value.len() + segment.len(),
+            );
             cmd.arg(&session_key)
                 .arg(with_index)
                 .arg(&expected_version.to_be_bytes()[..])
@@ -403,7 +418,7 @@ impl SessionStore for RedisStore {
         let fields = codec::touch_bytes(last_access, idle_deadline);
         let mut conn = self.conn();
         let script = &self.scripts().touch;
-        let mut cmd = scripts::evalsha(script, 1);
+        let mut cmd = scripts::evalsha(script, 1, session_key.len());
         cmd.arg(&session_key)
             .arg(now.as_unix_millis())
             .arg(&fields[..])
@@ -423,7 +438,7 @@ impl SessionStore for RedisStore {
             // Session first, then its index entry: a failure in between
             // leaves a stale entry, which the index readers prune.
             let script = &self.scripts().delete;
-            let mut cmd = scripts::evalsha(script, 1);
+            let mut cmd = scripts::evalsha(script, 1, session_key.len());
             cmd.arg(&session_key);
             let (bound, user): (i64, Vec<u8>) = scripts::run(script, &cmd, &mut conn).await?;
             if bound == 1 {
@@ -489,7 +504,7 @@ impl SessionStore for RedisStore {
                 let segment = &segment[..];
                 async move {
                     let script = &self.scripts().delete_if_user;
-                    let mut cmd = scripts::evalsha(script, 1);
+                    let mut cmd = scripts::evalsha(script, 1, session_key.len() + segment.len());
                     cmd.arg(session_key).arg(segment).arg(now.as_unix_millis());
                     scripts::run::<i64>(script, &cmd, &mut conn).await
                 }

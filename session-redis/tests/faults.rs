@@ -1,6 +1,7 @@
 //! Fault tests against a private redis-server this test starts on a spare
 //! loopback port: the server dies in the middle of traffic and comes back
-//! on the same port; its script cache is flushed under a live store.
+//! on the same port; it freezes with its connections open and thaws; its
+//! script cache is flushed under a live store.
 
 mod common;
 
@@ -244,6 +245,49 @@ async fn server_dies_mid_traffic_and_comes_back() {
         unavailable.load(Ordering::Relaxed) > 0,
         "the outage went unnoticed"
     );
+}
+
+/// Sends `signal` (`STOP` or `CONT`) to the server process.
+fn signal(server: &Server, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &server.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// A server that stops answering but keeps its connections open (frozen,
+/// overloaded, or behind a network partition): every call must still end
+/// within the operation timeout with a typed error, and the same store must
+/// work again once the server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_times_out_and_the_store_recovers() {
+    let server = Server::start(Server::spare_port()).await;
+    let store = store_on(&server).await;
+    let known = key();
+    store
+        .create(&known, &record(Some("u"), b"before", 1))
+        .await
+        .unwrap();
+
+    signal(&server, "STOP");
+    every_call_is_unavailable(&store, &known).await;
+    signal(&server, "CONT");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.load(&known).await {
+            Ok(Some(r)) => {
+                assert_eq!(r.user_id.as_deref(), Some("u"));
+                break;
+            }
+            Ok(None) => panic!("the session vanished while the server was frozen"),
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("store did not recover after the server thawed: {e:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
