@@ -71,7 +71,8 @@ impl RedisStoreBuilder {
     /// The longest one operation may take, reconnects and retries included;
     /// past it the operation fails with
     /// [`StoreError::Unavailable`](session_core::StoreError::Unavailable).
-    /// Also the per-request response timeout of the connection.
+    /// On a cluster, also the per-request response timeout of each node's
+    /// connection (the cluster client uses it to route and retry).
     #[must_use]
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;
