@@ -171,6 +171,13 @@ impl SessionConfigBuilder {
 
     /// Sets the touch interval (default 60 seconds). Zero touches on every
     /// request.
+    ///
+    /// A read-only request writes to the store (a touch, moving the idle
+    /// deadline) when the session was last written more than this long ago.
+    /// Where most sessions are read less often than that, nearly every
+    /// request pays that extra write; a longer interval trades it for an
+    /// idle deadline that may come up to one interval early. It must stay
+    /// shorter than the idle timeout.
     pub fn touch_interval(mut self, d: Duration) -> Self {
         self.0.touch_interval = d;
         self
