@@ -58,7 +58,7 @@ pub use crate::error::SessionError;
 pub use crate::id::{InvalidSessionId, SessionId};
 pub use crate::key::{KeyDeriver, StorageKey};
 pub use crate::manager::{CommitOutcome, SessionManager, SessionManagerBuilder};
-pub use crate::memory::MemoryStore;
+pub use crate::memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreFull, DEFAULT_MAX_SESSIONS};
 pub use crate::policy::{
     ConfigError, ConflictPolicy, LimitStrategy, SessionConfig, UserSessionLimit,
 };

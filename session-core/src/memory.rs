@@ -5,8 +5,16 @@
 //! sharded ([`DashMap`]) and never holds a lock across an `.await`, so it stays
 //! fast under contention. Sessions live in this process only: use a shared
 //! backend when you run more than one instance.
+//!
+//! The store is bounded ([`DEFAULT_MAX_SESSIONS`] unless
+//! [`MemoryStoreBuilder::max_sessions`] says otherwise), so a flood of new
+//! sessions cannot exhaust the process's memory. When it is full, `create`
+//! first drops expired records (at most once a second), then refuses with
+//! [`StoreError::Unavailable`] wrapping [`MemoryStoreFull`]: existing
+//! sessions keep working, new ones wait until some end.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -23,10 +31,78 @@ use crate::store::{SessionStore, StoreError, StoreResult};
 /// fast seeded hasher is safe here (clients cannot choose stored keys).
 type FastHash = foldhash::fast::RandomState;
 
+/// How many sessions a [`MemoryStore`] holds unless configured otherwise.
+pub const DEFAULT_MAX_SESSIONS: usize = 1_000_000;
+
+/// A full store sweeps expired records to make room at most this often.
+const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 struct Inner {
     records: DashMap<StorageKey, SessionRecord, FastHash>,
     users: DashMap<String, HashSet<StorageKey, FastHash>, FastHash>,
     clock: Arc<dyn Clock>,
+    /// Records held plus creates in flight that reserved a slot.
+    count: AtomicUsize,
+    max_sessions: usize,
+    /// When a full store last swept to make room (unix ms).
+    last_full_sweep: AtomicI64,
+}
+
+/// [`MemoryStore::create`](SessionStore::create) found the store full of
+/// live sessions. Carried inside [`StoreError::Unavailable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the in-memory session store is full ({max_sessions} live sessions); raise MemoryStoreBuilder::max_sessions, shorten the idle timeout, or use a shared backend")]
+pub struct MemoryStoreFull {
+    /// The configured bound.
+    pub max_sessions: usize,
+}
+
+/// Configures a [`MemoryStore`]: its clock and its bound.
+#[derive(Clone)]
+pub struct MemoryStoreBuilder {
+    clock: Arc<dyn Clock>,
+    max_sessions: usize,
+}
+
+impl std::fmt::Debug for MemoryStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStoreBuilder")
+            .field("max_sessions", &self.max_sessions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// Judges expiry by `clock` instead of the system clock.
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Holds at most `max` records (default [`DEFAULT_MAX_SESSIONS`]).
+    /// Size it for the sessions you expect to be live at once: each costs
+    /// its data plus about 200 bytes.
+    #[must_use]
+    pub fn max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = max;
+        self
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn build(self) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                records: DashMap::with_hasher(FastHash::default()),
+                users: DashMap::with_hasher(FastHash::default()),
+                clock: self.clock,
+                count: AtomicUsize::new(0),
+                max_sessions: self.max_sessions,
+                last_full_sweep: AtomicI64::new(i64::MIN),
+            }),
+        }
+    }
 }
 
 /// An in-process session store. Cheap to clone; clones share the data.
@@ -39,6 +115,7 @@ impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("records", &self.inner.records.len())
+            .field("max_sessions", &self.inner.max_sessions)
             .finish_non_exhaustive()
     }
 }
@@ -50,22 +127,32 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store on the system clock.
+    /// An empty store on the system clock, holding at most
+    /// [`DEFAULT_MAX_SESSIONS`] sessions.
     #[must_use]
     pub fn new() -> Self {
-        Self::with_clock(Arc::new(SystemClock))
+        Self::builder().build()
     }
 
     /// An empty store that judges expiry by `clock`.
     #[must_use]
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                records: DashMap::with_hasher(FastHash::default()),
-                users: DashMap::with_hasher(FastHash::default()),
-                clock,
-            }),
+        Self::builder().clock(clock).build()
+    }
+
+    /// A builder: system clock, [`DEFAULT_MAX_SESSIONS`].
+    #[must_use]
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            clock: Arc::new(SystemClock),
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
+    }
+
+    /// The most records this store holds.
+    #[must_use]
+    pub fn max_sessions(&self) -> usize {
+        self.inner.max_sessions
     }
 
     /// Number of records held, live or not yet swept.
@@ -130,12 +217,65 @@ impl MemoryStore {
             }
             live
         });
+        self.inner.count.fetch_sub(dead.len(), Ordering::AcqRel);
         for (k, user) in &dead {
             if let Some(u) = user {
                 self.unindex(u, k);
             }
         }
         dead.len() as u64
+    }
+
+    /// Takes a slot for a new record: on a full store, sweeps (at most once
+    /// per [`FULL_SWEEP_INTERVAL`], so a flood cannot make every create scan
+    /// the whole map) and tries once more.
+    fn reserve(&self, now: Timestamp) -> StoreResult<()> {
+        if self.try_reserve() {
+            return Ok(());
+        }
+        let last = self.inner.last_full_sweep.load(Ordering::Acquire);
+        let interval = i64::try_from(FULL_SWEEP_INTERVAL.as_millis()).unwrap_or(i64::MAX);
+        let due = now.as_unix_millis().saturating_sub(last) >= interval;
+        if due
+            && self
+                .inner
+                .last_full_sweep
+                .compare_exchange(
+                    last,
+                    now.as_unix_millis(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            let removed = self.sweep();
+            if self.try_reserve() {
+                return Ok(());
+            }
+            tracing::warn!(
+                target: "session_core::memory",
+                max_sessions = self.inner.max_sessions,
+                removed,
+                "the in-memory session store is full: new sessions are refused until some end"
+            );
+        }
+        Err(StoreError::unavailable(MemoryStoreFull {
+            max_sessions: self.inner.max_sessions,
+        }))
+    }
+
+    fn try_reserve(&self) -> bool {
+        let max = self.inner.max_sessions;
+        self.inner
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.inner.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -176,6 +316,7 @@ impl Drop for Sweeper {
 impl SessionStore for MemoryStore {
     async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
         let now = self.now();
+        self.reserve(now)?;
         if let Some(u) = &record.user_id {
             self.inner
                 .users
@@ -185,9 +326,13 @@ impl SessionStore for MemoryStore {
         }
         let replaced_user = match self.inner.records.entry(key.clone()) {
             Entry::Occupied(e) if !e.get().is_expired_at(now) => {
+                drop(e);
+                self.release();
                 return Err(StoreError::AlreadyExists);
             }
             Entry::Occupied(mut e) => {
+                // Reuses the expired record's slot.
+                self.release();
                 let old = std::mem::replace(e.get_mut(), record.clone());
                 old.user_id
             }
@@ -253,6 +398,7 @@ impl SessionStore for MemoryStore {
 
     async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
         if let Some((_, r)) = self.inner.records.remove(key) {
+            self.release();
             if let Some(u) = &r.user_id {
                 self.unindex(u, key);
             }
@@ -290,6 +436,7 @@ impl SessionStore for MemoryStore {
                 .records
                 .remove_if(&k, |_, r| r.user_id.as_deref() == Some(user_id))
             {
+                self.release();
                 n += u64::from(!r.is_expired_at(now));
             }
         }
@@ -350,6 +497,102 @@ mod tests {
         })
         .await
         .expect("sweeper outlived its store");
+    }
+
+    fn bounded(max: usize) -> (MemoryStore, Arc<crate::clock::ManualClock>) {
+        let clock = Arc::new(crate::clock::ManualClock::new(Timestamp::from_unix_millis(
+            0,
+        )));
+        let store = MemoryStore::builder()
+            .clock(clock.clone())
+            .max_sessions(max)
+            .build();
+        (store, clock)
+    }
+
+    fn k(name: &str) -> StorageKey {
+        StorageKey::from_stored(name)
+    }
+
+    fn is_full(r: StoreResult<()>) -> bool {
+        match r {
+            Err(StoreError::Unavailable(e)) => e
+                .downcast_ref::<MemoryStoreFull>()
+                .is_some_and(|f| f.max_sessions == 2),
+            _ => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_store_refuses_new_sessions_and_keeps_the_old_ones() {
+        let (store, _clock) = bounded(2);
+        assert_eq!(store.max_sessions(), 2);
+        store.create(&k("a"), &rec(10_000)).await.unwrap();
+        store.create(&k("b"), &rec(10_000)).await.unwrap();
+        let refused = store.create(&k("c"), &rec(10_000)).await;
+        assert!(is_full(refused), "third create: expected MemoryStoreFull");
+        assert!(store.load(&k("c")).await.unwrap().is_none());
+        // The sessions already there keep working.
+        let mut next = rec(10_000);
+        next.version = 2;
+        store.update(&k("a"), 1, &next).await.unwrap();
+        assert_eq!(store.load(&k("a")).await.unwrap().unwrap().version, 2);
+        // Ending one makes room for one.
+        store.delete(&k("b")).await.unwrap();
+        store.create(&k("c"), &rec(10_000)).await.unwrap();
+        assert!(is_full(store.create(&k("d"), &rec(10_000)).await));
+        assert_eq!(store.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_make_room_when_full() {
+        let (store, clock) = bounded(2);
+        store.create(&k("a"), &rec(1_000)).await.unwrap();
+        store.create(&k("b"), &rec(50_000)).await.unwrap();
+        clock.set(Timestamp::from_unix_millis(2_000));
+        store.create(&k("c"), &rec(50_000)).await.unwrap();
+        assert!(store.load(&k("b")).await.unwrap().is_some());
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.list_user("u").await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_store_sweeps_at_most_once_a_second() {
+        let (store, clock) = bounded(2);
+        store.create(&k("a"), &rec(50_000)).await.unwrap();
+        store.create(&k("b"), &rec(1_500)).await.unwrap();
+        // Full of live sessions: this refusal sweeps (finding nothing).
+        clock.set(Timestamp::from_unix_millis(1_000));
+        assert!(is_full(store.create(&k("c"), &rec(50_000)).await));
+        // "b" expires, but the last sweep was under a second ago.
+        clock.set(Timestamp::from_unix_millis(1_600));
+        assert!(is_full(store.create(&k("c"), &rec(50_000)).await));
+        clock.set(Timestamp::from_unix_millis(2_000));
+        store.create(&k("c"), &rec(50_000)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_way_out_frees_its_slot() {
+        let (store, clock) = bounded(2);
+        // A refused duplicate takes no slot.
+        store.create(&k("a"), &rec(1_000)).await.unwrap();
+        assert!(matches!(
+            store.create(&k("a"), &rec(1_000)).await,
+            Err(StoreError::AlreadyExists)
+        ));
+        store.create(&k("b"), &rec(1_000)).await.unwrap();
+        // Logging a user out everywhere frees both.
+        assert_eq!(store.delete_user("u").await.unwrap(), 2);
+        store.create(&k("c"), &rec(1_000)).await.unwrap();
+        // Re-creating over an expired record reuses its slot.
+        clock.set(Timestamp::from_unix_millis(2_000));
+        store.create(&k("c"), &rec(5_000)).await.unwrap();
+        store.create(&k("d"), &rec(5_000)).await.unwrap();
+        assert_eq!(store.inner.count.load(Ordering::Acquire), 2);
+        // The sweeper's removals count too.
+        clock.set(Timestamp::from_unix_millis(6_000));
+        assert_eq!(store.delete_expired().await.unwrap(), 2);
+        assert_eq!(store.inner.count.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]
