@@ -288,6 +288,32 @@ impl System for MemoryFloor {
     }
 }
 
+/// Stores `value` under `<prefix>:0` … `<prefix>:<sessions - 1>` for an
+/// hour: the sessions a Redis floor starts from.
+async fn seed_redis(
+    conn: &redis::aio::ConnectionManager,
+    prefix: &str,
+    value: &Bytes,
+    sessions: usize,
+) -> BenchResult<()> {
+    let (conn, prefix, value) = (conn.clone(), prefix.to_owned(), value.clone());
+    parallel(sessions, move |i| {
+        let (mut conn, key, value) = (conn.clone(), format!("{prefix}:{i}"), value.clone());
+        async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(&value[..])
+                .arg("EX")
+                .arg(3600)
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
 /// The Redis floor: redis-rs over one multiplexed connection, GET and on
 /// writes SET EX.
 pub struct RedisFloor {
@@ -316,22 +342,7 @@ impl RedisFloor {
 impl System for RedisFloor {
     async fn setup(&mut self, sessions: usize, payload: usize) -> BenchResult<()> {
         self.value = floor_value(payload);
-        let (conn, prefix, value) = (self.conn.clone(), self.prefix.clone(), self.value.clone());
-        parallel(sessions, move |i| {
-            let (mut conn, key, value) = (conn.clone(), format!("{prefix}:{i}"), value.clone());
-            async move {
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(&value[..])
-                    .arg("EX")
-                    .arg(3600)
-                    .query_async::<()>(&mut conn)
-                    .await?;
-                Ok(())
-            }
-        })
-        .await?;
-        Ok(())
+        seed_redis(&self.conn, &self.prefix, &self.value, sessions).await
     }
 
     async fn op(&self, _worker: usize, op: Op) -> BenchResult<()> {
@@ -397,22 +408,7 @@ impl System for RedisCasFloor {
         value.extend_from_slice(&floor_value(payload));
         self.value = Bytes::from(value);
         self.script.load_async(&mut self.conn.clone()).await?;
-        let (conn, prefix, value) = (self.conn.clone(), self.prefix.clone(), self.value.clone());
-        parallel(sessions, move |i| {
-            let (mut conn, key, value) = (conn.clone(), format!("{prefix}:{i}"), value.clone());
-            async move {
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(&value[..])
-                    .arg("PX")
-                    .arg(3_600_000)
-                    .query_async::<()>(&mut conn)
-                    .await?;
-                Ok(())
-            }
-        })
-        .await?;
-        Ok(())
+        seed_redis(&self.conn, &self.prefix, &self.value, sessions).await
     }
 
     async fn op(&self, _worker: usize, op: Op) -> BenchResult<()> {

@@ -99,8 +99,38 @@ async fn pipelined(
     Ok(())
 }
 
+/// What is measured, in the order of the table.
+#[derive(Debug, Clone, Copy)]
+enum Measurement {
+    PlainSet,
+    EmptyScript,
+    BareCas,
+    StoreUpdate,
+    Staged,
+}
+
+impl Measurement {
+    const ALL: [Self; 5] = [
+        Self::PlainSet,
+        Self::EmptyScript,
+        Self::BareCas,
+        Self::StoreUpdate,
+        Self::Staged,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::PlainSet => "plain SET … PX",
+            Self::EmptyScript => "EVALSHA `return 1`, 10 arguments",
+            Self::BareCas => "EVALSHA `GETRANGE` + `SET`",
+            Self::StoreUpdate => "the store's `update` (one EVALSHA)",
+            Self::Staged => "staged: `SET` + EVALSHA `GETRANGE`, `RENAME`, `PEXPIRE`",
+        }
+    }
+}
+
 async fn measure(
-    name: &str,
+    what: Measurement,
     size: usize,
     conn: &mut MultiplexedConnection,
     store: &RedisStore,
@@ -124,8 +154,8 @@ async fn measure(
         cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
         cmd
     };
-    match name {
-        "plain SET … PX" => {
+    match what {
+        Measurement::PlainSet => {
             reset(conn).await?;
             pipelined(conn, |p| {
                 p.cmd("SET")
@@ -137,8 +167,8 @@ async fn measure(
             .await?;
             usec_per_call(conn, &["set"]).await
         }
-        "EVALSHA `return 1`, 10 arguments" | "EVALSHA `GETRANGE` + `SET`" => {
-            let script = redis::Script::new(if name.contains("return") {
+        Measurement::EmptyScript | Measurement::BareCas => {
+            let script = redis::Script::new(if matches!(what, Measurement::EmptyScript) {
                 "return 1"
             } else {
                 BARE_CAS
@@ -153,7 +183,7 @@ async fn measure(
             .await?;
             usec_per_call(conn, &["evalsha"]).await
         }
-        "staged: `SET` + EVALSHA `GETRANGE`, `RENAME`, `PEXPIRE`" => {
+        Measurement::Staged => {
             let script = redis::Script::new(STAGED);
             script.load_async(conn).await?;
             redis::cmd("SET")
@@ -176,7 +206,7 @@ async fn measure(
             .await?;
             usec_per_call(conn, &["set", "evalsha"]).await
         }
-        "the store's `update` (one EVALSHA)" => {
+        Measurement::StoreUpdate => {
             // 32 sessions updated concurrently, so the server is as busy as
             // with the pipelined calls above (an idle server between calls
             // answers each more slowly).
@@ -210,7 +240,6 @@ async fn measure(
             }
             cost
         }
-        other => Err(format!("unknown measurement {other}").into()),
     }
 }
 
@@ -225,18 +254,11 @@ async fn main() -> BenchResult<()> {
         .prefix("bench-script-costs")
         .connect(&url)
         .await?;
-    let names = [
-        "plain SET … PX",
-        "EVALSHA `return 1`, 10 arguments",
-        "EVALSHA `GETRANGE` + `SET`",
-        "the store's `update` (one EVALSHA)",
-        "staged: `SET` + EVALSHA `GETRANGE`, `RENAME`, `PEXPIRE`",
-    ];
     let mut samples: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     for _ in 0..REPETITIONS {
         for size in [200, 4096] {
-            for (i, name) in names.iter().enumerate() {
-                let t = measure(name, size, &mut conn, &store).await?;
+            for (i, what) in Measurement::ALL.into_iter().enumerate() {
+                let t = measure(what, size, &mut conn, &store).await?;
                 samples.entry((i, size)).or_default().push(t);
             }
         }
@@ -247,14 +269,15 @@ async fn main() -> BenchResult<()> {
         .query_async::<()>(&mut conn)
         .await?;
     println!("| server time per write | 200 B | 4 KiB |\n|---|---|---|");
-    for (i, name) in names.iter().enumerate() {
+    for (i, what) in Measurement::ALL.into_iter().enumerate() {
         let median = |size| {
             let mut v = samples[&(i, size)].clone();
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
         println!(
-            "| {name} | {:.2} µs | {:.2} µs |",
+            "| {} | {:.2} µs | {:.2} µs |",
+            what.label(),
             median(200),
             median(4096)
         );
