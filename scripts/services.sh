@@ -48,6 +48,8 @@ wait_for() { # description, command...
 # ---------------------------------------------------------------- Redis
 ensure_redis_bin() {
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server redis-tools
+  # The Redis fault tests freeze and thaw their private server with kill(1).
+  [ -x /bin/kill ] || [ -x /usr/bin/kill ] || apt_install procps
 }
 
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
