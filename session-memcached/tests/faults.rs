@@ -83,6 +83,29 @@ fn start_memcached(port: u16) -> Server {
     child
 }
 
+/// Waits until every thread of process `pid` is stopped: `kill -STOP`
+/// returns once the signal is sent, not once the process has stopped, and
+/// a request sent in between would still be answered.
+fn wait_until_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc/<pid>/task");
+        let all_stopped = tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the parenthesised command name.
+                stat.rsplit_once(')').is_some_and(|(_, rest)| {
+                    matches!(rest.trim_start().chars().next(), Some('T' | 't'))
+                })
+            })
+        });
+        if all_stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn stop(server: Server) {
     drop(server);
 }
@@ -265,6 +288,7 @@ async fn freeze(kind: Kind) {
         assert!(status.success(), "kill {sig} failed");
     };
     signal("-STOP");
+    wait_until_stopped(server.id());
     unavailable(
         "load on a frozen server",
         Duration::from_secs(2),

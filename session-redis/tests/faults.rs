@@ -247,6 +247,29 @@ async fn server_dies_mid_traffic_and_comes_back() {
     );
 }
 
+/// Waits until every thread of process `pid` is stopped: `kill -STOP`
+/// returns once the signal is sent, not once the process has stopped, and
+/// a request sent in between would still be answered.
+fn wait_until_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc/<pid>/task");
+        let all_stopped = tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the parenthesised command name.
+                stat.rsplit_once(')').is_some_and(|(_, rest)| {
+                    matches!(rest.trim_start().chars().next(), Some('T' | 't'))
+                })
+            })
+        });
+        if all_stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Sends `signal` (`STOP` or `CONT`) to the server process.
 fn signal(server: &Server, signal: &str) {
     let status = Command::new("kill")
@@ -271,6 +294,7 @@ async fn a_frozen_server_times_out_and_the_store_recovers() {
         .unwrap();
 
     signal(&server, "STOP");
+    wait_until_stopped(server.child.id());
     every_call_is_unavailable(&store, &known).await;
     signal(&server, "CONT");
 
