@@ -27,6 +27,12 @@ pub enum SessionError {
     /// gave up. Reload and retry the request, or report it.
     #[error("session was modified concurrently and the change could not be saved")]
     Conflict,
+    /// The session ended (logged out here or elsewhere, evicted, expired,
+    /// or rotated by another request) before this call could rotate it or
+    /// log it in. Nothing was written; the response must not carry a new
+    /// session cookie. Start a new session (or send the user to log in).
+    #[error("the session has already ended (logged out, evicted, expired or rotated elsewhere)")]
+    SessionEnded,
     /// The operation needs a logged-in session.
     #[error("the session is not logged in")]
     NotLoggedIn,

@@ -64,7 +64,9 @@ pub use crate::policy::{
 };
 pub use crate::record::{SessionRecord, SessionSummary};
 pub use crate::session::Session;
-pub use crate::store::{BoxError, SessionStore, StoreError, StoreResult};
+pub use crate::store::{
+    BoxError, CreateOptions, Created, Replaces, SessionStore, StoreError, StoreResult,
+};
 pub use crate::token::OneTimeToken;
 
 /// Re-export of the `cookie` crate version used in this API.

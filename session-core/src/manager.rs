@@ -18,10 +18,10 @@ use crate::cookie::CookiePolicy;
 use crate::error::SessionError;
 use crate::id::SessionId;
 use crate::key::{AuditTagger, KeyDeriver, StorageKey};
-use crate::policy::{ConflictPolicy, LimitStrategy, SessionConfig};
+use crate::policy::{ConflictPolicy, SessionConfig, UserSessionLimit};
 use crate::record::{SessionRecord, SessionSummary};
 use crate::session::{Field, Payload, Session, State};
-use crate::store::{SessionStore, StoreError};
+use crate::store::{CreateOptions, Created, Replaces, SessionStore, StoreError};
 use crate::token::{OneTimeToken, TokenEntry};
 
 const AUDIT: &str = "session_core::audit";
@@ -467,72 +467,129 @@ impl SessionManager {
     }
 
     /// Gives the session a new ID; the old ID stops working at once. Data,
-    /// user and deadlines carry over. Use after any privilege change.
+    /// user and deadlines carry over (the idle deadline restarts, as on any
+    /// use). Use after any privilege change.
+    ///
+    /// A stored session moves in one store call
+    /// ([`SessionStore::create_with`] with [`CreateOptions::replacing`]), so
+    /// a logout, eviction or expiry that wins the race is never undone: the
+    /// rotation then fails with [`SessionError::SessionEnded`]. A session
+    /// not stored yet only draws a new ID.
     ///
     /// # Errors
     ///
-    /// [`SessionError::Store`]; if the old record could not be deleted the
-    /// error is returned and the new cookie must not be sent.
+    /// [`SessionError::SessionEnded`] if the session is no longer live (it is
+    /// then marked deleted); [`SessionError::Conflict`] if it keeps changing
+    /// under us beyond the conflict policy; [`SessionError::Store`]. On
+    /// every error the session keeps its ID, and no new cookie is due.
     pub async fn rotate(&self, session: &mut Session) -> Result<(), SessionError> {
         let old = session.key.clone();
-        self.replace_id(session).await?;
-        if !session.is_new() {
-            self.audit_rotated(&old, &session.key, session.user_id.as_deref());
+        match session.state {
+            State::Deleted => return Err(SessionError::SessionEnded),
+            State::New => {
+                session.id = SessionId::generate();
+                session.key = self.storage_key(&session.id);
+                session.id_changed = true;
+                return Ok(());
+            }
+            State::Stored(_) => {}
         }
+        self.move_to_new_id(session, None, |_| {}).await?;
+        self.audit_rotated(&old, &session.key, session.user_id.as_deref());
         Ok(())
     }
 
-    /// Moves the session to a fresh ID: stores it under the new key first,
-    /// then deletes the old one.
-    async fn replace_id(&self, session: &mut Session) -> Result<(), SessionError> {
-        let old_key = session.key.clone();
-        let was_stored = matches!(session.state, State::Stored(_));
-        session.id = SessionId::generate();
-        session.key = self.storage_key(&session.id);
-        session.id_changed = true;
-        match session.state {
-            State::Deleted => return Ok(()),
-            State::New if session.user_id.is_none() && session.changes.is_empty() => return Ok(()),
-            _ => {}
+    /// Stores the session under a fresh ID in one store call, retiring the
+    /// stored one (if any) and applying `limit`. `prepare` is applied before
+    /// every attempt (again after a conflict reloaded the session). On
+    /// error the session's ID and state are as before.
+    async fn move_to_new_id(
+        &self,
+        session: &mut Session,
+        limit: Option<UserSessionLimit>,
+        prepare: impl Fn(&mut Session),
+    ) -> Result<Created, SessionError> {
+        let max_attempts = match self.inner.config.conflict {
+            ConflictPolicy::Fail => 1,
+            ConflictPolicy::MergeChanges { max_attempts } => max_attempts.max(1),
+        };
+        let (mut conflicts, mut collisions) = (0, 0);
+        loop {
+            prepare(session);
+            let replaces = match session.state {
+                State::Deleted => return Err(SessionError::SessionEnded),
+                State::New => None,
+                State::Stored(version) => Some((session.key.clone(), version)),
+            };
+            let id = SessionId::generate();
+            let key = self.storage_key(&id);
+            let now = self.now();
+            let idle = self.idle_deadline(now, session.absolute_deadline);
+            let mut record = session.to_record(1)?;
+            record.last_access = now;
+            record.idle_deadline = idle;
+            let mut options = CreateOptions::default();
+            options.replaces = replaces.map(|(key, version)| Replaces { key, version });
+            options.limit = limit;
+            match self.inner.store.create_with(&key, &record, &options).await {
+                Ok(created) => {
+                    session.id = id;
+                    session.key = key;
+                    session.state = State::Stored(1);
+                    session.changes.clear();
+                    session.touch_due = false;
+                    session.id_changed = true;
+                    session.last_access = now;
+                    session.idle_deadline = idle;
+                    return Ok(created);
+                }
+                Err(StoreError::AlreadyExists) if collisions < 3 => collisions += 1,
+                Err(StoreError::NotFound) => {
+                    self.mark_gone(session);
+                    return Err(SessionError::SessionEnded);
+                }
+                Err(StoreError::Conflict) => {
+                    conflicts += 1;
+                    if conflicts >= max_attempts {
+                        return Err(SessionError::Conflict);
+                    }
+                    if !self.refresh(session).await? {
+                        self.mark_gone(session);
+                        return Err(SessionError::SessionEnded);
+                    }
+                }
+                Err(StoreError::UserLimitReached { max }) => {
+                    return Err(SessionError::TooManySessions { max });
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        session.state = State::New;
-        let now = self.now();
-        session.last_access = now;
-        session.idle_deadline = self.idle_deadline(now, session.absolute_deadline);
-        self.create(session).await?;
-        if was_stored {
-            self.inner.store.delete(&old_key).await?;
-        }
-        Ok(())
     }
 
     /// Logs the session in as `user_id`: applies the per-user limit, gives
     /// the session a fresh ID whatever it was before (no fixation), binds the
     /// user, restarts the absolute lifetime and drops outstanding one-time
     /// tokens. Data stored before login carries over (an anonymous cart, say),
-    /// except when the session belonged to another user: then it starts
-    /// empty.
+    /// except when the session belonged to another user: that session is
+    /// ended and the login starts from an empty one.
+    ///
+    /// The limit, the move to the new ID and any eviction are one store
+    /// call ([`SessionStore::create_with`]), so concurrent logins of one
+    /// user never exceed a [`LimitStrategy::RejectNew`](crate::LimitStrategy::RejectNew) limit, and under
+    /// [`LimitStrategy::EvictOldest`](crate::LimitStrategy::EvictOldest) exactly the newest `max` sessions
+    /// survive (see [`newest_first`](crate::store::newest_first); a login
+    /// that lost that race succeeds but its session is already evicted, as
+    /// if a newer login had come right after it).
     ///
     /// # Errors
     ///
     /// [`SessionError::TooManySessions`] under
-    /// [`LimitStrategy::RejectNew`]; [`SessionError::Store`].
+    /// [`LimitStrategy::RejectNew`](crate::LimitStrategy::RejectNew); [`SessionError::SessionEnded`] if the
+    /// stored session this login would carry over ended meanwhile;
+    /// [`SessionError::Conflict`]; [`SessionError::Store`]. On every error
+    /// the session is left as it was (or marked deleted if it ended), and no
+    /// new cookie is due.
     pub async fn login(&self, session: &mut Session, user_id: &str) -> Result<(), SessionError> {
-        let limit = self.inner.config.user_limit;
-        if let Some(l) = limit.filter(|l| l.strategy == LimitStrategy::RejectNew) {
-            let others = self
-                .list_user_sessions(user_id)
-                .await?
-                .into_iter()
-                .filter(|s| s.key != session.key)
-                .count();
-            if others >= l.max.get() {
-                self.audit("login_rejected", &session.key, Some(user_id));
-                return Err(SessionError::TooManySessions { max: l.max.get() });
-            }
-        }
-        let now = self.now();
-        let cfg = &self.inner.config;
         if session.state == State::Deleted {
             session.state = State::New;
             session.payload = Payload::default();
@@ -540,39 +597,58 @@ impl SessionManager {
         }
         if session.user_id.as_deref().is_some_and(|u| u != user_id) {
             // Another user logs in on top of this session (a shared
-            // computer): nothing of the previous user's session carries over.
+            // computer): that session ends, nothing of it carries over.
+            if matches!(session.state, State::Stored(_)) {
+                self.inner.store.delete(&session.key).await?;
+                self.audit("logged_out", &session.key, session.user_id.as_deref());
+            }
+            session.state = State::New;
             session.payload = Payload::default();
             session.changes.clear();
+            session.user_id = None;
         }
-        session.user_id = Some(user_id.to_owned());
-        session.created_at = now;
-        session.absolute_deadline = now.saturating_add(cfg.absolute_timeout);
-        let purposes: Vec<String> = session
-            .payload
-            .tokens
-            .iter()
-            .map(|(p, _)| p.clone())
-            .collect();
-        for purpose in purposes {
-            session.set_token(&purpose, None);
-        }
-        self.replace_id(session).await?;
-        self.audit("logged_in", &session.key, Some(user_id));
-        if let Some(l) = limit.filter(|l| l.strategy == LimitStrategy::EvictOldest) {
-            let mut others: Vec<SessionSummary> = self
-                .list_user_sessions(user_id)
-                .await?
-                .into_iter()
-                .filter(|s| s.key != session.key)
-                .collect();
-            let excess = (others.len() + 1).saturating_sub(l.max.get());
-            others.sort_by_key(|s| (s.created_at, s.last_access));
-            for victim in others.into_iter().take(excess) {
-                self.inner.store.delete(&victim.key).await?;
-                self.audit("evicted", &victim.key, Some(user_id));
+        let before = (
+            session.user_id.clone(),
+            session.created_at,
+            session.absolute_deadline,
+            session.payload.clone(),
+            session.changes.clone(),
+        );
+        let now = self.now();
+        let absolute = now.saturating_add(self.inner.config.absolute_timeout);
+        let prepare = |s: &mut Session| {
+            s.user_id = Some(user_id.to_owned());
+            s.created_at = now;
+            s.absolute_deadline = absolute;
+            let purposes: Vec<String> = s.payload.tokens.iter().map(|(p, _)| p.clone()).collect();
+            for purpose in purposes {
+                s.set_token(&purpose, None);
+            }
+        };
+        let limit = self.inner.config.user_limit;
+        match self.move_to_new_id(session, limit, prepare).await {
+            Ok(created) => {
+                self.audit("logged_in", &session.key, Some(user_id));
+                for victim in &created.evicted {
+                    self.audit("evicted", victim, Some(user_id));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, SessionError::TooManySessions { .. }) {
+                    self.audit("login_rejected", &session.key, Some(user_id));
+                }
+                if session.state != State::Deleted {
+                    let (user, created, absolute, payload, changes) = before;
+                    session.user_id = user;
+                    session.created_at = created;
+                    session.absolute_deadline = absolute;
+                    session.payload = payload;
+                    session.changes = changes;
+                }
+                Err(e)
             }
         }
-        Ok(())
     }
 
     /// Ends the session on the server; the response should carry the

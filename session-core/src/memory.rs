@@ -6,6 +6,14 @@
 //! fast under contention. Sessions live in this process only: use a shared
 //! backend when you run more than one instance.
 //!
+//! Reads, updates and touches go straight to the sharded map. Every call that
+//! changes which sessions exist or which user they are indexed under
+//! (`create`, `create_with`, `delete`, `delete_user`) runs under one
+//! lifecycle lock, held for microseconds and never across an `.await`, so
+//! those calls are atomic with respect to each other: a `delete_user` can
+//! never miss a session a racing login is creating, and a rotation can never
+//! slip between a logout's steps.
+//!
 //! The store is bounded ([`DEFAULT_MAX_SESSIONS`] unless
 //! [`MemoryStoreBuilder::max_sessions`] says otherwise), so a flood of new
 //! sessions cannot exhaust the process's memory. When it is full, `create`
@@ -15,7 +23,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,8 +32,9 @@ use dashmap::DashMap;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::key::StorageKey;
+use crate::policy::LimitStrategy;
 use crate::record::{SessionRecord, SessionSummary};
-use crate::store::{SessionStore, StoreError, StoreResult};
+use crate::store::{newest_first, CreateOptions, Created, SessionStore, StoreError, StoreResult};
 
 /// Storage keys are uniformly random hashes of server-generated IDs, so a
 /// fast seeded hasher is safe here (clients cannot choose stored keys).
@@ -37,9 +46,23 @@ pub const DEFAULT_MAX_SESSIONS: usize = 1_000_000;
 /// A full store sweeps expired records to make room at most this often.
 const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Where a rotated-away key's session went, and until when that matters.
+#[derive(Clone)]
+struct Moved {
+    to: StorageKey,
+    until: Timestamp,
+}
+
+/// Most moves `delete` follows from one key (a session rotated more often
+/// than this within one lifetime is deleted up to here).
+const MAX_MOVES: usize = 64;
+
 struct Inner {
     records: DashMap<StorageKey, SessionRecord, FastHash>,
     users: DashMap<String, HashSet<StorageKey, FastHash>, FastHash>,
+    moved: DashMap<StorageKey, Moved, FastHash>,
+    /// Serializes the calls that create, move or delete sessions.
+    lifecycle: Mutex<()>,
     clock: Arc<dyn Clock>,
     /// Records held plus creates in flight that reserved a slot.
     count: AtomicUsize,
@@ -96,6 +119,8 @@ impl MemoryStoreBuilder {
             inner: Arc::new(Inner {
                 records: DashMap::with_hasher(FastHash::default()),
                 users: DashMap::with_hasher(FastHash::default()),
+                moved: DashMap::with_hasher(FastHash::default()),
+                lifecycle: Mutex::new(()),
                 clock: self.clock,
                 count: AtomicUsize::new(0),
                 max_sessions: self.max_sessions,
@@ -207,8 +232,170 @@ impl MemoryStore {
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic elsewhere leaves nothing torn.
+        self.inner
+            .lifecycle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn index(&self, user: &str, key: &StorageKey) {
+        self.inner
+            .users
+            .entry(user.to_owned())
+            .or_default()
+            .insert(key.clone());
+    }
+
+    /// The live record under `key`, cloned (no map guard is kept).
+    fn live(&self, key: &StorageKey, now: Timestamp) -> Option<SessionRecord> {
+        self.inner
+            .records
+            .get(key)
+            .filter(|r| !r.is_expired_at(now))
+            .map(|r| r.clone())
+    }
+
+    /// Removes the record under `key` with its slot and index entry.
+    fn remove(&self, key: &StorageKey) -> Option<SessionRecord> {
+        let (_, r) = self.inner.records.remove(key)?;
+        self.release();
+        if let Some(u) = &r.user_id {
+            self.unindex(u, key);
+        }
+        Some(r)
+    }
+
+    /// Stores `record` under `key`, whose slot the caller reserved: over an
+    /// expired record (whose slot it reuses) or into a vacant entry. Call
+    /// with the lifecycle lock held.
+    fn insert_reserved(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let replaced_user = match self.inner.records.entry(key.clone()) {
+            Entry::Occupied(e) if !e.get().is_expired_at(now) => {
+                drop(e);
+                self.release();
+                return Err(StoreError::AlreadyExists);
+            }
+            Entry::Occupied(mut e) => {
+                self.release();
+                let old = std::mem::replace(e.get_mut(), record.clone());
+                old.user_id
+            }
+            Entry::Vacant(e) => {
+                e.insert(record.clone());
+                None
+            }
+        };
+        if let Some(u) = replaced_user.filter(|u| Some(u) != record.user_id.as_ref()) {
+            self.unindex(&u, key);
+        }
+        self.inner.moved.remove(key);
+        if let Some(u) = &record.user_id {
+            self.index(u, key);
+        }
+        Ok(())
+    }
+
+    /// `create_with` under the lifecycle lock.
+    fn create_locked(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+        now: Timestamp,
+    ) -> StoreResult<Created> {
+        // 1. Every check first: on an error nothing is written.
+        let old = match &options.replaces {
+            None => None,
+            Some(r) => {
+                let current = self.live(&r.key, now).ok_or(StoreError::NotFound)?;
+                let other_user = current.user_id.is_some() && current.user_id != record.user_id;
+                if current.version != r.version || other_user {
+                    return Err(StoreError::Conflict);
+                }
+                Some((r.key.clone(), current.expires_at()))
+            }
+        };
+        if self.live(key, now).is_some() {
+            return Err(StoreError::AlreadyExists);
+        }
+        let mut evicted = Vec::new();
+        if let (Some(limit), Some(user)) = (options.limit, &record.user_id) {
+            let mut others: Vec<(Timestamp, StorageKey)> = self
+                .inner
+                .users
+                .get(user)
+                .map(|set| set.iter().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|k| k != key && old.as_ref().is_none_or(|(o, _)| o != k))
+                .filter_map(|k| {
+                    let r = self.live(&k, now)?;
+                    (r.user_id.as_deref() == Some(user)).then_some((r.created_at, k))
+                })
+                .collect();
+            match limit.strategy {
+                LimitStrategy::RejectNew if others.len() >= limit.max.get() => {
+                    return Err(StoreError::UserLimitReached {
+                        max: limit.max.get(),
+                    });
+                }
+                LimitStrategy::EvictOldest => {
+                    others.push((record.created_at, key.clone()));
+                    others.sort_by(|a, b| newest_first((a.0, &a.1), (b.0, &b.1)));
+                    evicted = others
+                        .split_off(limit.max.get().min(others.len()))
+                        .into_iter()
+                        .map(|(_, k)| k)
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+        let stays = !evicted.contains(key);
+        // 2. A slot for the new record: the moved record's, or a new one.
+        if old.is_none() && stays {
+            self.reserve(now)?;
+        }
+        // 3. The writes. Only the first can fail: the sweeper (which takes
+        // no lock) may have removed the old record if it expired meanwhile.
+        if let Some((old_key, until)) = old {
+            let Some((_, r)) = self.inner.records.remove(&old_key) else {
+                return Err(StoreError::NotFound);
+            };
+            if let Some(u) = &r.user_id {
+                self.unindex(u, &old_key);
+            }
+            self.inner.moved.insert(
+                old_key,
+                Moved {
+                    to: key.clone(),
+                    until,
+                },
+            );
+            if !stays {
+                self.release();
+            }
+        }
+        for victim in evicted.iter().filter(|k| *k != key) {
+            self.remove(victim);
+            self.inner.moved.remove(victim);
+        }
+        if stays {
+            self.insert_reserved(key, record, now)?;
+        }
+        Ok(Created::with_evicted(evicted))
+    }
+
     fn sweep(&self) -> u64 {
         let now = self.now();
+        self.inner.moved.retain(|_, m| now < m.until);
         let mut dead = Vec::new();
         self.inner.records.retain(|k, r| {
             let live = !r.is_expired_at(now);
@@ -315,36 +502,21 @@ impl Drop for Sweeper {
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
+        let _lock = self.lock();
         let now = self.now();
         self.reserve(now)?;
-        if let Some(u) = &record.user_id {
-            self.inner
-                .users
-                .entry(u.clone())
-                .or_default()
-                .insert(key.clone());
-        }
-        let replaced_user = match self.inner.records.entry(key.clone()) {
-            Entry::Occupied(e) if !e.get().is_expired_at(now) => {
-                drop(e);
-                self.release();
-                return Err(StoreError::AlreadyExists);
-            }
-            Entry::Occupied(mut e) => {
-                // Reuses the expired record's slot.
-                self.release();
-                let old = std::mem::replace(e.get_mut(), record.clone());
-                old.user_id
-            }
-            Entry::Vacant(e) => {
-                e.insert(record.clone());
-                None
-            }
-        };
-        if let Some(u) = replaced_user.filter(|u| Some(u) != record.user_id.as_ref()) {
-            self.unindex(&u, key);
-        }
-        Ok(())
+        self.insert_reserved(key, record, now)
+    }
+
+    async fn create_with(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created> {
+        let _lock = self.lock();
+        let now = self.now();
+        self.create_locked(key, record, options, now)
     }
 
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
@@ -397,10 +569,14 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
-        if let Some((_, r)) = self.inner.records.remove(key) {
-            self.release();
-            if let Some(u) = &r.user_id {
-                self.unindex(u, key);
+        let _lock = self.lock();
+        let now = self.now();
+        let mut key = key.clone();
+        for _ in 0..MAX_MOVES {
+            self.remove(&key);
+            match self.inner.moved.remove(&key) {
+                Some((_, m)) if now < m.until => key = m.to,
+                _ => break,
             }
         }
         Ok(())
@@ -425,6 +601,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
+        let _lock = self.lock();
         let now = self.now();
         let Some((_, keys)) = self.inner.users.remove(user_id) else {
             return Ok(0);

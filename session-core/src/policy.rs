@@ -8,13 +8,15 @@ use std::time::Duration;
 /// What to do when a user already has the maximum number of sessions and
 /// logs in again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LimitStrategy {
     /// Refuse the new login with [`SessionError::TooManySessions`].
     ///
     /// [`SessionError::TooManySessions`]: crate::SessionError::TooManySessions
     RejectNew,
     /// Accept the new login and end the user's oldest sessions (by creation
-    /// time) until the limit holds.
+    /// time, ties broken by storage key: see
+    /// [`newest_first`](crate::store::newest_first)) until the limit holds.
     EvictOldest,
 }
 

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 use crate::clock::Timestamp;
 use crate::key::StorageKey;
+use crate::policy::UserSessionLimit;
 use crate::record::{SessionRecord, SessionSummary};
 
 /// A boxed error from a backend driver.
@@ -34,6 +35,15 @@ pub enum StoreError {
     /// created, deleted, or expired).
     #[error("no live session record under this key")]
     NotFound,
+    /// [`SessionStore::create_with`] under [`LimitStrategy::RejectNew`]: the
+    /// user already has `max` live sessions; nothing was written.
+    ///
+    /// [`LimitStrategy::RejectNew`]: crate::LimitStrategy::RejectNew
+    #[error("the user already has the maximum of {max} live sessions")]
+    UserLimitReached {
+        /// The limit that applied.
+        max: usize,
+    },
     /// The record is too large for this backend; nothing was written.
     #[error("session record of {size} bytes exceeds this store's limit of {limit} bytes")]
     TooLarge {
@@ -72,6 +82,87 @@ impl StoreError {
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The record a [`SessionStore::create_with`] moves to its new key
+/// (rotation): its key and the version the caller loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaces {
+    /// The key the session moves away from.
+    pub key: StorageKey,
+    /// The version the caller last saw; any other version is a conflict.
+    pub version: u64,
+}
+
+/// What else a [`SessionStore::create_with`] does in the same atomic step.
+///
+/// The default (`CreateOptions::default()`) is a plain insert-only create.
+///
+/// ```
+/// use session_core::store::CreateOptions;
+/// use session_core::{LimitStrategy, StorageKey, UserSessionLimit};
+/// use std::num::NonZeroUsize;
+///
+/// let old = StorageKey::from_stored("old-key");
+/// let limit = UserSessionLimit { max: NonZeroUsize::new(3).unwrap(), strategy: LimitStrategy::EvictOldest };
+/// let options = CreateOptions::default().replacing(old, 4).with_limit(limit);
+/// assert_eq!(options.limit, Some(limit));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CreateOptions {
+    /// Move the session from this key (rotation): see
+    /// [`SessionStore::create_with`].
+    pub replaces: Option<Replaces>,
+    /// Apply this per-user limit to the new record's user.
+    pub limit: Option<UserSessionLimit>,
+}
+
+impl CreateOptions {
+    /// Also retires the live record under `key`, which must be at `version`.
+    #[must_use]
+    pub fn replacing(mut self, key: StorageKey, version: u64) -> Self {
+        self.replaces = Some(Replaces { key, version });
+        self
+    }
+
+    /// Also applies `limit` to the new record's user.
+    #[must_use]
+    pub fn with_limit(mut self, limit: UserSessionLimit) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// What a successful [`SessionStore::create_with`] did besides storing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Created {
+    /// Sessions ended to keep the user within an
+    /// [`LimitStrategy::EvictOldest`](crate::LimitStrategy::EvictOldest)
+    /// limit. It contains the new key itself when the new record was not
+    /// among the newest `max` (it was then not stored).
+    pub evicted: Vec<StorageKey>,
+}
+
+impl Created {
+    /// A result with these evictions.
+    #[must_use]
+    pub fn with_evicted(evicted: Vec<StorageKey>) -> Self {
+        Self { evicted }
+    }
+}
+
+/// The order [`LimitStrategy::EvictOldest`](crate::LimitStrategy::EvictOldest)
+/// keeps sessions in: newest first by creation time, ties broken by the
+/// larger storage key. Every store and every racing caller computes the same
+/// survivors from the same sessions.
+#[must_use]
+pub fn newest_first(
+    a: (Timestamp, &StorageKey),
+    b: (Timestamp, &StorageKey),
+) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then_with(|| b.1.cmp(a.1))
+}
+
 /// A place to keep session records.
 ///
 /// Object-safe: `Arc<dyn SessionStore>` is what the manager holds. All
@@ -81,6 +172,27 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// absolute_deadline)`, with "now" as the store sees it (its own clock or its
 /// server's). A record that is not live must behave exactly as if absent,
 /// whatever the backend's TTL granularity.
+///
+/// # Concurrency
+///
+/// Every method is atomic with respect to every other: whatever the
+/// interleaving of concurrent calls (from one process or many), the outcome
+/// is one some sequential order of those calls would give. The multi-step
+/// lifecycle changes of a session (rotation, login under a per-user limit)
+/// are one call, [`SessionStore::create_with`], so no request can slip
+/// between their steps. Where a backend cannot make a step atomic (a Redis
+/// Cluster, whose session and index keys live on different slots), its docs
+/// say how it orders the steps; a failure or race there may end a session
+/// early or refuse a login, never leave one live that the contract says is
+/// not.
+///
+/// # Moved keys
+///
+/// After a rotation the old key is *moved*: it never loads, updates,
+/// touches or counts again, but [`SessionStore::delete`] of it also deletes
+/// where the session moved to (following every later move), until the old
+/// record's own deadline. So a logout or "end that session" that raced a
+/// rotation still ends the session.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Inserts a new record under `key`.
@@ -93,10 +205,45 @@ pub trait SessionStore: Send + Sync + 'static {
     /// most a stale index entry, never an unindexed live session).
     async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()>;
 
+    /// Inserts a new record under `key` as one atomic lifecycle step: a
+    /// rotation, a login under a per-user limit, or both.
+    ///
+    /// With default options this is [`SessionStore::create`]. Otherwise, in
+    /// one step that no other call can interleave with:
+    ///
+    /// 1. **`replaces`** (rotation): the record under `replaces.key` must be
+    ///    live at version `replaces.version`, else [`StoreError::NotFound`]
+    ///    (missing, expired, deleted, moved) or [`StoreError::Conflict`]
+    ///    (another version, or a record of another user than
+    ///    `record.user_id`). The old key becomes moved (see the trait docs)
+    ///    and leaves its user's index. A record is never live under both
+    ///    keys, and a record that was not live is never brought back.
+    /// 2. **`key`** must hold no live record, else
+    ///    [`StoreError::AlreadyExists`].
+    /// 3. **`limit`** (only when `record.user_id` is set): the user's live
+    ///    sessions other than the replaced one are counted.
+    ///    [`LimitStrategy::RejectNew`](crate::LimitStrategy::RejectNew): at
+    ///    `max` or more, [`StoreError::UserLimitReached`].
+    ///    [`LimitStrategy::EvictOldest`](crate::LimitStrategy::EvictOldest):
+    ///    of those sessions plus the new one, the newest `max` by
+    ///    [`newest_first`] stay and the rest are deleted (index entries
+    ///    included) and reported in [`Created::evicted`]; the new record is
+    ///    not stored if it is not among them.
+    ///
+    /// On any error nothing is written. So `n` concurrent logins of one user
+    /// with `f` free places under `RejectNew` admit exactly `min(n, f)`; under
+    /// `EvictOldest` exactly `max` sessions are live once they finish.
+    async fn create_with(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created>;
+
     /// Returns the live record under `key`, or `None`.
     ///
     /// Never returns a record whose earlier deadline has passed, even if the
-    /// backend has not evicted it yet.
+    /// backend has not evicted it yet, nor anything for a moved key.
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>>;
 
     /// Replaces the record under `key` if and only if its stored version
@@ -129,7 +276,8 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     /// Deletes the record under `key` and its index entry. Idempotent:
-    /// deleting a missing key succeeds.
+    /// deleting a missing key succeeds. If `key` was moved by a rotation,
+    /// the record it moved to is deleted as well (following every move).
     async fn delete(&self, key: &StorageKey) -> StoreResult<()>;
 
     /// Lists the live sessions of `user_id`, in no particular order.
@@ -154,6 +302,9 @@ macro_rules! forward_store {
         impl<S: SessionStore + ?Sized> SessionStore for $ty {
             async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
                 (**self).create(key, record).await
+            }
+            async fn create_with(&self, key: &StorageKey, record: &SessionRecord, options: &CreateOptions) -> StoreResult<Created> {
+                (**self).create_with(key, record, options).await
             }
             async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
                 (**self).load(key).await

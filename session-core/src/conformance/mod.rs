@@ -19,6 +19,18 @@
 //! so they run in parallel against one server without stepping on each
 //! other. Expiry cases use real deadlines of one to two seconds, so they hold
 //! on servers that expire keys themselves.
+//!
+//! The lifecycle race cases (`racing_*`, `*_racing_*`) release dozens of
+//! concurrent calls at once, [`Harness::rounds`] times (50 unless the
+//! `SESSION_CONFORMANCE_ROUNDS` environment variable says otherwise), the
+//! manager ones through a [`SlowStore`] that widens every gap between
+//! store calls. A backend whose lifecycle step is ordered rather than
+//! atomic (see [`SessionStore`]'s concurrency rules) declares it, and its
+//! race cases then check "never more" instead of "exactly":
+//!
+//! ```text
+//! session_core::conformance_suite!(factory, lifecycle = ordered);
+//! ```
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -32,7 +44,12 @@ use crate::clock::Timestamp;
 use crate::id::SessionId;
 use crate::key::{KeyDeriver, StorageKey};
 use crate::record::{SessionRecord, SessionSummary};
-use crate::store::{SessionStore, StoreError, StoreResult};
+use crate::store::{CreateOptions, Created, SessionStore, StoreError, StoreResult};
+
+mod lifecycle;
+mod slow;
+
+pub use slow::SlowStore;
 
 type Factory = Arc<dyn Fn(String) -> BoxFuture<'static, Arc<dyn SessionStore>> + Send + Sync>;
 
@@ -41,7 +58,23 @@ type Factory = Arc<dyn Fn(String) -> BoxFuture<'static, Arc<dyn SessionStore>> +
 pub struct Harness {
     factory: Factory,
     run: String,
+    atomic: bool,
+    rounds: usize,
 }
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("run", &self.run)
+            .field("atomic", &self.atomic)
+            .field("rounds", &self.rounds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rounds of each race case unless `SESSION_CONFORMANCE_ROUNDS` says
+/// otherwise.
+pub const DEFAULT_ROUNDS: usize = 50;
 
 impl Harness {
     /// Wraps a factory `namespace -> store`.
@@ -58,7 +91,44 @@ impl Harness {
         let mut raw = [0u8; 6];
         getrandom::fill(&mut raw).expect("the operating system CSPRNG failed");
         let run: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        Self { factory, run }
+        let rounds = std::env::var("SESSION_CONFORMANCE_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_ROUNDS);
+        Self {
+            factory,
+            run,
+            atomic: true,
+            rounds,
+        }
+    }
+
+    /// Declares that the store's lifecycle step is ordered, not atomic: its
+    /// races may refuse a login or end a session early, never the reverse.
+    /// The race cases then check "at most" where they check "exactly".
+    #[must_use]
+    pub fn ordered_lifecycle(mut self) -> Self {
+        self.atomic = false;
+        self
+    }
+
+    /// Whether the store's lifecycle step is atomic (the default).
+    #[must_use]
+    pub fn is_atomic(&self) -> bool {
+        self.atomic
+    }
+
+    /// How many rounds each race case runs.
+    #[must_use]
+    pub fn rounds(&self) -> usize {
+        self.rounds
+    }
+
+    /// The delay [`SlowStore`] adds before and after each call in the
+    /// manager race cases.
+    #[must_use]
+    pub fn slow_delay(&self) -> Duration {
+        Duration::from_millis(2)
     }
 
     /// The case's store, in the case's own namespace.
@@ -134,8 +204,14 @@ fn sorted(mut v: Vec<StorageKey>) -> Vec<StorageKey> {
 /// [module docs](crate::conformance).
 #[macro_export]
 macro_rules! conformance_suite {
+    ($factory:expr, lifecycle = ordered) => {
+        $crate::conformance_suite!(@cases $crate::conformance::Harness::new($factory).ordered_lifecycle());
+    };
     ($factory:expr) => {
-        $crate::__conformance_cases!($factory;
+        $crate::conformance_suite!(@cases $crate::conformance::Harness::new($factory));
+    };
+    (@cases $harness:expr) => {
+        $crate::__conformance_cases!($harness;
             round_trip_empty_data,
             round_trip_one_byte,
             round_trip_512_kib_binary,
@@ -178,6 +254,34 @@ macro_rules! conformance_suite {
             delete_expired_keeps_live_records,
             manager_round_trip,
             raw_session_id_never_reaches_store,
+            create_with_default_options_is_create,
+            rotation_moves_the_record,
+            rotation_into_a_login_indexes_the_new_key,
+            rotation_of_a_missing_record_is_not_found,
+            rotation_of_a_deleted_record_is_not_found,
+            rotation_of_an_expired_record_is_not_found,
+            rotation_with_a_stale_version_conflicts,
+            rotation_of_another_users_record_conflicts,
+            rotation_onto_a_live_key_is_rejected,
+            moved_key_is_dead,
+            delete_of_a_moved_key_ends_the_session,
+            reject_new_refuses_at_the_limit,
+            reject_new_counts_only_the_users_other_live_sessions,
+            evict_oldest_keeps_the_newest,
+            evict_oldest_breaks_ties_by_key,
+            evict_oldest_does_not_store_an_older_new_record,
+            racing_logins_reject_new_admit_exactly_the_free_places,
+            racing_logins_evict_oldest_leave_exactly_max,
+            racing_rotations_of_one_record_have_one_winner,
+            rotation_racing_delete_user_leaves_nothing_live,
+            rotation_racing_delete_leaves_nothing_live,
+            create_racing_delete_user_leaves_every_session_indexed,
+            manager_racing_logins_respect_reject_new,
+            manager_racing_logins_evict_oldest_keep_max,
+            manager_rotate_racing_logout_ends_the_session,
+            manager_rotate_racing_logout_everywhere_ends_the_session,
+            manager_rotate_racing_end_session_ends_the_session,
+            manager_rotate_and_login_after_expiry_are_session_ended,
         );
     };
 }
@@ -185,13 +289,11 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_cases {
-    ($factory:expr; $($case:ident),* $(,)?) => {
+    ($harness:expr; $($case:ident),* $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                $crate::conformance::cases::$case(
-                    $crate::conformance::Harness::new($factory)
-                ).await;
+                $crate::conformance::cases::$case($harness).await;
             }
         )*
     };
@@ -199,6 +301,7 @@ macro_rules! __conformance_cases {
 
 /// The cases, one public async function each.
 pub mod cases {
+    pub use super::lifecycle::*;
     use super::*;
     use crate::manager::SessionManager;
     use crate::policy::{LimitStrategy, SessionConfig};
@@ -902,6 +1005,18 @@ pub mod cases {
         async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
             self.saw_record(key, record);
             self.inner.create(key, record).await
+        }
+        async fn create_with(
+            &self,
+            key: &StorageKey,
+            record: &SessionRecord,
+            options: &CreateOptions,
+        ) -> StoreResult<Created> {
+            self.saw_record(key, record);
+            if let Some(r) = &options.replaces {
+                self.saw(r.key.as_str().as_bytes());
+            }
+            self.inner.create_with(key, record, options).await
         }
         async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
             self.saw(key.as_str().as_bytes());
