@@ -7,9 +7,10 @@ use session_core::SessionError;
 /// A failed session operation.
 ///
 /// As a response it never reveals details: store failures and conflicts
-/// become a bare `500`, the per-user limit a `403`, a missing login a `401`;
-/// the details go to a `tracing` event for the operator. Handlers that want
-/// to answer differently match on [`Error::session_error`].
+/// become a bare `500`, the per-user limit a `403`, a missing login or a
+/// session that ended meanwhile a `401`; the details go to a `tracing`
+/// event for the operator. Handlers that want to answer differently match
+/// on [`Error::session_error`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -43,7 +44,9 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Session(SessionError::TooManySessions { .. }) => StatusCode::FORBIDDEN,
-            Self::Session(SessionError::NotLoggedIn) => StatusCode::UNAUTHORIZED,
+            Self::Session(SessionError::NotLoggedIn | SessionError::SessionEnded) => {
+                StatusCode::UNAUTHORIZED
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -88,6 +91,10 @@ mod tests {
         );
         assert_eq!(
             Error::from(SessionError::NotLoggedIn).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            Error::from(SessionError::SessionEnded).status(),
             StatusCode::UNAUTHORIZED
         );
         assert!(Error::from(SessionError::TooManySessions { max: 1 }).is_too_many_sessions());

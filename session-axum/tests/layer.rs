@@ -13,8 +13,8 @@ use axum::Router;
 use http::{header, Request, Response, StatusCode};
 use session_axum::{Error, Session, SessionLayer};
 use session_core::{
-    ManualClock, MemoryStore, SessionConfig, SessionManager, SessionRecord, SessionStore,
-    SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
+    CreateOptions, Created, ManualClock, MemoryStore, SessionConfig, SessionManager, SessionRecord,
+    SessionStore, SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
 };
 use tower::ServiceExt;
 
@@ -61,6 +61,15 @@ impl SessionStore for CountingStore {
     async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
         self.check(&self.writes)?;
         self.inner.create(key, record).await
+    }
+    async fn create_with(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created> {
+        self.check(&self.writes)?;
+        self.inner.create_with(key, record, options).await
     }
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
         self.check(&self.loads)?;

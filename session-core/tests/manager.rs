@@ -514,3 +514,124 @@ async fn tokens_expire_and_do_not_survive_login() {
         "expired token"
     );
 }
+
+#[tokio::test]
+async fn a_refused_login_leaves_the_session_as_it_was() {
+    let e = env_with(
+        SessionConfig::builder()
+            .max_sessions_per_user(NonZeroUsize::new(1).unwrap(), LimitStrategy::RejectNew)
+            .build()
+            .unwrap(),
+    );
+    let mut first = e.manager.start();
+    e.manager.login(&mut first, "dora").await.unwrap();
+    let mut anon = e.manager.start();
+    anon.insert("cart", "apples").unwrap();
+    e.manager.commit(&mut anon).await.unwrap();
+    let id = anon.id().clone();
+    // The next request of that browser logs in.
+    let mut anon = e.manager.load(&id).await.unwrap().unwrap();
+    let created = anon.created_at();
+    let err = e.manager.login(&mut anon, "dora").await.unwrap_err();
+    assert!(matches!(err, SessionError::TooManySessions { max: 1 }));
+    // Same ID, still anonymous, same data and lifetime: nothing to send.
+    assert_eq!(anon.id(), &id);
+    assert_eq!(anon.user_id(), None);
+    assert_eq!(anon.created_at(), created);
+    assert!(e.manager.response_cookie(&anon).is_none());
+    assert_eq!(
+        e.manager.commit(&mut anon).await.unwrap(),
+        CommitOutcome::Unchanged
+    );
+    let stored = e.manager.load(&id).await.unwrap().expect("still stored");
+    assert_eq!(stored.user_id(), None);
+    assert_eq!(
+        stored.get::<String>("cart").unwrap().as_deref(),
+        Some("apples")
+    );
+}
+
+#[tokio::test]
+async fn rotating_an_ended_session_fails_and_sets_no_session_cookie() {
+    let e = env();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "erin").await.unwrap();
+    let id = s.id().clone();
+    let mut a = e.manager.load(&id).await.unwrap().unwrap();
+    let mut b = e.manager.load(&id).await.unwrap().unwrap();
+    e.manager.logout(&mut b).await.unwrap();
+    let err = e.manager.rotate(&mut a).await.unwrap_err();
+    assert!(matches!(err, SessionError::SessionEnded), "{err:?}");
+    assert!(a.is_deleted());
+    assert!(e.manager.response_cookie(&a).unwrap().value().is_empty());
+    assert!(e
+        .manager
+        .list_user_sessions("erin")
+        .await
+        .unwrap()
+        .is_empty());
+    // Rotating a session this request logged out is the same error.
+    let err = e.manager.rotate(&mut b).await.unwrap_err();
+    assert!(matches!(err, SessionError::SessionEnded), "{err:?}");
+}
+
+#[tokio::test]
+async fn rotation_and_login_never_extend_an_expired_session() {
+    let e = env();
+    let mut s = e.manager.start();
+    s.insert("k", "v").unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    let mut loaded = e.manager.load(s.id()).await.unwrap().unwrap();
+    e.clock.advance(31 * MIN);
+    let err = e.manager.login(&mut loaded, "finn").await.unwrap_err();
+    assert!(matches!(err, SessionError::SessionEnded), "{err:?}");
+    assert!(e
+        .manager
+        .list_user_sessions("finn")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(e.store.list_user("finn").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn rotating_a_new_session_draws_an_id_and_writes_nothing() {
+    let e = env();
+    let mut s = e.manager.start();
+    let first = s.id().clone();
+    e.manager.rotate(&mut s).await.unwrap();
+    assert_ne!(s.id(), &first);
+    assert!(e.store.is_empty());
+}
+
+#[tokio::test]
+async fn a_logout_with_a_rotated_away_id_still_ends_the_session() {
+    let e = env();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "gus").await.unwrap();
+    let mut stale = e.manager.load(s.id()).await.unwrap().unwrap();
+    e.manager.rotate(&mut s).await.unwrap();
+    e.manager.logout(&mut stale).await.unwrap();
+    assert!(e.manager.load(s.id()).await.unwrap().is_none());
+    assert!(e
+        .manager
+        .list_user_sessions("gus")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn another_users_login_ends_the_previous_users_session() {
+    let e = env();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "hana").await.unwrap();
+    e.manager.login(&mut s, "ivan").await.unwrap();
+    assert!(e
+        .manager
+        .list_user_sessions("hana")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(e.manager.list_user_sessions("ivan").await.unwrap().len(), 1);
+}

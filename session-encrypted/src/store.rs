@@ -19,7 +19,8 @@ use aes_gcm::Aes256Gcm;
 use async_trait::async_trait;
 use bytes::Bytes;
 use session_core::{
-    SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
+    CreateOptions, Created, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError,
+    StoreResult, Timestamp,
 };
 use zeroize::Zeroizing;
 
@@ -182,6 +183,19 @@ fn aad(key_id: u16, key: &StorageKey, created: Timestamp, absolute: Timestamp) -
 impl<S: SessionStore> SessionStore for EncryptedStore<S> {
     async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
         self.inner.create(key, &self.seal(key, record)).await
+    }
+
+    async fn create_with(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created> {
+        // Rotation, limit and eviction are the inner store's atomic step;
+        // only the new record is sealed (under its own storage key).
+        self.inner
+            .create_with(key, &self.seal(key, record), options)
+            .await
     }
 
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
