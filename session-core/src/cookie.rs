@@ -8,6 +8,11 @@ use cookie::{Cookie, SameSite};
 use crate::id::SessionId;
 use crate::policy::ConfigError;
 
+/// Most session IDs taken from one request's cookies (a browser sends
+/// several only when cookies of the same name were set for different paths
+/// or domains); each costs a store read until one names a live session.
+pub const MAX_SESSION_ID_CANDIDATES: usize = 4;
+
 /// How long the browser keeps the cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CookieLifetime {
@@ -84,22 +89,61 @@ impl CookiePolicy {
         c
     }
 
-    /// Finds the session ID in the values of the request's `Cookie` headers.
-    ///
-    /// Only `Cookie` headers are consulted (never the URL). Cookies with
-    /// other names are ignored; of several cookies with our name, the first
-    /// that parses strictly wins. Malformed values give `None`, never an
-    /// error: a bad cookie means "no session".
-    pub fn find_session_id<'a, I>(&self, cookie_headers: I) -> Option<SessionId>
+    /// Finds the session ID in the values of the request's `Cookie` headers:
+    /// the first of [`CookiePolicy::session_id_candidates`].
+    #[must_use]
+    pub fn find_session_id<I>(&self, cookie_headers: I) -> Option<SessionId>
     where
-        I: IntoIterator<Item = &'a str>,
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
     {
-        cookie_headers
+        self.session_id_candidates(cookie_headers)
             .into_iter()
-            .flat_map(Cookie::split_parse)
-            .filter_map(Result::ok)
-            .filter(|c| c.name() == self.name)
-            .find_map(|c| SessionId::parse(c.value()).ok())
+            .next()
+    }
+
+    /// The well-formed session IDs under this policy's cookie name in the
+    /// request's `Cookie` header values, in order, without duplicates, at
+    /// most [`MAX_SESSION_ID_CANDIDATES`].
+    ///
+    /// Only `Cookie` headers are consulted (never the URL). The header is
+    /// read as the bytes it is: pairs are split on `;`, names and values
+    /// trimmed of ASCII whitespace, and a pair that is not `name=value`, has
+    /// another name, or holds bytes that are not a strictly parsed ID is
+    /// skipped on its own. So another cookie with non-ASCII or control
+    /// bytes, several `Cookie` lines, or a malformed duplicate of ours never
+    /// hides a valid ID. Malformed input gives no candidate, never an error.
+    /// The work is linear in the header bytes and stops at the cap.
+    #[must_use]
+    pub fn session_id_candidates<I>(&self, cookie_headers: I) -> Vec<SessionId>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let name = self.name.as_bytes();
+        let mut found: Vec<SessionId> = Vec::new();
+        for header in cookie_headers {
+            for pair in header.as_ref().split(|&b| b == b';') {
+                let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                    continue;
+                };
+                if pair[..eq].trim_ascii() != name {
+                    continue;
+                }
+                let Ok(value) = std::str::from_utf8(pair[eq + 1..].trim_ascii()) else {
+                    continue;
+                };
+                if let Ok(id) = SessionId::parse(value) {
+                    if !found.contains(&id) {
+                        found.push(id);
+                        if found.len() == MAX_SESSION_ID_CANDIDATES {
+                            return found;
+                        }
+                    }
+                }
+            }
+        }
+        found
     }
 
     fn base(&self, value: String) -> Cookie<'static> {
@@ -304,5 +348,39 @@ mod tests {
         ] {
             assert_eq!(p.find_session_id([bad.as_str()]), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn odd_bytes_in_other_cookies_never_hide_the_id() {
+        let p = CookiePolicy::default();
+        let id = SessionId::generate();
+        let ours = format!("__Host-session={}", id.expose());
+        let lines: Vec<Vec<u8>> = vec![
+            [b"x=\xc3\xa9; ".as_slice(), ours.as_bytes()].concat(),
+            [b"x=\xff\xfe\x00; ".as_slice(), ours.as_bytes(), b"; y=\x80"].concat(),
+            [b"\t ".as_slice(), ours.as_bytes(), b" \t;junk"].concat(),
+            [b"novalue; ;;=; ".as_slice(), ours.as_bytes()].concat(),
+        ];
+        for line in &lines {
+            assert_eq!(p.find_session_id([line]), Some(id.clone()), "{line:?}");
+        }
+        // Other cookies on a line of their own, even with bytes that are not
+        // UTF-8.
+        let odd: &[u8] = b"x=\xe9\xe9";
+        assert_eq!(p.find_session_id([odd, ours.as_bytes()]), Some(id.clone()));
+    }
+
+    #[test]
+    fn several_ids_under_our_name_are_all_candidates_in_order_up_to_the_cap() {
+        let p = CookiePolicy::default();
+        let ids: Vec<SessionId> = (0..6).map(|_| SessionId::generate()).collect();
+        let header = ids
+            .iter()
+            .map(|id| format!("__Host-session={}", id.expose()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let dup = format!("{header}; __Host-session={}", ids[0].expose());
+        let got = p.session_id_candidates([dup.as_str()]);
+        assert_eq!(got, ids[..MAX_SESSION_ID_CANDIDATES].to_vec());
     }
 }

@@ -53,11 +53,13 @@ pub mod token;
 pub mod conformance;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use crate::cookie::{CookieLifetime, CookiePolicy};
+pub use crate::cookie::{CookieLifetime, CookiePolicy, MAX_SESSION_ID_CANDIDATES};
 pub use crate::error::SessionError;
 pub use crate::id::{InvalidSessionId, SessionId};
 pub use crate::key::{KeyDeriver, StorageKey};
-pub use crate::manager::{CommitOutcome, SessionManager, SessionManagerBuilder};
+pub use crate::manager::{
+    CommitOutcome, SessionManager, SessionManagerBuilder, UPDATE_MAX_ATTEMPTS,
+};
 pub use crate::memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreFull, DEFAULT_MAX_SESSIONS};
 pub use crate::policy::{
     ConfigError, ConflictPolicy, LimitStrategy, SessionConfig, UserSessionLimit,

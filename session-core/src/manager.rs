@@ -11,6 +11,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use cookie::Cookie;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tracing::Level;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
@@ -25,6 +27,19 @@ use crate::store::{CreateOptions, Created, Replaces, SessionStore, StoreError};
 use crate::token::{OneTimeToken, TokenEntry};
 
 const AUDIT: &str = "session_core::audit";
+
+/// Most write attempts of [`SessionManager::update_value`] before it gives
+/// up with [`SessionError::Conflict`].
+pub const UPDATE_MAX_ATTEMPTS: u32 = 32;
+
+/// Sleeps a random time in `[0, min(2^attempt, 64)]` ms ("full jitter"), so
+/// writers that collided spread out instead of colliding again.
+async fn backoff(attempt: u32) {
+    let cap_ms = 1u64 << attempt.min(6);
+    let r = getrandom::u64().unwrap_or(0);
+    let micros = r % (cap_ms * 1_000 + 1);
+    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+}
 
 /// What [`SessionManager::commit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +227,7 @@ impl SessionManager {
             absolute_deadline,
             touch_due: false,
             id_changed: true,
+            logged_out: false,
         }
     }
 
@@ -232,22 +248,28 @@ impl SessionManager {
         }
     }
 
-    /// Loads the session named by the request's `Cookie` header values.
+    /// Loads the session named by the request's `Cookie` header values
+    /// (as bytes or text; see [`CookiePolicy::session_id_candidates`]):
+    /// the first candidate ID that names a live session, trying at most
+    /// [`MAX_SESSION_ID_CANDIDATES`](crate::MAX_SESSION_ID_CANDIDATES).
     ///
     /// # Errors
     ///
     /// As [`SessionManager::load_cookie_value`].
-    pub async fn load_from_cookie_headers<'a, I>(
+    pub async fn load_from_cookie_headers<I>(
         &self,
         headers: I,
     ) -> Result<Option<Session>, SessionError>
     where
-        I: IntoIterator<Item = &'a str>,
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
     {
-        match self.inner.cookie.find_session_id(headers) {
-            Some(id) => self.load(&id).await,
-            None => Ok(None),
+        for id in self.inner.cookie.session_id_candidates(headers) {
+            if let Some(session) = self.load(&id).await? {
+                return Ok(Some(session));
+            }
         }
+        Ok(None)
     }
 
     /// Loads the session with ID `id`, or `None` if it does not exist, has
@@ -279,6 +301,7 @@ impl SessionManager {
             idle_deadline: record.idle_deadline,
             absolute_deadline: record.absolute_deadline,
             id_changed: false,
+            logged_out: false,
         }))
     }
 
@@ -361,6 +384,77 @@ impl SessionManager {
                 }
             }
         }
+    }
+
+    /// Read-modify-write of one value that never loses an update: `f` gets
+    /// the current value of `key` (`None` if absent) and returns the new one
+    /// (`None` removes it); the result is committed at once with a strict
+    /// version check, together with the session's other pending changes. On
+    /// a version conflict the session is reloaded (other pending changes are
+    /// re-applied on top) and `f` runs again on the value now stored, after
+    /// a jittered backoff, up to [`UPDATE_MAX_ATTEMPTS`] times. So `n`
+    /// concurrent increments of a counter, from any number of requests and
+    /// instances, add exactly `n`.
+    ///
+    /// `f` may run several times: keep it free of side effects. Returns the
+    /// value written.
+    ///
+    /// ```
+    /// # use session_core::{MemoryStore, SessionManager};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), session_core::SessionError> {
+    /// let manager = SessionManager::new(MemoryStore::new());
+    /// let mut session = manager.start();
+    /// let visits = manager
+    ///     .update_value(&mut session, "visits", |n: Option<u64>| Some(n.unwrap_or(0) + 1))
+    ///     .await?;
+    /// assert_eq!(visits, Some(1));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Conflict`] when every attempt lost a race;
+    /// [`SessionError::SessionEnded`] when the session ended meanwhile
+    /// (nothing is written); [`SessionError::Serialization`] when the stored
+    /// value is not a `T`; [`SessionError::Store`].
+    pub async fn update_value<T, F>(
+        &self,
+        session: &mut Session,
+        key: &str,
+        mut f: F,
+    ) -> Result<Option<T>, SessionError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Option<T>,
+    {
+        for attempt in 0..UPDATE_MAX_ATTEMPTS {
+            if session.state == State::Deleted {
+                return Err(SessionError::SessionEnded);
+            }
+            let next = f(session.get::<T>(key)?);
+            match &next {
+                Some(v) => session.insert(key, v)?,
+                None => {
+                    session.remove(key);
+                }
+            }
+            match self.try_write(session).await? {
+                Write::Done => return Ok(next),
+                Write::Gone => {
+                    self.mark_gone(session);
+                    return Err(SessionError::SessionEnded);
+                }
+                Write::Conflict => {
+                    session.changes.remove(&Field::Data(key.to_owned()));
+                    if !self.refresh(session).await? {
+                        self.mark_gone(session);
+                        return Err(SessionError::SessionEnded);
+                    }
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(SessionError::Conflict)
     }
 
     async fn touch(&self, session: &mut Session) -> Result<CommitOutcome, SessionError> {
@@ -651,24 +745,39 @@ impl SessionManager {
         }
     }
 
-    /// Ends the session on the server; the response should carry the
-    /// removal cookie ([`SessionManager::response_cookie`] gives it).
+    /// Ends the session on the server. For the rest of the request the
+    /// handle reads as a new, empty anonymous session (no user, no data),
+    /// stored only if something is written to it (a flash message, say);
+    /// [`SessionManager::response_cookie`] then gives the removal cookie,
+    /// or that new session's cookie if it was stored.
+    ///
+    /// Deleting follows rotations ([`SessionStore::delete`]), so a logout
+    /// that raced a rotation of the same session still ends it.
     ///
     /// # Errors
     ///
-    /// [`SessionError::Store`].
+    /// [`SessionError::Store`]; the session is then unchanged.
     pub async fn logout(&self, session: &mut Session) -> Result<(), SessionError> {
         if matches!(session.state, State::Stored(_)) {
             self.inner.store.delete(&session.key).await?;
             self.audit("logged_out", &session.key, session.user_id.as_deref());
         }
-        session.state = State::Deleted;
-        session.changes.clear();
+        self.restart_anonymous(session);
         Ok(())
     }
 
+    /// Replaces the handle's session with a fresh anonymous one after a
+    /// logout in this request.
+    fn restart_anonymous(&self, session: &mut Session) {
+        *session = Session {
+            logged_out: true,
+            ..self.start()
+        };
+    }
+
     /// Ends every session of the session's user, this one included; returns
-    /// how many were ended.
+    /// how many were ended. The handle then reads as after
+    /// [`SessionManager::logout`].
     ///
     /// # Errors
     ///
@@ -679,8 +788,7 @@ impl SessionManager {
         let n = self.logout_user(&user).await?;
         // The index may lag on some backends; make sure this one is gone.
         self.inner.store.delete(&session.key).await?;
-        session.state = State::Deleted;
-        session.changes.clear();
+        self.restart_anonymous(session);
         Ok(n)
     }
 
@@ -791,17 +899,28 @@ impl SessionManager {
         Err(SessionError::Conflict)
     }
 
-    /// The `Set-Cookie` the response needs after commit, if any: the session
-    /// cookie when the ID is new to the client, the removal cookie when the
-    /// session ended.
+    /// The `Set-Cookie` the response needs, if any:
+    ///
+    /// - the session cookie when a session is stored under an ID the client
+    ///   does not have yet (created, rotated, logged in);
+    /// - otherwise the removal cookie when this request logged out;
+    /// - otherwise nothing. In particular a cookie that names a session that
+    ///   no longer exists, was rotated away by another request or ended
+    ///   while this one ran is left alone: the client may already hold a
+    ///   newer cookie (from a racing login or rotation), which a removal
+    ///   would delete. The dead ID itself never loads again.
+    ///
+    /// It reflects what the store holds, so it is right even when the
+    /// request then fails: a login or rotation already made must still reach
+    /// the client.
     #[must_use]
     pub fn response_cookie(&self, session: &Session) -> Option<Cookie<'static>> {
         match session.state {
-            State::Deleted => Some(self.inner.cookie.removal_cookie()),
             State::Stored(_) if session.id_changed => {
                 let left = session.absolute_deadline.duration_since(self.now());
                 Some(self.inner.cookie.session_cookie(&session.id, left))
             }
+            _ if session.logged_out => Some(self.inner.cookie.removal_cookie()),
             _ => None,
         }
     }

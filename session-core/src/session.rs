@@ -196,7 +196,9 @@ pub(crate) enum State {
     New,
     /// Stored at this version.
     Stored(u64),
-    /// Deleted (logout); the cookie must be removed.
+    /// Ended while this request held it (logged out or expired elsewhere,
+    /// evicted, rotated by another request): nothing more is saved, and the
+    /// client's cookie is left alone (it may already hold a newer one).
     Deleted,
 }
 
@@ -219,6 +221,9 @@ pub struct Session {
     pub(crate) absolute_deadline: Timestamp,
     pub(crate) touch_due: bool,
     pub(crate) id_changed: bool,
+    /// This request logged out (the cookie is removed unless a new session
+    /// is stored after it).
+    pub(crate) logged_out: bool,
 }
 
 impl Session {
@@ -294,10 +299,21 @@ impl Session {
         self.state == State::New
     }
 
-    /// Whether the session was deleted (logged out) during this request.
+    /// Whether the session turned out to have ended while this request held
+    /// it (logged out elsewhere, evicted, expired, rotated by another
+    /// request): nothing more is saved for it.
     #[must_use]
     pub fn is_deleted(&self) -> bool {
         self.state == State::Deleted
+    }
+
+    /// Whether this request logged out. The handle then reads as a new,
+    /// empty anonymous session (stored only if something is written to it)
+    /// and the response removes the cookie unless that new session is
+    /// stored.
+    #[must_use]
+    pub fn logged_out(&self) -> bool {
+        self.logged_out
     }
 
     /// Whether there are unsaved changes.

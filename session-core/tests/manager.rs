@@ -413,12 +413,8 @@ async fn committing_a_session_ended_elsewhere_is_gone_not_resurrected() {
         CommitOutcome::Gone
     );
     assert!(e.manager.load(s.id()).await.unwrap().is_none());
-    assert!(e
-        .manager
-        .response_cookie(&stale)
-        .unwrap()
-        .to_string()
-        .contains("Max-Age=0"));
+    // The client may already hold a newer cookie: nothing is sent.
+    assert!(e.manager.response_cookie(&stale).is_none());
 }
 
 #[tokio::test]
@@ -563,16 +559,17 @@ async fn rotating_an_ended_session_fails_and_sets_no_session_cookie() {
     let err = e.manager.rotate(&mut a).await.unwrap_err();
     assert!(matches!(err, SessionError::SessionEnded), "{err:?}");
     assert!(a.is_deleted());
-    assert!(e.manager.response_cookie(&a).unwrap().value().is_empty());
+    assert!(e.manager.response_cookie(&a).is_none());
     assert!(e
         .manager
         .list_user_sessions("erin")
         .await
         .unwrap()
         .is_empty());
-    // Rotating a session this request logged out is the same error.
-    let err = e.manager.rotate(&mut b).await.unwrap_err();
-    assert!(matches!(err, SessionError::SessionEnded), "{err:?}");
+    // After its own logout a handle is a fresh anonymous session: rotating
+    // it only draws another ID and stores nothing.
+    e.manager.rotate(&mut b).await.unwrap();
+    assert!(b.is_new() && e.store.is_empty());
 }
 
 #[tokio::test]
@@ -634,4 +631,78 @@ async fn another_users_login_ends_the_previous_users_session() {
         .unwrap()
         .is_empty());
     assert_eq!(e.manager.list_user_sessions("ivan").await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn after_logout_the_handle_is_a_new_anonymous_session() {
+    let e = env();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "jade").await.unwrap();
+    s.insert("secret", "x").unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    let old = s.id().clone();
+    let mut s = e.manager.load(&old).await.unwrap().unwrap();
+    e.manager.logout(&mut s).await.unwrap();
+    assert_eq!(s.user_id(), None);
+    assert!(!s.contains("secret"));
+    assert!(s.logged_out());
+    // Nothing written afterwards: only the removal cookie.
+    let removal = e.manager.response_cookie(&s).unwrap();
+    assert!(removal.value().is_empty());
+    // A flash message written after logout lands in a new anonymous session.
+    s.insert("flash", "bye").unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    let cookie = e.manager.response_cookie(&s).unwrap();
+    assert!(!cookie.value().is_empty());
+    let next = e
+        .manager
+        .load_cookie_value(cookie.value())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.user_id(), None);
+    assert_eq!(next.get::<String>("flash").unwrap().as_deref(), Some("bye"));
+    assert!(e.manager.load(&old).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_increments_add_fifty() {
+    let e = env();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "kim").await.unwrap();
+    let id = s.id().clone();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (manager, id) = (e.manager.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut s = manager.load(&id).await.unwrap().unwrap();
+                manager
+                    .update_value(&mut s, "n", |n: Option<u64>| Some(n.unwrap_or(0) + 1))
+                    .await
+                    .unwrap();
+                manager.commit(&mut s).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = e.manager.load(&id).await.unwrap().unwrap();
+    assert_eq!(s.get::<u64>("n").unwrap(), Some(50));
+}
+
+#[tokio::test]
+async fn update_value_on_an_ended_session_writes_nothing() {
+    let e = env();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "lee").await.unwrap();
+    let mut stale = e.manager.load(s.id()).await.unwrap().unwrap();
+    e.manager.logout(&mut s).await.unwrap();
+    let err = e
+        .manager
+        .update_value(&mut stale, "n", |_: Option<u64>| Some(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SessionError::SessionEnded), "{err:?}");
+    assert!(e.store.is_empty());
 }
