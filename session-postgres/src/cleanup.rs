@@ -95,9 +95,9 @@ async fn run(store: Weak<Inner>, period: Duration, mut stopped: watch::Receiver<
                 return;
             };
             match inner.delete_expired_batch().await {
-                Ok(n) => {
-                    removed += n;
-                    if n < inner.cleanup_batch_size() {
+                Ok(batch) => {
+                    removed += batch.removed;
+                    if !batch.more {
                         break;
                     }
                 }

@@ -87,6 +87,15 @@ pub enum PgError {
         "the storage key contains a NUL character, which PostgreSQL text columns cannot store"
     )]
     NulInKey,
+    /// A lifecycle function answered with a result code this version does
+    /// not know (the schema was migrated by a newer version).
+    #[error("PostgreSQL {op} returned the unknown result code {code}")]
+    UnexpectedResult {
+        /// The store operation.
+        op: &'static str,
+        /// The code.
+        code: i32,
+    },
 }
 
 /// Wraps a driver error from operation `op` into the right [`StoreError`].

@@ -44,10 +44,16 @@ const MIGRATIONS: &[Migration] = &[
         description: "expiry index on a 10-minute bucket, so that writes can be HOT updates",
         statements: v2,
     },
+    Migration {
+        version: 3,
+        description:
+            "moved-keys table and the lifecycle functions (create_with, delete, delete_user)",
+        statements: v3,
+    },
 ];
 
 /// The schema version this library writes and expects.
-pub const LATEST_VERSION: i32 = 2;
+pub const LATEST_VERSION: i32 = 3;
 
 /// Width of the expiry buckets of migration 2.
 pub(crate) const EXPIRY_BUCKET: &str = "10 minutes";
@@ -106,6 +112,233 @@ fn v2(table: &TableName) -> Vec<String> {
         ),
         format!("DROP INDEX IF EXISTS {}", table.qualify(&table.index("expires_at_idx"))),
         format!("ALTER TABLE {t} SET (fillfactor = 90)"),
+    ]
+}
+
+/// Result codes of the `create_with` function (migration 3).
+pub(crate) mod code {
+    /// Stored (or, under `EvictOldest`, evicted at once); nothing else to say.
+    pub const OK: i32 = 0;
+    /// The record to rotate is missing, expired, deleted or moved.
+    pub const NOT_FOUND: i32 = 1;
+    /// The record to rotate has another version or belongs to another user.
+    pub const CONFLICT: i32 = 2;
+    /// The new key holds a live record.
+    pub const ALREADY_EXISTS: i32 = 3;
+    /// `RejectNew`: the user is at the limit.
+    pub const LIMIT_REACHED: i32 = 4;
+}
+
+/// Most moves the `delete` function follows from one key.
+pub(crate) const MAX_MOVES: u32 = 64;
+
+/// The moved-keys table of `table`: `"<table>_moved"`.
+pub(crate) fn moved_table(table: &TableName) -> String {
+    table.qualify(&table.index("moved"))
+}
+
+/// A lifecycle function of `table`: `"<table>_<name>"`.
+pub(crate) fn function(table: &TableName, name: &str) -> String {
+    table.qualify(&table.index(name))
+}
+
+/// The statement that takes the per-user lock of `table` for the user in
+/// the PL/pgSQL variable `var`: a transaction-level advisory lock on a
+/// 64-bit hash of the table's name and the user id.
+fn user_lock(table: &TableName, var: &str) -> String {
+    // The qualified name holds only `"`, `.` and `[a-z0-9_]`: safe inside
+    // a string literal.
+    let t = table.qualified();
+    format!("PERFORM pg_advisory_xact_lock(hashtextextended('session_postgres.user:{t}:' || {var}, 0));")
+}
+
+/// The lifecycle functions rely on a fresh snapshot per statement, which
+/// only READ COMMITTED gives; refuse loudly rather than decide on stale
+/// data.
+const READ_COMMITTED_ONLY: &str = "IF current_setting('transaction_isolation') <> 'read committed' THEN \
+     RAISE EXCEPTION 'session-postgres needs READ COMMITTED transactions (the connection uses %)', \
+     current_setting('transaction_isolation') \
+     USING HINT = 'set default_transaction_isolation to read committed for the session store''s connections'; \
+     END IF;";
+
+/// The atomic lifecycle step, the moves it leaves behind, and the calls
+/// that must be serialized with it. See the crate docs, "Lifecycle and
+/// locking", for why these interleave safely.
+///
+/// - `<table>_moved (key, moved_to, until)`: where a rotated-away key's
+///   session went, until the old record's own deadline. A side table, so
+///   the sessions table, its indexes and its hot statements (and their HOT
+///   updates) stay exactly as they were.
+/// - `<table>_create_with(...)`: `create_with` in one call: the user's
+///   advisory lock, the old row `FOR UPDATE`, every check, then the writes;
+///   returns a result code and the evicted keys.
+/// - `<table>_delete(key)`: deletes the row and follows its moves, each
+///   step a fresh statement (so a fresh snapshot).
+/// - `<table>_delete_user(user)`: deletes the user's rows under the user's
+///   advisory lock.
+///
+/// The functions are `VOLATILE` PL/pgSQL: under READ COMMITTED each
+/// statement inside takes a new snapshot, so a statement that runs after a
+/// lock was granted sees everything committed before it was. (A single SQL
+/// statement takes its snapshot before it acquires any lock, which is why
+/// these are functions.)
+fn v3(table: &TableName) -> Vec<String> {
+    let t = table.qualified();
+    let moved = moved_table(table);
+    let create_with = function(table, "create_with");
+    let delete = function(table, "delete");
+    let delete_user = function(table, "delete_user");
+    let lock = user_lock(table, "p_user");
+    let rc = READ_COMMITTED_ONLY;
+    let (ok, not_found, conflict, exists, limit) = (
+        code::OK,
+        code::NOT_FOUND,
+        code::CONFLICT,
+        code::ALREADY_EXISTS,
+        code::LIMIT_REACHED,
+    );
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {moved} (\
+             key text COLLATE \"C\" PRIMARY KEY, \
+             moved_to text COLLATE \"C\" NOT NULL, \
+             until timestamptz NOT NULL)"
+        ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {moved} (until)",
+            table.index("moved_idx")
+        ),
+        format!(
+            r#"CREATE OR REPLACE FUNCTION {create_with}(
+    p_key text, p_data bytea, p_version bigint, p_user text,
+    p_created timestamptz, p_last_access timestamptz,
+    p_idle timestamptz, p_absolute timestamptz,
+    p_old text, p_old_version bigint, p_max bigint, p_evict boolean,
+    OUT code integer, OUT evicted text[])
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    old_version bigint;
+    old_user text;
+    old_until timestamptz;
+    others bigint;
+BEGIN
+    {rc}
+    evicted := '{{}}';
+    -- 1. Serialize with every other lifecycle call for this user. Each
+    -- statement below takes a fresh snapshot, after the lock was granted.
+    IF p_user IS NOT NULL THEN
+        {lock}
+    END IF;
+    -- 2. Rotation: the old record, locked until commit.
+    IF p_old IS NOT NULL THEN
+        SELECT s.version, s.user_id, s.expires_at INTO old_version, old_user, old_until
+        FROM {t} AS s WHERE s.key = p_old AND s.expires_at > now() FOR UPDATE;
+        IF NOT FOUND THEN
+            code := {not_found};
+            RETURN;
+        END IF;
+        IF old_version <> p_old_version
+           OR (old_user IS NOT NULL AND old_user IS DISTINCT FROM p_user) THEN
+            code := {conflict};
+            RETURN;
+        END IF;
+    END IF;
+    -- 3. The new key must be free.
+    IF EXISTS (SELECT 1 FROM {t} AS s WHERE s.key = p_key AND s.expires_at > now()) THEN
+        code := {exists};
+        RETURN;
+    END IF;
+    -- 4. The per-user limit, over the user's other live sessions.
+    IF p_user IS NOT NULL AND p_max IS NOT NULL THEN
+        IF p_evict THEN
+            SELECT coalesce(array_agg(c.key), '{{}}') INTO evicted
+            FROM (
+                SELECT u.key, row_number() OVER (
+                    ORDER BY u.created_at DESC, u.key COLLATE "C" DESC) AS rank
+                FROM (
+                    SELECT s.key, s.created_at FROM {t} AS s
+                    WHERE s.user_id = p_user AND s.expires_at > now()
+                      AND s.key <> p_key AND s.key IS DISTINCT FROM p_old
+                    UNION ALL
+                    SELECT p_key, p_created
+                ) AS u
+            ) AS c
+            WHERE c.rank > p_max;
+        ELSE
+            SELECT count(*) INTO others FROM {t} AS s
+            WHERE s.user_id = p_user AND s.expires_at > now()
+              AND s.key <> p_key AND s.key IS DISTINCT FROM p_old;
+            IF others >= p_max THEN
+                code := {limit};
+                RETURN;
+            END IF;
+        END IF;
+    END IF;
+    -- 5. The writes: every check passed.
+    IF p_old IS NOT NULL THEN
+        DELETE FROM {t} AS s WHERE s.key = p_old;
+        INSERT INTO {moved} AS m (key, moved_to, until) VALUES (p_old, p_key, old_until)
+        ON CONFLICT (key) DO UPDATE SET moved_to = excluded.moved_to, until = excluded.until;
+    END IF;
+    IF cardinality(evicted) > 0 THEN
+        DELETE FROM {t} AS s WHERE s.key = ANY (evicted) AND s.key <> p_key;
+        DELETE FROM {moved} AS m WHERE m.key = ANY (evicted);
+    END IF;
+    IF NOT (p_key = ANY (evicted)) THEN
+        INSERT INTO {t} AS s
+            (key, data, version, user_id, created_at, last_access, idle_deadline, absolute_deadline)
+        VALUES (p_key, p_data, p_version, p_user, p_created, p_last_access, p_idle, p_absolute)
+        ON CONFLICT (key) DO UPDATE SET
+            data = excluded.data, version = excluded.version, user_id = excluded.user_id,
+            created_at = excluded.created_at, last_access = excluded.last_access,
+            idle_deadline = excluded.idle_deadline, absolute_deadline = excluded.absolute_deadline
+        WHERE s.expires_at <= now();
+        IF NOT FOUND THEN
+            -- A plain create (which takes no lock) stored this key since
+            -- step 3: undo everything.
+            RAISE EXCEPTION 'a session record already exists under this key'
+                USING ERRCODE = 'unique_violation';
+        END IF;
+        DELETE FROM {moved} AS m WHERE m.key = p_key;
+    END IF;
+    code := {ok};
+END
+$fn$"#
+        ),
+        format!(
+            r#"CREATE OR REPLACE FUNCTION {delete}(p_key text) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    k text := p_key;
+    next_key text;
+    next_until timestamptz;
+BEGIN
+    {rc}
+    FOR i IN 1..{MAX_MOVES} LOOP
+        -- Waits for a rotation holding the row; then sees it gone.
+        DELETE FROM {t} AS s WHERE s.key = k;
+        -- A fresh snapshot: sees the move that rotation committed.
+        DELETE FROM {moved} AS m WHERE m.key = k RETURNING m.moved_to, m.until INTO next_key, next_until;
+        EXIT WHEN NOT FOUND OR next_until <= now();
+        k := next_key;
+    END LOOP;
+END
+$fn$"#
+        ),
+        format!(
+            r#"CREATE OR REPLACE FUNCTION {delete_user}(p_user text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    n bigint;
+BEGIN
+    {rc}
+    {lock}
+    WITH gone AS (DELETE FROM {t} AS s WHERE s.user_id = p_user RETURNING s.expires_at)
+    SELECT count(*) FILTER (WHERE gone.expires_at > now()) INTO n FROM gone;
+    RETURN n;
+END
+$fn$"#
+        ),
     ]
 }
 
@@ -239,6 +472,7 @@ mod tests {
             for sql in (m.statements)(&table) {
                 let idempotent = sql.contains("IF NOT EXISTS")
                     || sql.contains("IF EXISTS")
+                    || sql.starts_with("CREATE OR REPLACE FUNCTION")
                     || sql.contains(" SET (");
                 assert!(idempotent, "{sql}");
                 assert!(sql.contains(r#""auth"."#), "{sql}");

@@ -1,14 +1,17 @@
 //! The SQL text of every operation, built once per store.
 //!
 //! Each operation is exactly one statement, so one round trip; sqlx prepares
-//! it once per connection and reuses it (persistent statements). Every
-//! comparison with "now" uses the server's `now()`, so all application
-//! instances agree on expiry whatever their own clocks say.
+//! it once per connection and reuses it (persistent statements). The
+//! lifecycle operations (`create_with`, `delete`, `delete_user`) are one
+//! call each of a PL/pgSQL function installed by migration 3 (see
+//! [`crate::migrate`]). Every comparison with "now" uses the server's
+//! `now()`, so all application instances agree on expiry whatever their own
+//! clocks say.
 
 use std::sync::Arc;
 
 use crate::ident::TableName;
-use crate::migrate::{EXPIRY_BUCKET, EXPIRY_BUCKET_ORIGIN};
+use crate::migrate::{function, moved_table, EXPIRY_BUCKET, EXPIRY_BUCKET_ORIGIN};
 
 /// Prepared SQL strings for one table.
 ///
@@ -32,13 +35,19 @@ pub(crate) struct Statements {
     /// `$1 key, $2 last_access, $3 idle_deadline`; one row affected when
     /// live. Committed asynchronously: see [`Statements::new`].
     pub touch: Arc<str>,
-    /// `$1 key`.
+    /// `$1 key, $2 data, $3 version, $4 user_id, $5 created_at,
+    /// $6 last_access, $7 idle_deadline, $8 absolute_deadline, $9 old key,
+    /// $10 old version, $11 limit, $12 evict oldest`; one row: an `int4`
+    /// result code (`migrate::code`) and the evicted keys (`text[]`).
+    pub create_with: Arc<str>,
+    /// `$1 key`: deletes the record and follows its moves.
     pub delete: Arc<str>,
     /// `$1 user_id`; summaries of the live sessions.
     pub list_user: Arc<str>,
     /// `$1 user_id`; one `int8`: how many live sessions were deleted.
     pub delete_user: Arc<str>,
-    /// `$1 batch size`; rows affected = expired rows removed.
+    /// `$1 batch size`; one row: expired records removed, expired move
+    /// entries removed (two `int8`).
     pub delete_expired: Arc<str>,
 }
 
@@ -87,22 +96,28 @@ impl Statements {
                  FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit \
                  WHERE key = $1 AND expires_at > now()"
             )),
-            delete: s(format!("DELETE FROM {t} WHERE key = $1")),
+            create_with: s(format!(
+                "SELECT code, evicted FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                function(table, "create_with")
+            )),
+            delete: s(format!("SELECT {}($1)", function(table, "delete"))),
             list_user: s(format!(
                 "SELECT key, created_at, last_access, idle_deadline, absolute_deadline \
                  FROM {t} WHERE user_id = $1 AND expires_at > now()"
             )),
-            delete_user: s(format!(
-                "WITH gone AS (DELETE FROM {t} WHERE user_id = $1 RETURNING expires_at) \
-                 SELECT count(*) FILTER (WHERE expires_at > now()) FROM gone"
-            )),
+            delete_user: s(format!("SELECT {}($1)", function(table, "delete_user"))),
             delete_expired: s(format!(
-                "DELETE FROM {t} WHERE key IN (\
+                "WITH gone AS (DELETE FROM {t} WHERE key IN (\
                  SELECT key FROM {t} \
                  WHERE expiry_bucket <= date_bin('{EXPIRY_BUCKET}', now(), '{EXPIRY_BUCKET_ORIGIN}') \
                  AND expires_at <= now() \
                  LIMIT $1 FOR UPDATE SKIP LOCKED) \
-                 AND expires_at <= now()"
+                 AND expires_at <= now() RETURNING 1), \
+                 unmoved AS (DELETE FROM {m} WHERE key IN (\
+                 SELECT key FROM {m} WHERE until <= now() LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 AND until <= now() RETURNING 1) \
+                 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM unmoved)",
+                m = moved_table(table)
             )),
         }
     }
@@ -122,12 +137,19 @@ mod tests {
             &s.update,
             &s.live,
             &s.touch,
-            &s.delete,
             &s.list_user,
-            &s.delete_user,
             &s.delete_expired,
         ] {
             assert!(sql.contains(r#""auth"."web_sessions""#), "{sql}");
+            assert!(!sql.contains(';'), "one statement only: {sql}");
+        }
+        for (sql, function) in [
+            (&s.create_with, "create_with"),
+            (&s.delete, "delete"),
+            (&s.delete_user, "delete_user"),
+        ] {
+            let name = format!(r#""auth"."web_sessions_{function}"("#);
+            assert!(sql.contains(&name), "{sql}");
             assert!(!sql.contains(';'), "one statement only: {sql}");
         }
     }

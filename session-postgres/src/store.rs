@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use session_core::store::{CreateOptions, Created};
 use session_core::{
-    SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
+    LimitStrategy, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError,
+    StoreResult, Timestamp,
 };
 use sqlx::{AssertSqlSafe, PgPool};
 use time::OffsetDateTime;
@@ -17,6 +19,7 @@ use crate::cleanup::CleanupTask;
 use crate::error::{is_dead_connection, store_error, PgError, SetupError};
 use crate::ident::TableName;
 use crate::migrate;
+use crate::migrate::code;
 use crate::sql::Statements;
 
 /// A session store on a PostgreSQL table, through a sqlx connection pool.
@@ -188,25 +191,34 @@ impl Inner {
         Ok(())
     }
 
-    /// Deletes one batch of expired rows; returns how many.
-    pub(crate) async fn delete_expired_batch(&self) -> StoreResult<u64> {
+    /// Deletes one batch of expired rows and one of expired move entries
+    /// (one statement).
+    pub(crate) async fn delete_expired_batch(&self) -> StoreResult<Batch> {
         let sql = &self.sql.delete_expired;
         let pool = &self.pool;
         let batch = i64::from(self.cleanup_batch_size);
-        let done = self
+        let (records, moves): (i64, i64) = self
             .run("delete_expired", true, || async move {
-                sqlx::query(AssertSqlSafe(sql.clone()))
+                sqlx::query_as(AssertSqlSafe(sql.clone()))
                     .bind(batch)
-                    .execute(pool)
+                    .fetch_one(pool)
                     .await
             })
             .await?;
-        Ok(done.rows_affected())
+        Ok(Batch {
+            removed: records.cast_unsigned(),
+            more: records >= batch || moves >= batch,
+        })
     }
+}
 
-    pub(crate) fn cleanup_batch_size(&self) -> u64 {
-        u64::from(self.cleanup_batch_size)
-    }
+/// What one clean-up batch did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batch {
+    /// Expired records removed (move entries are not counted).
+    pub removed: u64,
+    /// Whether a batch came back full, so another may find more.
+    pub more: bool,
 }
 
 /// Earliest instant stored exactly: 0001-01-01T00:00:00Z.
@@ -280,6 +292,87 @@ impl SessionStore for PostgresStore {
             return Err(StoreError::AlreadyExists);
         }
         Ok(())
+    }
+
+    /// One call of the `create_with` function (one round trip): see the
+    /// crate docs, "Lifecycle and locking". With default options this is
+    /// [`create`](SessionStore::create), which takes no lock.
+    async fn create_with(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created> {
+        if options.replaces.is_none() && options.limit.is_none() {
+            return self.create(key, record).await.map(|()| Created::default());
+        }
+        let inner = &*self.inner;
+        inner.check_size(record)?;
+        if has_nul(key.as_str()) {
+            return Err(StoreError::backend(PgError::NulInKey));
+        }
+        if record.user_id.as_deref().is_some_and(has_nul) {
+            return Err(StoreError::backend(PgError::NulInUserId));
+        }
+        if options
+            .replaces
+            .as_ref()
+            .is_some_and(|r| has_nul(r.key.as_str()))
+        {
+            return Err(StoreError::NotFound);
+        }
+        let old = options.replaces.as_ref();
+        let max = options
+            .limit
+            .map(|l| i64::try_from(l.max.get()).unwrap_or(i64::MAX));
+        let evict = options
+            .limit
+            .is_some_and(|l| matches!(l.strategy, LimitStrategy::EvictOldest));
+        let (sql, pool) = (&inner.sql.create_with, &inner.pool);
+        let row: Option<(i32, Vec<String>)> = inner
+            .run("create_with", false, || async move {
+                let result = sqlx::query_as(AssertSqlSafe(sql.clone()))
+                    .bind(key.as_str())
+                    .bind(&record.data[..])
+                    .bind(record.version.cast_signed())
+                    .bind(record.user_id.as_deref())
+                    .bind(to_db(record.created_at))
+                    .bind(to_db(record.last_access))
+                    .bind(to_db(record.idle_deadline))
+                    .bind(to_db(record.absolute_deadline))
+                    .bind(old.map(|r| r.key.as_str()))
+                    .bind(old.map(|r| r.version.cast_signed()))
+                    .bind(max)
+                    .bind(evict)
+                    .fetch_one(pool)
+                    .await;
+                match result {
+                    Ok(row) => Ok(Some(row)),
+                    // A plain create took the key after the function's
+                    // check; the function rolled everything back.
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        let Some((result, evicted)) = row else {
+            return Err(StoreError::AlreadyExists);
+        };
+        match result {
+            code::OK => Ok(Created::with_evicted(
+                evicted.iter().map(|k| StorageKey::from_stored(k)).collect(),
+            )),
+            code::NOT_FOUND => Err(StoreError::NotFound),
+            code::CONFLICT => Err(StoreError::Conflict),
+            code::ALREADY_EXISTS => Err(StoreError::AlreadyExists),
+            code::LIMIT_REACHED => Err(StoreError::UserLimitReached {
+                max: options.limit.map_or(0, |l| l.max.get()),
+            }),
+            other => Err(StoreError::backend(PgError::UnexpectedResult {
+                op: "create_with",
+                code: other,
+            })),
+        }
     }
 
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
@@ -448,14 +541,16 @@ impl SessionStore for PostgresStore {
 
     /// Deletes expired rows in batches of
     /// [`cleanup_batch_size`](PostgresStoreBuilder::cleanup_batch_size),
-    /// one short statement each, until a batch comes back short.
+    /// one short statement each, until a batch comes back short. Each batch
+    /// also purges up to as many expired move entries (see the crate docs,
+    /// "Lifecycle and locking"); only records are counted.
     async fn delete_expired(&self) -> StoreResult<u64> {
         let inner = &*self.inner;
         let mut total = 0;
         loop {
-            let n = inner.delete_expired_batch().await?;
-            total += n;
-            if n < inner.cleanup_batch_size() {
+            let batch = inner.delete_expired_batch().await?;
+            total += batch.removed;
+            if !batch.more {
                 return Ok(total);
             }
             tokio::task::yield_now().await;

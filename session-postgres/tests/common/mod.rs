@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use session_core::store::{CreateOptions, Created};
 use session_core::{
     SessionRecord, SessionStore, SessionSummary, StorageKey, StoreResult, Timestamp,
 };
@@ -147,15 +148,16 @@ impl Drop for Scratch {
         tokio::task::block_in_place(move || {
             handle.block_on(async move {
                 let table = store.table();
-                let drop_table = format!("DROP TABLE IF EXISTS {table}");
                 let forget = format!(
                     "DELETE FROM {}.session_postgres_migrations WHERE table_name = $1",
                     SCHEMA
                 );
                 let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop_table))
-                        .execute(store.pool())
-                        .await;
+                    for drop in drop_statements(table.table().as_str()) {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                            .execute(store.pool())
+                            .await;
+                    }
                     let _ = sqlx::query(sqlx::AssertSqlSafe(forget))
                         .bind(table.table().as_str())
                         .execute(store.pool())
@@ -172,6 +174,14 @@ impl Drop for Scratch {
 impl SessionStore for Scratch {
     async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
         self.store.create(key, record).await
+    }
+    async fn create_with(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created> {
+        self.store.create_with(key, record, options).await
     }
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
         self.store.load(key).await
@@ -194,6 +204,20 @@ impl SessionStore for Scratch {
     async fn delete_expired(&self) -> StoreResult<u64> {
         self.store.delete_expired().await
     }
+}
+
+/// Statements that drop everything the migrations create for table `name`
+/// in [`SCHEMA`]: the table, its moved-keys table and its functions.
+pub fn drop_statements(name: &str) -> Vec<String> {
+    let mut v = vec![format!(
+        "DROP TABLE IF EXISTS \"{SCHEMA}\".\"{name}\", \"{SCHEMA}\".\"{name}_moved\""
+    )];
+    for function in ["create_with", "delete", "delete_user"] {
+        v.push(format!(
+            "DROP FUNCTION IF EXISTS \"{SCHEMA}\".\"{name}_{function}\""
+        ));
+    }
+    v
 }
 
 /// A table name unique to this process and call.
