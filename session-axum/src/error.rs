@@ -2,15 +2,14 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
-use session_core::SessionError;
+use session_core::{SessionError, StoreError};
 
 /// A failed session operation.
 ///
-/// As a response it never reveals details: store failures and conflicts
-/// become a bare `500`, the per-user limit a `403`, a missing login or a
-/// session that ended meanwhile a `401`; the details go to a `tracing`
-/// event for the operator. Handlers that want to answer differently match
-/// on [`Error::session_error`].
+/// As a response it never reveals details, and always says what the client
+/// can do (see [`Error::status`]); the details go to a `tracing` event for
+/// the operator. Handlers that want to answer differently match on
+/// [`Error::session_error`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -39,10 +38,22 @@ impl Error {
         matches!(self, Self::Session(SessionError::TooManySessions { .. }))
     }
 
-    /// The status code this error answers with.
+    /// The status code this error answers with:
+    ///
+    /// | error | status |
+    /// |---|---|
+    /// | store unreachable or full ([`StoreError::Unavailable`]) | `503` with `Retry-After` |
+    /// | [`SessionError::Conflict`] (the session kept changing) | `409` with `Retry-After` |
+    /// | [`SessionError::TooManySessions`] | `403` |
+    /// | [`SessionError::NotLoggedIn`], [`SessionError::SessionEnded`] | `401` |
+    /// | anything else (a corrupt value, a bug) | `500` |
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::Session(SessionError::Store(StoreError::Unavailable(_))) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Session(SessionError::Conflict) => StatusCode::CONFLICT,
             Self::Session(SessionError::TooManySessions { .. }) => StatusCode::FORBIDDEN,
             Self::Session(SessionError::NotLoggedIn | SessionError::SessionEnded) => {
                 StatusCode::UNAUTHORIZED
@@ -56,7 +67,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
-            tracing::error!(target: "session_axum", error = %self, "session operation failed; answering 500");
+            tracing::error!(target: "session_axum", error = %self, status = status.as_u16(), "session operation failed");
         } else {
             tracing::debug!(target: "session_axum", error = %self, "session operation refused");
         }
@@ -64,6 +75,15 @@ impl IntoResponse for Error {
         let mut res = (status, body).into_response();
         res.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT
+        ) {
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(crate::layer::RETRY_AFTER_SECS),
+            );
+        }
         res
     }
 }
@@ -71,16 +91,35 @@ impl IntoResponse for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use session_core::StoreError;
 
-    #[test]
-    fn store_failures_answer_a_bare_500() {
+    async fn body(res: Response) -> String {
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_answers_503_with_retry_after_and_no_details() {
         let e = Error::from(SessionError::from(StoreError::unavailable(
             "connection refused to secret-host:6379",
         )));
         let res = e.into_response();
-        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
         assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+        assert!(!body(res).await.contains("secret-host"));
+    }
+
+    #[tokio::test]
+    async fn a_conflict_answers_409_and_other_store_errors_500() {
+        let res = Error::from(SessionError::Conflict).into_response();
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        let res = Error::from(SessionError::from(StoreError::backend("bad reply"))).into_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(res.headers().get(header::RETRY_AFTER).is_none());
+        assert!(!body(res).await.contains("bad reply"));
     }
 
     #[test]

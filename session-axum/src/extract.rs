@@ -8,10 +8,14 @@ use http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use session_core::cookie_crate::Cookie;
-use session_core::{OneTimeToken, SessionId, SessionManager, SessionSummary};
+use session_core::{
+    CommitOutcome, OneTimeToken, SessionError, SessionId, SessionManager, SessionSummary,
+    StoreError,
+};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::error::Error;
+use crate::layer::CommitFailure;
 
 /// The session of the current request, put in the request extensions by
 /// [`SessionLayer`](crate::SessionLayer). Cheap to clone; every clone is the
@@ -23,7 +27,7 @@ use crate::error::Error;
 /// something is written). Changes are saved when the response is produced.
 ///
 /// Every method returns [`Error`] on a store failure; `?` in a handler
-/// turns it into a bare `500`.
+/// turns it into an answer the client can act on (see [`Error::status`]).
 #[derive(Clone)]
 pub struct Session {
     shared: Arc<Shared>,
@@ -37,62 +41,56 @@ impl fmt::Debug for Session {
 
 pub(crate) struct Shared {
     manager: SessionManager,
-    cookie_id: Option<SessionId>,
-    slot: Mutex<Slot>,
-}
-
-pub(crate) enum Slot {
-    Unloaded,
-    Loaded {
-        session: Box<session_core::Session>,
-        /// The client sent a cookie naming a session that does not exist.
-        stale_cookie: bool,
-    },
+    /// The well-formed IDs the request's cookies name, in order.
+    cookie_ids: Vec<SessionId>,
+    slot: Mutex<Option<Box<session_core::Session>>>,
 }
 
 /// What the layer must do to the response once the handler is done.
-pub(crate) enum Finish {
-    /// The session was never used: leave the response alone.
-    Untouched,
-    /// The response is a server error: nothing was committed.
-    SkippedOnServerError,
-    /// Committed; set this cookie, if any.
-    Committed(Option<Cookie<'static>>),
-    /// The commit failed; the response must become a generic `500`.
-    Failed,
+#[derive(Debug, Default)]
+pub(crate) struct Finish {
+    /// The handler used the session: mark the response `no-store`.
+    pub(crate) used: bool,
+    /// The layer's commit failed: replace the response.
+    pub(crate) failure: Option<CommitFailure>,
+    /// The cookie the client needs for the state the store is in.
+    pub(crate) cookie: Option<Cookie<'static>>,
 }
 
 impl Shared {
-    pub(crate) fn new(manager: SessionManager, cookie_id: Option<SessionId>) -> Self {
+    pub(crate) fn new(manager: SessionManager, cookie_ids: Vec<SessionId>) -> Self {
         Self {
             manager,
-            cookie_id,
-            slot: Mutex::new(Slot::Unloaded),
+            cookie_ids,
+            slot: Mutex::new(None),
         }
     }
 
     pub(crate) async fn finish(&self, server_error: bool) -> Finish {
         let mut slot = self.slot.lock().await;
-        let Slot::Loaded {
-            session,
-            stale_cookie,
-        } = &mut *slot
-        else {
-            return Finish::Untouched;
+        let Some(session) = slot.as_mut() else {
+            return Finish::default();
+        };
+        let mut finish = Finish {
+            used: true,
+            ..Finish::default()
         };
         if server_error {
-            tracing::debug!(target: "session_axum", "server error response; session not committed");
-            return Finish::SkippedOnServerError;
+            tracing::debug!(target: "session_axum", "server error response; session changes not committed");
+        } else if let Err(e) = self.manager.commit(session).await {
+            let failure = match &e {
+                SessionError::Conflict | SessionError::Store(StoreError::Unavailable(_)) => {
+                    CommitFailure::Retry
+                }
+                _ => CommitFailure::Internal,
+            };
+            tracing::error!(target: "session_axum", error = %e, ?failure, "session commit failed");
+            finish.failure = Some(failure);
         }
-        if let Err(e) = self.manager.commit(session).await {
-            tracing::error!(target: "session_axum", error = %e, "session commit failed; answering 500");
-            return Finish::Failed;
-        }
-        let cookie = self.manager.response_cookie(session).or_else(|| {
-            (*stale_cookie && session.is_new())
-                .then(|| self.manager.cookie_policy().removal_cookie())
-        });
-        Finish::Committed(cookie)
+        // Whatever happened to the response, a login, rotation or logout
+        // that already reached the store must reach the client.
+        finish.cookie = self.manager.response_cookie(session);
+        finish
     }
 }
 
@@ -107,24 +105,23 @@ impl Session {
         &self.shared.manager
     }
 
-    /// Locks the loaded session, loading it on first use.
+    /// Locks the loaded session, loading it on first use: the first of the
+    /// cookie's candidate IDs that names a live session, else a new one.
     async fn lock(&self) -> Result<MappedMutexGuard<'_, session_core::Session>, Error> {
         let mut slot = self.shared.slot.lock().await;
-        if matches!(*slot, Slot::Unloaded) {
+        if slot.is_none() {
             let manager = &self.shared.manager;
-            let loaded = match &self.shared.cookie_id {
-                Some(id) => manager.load(id).await?,
-                None => None,
-            };
-            let stale_cookie = self.shared.cookie_id.is_some() && loaded.is_none();
-            *slot = Slot::Loaded {
-                session: Box::new(loaded.unwrap_or_else(|| manager.start())),
-                stale_cookie,
-            };
+            let mut loaded = None;
+            for id in &self.shared.cookie_ids {
+                loaded = manager.load(id).await?;
+                if loaded.is_some() {
+                    break;
+                }
+            }
+            *slot = Some(Box::new(loaded.unwrap_or_else(|| manager.start())));
         }
-        Ok(MutexGuard::map(slot, |s| match s {
-            Slot::Loaded { session, .. } => &mut **session,
-            Slot::Unloaded => unreachable!("loaded just above"),
+        Ok(MutexGuard::map(slot, |s| {
+            &mut **s.as_mut().expect("loaded just above")
         }))
     }
 
@@ -179,6 +176,48 @@ impl Session {
         Ok(self.lock().await?.remove(key))
     }
 
+    /// Read-modify-write of one value that never loses an update, committed
+    /// at once: `f` gets the current value of `key` (`None` if absent) and
+    /// returns the new one (`None` removes it). If another request changed
+    /// the session first, it reloads and runs `f` again on the value now
+    /// stored, with jittered backoff (see
+    /// [`SessionManager::update_value`]). So 50 parallel requests that each
+    /// add 1 to a counter add 50. `f` may run several times: keep it free of
+    /// side effects. Returns the value written.
+    ///
+    /// Use it for anything that derives the new value from the old (counters,
+    /// appending to a list, a balance); plain [`Session::insert`] is last
+    /// writer wins for the key, which is right for independent values.
+    ///
+    /// # Errors
+    ///
+    /// [`Error`] answering `409` with `Retry-After` if every attempt lost a
+    /// race, `401` if the session ended meanwhile, `503` with `Retry-After`
+    /// if the store is unreachable, `500` for a stored value that is not a
+    /// `T`.
+    pub async fn update<T, F>(&self, key: &str, f: F) -> Result<Option<T>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Option<T>,
+    {
+        let mut s = self.lock().await?;
+        Ok(self.shared.manager.update_value(&mut s, key, f).await?)
+    }
+
+    /// Commits the session now, inside the handler, instead of at response
+    /// time, so the handler knows the outcome before it does anything it
+    /// cannot take back (send an email, charge a card). What is left to
+    /// commit at response time is then only what the handler changes
+    /// afterwards.
+    ///
+    /// # Errors
+    ///
+    /// As [`SessionManager::commit`]: the handler decides what to answer.
+    pub async fn commit(&self) -> Result<CommitOutcome, Error> {
+        let mut s = self.lock().await?;
+        Ok(self.shared.manager.commit(&mut s).await?)
+    }
+
     /// Logs the session in as `user_id` with a fresh session ID, whatever
     /// cookie the client sent (see [`SessionManager::login`]). Authenticate
     /// the user before calling this.
@@ -202,7 +241,11 @@ impl Session {
         Ok(self.shared.manager.rotate(&mut s).await?)
     }
 
-    /// Ends this session on the server; the response removes the cookie.
+    /// Ends this session on the server. For the rest of the request the
+    /// session reads as a new, empty anonymous one (no user, no data); a
+    /// value written afterwards (a flash message) is stored in that new
+    /// session, whose cookie then replaces the old one; otherwise the
+    /// response removes the cookie.
     ///
     /// # Errors
     ///

@@ -9,7 +9,7 @@ use session_core::SessionManager;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::extract::{Finish, Session, Shared};
+use crate::extract::{Session, Shared};
 
 /// A tower [`Layer`] that manages sessions for the wrapped service.
 ///
@@ -63,14 +63,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        // Cookie headers only; the URL is never consulted.
-        let cookie_id = self.manager.cookie_policy().find_session_id(
+        // Cookie headers only, as the bytes they are; the URL is never
+        // consulted.
+        let cookie_ids = self.manager.cookie_policy().session_id_candidates(
             req.headers()
                 .get_all(header::COOKIE)
                 .iter()
-                .filter_map(|v| v.to_str().ok()),
+                .map(HeaderValue::as_bytes),
         );
-        let shared = Arc::new(Shared::new(self.manager.clone(), cookie_id));
+        let shared = Arc::new(Shared::new(self.manager.clone(), cookie_ids));
         req.extensions_mut()
             .insert(Session::from_shared(Arc::clone(&shared)));
         // The clone is ready only if polled; use the one that was.
@@ -79,29 +80,60 @@ where
         Box::pin(async move {
             let mut res = inner.call(req).await?;
             let server_error = res.status().is_server_error();
-            match shared.finish(server_error).await {
-                Finish::Untouched => {}
-                Finish::SkippedOnServerError => no_store(&mut res),
-                Finish::Committed(cookie) => {
-                    no_store(&mut res);
-                    if let Some(cookie) = cookie {
-                        match HeaderValue::try_from(cookie.to_string()) {
-                            Ok(v) => {
-                                res.headers_mut().append(header::SET_COOKIE, v);
-                            }
-                            Err(_) => {
-                                tracing::error!(target: "session_axum", "session cookie is not a valid header value; answering 500");
-                                res = internal_error();
-                            }
-                        }
+            let finish = shared.finish(server_error).await;
+            if finish.used {
+                no_store(&mut res);
+            }
+            if let Some(failure) = finish.failure {
+                res = failure.response();
+            }
+            if let Some(cookie) = finish.cookie {
+                match HeaderValue::try_from(cookie.to_string()) {
+                    Ok(v) => {
+                        res.headers_mut().append(header::SET_COOKIE, v);
+                    }
+                    Err(_) => {
+                        tracing::error!(target: "session_axum", "session cookie is not a valid header value; answering 500");
+                        res = internal_error();
                     }
                 }
-                Finish::Failed => res = internal_error(),
             }
             Ok(res)
         })
     }
 }
+
+/// Why the layer's own commit failed, and what the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommitFailure {
+    /// The store could not be reached, or the session kept changing under
+    /// the commit: `503` with `Retry-After`.
+    Retry,
+    /// Anything else: `500`.
+    Internal,
+}
+
+impl CommitFailure {
+    fn response<B: Default>(self) -> Response<B> {
+        match self {
+            Self::Retry => {
+                let mut res = Response::new(B::default());
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                res.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+                no_store(&mut res);
+                res
+            }
+            Self::Internal => internal_error(),
+        }
+    }
+}
+
+/// `Retry-After` of the layer's and [`Error`](crate::Error)'s `503` and `409`
+/// answers, in seconds.
+pub const RETRY_AFTER_SECS: &str = "1";
 
 fn no_store<B>(res: &mut Response<B>) {
     res.headers_mut()

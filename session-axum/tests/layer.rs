@@ -10,7 +10,7 @@ use axum::body::{to_bytes, Body};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use http::{header, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use session_axum::{Error, Session, SessionLayer};
 use session_core::{
     CreateOptions, Created, ManualClock, MemoryStore, SessionConfig, SessionManager, SessionRecord,
@@ -21,6 +21,8 @@ use tower::ServiceExt;
 /// MemoryStore with call counters and a switch that makes every call fail.
 struct CountingStore {
     inner: MemoryStore,
+    /// The clock of the manager built over this store.
+    clock: Arc<ManualClock>,
     loads: AtomicUsize,
     writes: AtomicUsize,
     touches: AtomicUsize,
@@ -30,8 +32,14 @@ struct CountingStore {
 
 impl CountingStore {
     fn new(clock: Arc<ManualClock>) -> Self {
+        let mut store = Self::over(MemoryStore::with_clock(clock.clone()));
+        store.clock = clock;
+        store
+    }
+    fn over(inner: MemoryStore) -> Self {
         Self {
-            inner: MemoryStore::with_clock(clock),
+            clock: Arc::new(ManualClock::new(Timestamp::now())),
+            inner,
             loads: AtomicUsize::new(0),
             writes: AtomicUsize::new(0),
             touches: AtomicUsize::new(0),
@@ -148,6 +156,35 @@ async fn rotate(session: Session) -> Result<&'static str, Error> {
     Ok("rotated")
 }
 
+async fn incr(session: Session) -> Result<String, Error> {
+    let n = session
+        .update("n", |n: Option<u64>| Some(n.unwrap_or(0) + 1))
+        .await?;
+    Ok(format!("{n:?}"))
+}
+
+async fn logout_then_flash(session: Session) -> Result<String, Error> {
+    session.logout().await?;
+    session.insert("flash", "logged out").await?;
+    let n: Option<u64> = session.get("n").await?;
+    Ok(format!("{n:?} {:?}", session.user_id().await?))
+}
+
+async fn flash(session: Session) -> Result<String, Error> {
+    let f: Option<String> = session.get("flash").await?;
+    Ok(format!("{f:?} {:?}", session.user_id().await?))
+}
+
+async fn login_then_fail(session: Session, body: String) -> Result<StatusCode, Error> {
+    session.login(&body).await?;
+    Ok(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+async fn logout_then_fail(session: Session) -> Result<StatusCode, Error> {
+    session.logout().await?;
+    Ok(StatusCode::BAD_GATEWAY)
+}
+
 async fn write_then_fail(session: Session) -> Result<StatusCode, Error> {
     session.insert("n", &99).await?;
     Ok(StatusCode::SERVICE_UNAVAILABLE)
@@ -161,32 +198,43 @@ struct App {
 
 fn app() -> App {
     let clock = Arc::new(ManualClock::new(Timestamp::now()));
-    let store = Arc::new(CountingStore::new(Arc::clone(&clock)));
-    let config = SessionConfig::builder()
-        .idle_timeout(Duration::from_secs(600))
-        .touch_interval(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let manager = SessionManager::builder(Arc::clone(&store))
-        .config(config)
-        .clock(clock.clone())
-        .build();
-    let router = Router::new()
-        .route("/static", get(|| async { "hello" }))
-        .route("/visit", post(visit))
-        .route("/read", get(read))
-        .route("/login", post(login))
-        .route("/logout", post(logout))
-        .route("/logout-all", post(logout_all))
-        .route("/list", get(list))
-        .route("/token", get(issue).post(consume))
-        .route("/rotate", post(rotate))
-        .route("/fail", post(write_then_fail))
-        .layer(SessionLayer::new(manager));
-    App {
-        store,
-        router,
-        clock,
+    App::over(Arc::new(CountingStore::new(Arc::clone(&clock))))
+}
+
+impl App {
+    fn over(store: Arc<CountingStore>) -> App {
+        let clock = Arc::clone(&store.clock);
+        let config = SessionConfig::builder()
+            .idle_timeout(Duration::from_secs(600))
+            .touch_interval(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let manager = SessionManager::builder(Arc::clone(&store))
+            .config(config)
+            .clock(clock.clone())
+            .build();
+        let router = Router::new()
+            .route("/static", get(|| async { "hello" }))
+            .route("/visit", post(visit))
+            .route("/read", get(read))
+            .route("/login", post(login))
+            .route("/logout", post(logout))
+            .route("/logout-all", post(logout_all))
+            .route("/list", get(list))
+            .route("/token", get(issue).post(consume))
+            .route("/rotate", post(rotate))
+            .route("/fail", post(write_then_fail))
+            .route("/incr", post(incr))
+            .route("/logout-then-flash", post(logout_then_flash))
+            .route("/flash", get(flash))
+            .route("/login-then-fail", post(login_then_fail))
+            .route("/logout-then-fail", post(logout_then_fail))
+            .layer(SessionLayer::new(manager));
+        App {
+            store,
+            router,
+            clock,
+        }
     }
 }
 
@@ -194,6 +242,7 @@ struct Reply {
     status: StatusCode,
     set_cookie: Vec<String>,
     cache_control: Option<String>,
+    retry_after: Option<String>,
     body: String,
 }
 
@@ -206,9 +255,15 @@ impl Reply {
 }
 
 async fn send(app: &App, method: &str, uri: &str, cookie: Option<&str>, body: &str) -> Reply {
+    let cookies: Vec<&[u8]> = cookie.map(str::as_bytes).into_iter().collect();
+    send_raw(app, method, uri, &cookies, body).await
+}
+
+/// Sends one `Cookie` header line per element of `cookies`, as raw bytes.
+async fn send_raw(app: &App, method: &str, uri: &str, cookies: &[&[u8]], body: &str) -> Reply {
     let mut req = Request::builder().method(method).uri(uri);
-    if let Some(c) = cookie {
-        req = req.header(header::COOKIE, c);
+    for c in cookies {
+        req = req.header(header::COOKIE, HeaderValue::from_bytes(c).unwrap());
     }
     let res = app
         .router
@@ -227,12 +282,17 @@ async fn send(app: &App, method: &str, uri: &str, cookie: Option<&str>, body: &s
         .headers()
         .get(header::CACHE_CONTROL)
         .map(|v| v.to_str().unwrap().to_owned());
+    let retry_after = res
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
     let body =
         String::from_utf8(to_bytes(res.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
     Reply {
         status,
         set_cookie,
         cache_control,
+        retry_after,
         body,
     }
 }
@@ -339,13 +399,14 @@ async fn the_session_id_is_never_read_from_the_url() {
 }
 
 #[tokio::test]
-async fn store_failures_give_a_bare_500() {
+async fn an_unreachable_store_answers_503_with_retry_after() {
     let app = app();
     let cookie = send(&app, "POST", "/visit", None, "").await.cookie();
     app.store.fail.store(true, Ordering::SeqCst);
     for (method, uri) in [("GET", "/read"), ("POST", "/visit"), ("POST", "/login")] {
         let r = send(&app, method, uri, Some(&cookie), "alice").await;
-        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{uri}");
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+        assert_eq!(r.retry_after.as_deref(), Some("1"), "{uri}");
         assert!(!r.body.contains("secret"), "{uri}: {}", r.body);
         assert!(r.set_cookie.is_empty());
         assert_eq!(r.cache_control.as_deref(), Some("no-store"));
@@ -384,7 +445,8 @@ async fn a_commit_failure_replaces_the_response() {
         clock: Arc::clone(&app.clock),
     };
     let r = send(&first, "POST", "/visit", None, "").await;
-    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
     assert!(r.body.is_empty(), "generic body, got {:?}", r.body);
     assert!(r.set_cookie.is_empty());
 }
@@ -434,17 +496,138 @@ async fn logout_removes_the_cookie_and_the_session() {
 }
 
 #[tokio::test]
-async fn a_cookie_naming_no_session_is_removed_when_the_session_is_used() {
+async fn a_cookie_naming_no_session_is_left_alone() {
     let app = app();
     let cookie = send(&app, "POST", "/login", None, "alice").await.cookie();
     send(&app, "POST", "/logout", Some(&cookie), "").await;
+    // The browser may already hold a newer cookie (a racing login): the
+    // dead one is not worth deleting that for. It never loads again.
     let r = send(&app, "GET", "/read", Some(&cookie), "").await;
-    assert!(r.set_cookie[0].contains("Max-Age=0"));
-    let r = send(&app, "GET", "/static", Some(&cookie), "").await;
-    assert!(
-        r.set_cookie.is_empty(),
-        "untouched session: response left alone"
+    assert_eq!(r.body, "None None");
+    assert!(r.set_cookie.is_empty(), "{:?}", r.set_cookie);
+}
+
+#[tokio::test]
+async fn a_late_request_with_a_rotated_away_id_does_not_log_the_user_out() {
+    let app = app();
+    let c1 = send(&app, "POST", "/login", None, "alice").await.cookie();
+    // A login (or rotation) and a GET both carry C1; the login wins.
+    let c2 = send(&app, "POST", "/login", Some(&c1), "alice")
+        .await
+        .cookie();
+    for uri in ["/read", "/visit"] {
+        let method = if uri == "/read" { "GET" } else { "POST" };
+        let late = send(&app, method, uri, Some(&c1), "").await;
+        assert!(
+            late.set_cookie.iter().all(|c| !c.contains("Max-Age=0")),
+            "{uri}: the late request deleted the new cookie: {:?}",
+            late.set_cookie
+        );
+    }
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&c2), "").await.body,
+        "None Some(\"alice\")"
     );
+}
+
+#[tokio::test]
+async fn odd_bytes_in_other_cookies_never_hide_the_session() {
+    let app = app();
+    let c = send(&app, "POST", "/login", None, "alice").await.cookie();
+    let logged_in = "None Some(\"alice\")";
+    let planted = [b"x=\xc3\xa9; ".as_slice(), c.as_bytes()].concat();
+    assert_eq!(
+        send_raw(&app, "GET", "/read", &[&planted], "").await.body,
+        logged_in
+    );
+    let bad_first = [
+        b"x=\xff\x80 ; __Host-session=garbage; ".as_slice(),
+        c.as_bytes(),
+    ]
+    .concat();
+    assert_eq!(
+        send_raw(&app, "GET", "/read", &[&bad_first], "").await.body,
+        logged_in
+    );
+    // Our cookie on its own line after a line of odd bytes.
+    let r = send_raw(&app, "GET", "/read", &[b"x=\xe9", c.as_bytes()], "").await;
+    assert_eq!(r.body, logged_in);
+    // A stale ID of ours before the live one does not hide it either.
+    let dead = send(&app, "POST", "/visit", None, "").await.cookie();
+    send(&app, "POST", "/logout", Some(&dead), "").await;
+    let both = format!("{dead}; {c}");
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&both), "").await.body,
+        logged_in
+    );
+}
+
+#[tokio::test]
+async fn after_logout_the_request_reads_as_a_new_anonymous_session() {
+    let app = app();
+    let c = send(&app, "POST", "/login", None, "alice").await.cookie();
+    send(&app, "POST", "/visit", Some(&c), "").await;
+    let r = send(&app, "POST", "/logout-then-flash", Some(&c), "").await;
+    assert_eq!(r.body, "None None", "user and data after logout");
+    let flash = r.cookie();
+    assert_ne!(flash, c);
+    assert_eq!(
+        send(&app, "GET", "/flash", Some(&flash), "").await.body,
+        "Some(\"logged out\") None"
+    );
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&c), "").await.body,
+        "None None"
+    );
+}
+
+#[tokio::test]
+async fn a_login_already_made_reaches_the_client_even_on_a_5xx() {
+    let app = app();
+    let anon = send(&app, "POST", "/visit", None, "").await.cookie();
+    let r = send(&app, "POST", "/login-then-fail", Some(&anon), "alice").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let new = r.cookie();
+    assert_ne!(new, anon);
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&new), "").await.body,
+        "Some(1) Some(\"alice\")"
+    );
+    // And a logout already made is reported too.
+    let r = send(&app, "POST", "/logout-then-fail", Some(&new), "").await;
+    assert!(r.set_cookie[0].contains("Max-Age=0"), "{:?}", r.set_cookie);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_parallel_increments_count_fifty_with_no_error() {
+    let app = app();
+    let c = send(&app, "POST", "/login", None, "alice").await.cookie();
+    let app = Arc::new(app);
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (app, c) = (Arc::clone(&app), c.clone());
+            tokio::spawn(async move { send(&app, "POST", "/incr", Some(&c), "").await })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(r.set_cookie.is_empty());
+    }
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&c), "").await.body,
+        "Some(50) Some(\"alice\")"
+    );
+}
+
+#[tokio::test]
+async fn a_full_memory_store_answers_503() {
+    let store = MemoryStore::builder().max_sessions(1).build();
+    let app = App::over(Arc::new(CountingStore::over(store)));
+    send(&app, "POST", "/visit", None, "").await.cookie();
+    let r = send(&app, "POST", "/visit", None, "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
 }
 
 #[tokio::test]

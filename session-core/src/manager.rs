@@ -622,9 +622,10 @@ impl SessionManager {
             let mut record = session.to_record(1)?;
             record.last_access = now;
             record.idle_deadline = idle;
-            let mut options = CreateOptions::default();
-            options.replaces = replaces.map(|(key, version)| Replaces { key, version });
-            options.limit = limit;
+            let options = CreateOptions {
+                replaces: replaces.map(|(key, version)| Replaces { key, version }),
+                limit,
+            };
             match self.inner.store.create_with(&key, &record, &options).await {
                 Ok(created) => {
                     session.id = id;
