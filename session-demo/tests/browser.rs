@@ -80,6 +80,36 @@ async fn session_cookie(browser: &Client) -> Option<(bool, bool, String)> {
         })
 }
 
+/// Runs in the profile page: logs in again while firing waves of 10
+/// parallel `GET /profile` every 15 ms until the login has answered and two
+/// more waves after. Resolves to every response status (the login's
+/// redirect, not followed, reads as 0).
+const RELOGIN_DURING_POLLS: &str = r#"
+const done = arguments[arguments.length - 1];
+const polls = [];
+let loginDone = false;
+const login = fetch('/login', {
+  method: 'POST',
+  headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+  body: 'username=alice&password=pw-alice',
+  redirect: 'manual',
+}).then(r => { loginDone = true; return r.status; });
+const wave = () => {
+  for (let i = 0; i < 10; i++) polls.push(fetch('/profile').then(r => r.status));
+};
+let after = 0;
+const tick = () => {
+  wave();
+  if (loginDone) after++;
+  if (after >= 2 || polls.length > 2000) {
+    Promise.all([login, ...polls]).then(done, e => done(String(e)));
+  } else {
+    setTimeout(tick, 15);
+  }
+};
+tick();
+"#;
+
 async fn flow(browser: &Client, base: &str) {
     browser.goto(&format!("{base}/")).await.unwrap();
     browser
@@ -120,6 +150,29 @@ async fn flow(browser: &Client, base: &str) {
     // A fresh navigation is still logged in.
     browser.goto(&format!("{base}/profile")).await.unwrap();
     assert_eq!(text_of(browser, "#greeting").await, "Hello, alice!");
+
+    // A re-login while the page keeps polling: waves of parallel requests
+    // carrying the old cookie are answered after the login rotated it. None
+    // of their answers may delete the new cookie the login set.
+    let statuses = browser
+        .execute_async(RELOGIN_DURING_POLLS, vec![])
+        .await
+        .unwrap();
+    let statuses: Vec<u64> = serde_json::from_value(statuses.clone())
+        .unwrap_or_else(|_| panic!("the page script failed: {statuses}"));
+    assert!(statuses.len() > 40, "{statuses:?}");
+    // A poll that carried the old cookie and arrived after the rotation
+    // reads as "not logged in" (401); nothing may fail otherwise.
+    assert!(
+        statuses.iter().all(|s| matches!(s, 0 | 200 | 401)),
+        "a poll or the login failed: {statuses:?}"
+    );
+    browser.goto(&format!("{base}/profile")).await.unwrap();
+    assert_eq!(
+        text_of(browser, "#greeting").await,
+        "Hello, alice!",
+        "the parallel requests logged the browser out"
+    );
 
     // Logout: the browser drops the cookie and the profile is closed.
     browser
