@@ -16,6 +16,10 @@
 //!   by hand or by an older bookkeeping-less version is adopted as is.
 //! - When everything is applied already, no DDL runs at all: a role without
 //!   `CREATE` privileges can call `migrate()` at every start-up.
+//!
+//! Version 3 installs the moved-keys side table and the PL/pgSQL lifecycle
+//! functions (`CREATE OR REPLACE`, so re-running it is harmless); see the
+//! [crate docs](crate#lifecycle-and-locking).
 
 use sqlx::{AssertSqlSafe, Executor, PgPool};
 

@@ -25,8 +25,10 @@ use crate::sql::Statements;
 /// A session store on a PostgreSQL table, through a sqlx connection pool.
 ///
 /// Cheap to clone; clones share the pool. Every operation is one SQL
-/// statement (one round trip, a statement prepared once per connection),
-/// and every expiry decision uses the server's clock (`now()`), so a record
+/// statement (one round trip, a statement prepared once per connection);
+/// `create_with`, `delete` and `delete_user` are one call each of a
+/// PL/pgSQL function (see the [crate docs](crate#lifecycle-and-locking)).
+/// Every expiry decision uses the server's clock (`now()`), so a record
 /// stops loading at its deadline exactly, whether or not a clean-up has run.
 ///
 /// ```no_run

@@ -9,7 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{database_url, unique, Scratch};
 use session_core::conformance::record;
-use session_core::{KeyDeriver, SessionId, SessionStore, StorageKey, StoreError, Timestamp};
+use std::num::NonZeroUsize;
+
+use session_core::store::CreateOptions;
+use session_core::{
+    KeyDeriver, LimitStrategy, SessionId, SessionStore, StorageKey, StoreError, Timestamp,
+    UserSessionLimit,
+};
 use session_postgres::{PgError, PostgresStore, SetupError};
 
 const HOUR: u64 = 3_600_000;
@@ -91,6 +97,31 @@ async fn concurrent_migrations_run_once_in_a_new_schema() {
     .await
     .unwrap();
     let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+    let functions: Vec<String> = sqlx::query_scalar(
+        "SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = $1 ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        functions,
+        [
+            "sessions_create_with",
+            "sessions_delete",
+            "sessions_delete_user"
+        ]
+    );
+    let moved: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 \
+         AND tablename = 'sessions_moved' ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(moved, ["sessions_moved_idx", "sessions_moved_pkey"]);
     assert_eq!(
         names,
         [
@@ -487,7 +518,11 @@ async fn upgrade_from_schema_version_1_keeps_sessions_and_cleanup() {
             .unwrap();
     }
 
-    assert_eq!(store.migrate().await.unwrap(), 1, "only version 2 runs");
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        2,
+        "only versions 2 and 3 run"
+    );
     let live = StorageKey::from_stored(&"a".repeat(64));
     let got = store.load(&live).await.unwrap().unwrap();
     assert_eq!((&got.data[..], got.version), (&b"live"[..], 3));
@@ -510,13 +545,174 @@ async fn upgrade_from_schema_version_1_keeps_sessions_and_cleanup() {
             format!("{name}_user_id_idx")
         ]
     );
+    drop_scratch(&pool, &name).await;
+}
+
+/// Drops what the migrations created for table `name`, and its bookkeeping.
+async fn drop_scratch(pool: &sqlx::PgPool, name: &str) {
+    let schema = common::SCHEMA;
+    let mut statements = common::drop_statements(name);
+    statements.push(format!(
+        "DELETE FROM \"{schema}\".session_postgres_migrations WHERE table_name = '{name}'"
+    ));
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_schema_version_2_in_place_enables_the_lifecycle() {
+    let name = unique("v2");
+    let store = common::builder(&name)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let pool = store.pool().clone();
+    let t = store.table().to_string();
+    let schema = common::SCHEMA;
+    // The table and bookkeeping exactly as version 2 left them, with a
+    // live session in it.
     for sql in [
-        format!("DROP TABLE {t}"),
-        format!("DELETE FROM \"{schema}\".session_postgres_migrations WHERE table_name = '{name}'"),
+        format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""),
+        format!(
+            "CREATE TABLE {t} (key text COLLATE \"C\" PRIMARY KEY, data bytea NOT NULL, \
+             version bigint NOT NULL, user_id text COLLATE \"C\", created_at timestamptz NOT NULL, \
+             last_access timestamptz NOT NULL, idle_deadline timestamptz NOT NULL, \
+             absolute_deadline timestamptz NOT NULL, expires_at timestamptz GENERATED ALWAYS AS \
+             (least(idle_deadline, absolute_deadline)) STORED, expiry_bucket timestamptz \
+             GENERATED ALWAYS AS (date_bin('10 minutes', least(idle_deadline, absolute_deadline), \
+             '2000-01-01 00:00:00+00')) STORED) WITH (fillfactor = 90)"
+        ),
+        format!("CREATE INDEX \"{name}_user_id_idx\" ON {t} (user_id) WHERE user_id IS NOT NULL"),
+        format!("CREATE INDEX \"{name}_expiry_idx\" ON {t} (expiry_bucket)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS \"{schema}\".session_postgres_migrations (\
+             table_name text NOT NULL, version integer NOT NULL, description text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (table_name, version))"
+        ),
+        format!(
+            "INSERT INTO \"{schema}\".session_postgres_migrations VALUES \
+             ('{name}', 1, 'v1', now()), ('{name}', 2, 'v2', now())"
+        ),
+        format!(
+            "INSERT INTO {t} VALUES ('{}', '\\x6c697665', 3, 'u2', now(), now(), \
+             now() + interval '1 hour', now() + interval '2 hours')",
+            "a".repeat(64)
+        ),
     ] {
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(&pool)
             .await
             .unwrap();
     }
+
+    assert_eq!(store.migrate().await.unwrap(), 1, "only version 3 runs");
+    assert_eq!(store.migrate().await.unwrap(), 0, "not idempotent");
+    // The existing session rotates, and a logout with its old key follows
+    // the move.
+    let old = StorageKey::from_stored(&"a".repeat(64));
+    let new = key();
+    let options = CreateOptions::default().replacing(old.clone(), 3);
+    store
+        .create_with(&new, &record(Some("u2"), b"n", HOUR, HOUR), &options)
+        .await
+        .unwrap();
+    assert!(store.load(&old).await.unwrap().is_none());
+    assert!(store.load(&new).await.unwrap().is_some());
+    store.delete(&old).await.unwrap();
+    assert!(store.load(&new).await.unwrap().is_none());
+    assert!(store.list_user("u2").await.unwrap().is_empty());
+    drop_scratch(&pool, &name).await;
+}
+
+/// Rows of the moved-keys table of `t`.
+async fn moved_rows(t: &Scratch) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{}\".\"{}_moved\"",
+        common::SCHEMA,
+        t.store.table().table()
+    )))
+    .fetch_one(t.store.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_purges_expired_moves_in_batches() {
+    let t = Scratch::with(common::builder(&unique("mv")).cleanup_batch_size(3)).await;
+    let s = &t.store;
+    // 7 rotations of short-lived records, 1 of a long-lived one.
+    for i in 0..8u8 {
+        let (old, new) = (key(), key());
+        let idle = if i == 0 { HOUR } else { 300 };
+        s.create(&old, &record(None, &[i], idle, HOUR))
+            .await
+            .unwrap();
+        let options = CreateOptions::default().replacing(old, 1);
+        s.create_with(&new, &record(None, &[i], HOUR, HOUR), &options)
+            .await
+            .unwrap();
+    }
+    assert_eq!(moved_rows(&t).await, 8);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No record expired: the moves alone keep the batches going.
+    assert_eq!(s.delete_expired().await.unwrap(), 0);
+    assert_eq!(moved_rows(&t).await, 1);
+    assert_eq!(t.rows().await, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_key_is_followed_only_until_its_own_deadline() {
+    let t = Scratch::new(&unique("mvdl")).await;
+    let s = &t.store;
+    let (old, new) = (key(), key());
+    s.create(&old, &record(Some("mu"), b"o", 300, HOUR))
+        .await
+        .unwrap();
+    let options = CreateOptions::default().replacing(old.clone(), 1);
+    s.create_with(&new, &record(Some("mu"), b"n", HOUR, HOUR), &options)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.delete(&old).await.unwrap();
+    assert!(
+        s.load(&new).await.unwrap().is_some(),
+        "a move past the old record's deadline was followed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_calls_refuse_other_isolation_levels() {
+    let name = unique("iso");
+    let t = Scratch::new(&name).await;
+    let options = database_url()
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .options([("default_transaction_isolation", "repeatable read")]);
+    let rr = common::builder(&name).connect_with(options).await.unwrap();
+    let user = unique("isou");
+    let limit = UserSessionLimit {
+        max: NonZeroUsize::new(2).unwrap(),
+        strategy: LimitStrategy::RejectNew,
+    };
+    let k = key();
+    let err = rr
+        .create_with(
+            &k,
+            &record(Some(&user), b"x", HOUR, HOUR),
+            &CreateOptions::default().with_limit(limit),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Backend(_)) && format!("{err:?}").contains("READ COMMITTED"),
+        "{err:?}"
+    );
+    assert!(t.store.load(&k).await.unwrap().is_none());
+    assert!(rr.delete(&k).await.is_err());
+    assert!(rr.delete_user(&user).await.is_err());
+    rr.close().await;
 }
