@@ -47,6 +47,7 @@ use crate::record::{SessionRecord, SessionSummary};
 use crate::store::{CreateOptions, Created, SessionStore, StoreError, StoreResult};
 
 mod lifecycle;
+mod rules;
 mod slow;
 
 pub use slow::SlowStore;
@@ -211,7 +212,16 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@cases $crate::conformance::Harness::new($factory));
     };
     (@cases $harness:expr) => {
-        $crate::__conformance_cases!($harness;
+        $crate::__conformance_case_list! { __conformance_cases, $harness }
+    };
+}
+
+/// The one list of conformance cases: calls `$crate::$callback!($arg; names...)`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_case_list {
+    ($callback:ident, $arg:expr) => {
+        $crate::$callback! { $arg;
             round_trip_empty_data,
             round_trip_one_byte,
             round_trip_512_kib_binary,
@@ -282,7 +292,16 @@ macro_rules! conformance_suite {
             manager_rotate_racing_logout_everywhere_ends_the_session,
             manager_rotate_racing_end_session_ends_the_session,
             manager_rotate_and_login_after_expiry_are_session_ended,
-        );
+            record_is_live_until_its_idle_deadline,
+            record_is_live_until_its_absolute_deadline,
+            touched_record_is_live_until_its_new_deadline,
+            create_over_an_expired_record_succeeds,
+            update_stores_every_field,
+            update_of_an_expired_record_is_not_found_at_any_version,
+            list_user_reflects_touch_and_update,
+            delete_user_is_exact_and_counts_live_sessions,
+            delete_expired_never_removes_a_live_record,
+        }
     };
 }
 
@@ -299,9 +318,64 @@ macro_rules! __conformance_cases {
     };
 }
 
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_case_fns {
+    ($unit:expr; $($case:ident),* $(,)?) => {
+        vec![$(
+            $crate::conformance::Case {
+                name: stringify!($case),
+                run: |h| Box::pin($crate::conformance::cases::$case(h)),
+            }
+        ),*]
+    };
+}
+
+/// One conformance case, for running the suite from code (see
+/// [`run_suite`]).
+#[derive(Clone, Copy)]
+pub struct Case {
+    /// The case's name, as in the generated tests.
+    pub name: &'static str,
+    /// Runs the case; it panics when the store breaks the rule.
+    pub run: fn(Harness) -> BoxFuture<'static, ()>,
+}
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Every case of the suite, in the order the macro generates them.
+#[must_use]
+pub fn all_cases() -> Vec<Case> {
+    crate::__conformance_case_list!(__conformance_case_fns, ())
+}
+
+/// Runs every case against `harness` concurrently, each on its own task,
+/// and returns the names of the cases that failed (panicked), sorted. Used
+/// to check the suite itself: a store with a planted bug must fail at least
+/// one case.
+pub async fn run_suite(harness: &Harness) -> Vec<&'static str> {
+    let tasks: Vec<_> = all_cases()
+        .into_iter()
+        .map(|case| (case.name, tokio::spawn((case.run)(harness.clone()))))
+        .collect();
+    let mut failed = Vec::new();
+    for (name, task) in tasks {
+        if task.await.is_err() {
+            failed.push(name);
+        }
+    }
+    failed.sort_unstable();
+    failed
+}
+
 /// The cases, one public async function each.
 pub mod cases {
     pub use super::lifecycle::*;
+    pub use super::rules::*;
     use super::*;
     use crate::manager::SessionManager;
     use crate::policy::{LimitStrategy, SessionConfig};

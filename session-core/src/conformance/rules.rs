@@ -1,0 +1,215 @@
+//! Cases for rules of the contract that the first cases checked only from
+//! one side: a record must not die *before* its deadline, an update stores
+//! every field it is given, listings reflect touches and updates, and the
+//! calls that remove records remove exactly what they should.
+//!
+//! Timing: every deadline leaves at least 400 ms between the instant the
+//! case checks and the instant that decides the outcome, so no case passes
+//! or fails by luck of the millisecond.
+
+use super::*;
+
+/// A record loads until its deadline: at 1.5 s of a 1.9 s idle deadline it
+/// is still live. (A store that rounds TTLs down to whole seconds, or whose
+/// clock runs ahead, kills it early.)
+pub async fn record_is_live_until_its_idle_deadline(h: Harness) {
+    let store = h.store().await;
+    let key = h.key();
+    store
+        .create(&key, &record(None, b"x", 1_900, HOUR))
+        .await
+        .unwrap();
+    sleep_ms(1_500).await;
+    assert!(
+        store.load(&key).await.unwrap().is_some(),
+        "dead 400 ms before its idle deadline"
+    );
+}
+
+/// The same for the absolute deadline.
+pub async fn record_is_live_until_its_absolute_deadline(h: Harness) {
+    let store = h.store().await;
+    let key = h.key();
+    store
+        .create(&key, &record(None, b"x", HOUR, 1_900))
+        .await
+        .unwrap();
+    sleep_ms(1_500).await;
+    assert!(
+        store.load(&key).await.unwrap().is_some(),
+        "dead 400 ms before its absolute deadline"
+    );
+}
+
+/// A touch's new idle deadline holds to its end too.
+pub async fn touched_record_is_live_until_its_new_deadline(h: Harness) {
+    let store = h.store().await;
+    let key = h.key();
+    store
+        .create(&key, &record(None, b"x", 500, HOUR))
+        .await
+        .unwrap();
+    let now = Timestamp::now();
+    store
+        .touch(&key, now, now.saturating_add(Duration::from_millis(1_900)))
+        .await
+        .unwrap();
+    sleep_ms(1_500).await;
+    assert!(
+        store.load(&key).await.unwrap().is_some(),
+        "dead 400 ms before the deadline touch gave it"
+    );
+}
+
+/// `create` over a record that expired succeeds (only a live record
+/// blocks it).
+pub async fn create_over_an_expired_record_succeeds(h: Harness) {
+    let store = h.store().await;
+    let key = h.key();
+    store
+        .create(&key, &record(None, b"old", 300, HOUR))
+        .await
+        .unwrap();
+    sleep_ms(700).await;
+    store.create(&key, &live(None, b"new")).await.unwrap();
+    assert_eq!(&must_load(&*store, &key).await.data[..], b"new");
+}
+
+/// `update` stores every field it is given: data, version, last access and
+/// both deadlines, not only data and version.
+pub async fn update_stores_every_field(h: Harness) {
+    let store = h.store().await;
+    let user = h.user("every");
+    let key = h.key();
+    let first = live(Some(&user), b"1");
+    store.create(&key, &first).await.unwrap();
+    let later = |ms: u64| first.created_at.saturating_add(Duration::from_millis(ms));
+    let next = SessionRecord {
+        data: Bytes::from_static(b"2"),
+        last_access: later(1_234),
+        idle_deadline: later(HOUR + 5_678),
+        absolute_deadline: later(3 * HOUR + 9),
+        version: 2,
+        ..first.clone()
+    };
+    store.update(&key, 1, &next).await.unwrap();
+    assert_eq!(must_load(&*store, &key).await, next);
+}
+
+/// An update of an expired record is `NotFound` whatever version it names,
+/// the record's own included.
+pub async fn update_of_an_expired_record_is_not_found_at_any_version(h: Harness) {
+    let store = h.store().await;
+    let key = h.key();
+    store
+        .create(&key, &record(None, b"x", 300, HOUR))
+        .await
+        .unwrap();
+    sleep_ms(700).await;
+    for expected in [1, 7] {
+        let r = store
+            .update(
+                &key,
+                expected,
+                &SessionRecord {
+                    version: expected + 1,
+                    ..live(None, b"y")
+                },
+            )
+            .await;
+        assert!(
+            matches!(r, Err(StoreError::NotFound)),
+            "version {expected}: got {r:?}"
+        );
+    }
+}
+
+/// `list_user` reflects `touch` and `update`: the fresh last access and
+/// deadlines, and the session stays listed after its original deadline.
+pub async fn list_user_reflects_touch_and_update(h: Harness) {
+    let store = h.store().await;
+    let user = h.user("reflect");
+    let key = h.key();
+    let first = record(Some(&user), b"1", 600, HOUR);
+    store.create(&key, &first).await.unwrap();
+    let t = Timestamp::now();
+    let idle = t.saturating_add(Duration::from_millis(HOUR));
+    store.touch(&key, t, idle).await.unwrap();
+    sleep_ms(1_000).await;
+    let listed = store.list_user(&user).await.unwrap();
+    assert_eq!(listed.len(), 1, "a touched session dropped out of the list");
+    assert_eq!(listed[0].last_access, t);
+    assert_eq!(listed[0].idle_deadline, idle);
+    let next = SessionRecord {
+        data: Bytes::from_static(b"2"),
+        last_access: t.saturating_add(Duration::from_millis(5)),
+        idle_deadline: idle.saturating_add(Duration::from_millis(7)),
+        absolute_deadline: first
+            .absolute_deadline
+            .saturating_add(Duration::from_millis(11)),
+        version: 2,
+        ..first.clone()
+    };
+    store.update(&key, 1, &next).await.unwrap();
+    let listed = store.list_user(&user).await.unwrap();
+    assert_eq!(listed, vec![next.summary(&key)]);
+}
+
+/// `delete_user` deletes exactly that user's sessions, even among ids that
+/// are prefixes of it or contain separators, and returns exactly how many
+/// live sessions it ended (not the expired ones).
+pub async fn delete_user_is_exact_and_counts_live_sessions(h: Harness) {
+    let store = h.store().await;
+    let user = h.user("u");
+    let others = [
+        format!("{user}2"),
+        format!("{user}:x"),
+        format!("{user} "),
+        format!("x{user}"),
+        user[..user.len() - 1].to_owned(),
+    ];
+    let mine = [h.key(), h.key()];
+    for k in &mine {
+        store.create(k, &live(Some(&user), b"m")).await.unwrap();
+    }
+    let short = h.key();
+    store
+        .create(&short, &record(Some(&user), b"s", 300, HOUR))
+        .await
+        .unwrap();
+    let mut theirs = Vec::new();
+    for other in &others {
+        let k = h.key();
+        store.create(&k, &live(Some(other), b"t")).await.unwrap();
+        theirs.push((other, k));
+    }
+    sleep_ms(700).await;
+    assert_eq!(store.delete_user(&user).await.unwrap(), 2);
+    for k in mine.iter().chain([&short]) {
+        assert!(store.load(k).await.unwrap().is_none());
+    }
+    for (other, k) in &theirs {
+        assert!(
+            store.load(k).await.unwrap().is_some(),
+            "deleting {user:?} deleted {other:?}'s session"
+        );
+        assert_eq!(store.list_user(other).await.unwrap().len(), 1);
+    }
+    assert_eq!(store.delete_user(&user).await.unwrap(), 0);
+}
+
+/// `delete_expired` never removes a live record, even one that expires
+/// later in the same second.
+pub async fn delete_expired_never_removes_a_live_record(h: Harness) {
+    let store = h.store().await;
+    let key = h.key();
+    store
+        .create(&key, &record(None, b"x", 900, HOUR))
+        .await
+        .unwrap();
+    store.delete_expired().await.unwrap();
+    assert!(
+        store.load(&key).await.unwrap().is_some(),
+        "delete_expired removed a record 900 ms before its deadline"
+    );
+}
