@@ -1,26 +1,48 @@
 //! The per-user index item: which sessions a user has.
 //!
 //! Memcached has no secondary index, so each user gets one item listing
-//! their sessions' storage keys, each with when it was added and the
-//! session's absolute deadline. Writers change it with `gets`/`cas` loops,
-//! so concurrent logins of one user never lose an entry.
+//! their sessions' storage keys. Writers change it with `gets`/`cas`
+//! loops, so concurrent logins never lose an entry, and every decision
+//! about the user's sessions (how many there are, which to evict) is made
+//! on one version of it and committed by a `cas` on that version: this
+//! item is where a user's lifecycle changes are serialized (see the
+//! crate documentation).
 //!
-//! Format: a version byte, then per entry a big-endian `u16` key length,
-//! the key bytes, and two big-endian `i64` Unix-millisecond times.
+//! An entry is written before its session record. Until the record is
+//! there the entry is *pending*; its `nonce` names that creation, so that
+//! `delete_user` or an eviction can cancel exactly it (see
+//! [`crate::tombstone`]).
+//!
+//! Format 2: a version byte, then per entry a big-endian `u16` key length,
+//! the key bytes, the nonce (`u64`), four `i64` Unix-millisecond times
+//! (added, created, first expiry, absolute deadline) and a `u16` length
+//! (0 for none) plus bytes of the key the session was rotated from.
+//! Format 1 (key, added, absolute deadline) is still read.
 
 use session_core::{StorageKey, StoreError, Timestamp};
 
 const FORMAT_V1: u8 = 1;
+const FORMAT_V2: u8 = 2;
 
 /// One session in a user's index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
     /// The session's storage key.
     pub(crate) key: StorageKey,
+    /// Identifies the creation that wrote this entry.
+    pub(crate) nonce: u64,
     /// When the entry was written (before the session itself).
     pub(crate) added: Timestamp,
+    /// The record's creation time (the eviction order).
+    pub(crate) created_at: Timestamp,
+    /// When the record as first written stops being live: a missing record
+    /// past this instant can never become live.
+    pub(crate) first_expiry: Timestamp,
     /// The session's absolute deadline: the entry is dead after it.
     pub(crate) absolute_deadline: Timestamp,
+    /// The key this session is being rotated from, while the rotation may
+    /// be in flight.
+    pub(crate) replaces: Option<StorageKey>,
 }
 
 /// A user's index.
@@ -30,13 +52,18 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    /// Adds `entry`, or updates the entry with the same key (keeping the
-    /// later deadline); drops entries whose absolute deadline has passed.
+    /// Moves the deadline of every entry for `key` to at least
+    /// `absolute_deadline`, or adds `entry` if there is none; drops entries
+    /// whose absolute deadline has passed.
     pub(crate) fn upsert(&mut self, entry: Entry, now: Timestamp) {
         self.entries.retain(|e| e.absolute_deadline > now);
-        match self.entries.iter_mut().find(|e| e.key == entry.key) {
-            Some(e) => e.absolute_deadline = e.absolute_deadline.max(entry.absolute_deadline),
-            None => self.entries.push(entry),
+        let mut found = false;
+        for e in self.entries.iter_mut().filter(|e| e.key == entry.key) {
+            e.absolute_deadline = e.absolute_deadline.max(entry.absolute_deadline);
+            found = true;
+        }
+        if !found {
+            self.entries.push(entry);
         }
     }
 
@@ -45,26 +72,34 @@ impl Index {
         self.entries.iter().map(|e| e.absolute_deadline).max()
     }
 
-    /// Serializes the index.
+    /// Serializes the index (format 2).
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.entries.len() * 82);
-        out.push(FORMAT_V1);
+        let mut out = Vec::with_capacity(1 + self.entries.len() * ENTRY_SIZE);
+        out.push(FORMAT_V2);
         for e in &self.entries {
             let k = e.key.as_str().as_bytes();
+            let r = e
+                .replaces
+                .as_ref()
+                .map_or(&b""[..], |r| r.as_str().as_bytes());
             // Keys longer than u16::MAX are never produced by session-core;
             // truncating would corrupt, so such an entry is skipped instead.
-            let Ok(len) = u16::try_from(k.len()) else {
+            let (Ok(len), Ok(rlen)) = (u16::try_from(k.len()), u16::try_from(r.len())) else {
                 continue;
             };
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(k);
-            out.extend_from_slice(&e.added.as_unix_millis().to_be_bytes());
-            out.extend_from_slice(&e.absolute_deadline.as_unix_millis().to_be_bytes());
+            out.extend_from_slice(&e.nonce.to_be_bytes());
+            for t in [e.added, e.created_at, e.first_expiry, e.absolute_deadline] {
+                out.extend_from_slice(&t.as_unix_millis().to_be_bytes());
+            }
+            out.extend_from_slice(&rlen.to_be_bytes());
+            out.extend_from_slice(r);
         }
         out
     }
 
-    /// Parses what [`Index::encode`] wrote.
+    /// Parses what [`Index::encode`] wrote (or format 1).
     ///
     /// # Errors
     ///
@@ -72,35 +107,79 @@ impl Index {
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
         let corrupt = |why: &str| StoreError::Corrupt(format!("user index item: {why}"));
         let (&version, mut rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
-        if version != FORMAT_V1 {
+        if version != FORMAT_V1 && version != FORMAT_V2 {
             return Err(corrupt("unknown format version"));
         }
         let mut entries = Vec::new();
         while !rest.is_empty() {
-            let (len, tail) = rest
-                .split_at_checked(2)
-                .ok_or_else(|| corrupt("truncated"))?;
-            let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-            let (key, tail) = tail
-                .split_at_checked(len)
-                .ok_or_else(|| corrupt("truncated key"))?;
-            let key = std::str::from_utf8(key).map_err(|_| corrupt("key is not UTF-8"))?;
-            let (times, tail) = tail
-                .split_at_checked(16)
-                .ok_or_else(|| corrupt("truncated times"))?;
-            let mut a = [0u8; 8];
-            let mut d = [0u8; 8];
-            a.copy_from_slice(&times[..8]);
-            d.copy_from_slice(&times[8..]);
-            entries.push(Entry {
-                key: StorageKey::from_stored(key),
-                added: Timestamp::from_unix_millis(i64::from_be_bytes(a)),
-                absolute_deadline: Timestamp::from_unix_millis(i64::from_be_bytes(d)),
-            });
-            rest = tail;
+            let (key, tail) = take_str(rest).ok_or_else(|| corrupt("truncated key"))?;
+            let key = key.ok_or_else(|| corrupt("key is not UTF-8"))?;
+            let entry = if version == FORMAT_V1 {
+                let (added, tail) = take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
+                let (deadline, tail) = take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
+                rest = tail;
+                Entry {
+                    key: StorageKey::from_stored(key),
+                    nonce: 0,
+                    added,
+                    created_at: added,
+                    first_expiry: deadline,
+                    absolute_deadline: deadline,
+                    replaces: None,
+                }
+            } else {
+                let (nonce, tail) = take_u64(tail).ok_or_else(|| corrupt("truncated nonce"))?;
+                let (added, tail) = take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
+                let (created_at, tail) =
+                    take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
+                let (first_expiry, tail) =
+                    take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
+                let (deadline, tail) = take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
+                let (replaces, tail) =
+                    take_str(tail).ok_or_else(|| corrupt("truncated replaced key"))?;
+                let replaces = replaces.ok_or_else(|| corrupt("replaced key is not UTF-8"))?;
+                rest = tail;
+                Entry {
+                    key: StorageKey::from_stored(key),
+                    nonce,
+                    added,
+                    created_at,
+                    first_expiry,
+                    absolute_deadline: deadline,
+                    replaces: (!replaces.is_empty()).then(|| StorageKey::from_stored(replaces)),
+                }
+            };
+            entries.push(entry);
         }
         Ok(Self { entries })
     }
+}
+
+/// Bytes an entry of a 64-character key takes, roughly.
+const ENTRY_SIZE: usize = 2 + 64 + 8 + 4 * 8 + 2;
+
+/// A `u16`-length-prefixed string: `None` inside for bad UTF-8, `None`
+/// outside for truncation.
+fn take_str(bytes: &[u8]) -> Option<(Option<&str>, &[u8])> {
+    let (len, tail) = bytes.split_at_checked(2)?;
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let (s, tail) = tail.split_at_checked(len)?;
+    Some((std::str::from_utf8(s).ok(), tail))
+}
+
+fn take_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (head, tail) = bytes.split_at_checked(8)?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(head);
+    Some((u64::from_be_bytes(b), tail))
+}
+
+fn take_i64(bytes: &[u8]) -> Option<(Timestamp, &[u8])> {
+    let (n, tail) = take_u64(bytes)?;
+    Some((
+        Timestamp::from_unix_millis(i64::from_be_bytes(n.to_be_bytes())),
+        tail,
+    ))
 }
 
 #[cfg(test)]
@@ -110,18 +189,40 @@ mod tests {
     fn entry(k: &str, added: i64, dl: i64) -> Entry {
         Entry {
             key: StorageKey::from_stored(k),
+            nonce: 9,
             added: Timestamp::from_unix_millis(added),
+            created_at: Timestamp::from_unix_millis(added),
+            first_expiry: Timestamp::from_unix_millis(dl),
             absolute_deadline: Timestamp::from_unix_millis(dl),
+            replaces: None,
         }
     }
 
     #[test]
     fn round_trips() {
+        let mut rotated = entry("ü x", -5, i64::MAX);
+        rotated.nonce = u64::MAX;
+        rotated.created_at = Timestamp::from_unix_millis(-7);
+        rotated.first_expiry = Timestamp::from_unix_millis(3);
+        rotated.replaces = Some(StorageKey::from_stored(&"b".repeat(64)));
         let idx = Index {
-            entries: vec![entry(&"a".repeat(64), 1, 2), entry("ü x", -5, i64::MAX)],
+            entries: vec![entry(&"a".repeat(64), 1, 2), rotated],
         };
         assert_eq!(Index::decode(&idx.encode()).unwrap(), idx);
         assert_eq!(Index::decode(&[1]).unwrap(), Index::default());
+        assert_eq!(Index::decode(&[2]).unwrap(), Index::default());
+    }
+
+    #[test]
+    fn reads_format_1() {
+        let mut v1 = vec![1, 0, 3];
+        v1.extend_from_slice(b"abc");
+        v1.extend_from_slice(&5i64.to_be_bytes());
+        v1.extend_from_slice(&50i64.to_be_bytes());
+        let idx = Index::decode(&v1).unwrap();
+        let mut want = entry("abc", 5, 50);
+        want.nonce = 0;
+        assert_eq!(idx.entries, vec![want]);
     }
 
     #[test]
@@ -137,6 +238,9 @@ mod tests {
             assert!(Index::decode(&enc[..n]).is_err(), "len {n}");
         }
         assert!(Index::decode(&[9]).is_err());
+        let mut bad_key = enc.clone();
+        bad_key[3] = 0xff;
+        assert!(Index::decode(&bad_key).is_err());
     }
 
     #[test]
@@ -148,7 +252,9 @@ mod tests {
         idx.upsert(entry("k", 50, 300), now);
         idx.upsert(entry("k", 60, 250), now);
         idx.upsert(entry("n", 70, 150), now);
-        assert_eq!(idx.entries, vec![entry("k", 0, 300), entry("n", 70, 150)]);
+        let mut k = entry("k", 0, 200);
+        k.absolute_deadline = Timestamp::from_unix_millis(300);
+        assert_eq!(idx.entries, vec![k, entry("n", 70, 150)]);
         assert_eq!(idx.last_deadline(), Some(Timestamp::from_unix_millis(300)));
     }
 }

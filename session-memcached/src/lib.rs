@@ -42,6 +42,7 @@ mod index;
 mod keys;
 mod recent;
 pub mod store;
+mod tombstone;
 mod transport;
 
 pub use crate::config::{

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use session_core::store::{CreateOptions, Created};
 use session_core::{
     SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
 };
@@ -13,7 +14,10 @@ use crate::expiry::exptime;
 use crate::index::{Entry, Index};
 use crate::keys::Keys;
 use crate::recent::{RecentReads, Seen};
+use crate::tombstone::Stored;
 use crate::transport::{Blocking, Item, Mode, Outcome, Transport};
+
+mod lifecycle;
 
 /// A session store on one or more Memcached servers.
 ///
@@ -145,23 +149,27 @@ impl MemcachedStore {
     }
 
     /// Waits a little before retrying a lost compare-and-set, so that
-    /// contending writers spread out.
+    /// contending writers spread out: a random time up to a cap that
+    /// doubles per attempt from 100 µs to 12.8 ms ("full jitter").
     async fn backoff(attempt: u32) {
-        if attempt < 4 {
+        if attempt == 0 {
             tokio::task::yield_now().await;
         } else {
-            let micros = 100u64 << attempt.min(10);
+            let cap = 100u64 << attempt.min(7);
+            let micros = lifecycle::random_u64() % (cap + 1);
             tokio::time::sleep(Duration::from_micros(micros)).await;
         }
     }
 
-    /// Adds (or refreshes) `key` in `user`'s index.
+    /// Makes `key`'s entries in `user`'s index last until `record`'s
+    /// absolute deadline, adding an entry for `record` if there is none.
     async fn index_add(
         &self,
         user: &str,
         key: &StorageKey,
-        absolute_deadline: Timestamp,
+        record: &SessionRecord,
     ) -> StoreResult<()> {
+        let absolute_deadline = record.absolute_deadline;
         let ikey = self.inner.keys.user(user);
         for attempt in 0..self.inner.cas_retries {
             let now = Timestamp::now();
@@ -173,8 +181,12 @@ impl MemcachedStore {
             index.upsert(
                 Entry {
                     key: key.clone(),
+                    nonce: lifecycle::random_u64(),
                     added: now,
+                    created_at: record.created_at,
+                    first_expiry: record.expires_at(),
                     absolute_deadline,
+                    replaces: None,
                 },
                 now,
             );
@@ -232,11 +244,11 @@ impl MemcachedStore {
         Err(self.contended("removing from the user index"))
     }
 
-    /// Reads `key`'s record with its CAS token; `None` if absent.
-    async fn read(&self, key: &StorageKey) -> StoreResult<Option<(SessionRecord, Item)>> {
+    /// Reads what `key`'s item holds, with its CAS token; `None` if absent.
+    async fn read(&self, key: &StorageKey) -> StoreResult<Option<(Stored, Item)>> {
         match self.t().get(self.inner.keys.session(key)).await? {
             None => Ok(None),
-            Some(item) => Ok(Some((SessionRecord::decode(&item.value)?, item))),
+            Some(item) => Ok(Some((Stored::decode(&item.value)?, item))),
         }
     }
 
@@ -251,19 +263,20 @@ impl MemcachedStore {
         let skey = self.inner.keys.session(key);
         for attempt in 0..self.inner.cas_retries {
             let now = Timestamp::now();
-            let Some((current, item)) = self.read(key).await? else {
+            let Some((stored, item)) = self.read(key).await? else {
                 return Err(StoreError::NotFound);
             };
-            if current.is_expired_at(now) {
+            // A moved or ended key, or an expired record: not found.
+            let Some(current) = stored.live(now) else {
                 return Err(StoreError::NotFound);
-            }
+            };
             let next = change(&current)?;
             let value = next.encode();
             self.check_size(value.len())?;
             if let Some(user) = &current.user_id {
                 if next.absolute_deadline > current.absolute_deadline {
                     // The index item must live as long as the session.
-                    self.index_add(user, key, next.absolute_deadline).await?;
+                    self.index_add(user, key, &next).await?;
                 }
             }
             let exp = exptime(next.expires_at(), now);
@@ -324,8 +337,9 @@ impl MemcachedStore {
         )
     }
 
-    /// Writes a new record: an `add`, or a CAS over a record that is past
-    /// its deadline but not yet dropped by the server.
+    /// Writes a new record that no user index needs to know about: an
+    /// `add`, or a CAS over a record that is past its deadline (or a
+    /// marker).
     async fn insert(
         &self,
         key: &StorageKey,
@@ -345,10 +359,11 @@ impl MemcachedStore {
                 Outcome::TooLarge => return Err(self.too_large(value.len())),
                 _ => {}
             }
-            let Some((current, item)) = self.read(key).await? else {
+            let Some((stored, item)) = self.read(key).await? else {
                 continue;
             };
-            if !current.is_expired_at(now) {
+            // A marker or an expired record may be written over.
+            if stored.live(now).is_some() {
                 return Err(StoreError::AlreadyExists);
             }
             match self
@@ -363,79 +378,38 @@ impl MemcachedStore {
         }
         Err(self.contended("creating the session"))
     }
-
-    /// The live records of `user`'s index entries, and the entries that may
-    /// be pruned.
-    async fn resolve(
-        &self,
-        user: &str,
-        index: &Index,
-    ) -> StoreResult<(Vec<(Entry, SessionRecord)>, Vec<StorageKey>)> {
-        let now = Timestamp::now();
-        let keys = index
-            .entries
-            .iter()
-            .map(|e| self.inner.keys.session(&e.key))
-            .collect();
-        let items = self.t().get_many(keys).await?;
-        let mut live = Vec::new();
-        let mut stale = Vec::new();
-        for (entry, item) in index.entries.iter().zip(items) {
-            let record = item.and_then(|i| SessionRecord::decode(&i.value).ok());
-            match record {
-                Some(r) if !r.is_expired_at(now) && r.user_id.as_deref() == Some(user) => {
-                    live.push((entry.clone(), r));
-                }
-                Some(r) if r.is_expired_at(now) => stale.push(entry.key.clone()),
-                _ if entry.absolute_deadline <= now
-                    || entry.added.saturating_add(self.inner.index_grace) <= now =>
-                {
-                    stale.push(entry.key.clone());
-                }
-                // Possibly a login still writing its session: keep.
-                _ => {}
-            }
-        }
-        Ok((live, stale))
-    }
 }
 
 #[async_trait]
 impl SessionStore for MemcachedStore {
     async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
-        let value = record.encode();
-        self.check_size(value.len())?;
-        let Some(user) = &record.user_id else {
-            return self.insert(key, record, value).await;
-        };
-        // Index first: a failure leaves at most a stale entry.
-        self.index_add(user, key, record.absolute_deadline).await?;
-        let result = self.insert(key, record, value).await;
-        if let Err(StoreError::TooLarge { .. } | StoreError::AlreadyExists) = &result {
-            // Nothing was written under this user: take the entry back,
-            // unless the existing record is this user's own session.
-            let owned =
-                matches!(self.load(key).await, Ok(Some(r)) if r.user_id.as_deref() == Some(user));
-            if !owned {
-                if let Err(e) = self.index_remove(user, |e| &e.key == key).await {
-                    tracing::debug!(target: "session_memcached", error = %e, "index cleanup deferred");
-                }
-            }
-        }
-        result
+        self.create_with(key, record, &CreateOptions::default())
+            .await
+            .map(drop)
+    }
+
+    async fn create_with(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created> {
+        self.lifecycle_create(key, record, options).await
     }
 
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
         let now = Timestamp::now();
-        match self.read(key).await? {
-            Some((record, item)) if !record.is_expired_at(now) => {
-                self.inner
-                    .recent
-                    .remember(key, Seen::new(&record, item.cas));
-                Ok(Some(record))
-            }
-            _ => Ok(None),
-        }
+        let Some((stored, item)) = self.read(key).await? else {
+            return Ok(None);
+        };
+        // A moved key (or a cancelled creation) holds no session.
+        let Some(record) = stored.live(now) else {
+            return Ok(None);
+        };
+        self.inner
+            .recent
+            .remember(key, Seen::new(&record, item.cas));
+        Ok(Some(record))
     }
 
     async fn update(
@@ -482,61 +456,15 @@ impl SessionStore for MemcachedStore {
     }
 
     async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
-        self.inner.recent.forget(key);
-        let user = match self.read(key).await {
-            Ok(found) => found.and_then(|(r, _)| r.user_id),
-            // An unreadable record is deleted all the same.
-            Err(StoreError::Corrupt(_)) => None,
-            Err(e) => return Err(e),
-        };
-        self.t().delete(self.inner.keys.session(key), None).await?;
-        if let Some(user) = user {
-            self.index_remove(&user, |e| &e.key == key).await?;
-        }
-        Ok(())
+        self.lifecycle_delete(key).await
     }
 
     async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
-        let Some(item) = self.t().get(self.inner.keys.user(user_id)).await? else {
-            return Ok(Vec::new());
-        };
-        let index = Index::decode(&item.value)?;
-        let (live, stale) = self.resolve(user_id, &index).await?;
-        if !stale.is_empty() {
-            // Best effort: listing succeeds even if pruning loses a race.
-            if let Err(e) = self.index_remove(user_id, |e| stale.contains(&e.key)).await {
-                tracing::debug!(target: "session_memcached", error = %e, "index pruning deferred");
-            }
-        }
-        Ok(live.iter().map(|(e, r)| r.summary(&e.key)).collect())
+        self.lifecycle_list(user_id).await
     }
 
     async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
-        let ikey = self.inner.keys.user(user_id);
-        let mut deleted = 0;
-        for attempt in 0..self.inner.cas_retries {
-            let Some(item) = self.t().get(ikey.clone()).await? else {
-                return Ok(deleted);
-            };
-            let index = Index::decode(&item.value)?;
-            let (live, _) = self.resolve(user_id, &index).await?;
-            for (entry, _) in &live {
-                self.inner.recent.forget(&entry.key);
-            }
-            let keys = live
-                .iter()
-                .map(|(e, _)| self.inner.keys.session(&e.key))
-                .collect();
-            let outcomes = self.t().delete_many(keys).await?;
-            deleted += outcomes.iter().filter(|o| **o == Outcome::Applied).count() as u64;
-            // Drop the index only if no login added to it meanwhile;
-            // otherwise go round again for the newcomers.
-            match self.t().delete(ikey.clone(), Some(item.cas)).await? {
-                Outcome::Applied | Outcome::NotFound => return Ok(deleted),
-                _ => Self::backoff(attempt).await,
-            }
-        }
-        Err(self.contended("deleting the user's sessions"))
+        self.lifecycle_delete_user(user_id).await
     }
 
     async fn delete_expired(&self) -> StoreResult<u64> {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use memcache::exp::{Delete, MetaClient};
+use memcache::exp::MetaClient;
 use session_core::{StoreError, StoreResult};
 use tokio::sync::Semaphore;
 
@@ -101,12 +101,12 @@ impl Transport for Blocking {
             .await
     }
 
-    async fn delete_many(&self, keys: Vec<String>) -> StoreResult<Vec<Outcome>> {
+    async fn delete_many(&self, keys: Vec<(String, Option<u64>)>) -> StoreResult<Vec<Outcome>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         self.run(move |c| {
-            c.run_many(keys.iter().map(Delete::new))?
+            c.run_many(keys.iter().map(|(k, cas)| delete_op(k, *cas)))?
                 .into_iter()
                 .map(|r| r.map(|r| outcome(r.status)))
                 .collect()

@@ -79,8 +79,9 @@ pub(crate) trait Transport: Send + Sync + 'static {
     ) -> StoreResult<Outcome>;
     /// `md <key>`, optionally only if the CAS still matches.
     async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome>;
-    /// Several deletes, pipelined per server; one answer per key, in order.
-    async fn delete_many(&self, keys: Vec<String>) -> StoreResult<Vec<Outcome>>;
+    /// Several deletes, each optionally only if its CAS still matches,
+    /// pipelined per server; one answer per key, in order.
+    async fn delete_many(&self, keys: Vec<(String, Option<u64>)>) -> StoreResult<Vec<Outcome>>;
     /// A no-op round trip to every server.
     async fn ping(&self) -> StoreResult<()>;
 }

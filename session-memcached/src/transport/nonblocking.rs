@@ -1,7 +1,7 @@
 //! `Async`: the `memcache` crate's Tokio meta client (feature `async`).
 
 use async_trait::async_trait;
-use memcache::exp::{AsyncMetaClient, Delete, MetaClient};
+use memcache::exp::{AsyncMetaClient, MetaClient};
 use session_core::StoreResult;
 
 use super::{
@@ -71,12 +71,12 @@ impl Transport for Async {
         Ok(outcome(r.status))
     }
 
-    async fn delete_many(&self, keys: Vec<String>) -> StoreResult<Vec<Outcome>> {
+    async fn delete_many(&self, keys: Vec<(String, Option<u64>)>) -> StoreResult<Vec<Outcome>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         self.client
-            .run_many(keys.iter().map(Delete::new))
+            .run_many(keys.iter().map(|(k, cas)| delete_op(k, *cas)))
             .await
             .map_err(map_error)?
             .into_iter()

@@ -1,0 +1,802 @@
+//! The calls that create, move and end sessions: `create_with`, `delete`,
+//! `delete_user`, and the index resolution `list_user` shares with them.
+//! Why their steps are ordered as they are is in the crate documentation
+//! ("Lifecycle changes").
+
+use std::collections::{HashMap, HashSet};
+
+use session_core::store::{newest_first, CreateOptions, Created};
+use session_core::{LimitStrategy, SessionRecord, SessionSummary, StorageKey, StoreError};
+use session_core::{StoreResult, Timestamp};
+
+use super::MemcachedStore;
+use crate::expiry::exptime;
+use crate::index::{Entry, Index};
+use crate::tombstone::{Marker, Stored};
+use crate::transport::{Item, Mode, Outcome};
+
+/// Most moves `delete` follows from one key.
+pub(crate) const MAX_MOVES: usize = 64;
+
+/// 64 random bits (creation nonces, backoff jitter).
+pub(crate) fn random_u64() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        // No OS randomness: the time still spreads nonces and jitter.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        blake3::hash(&now.as_nanos().to_le_bytes()).as_bytes()[..8]
+            .iter()
+            .fold(0, |acc, b| (acc << 8) | u64::from(*b))
+    })
+}
+
+/// What an index entry's session is, as read.
+#[derive(Debug, Clone)]
+enum Status {
+    /// A live record of the index's user, with its CAS token.
+    Live(SessionRecord, u64),
+    /// No record yet, and the creation that wrote the entry may still
+    /// write it.
+    Pending,
+    /// Nothing that is, or can become, live: the entry may be dropped.
+    Dead,
+}
+
+impl Status {
+    fn alive(&self) -> bool {
+        !matches!(self, Self::Dead)
+    }
+}
+
+/// A user's index with the status of every entry.
+struct Resolved {
+    index: Index,
+    status: Vec<Status>,
+}
+
+/// Entries that stand for one session: a pending rotation's new entry and
+/// the entry of the key it replaces.
+struct Unit {
+    members: Vec<usize>,
+    created_at: Timestamp,
+    key: StorageKey,
+}
+
+impl Resolved {
+    /// The live or pending sessions, each once.
+    fn units(&self) -> Vec<Unit> {
+        let mut of: HashMap<&StorageKey, usize> = HashMap::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, e) in self.index.entries.iter().enumerate() {
+            let linked = of
+                .get(&e.key)
+                .copied()
+                .or_else(|| e.replaces.as_ref().and_then(|r| of.get(r).copied()));
+            let g = linked.unwrap_or_else(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(i);
+            of.insert(&e.key, g);
+            if let Some(r) = &e.replaces {
+                of.entry(r).or_insert(g);
+            }
+        }
+        groups
+            .into_iter()
+            .filter_map(|members| {
+                let alive: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.status[i].alive())
+                    .collect();
+                // The newest incarnation: a pending entry, else a live one.
+                let rep = alive
+                    .iter()
+                    .copied()
+                    .find(|&i| matches!(self.status[i], Status::Pending))
+                    .or_else(|| alive.first().copied())?;
+                let created_at = match &self.status[rep] {
+                    Status::Live(r, _) => r.created_at,
+                    _ => self.index.entries[rep].created_at,
+                };
+                Some(Unit {
+                    members: alive,
+                    created_at,
+                    key: self.index.entries[rep].key.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether `unit` is (a rotation of) the session under `key`.
+    fn unit_touches(&self, unit: &Unit, key: &StorageKey) -> bool {
+        unit.members.iter().any(|&i| {
+            let e = &self.index.entries[i];
+            &e.key == key || e.replaces.as_ref() == Some(key)
+        })
+    }
+
+    /// The entries that are not dead.
+    fn kept_entries(&self) -> Vec<Entry> {
+        self.index
+            .entries
+            .iter()
+            .zip(&self.status)
+            .filter(|(_, s)| s.alive())
+            .map(|(e, _)| e.clone())
+            .collect()
+    }
+}
+
+/// What ending a chain of moves found.
+#[derive(Debug, Default)]
+struct Ending {
+    /// A live record was deleted.
+    deleted: bool,
+    /// A creation was cancelled before it wrote its record.
+    cancelled: bool,
+    /// Records deleted that were indexed under a user.
+    unindex: Vec<(String, StorageKey)>,
+}
+
+/// What the new key held when a creation read it.
+enum Slot {
+    /// Nothing.
+    Free,
+    /// Something dead (expired record, marker) with this CAS token.
+    Dead(u64),
+    /// A marker cancelling this creation.
+    Cancelled,
+}
+
+impl MemcachedStore {
+    /// How often the lifecycle loops on a contended index retry: they are
+    /// where many logins of one user meet, so they get a larger budget.
+    fn lifecycle_retries(&self) -> u32 {
+        self.inner.cas_retries.saturating_mul(4)
+    }
+
+    /// Reads the sessions of `index`'s entries and classifies them.
+    /// Pending entries older than `index_grace` are cancelled (their
+    /// creation can then never write) and count as dead.
+    async fn resolve(&self, user: &str, index: Index) -> StoreResult<Resolved> {
+        let keys = index
+            .entries
+            .iter()
+            .map(|e| self.inner.keys.session(&e.key))
+            .collect();
+        let items = self.t().get_many(keys).await?;
+        let now = Timestamp::now();
+        let mut status = Vec::with_capacity(items.len());
+        for (e, item) in index.entries.iter().zip(items) {
+            let s = match item {
+                Some(item) => self.classify(user, &item, now),
+                None if now >= e.first_expiry || now >= e.absolute_deadline => Status::Dead,
+                None if e.added.saturating_add(self.inner.index_grace) > now => Status::Pending,
+                None => {
+                    // Overdue: make sure it never appears, then forget it.
+                    let cancel = Some((e.nonce, e.first_expiry));
+                    self.end_chain(&e.key, Some(None), cancel).await?;
+                    match self.t().get(self.inner.keys.session(&e.key)).await? {
+                        Some(item) => self.classify(user, &item, Timestamp::now()),
+                        None => Status::Dead,
+                    }
+                }
+            };
+            status.push(s);
+        }
+        Ok(Resolved { index, status })
+    }
+
+    fn classify(&self, user: &str, item: &Item, now: Timestamp) -> Status {
+        match Stored::decode(&item.value) {
+            Ok(stored) => match stored.live(now) {
+                Some(r) if r.user_id.as_deref() == Some(user) => Status::Live(r, item.cas),
+                _ => Status::Dead,
+            },
+            Err(_) => Status::Dead,
+        }
+    }
+
+    /// Ends whatever session lives under `key`, following moves.
+    ///
+    /// `known` is what the caller already read there (`Some(None)`:
+    /// absent). `cancel` is the creation to cancel if the key holds no
+    /// record yet: its nonce and until when it could write. Records are
+    /// deleted only with the CAS token they were read with, so a rotation
+    /// that moves one meanwhile is seen and followed.
+    async fn end_chain(
+        &self,
+        key: &StorageKey,
+        mut known: Option<Option<Item>>,
+        mut cancel: Option<(u64, Timestamp)>,
+    ) -> StoreResult<Ending> {
+        let mut ending = Ending::default();
+        let mut key = key.clone();
+        'hops: for _ in 0..MAX_MOVES {
+            self.inner.recent.forget(&key);
+            let skey = self.inner.keys.session(&key);
+            for attempt in 0..self.lifecycle_retries() {
+                let now = Timestamp::now();
+                let item = match known.take() {
+                    Some(item) => item,
+                    None => self.t().get(skey.clone()).await?,
+                };
+                let ended_marker = |nonce, until| Marker::Ended { nonce, until }.encode();
+                let Some(item) = item else {
+                    let Some((nonce, until)) = cancel.filter(|(_, until)| now < *until) else {
+                        return Ok(ending);
+                    };
+                    let value = ended_marker(nonce, until);
+                    match self
+                        .t()
+                        .store(skey.clone(), value, exptime(until, now), Mode::Add)
+                        .await?
+                    {
+                        Outcome::Applied => {
+                            ending.cancelled = true;
+                            return Ok(ending);
+                        }
+                        _ => continue,
+                    }
+                };
+                let stored = match Stored::decode(&item.value) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        // Unreadable: deleted all the same.
+                        self.t().delete(skey.clone(), None).await?;
+                        return Ok(ending);
+                    }
+                };
+                match stored {
+                    Stored::Record(r) if !r.is_expired_at(now) || cancel.is_none() => {
+                        match self.t().delete(skey.clone(), Some(item.cas)).await? {
+                            Outcome::Applied => {
+                                ending.deleted = !r.is_expired_at(now);
+                                if let Some(u) = r.user_id {
+                                    ending.unindex.push((u, key.clone()));
+                                }
+                                return Ok(ending);
+                            }
+                            _ => Self::backoff(attempt).await,
+                        }
+                    }
+                    Stored::Marker(Marker::Moved {
+                        to,
+                        nonce,
+                        until,
+                        to_expires,
+                    }) => {
+                        if now >= until {
+                            return Ok(ending);
+                        }
+                        key = to;
+                        cancel = Some((nonce, to_expires));
+                        continue 'hops;
+                    }
+                    Stored::Marker(Marker::Ended { nonce, .. })
+                        if cancel.is_none_or(|(c, _)| c == nonce) =>
+                    {
+                        return Ok(ending);
+                    }
+                    // A dead record or someone else's cancellation where a
+                    // creation may still write: cancel that creation.
+                    _ => {
+                        let Some((nonce, until)) = cancel.filter(|(_, until)| now < *until) else {
+                            return Ok(ending);
+                        };
+                        let value = ended_marker(nonce, until);
+                        let exp = exptime(until, now);
+                        match self
+                            .t()
+                            .store(skey.clone(), value, exp, Mode::Cas(item.cas))
+                            .await?
+                        {
+                            Outcome::Applied => {
+                                ending.cancelled = true;
+                                return Ok(ending);
+                            }
+                            _ => Self::backoff(attempt).await,
+                        }
+                    }
+                }
+            }
+            return Err(self.contended("ending the session"));
+        }
+        Ok(ending)
+    }
+
+    /// `delete`: ends the session under `key` and wherever it moved.
+    pub(super) async fn lifecycle_delete(&self, key: &StorageKey) -> StoreResult<()> {
+        let ending = self.end_chain(key, None, None).await?;
+        for (user, k) in ending.unindex {
+            self.index_remove(&user, |e| e.key == k).await?;
+        }
+        Ok(())
+    }
+
+    /// `list_user`: the live sessions; dead entries are pruned.
+    pub(super) async fn lifecycle_list(&self, user: &str) -> StoreResult<Vec<SessionSummary>> {
+        let Some(item) = self.t().get(self.inner.keys.user(user)).await? else {
+            return Ok(Vec::new());
+        };
+        let resolved = self.resolve(user, Index::decode(&item.value)?).await?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        let mut dead = Vec::new();
+        for (e, s) in resolved.index.entries.iter().zip(&resolved.status) {
+            match s {
+                Status::Live(r, _) if seen.insert(e.key.clone()) => out.push(r.summary(&e.key)),
+                Status::Dead => dead.push(e.clone()),
+                _ => {}
+            }
+        }
+        if !dead.is_empty() {
+            // Best effort: listing succeeds even if pruning loses a race.
+            if let Err(e) = self.index_remove(user, |e| dead.contains(e)).await {
+                tracing::debug!(target: "session_memcached", error = %e, "index pruning deferred");
+            }
+        }
+        Ok(out)
+    }
+
+    /// `delete_user`: ends every session the index holds (cancelling
+    /// creations that have not written yet), then drops the index if no
+    /// login changed it meanwhile, else goes round again.
+    pub(super) async fn lifecycle_delete_user(&self, user: &str) -> StoreResult<u64> {
+        let ikey = self.inner.keys.user(user);
+        let mut counted: HashSet<StorageKey> = HashSet::new();
+        let mut deleted = 0;
+        for attempt in 0..self.lifecycle_retries() {
+            let Some(item) = self.t().get(ikey.clone()).await? else {
+                return Ok(deleted);
+            };
+            let resolved = self.resolve(user, Index::decode(&item.value)?).await?;
+            let entries = &resolved.index.entries;
+            let live: Vec<(usize, u64)> = resolved
+                .status
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| match s {
+                    Status::Live(_, cas) => Some((i, *cas)),
+                    _ => None,
+                })
+                .collect();
+            let deletes = live
+                .iter()
+                .map(|&(i, cas)| (self.inner.keys.session(&entries[i].key), Some(cas)))
+                .collect();
+            let outcomes = self.t().delete_many(deletes).await?;
+            let mut ended = vec![false; entries.len()];
+            for (&(i, _), outcome) in live.iter().zip(outcomes) {
+                self.inner.recent.forget(&entries[i].key);
+                ended[i] = if outcome == Outcome::Applied {
+                    true
+                } else {
+                    // Changed since read (moved, say): follow it.
+                    let ending = self.end_chain(&entries[i].key, None, None).await?;
+                    ending.deleted || ending.cancelled
+                };
+            }
+            for (i, e) in entries.iter().enumerate() {
+                if matches!(resolved.status[i], Status::Pending) {
+                    let cancel = Some((e.nonce, e.first_expiry));
+                    let ending = self.end_chain(&e.key, None, cancel).await?;
+                    // A cancelled creation counts only as the continuation
+                    // of a session rotated from a live one.
+                    ended[i] = ending.deleted || (ending.cancelled && e.replaces.is_some());
+                }
+            }
+            for (i, e) in entries.iter().enumerate() {
+                if !ended[i] {
+                    continue;
+                }
+                let fresh = !counted.contains(&e.key)
+                    && e.replaces.as_ref().is_none_or(|r| !counted.contains(r));
+                deleted += u64::from(fresh);
+                counted.insert(e.key.clone());
+                if let Some(r) = &e.replaces {
+                    counted.insert(r.clone());
+                }
+            }
+            // Drop the index only if no login added to it meanwhile;
+            // otherwise go round again for the newcomers.
+            match self.t().delete(ikey.clone(), Some(item.cas)).await? {
+                Outcome::Applied | Outcome::NotFound => return Ok(deleted),
+                _ => Self::backoff(attempt).await,
+            }
+        }
+        Err(self.contended("deleting the user's sessions"))
+    }
+
+    /// `create_with`; see the crate documentation for the order of steps.
+    pub(super) async fn lifecycle_create(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created> {
+        let value = record.encode();
+        self.check_size(value.len())?;
+        let user = record.user_id.as_deref();
+        if user.is_none() && options.replaces.is_none() {
+            self.insert(key, record, value).await?;
+            return Ok(Created::default());
+        }
+        let nonce = random_u64();
+
+        // 1. Read the old key, the new key and the index at once.
+        let mut keys = vec![self.inner.keys.session(key)];
+        if let Some(r) = &options.replaces {
+            keys.push(self.inner.keys.session(&r.key));
+        }
+        if let Some(u) = user {
+            keys.push(self.inner.keys.user(u));
+        }
+        let mut items = self.t().get_many(keys).await?.into_iter();
+        let new_item = items.next().flatten();
+        let old_item = options
+            .replaces
+            .as_ref()
+            .and_then(|_| items.next().flatten());
+        let mut index_item = user.and_then(|_| items.next().flatten());
+        let now = Timestamp::now();
+
+        // 2. The checks, in the contract's order.
+        let old = match &options.replaces {
+            None => None,
+            Some(r) => {
+                let item = old_item.ok_or(StoreError::NotFound)?;
+                let current = Stored::decode(&item.value)?
+                    .live(now)
+                    .ok_or(StoreError::NotFound)?;
+                check_replaceable(&current, r.version, user)?;
+                Some((r.key.clone(), current, item.cas))
+            }
+        };
+        let old_indexed = old.as_ref().is_some_and(|(_, r, _)| r.user_id.is_some());
+        let mut slot = match &new_item {
+            None => Slot::Free,
+            Some(item) => match Stored::decode(&item.value) {
+                Ok(s) if s.clone().live(now).is_some() => return Err(StoreError::AlreadyExists),
+                Ok(_) | Err(_) => Slot::Dead(item.cas),
+            },
+        };
+
+        // 3. The decision, committed by a CAS on the user's index.
+        let mut evicted = Vec::new();
+        let mut victims: Vec<(StorageKey, Status, u64, Timestamp)> = Vec::new();
+        let mut stays = true;
+        let mut indexed = false;
+        if let Some(u) = user {
+            let ikey = self.inner.keys.user(u);
+            let mut attempt = 0;
+            loop {
+                if attempt >= self.lifecycle_retries() {
+                    return Err(self.contended("deciding the login"));
+                }
+                let (index, mode) = match index_item.take() {
+                    Some(item) => (Index::decode(&item.value)?, Mode::Cas(item.cas)),
+                    None => (Index::default(), Mode::Add),
+                };
+                let now = Timestamp::now();
+                let limit = options.limit;
+                let mut entries;
+                victims.clear();
+                evicted.clear();
+                stays = true;
+                if let Some(limit) = limit {
+                    let resolved = self.resolve(u, index).await?;
+                    let replaced = options.replaces.as_ref().map(|r| &r.key);
+                    let mut others: Vec<Unit> = resolved
+                        .units()
+                        .into_iter()
+                        .filter(|unit| {
+                            !resolved.unit_touches(unit, key)
+                                && replaced.is_none_or(|o| !resolved.unit_touches(unit, o))
+                        })
+                        .collect();
+                    let max = limit.max.get();
+                    match limit.strategy {
+                        LimitStrategy::RejectNew if others.len() >= max => {
+                            return Err(StoreError::UserLimitReached { max });
+                        }
+                        LimitStrategy::EvictOldest if others.len() >= max => {
+                            others.push(Unit {
+                                members: Vec::new(),
+                                created_at: record.created_at,
+                                key: key.clone(),
+                            });
+                            others.sort_by(|a, b| {
+                                newest_first((a.created_at, &a.key), (b.created_at, &b.key))
+                            });
+                            for unit in others.split_off(max) {
+                                if unit.members.is_empty() {
+                                    stays = false;
+                                    evicted.push(key.clone());
+                                }
+                                for i in unit.members {
+                                    let e = &resolved.index.entries[i];
+                                    evicted.push(e.key.clone());
+                                    victims.push((
+                                        e.key.clone(),
+                                        resolved.status[i].clone(),
+                                        e.nonce,
+                                        e.first_expiry,
+                                    ));
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    entries = resolved.kept_entries();
+                } else {
+                    entries = index.entries;
+                }
+                entries.retain(|e| e.absolute_deadline > now);
+                if stays {
+                    entries.push(Entry {
+                        key: key.clone(),
+                        nonce,
+                        added: now,
+                        created_at: record.created_at,
+                        first_expiry: record.expires_at(),
+                        absolute_deadline: record.absolute_deadline,
+                        replaces: options.replaces.as_ref().map(|r| r.key.clone()),
+                    });
+                }
+                let index = Index { entries };
+                let outcome = match (index.last_deadline(), mode) {
+                    (None, Mode::Add) => Outcome::Applied,
+                    (None, Mode::Cas(cas)) => self.t().delete(ikey.clone(), Some(cas)).await?,
+                    (Some(last), mode) => {
+                        let value = index.encode();
+                        self.check_size(value.len())?;
+                        let size = value.len();
+                        let exp = exptime(last, now);
+                        match self.t().store(ikey.clone(), value, exp, mode).await? {
+                            Outcome::TooLarge => return Err(self.too_large(size)),
+                            o => o,
+                        }
+                    }
+                };
+                if outcome == Outcome::Applied {
+                    indexed = stays;
+                    break;
+                }
+                Self::backoff(attempt).await;
+                attempt += 1;
+                index_item = self.t().get(ikey.clone()).await?;
+            }
+        }
+
+        // 4. Retire the old key: a CAS on the token its check read, so a
+        // racing update, delete or rotation of it is noticed.
+        if let Some((old_key, current, cas)) = old {
+            if let Err(e) = self
+                .move_away(&old_key, current, cas, key, nonce, record)
+                .await
+            {
+                if indexed {
+                    self.unindex_creation(user, key, nonce).await;
+                }
+                return Err(e);
+            }
+        }
+
+        // 5. End the evicted sessions and write the new record.
+        let mut ends = Vec::new();
+        for (k, status, v_nonce, v_until) in victims {
+            let (known, cancel) = match status {
+                Status::Live(..) => (None, None),
+                _ => (None, Some((v_nonce, v_until))),
+            };
+            ends.push((k, known, cancel));
+        }
+        let kill = async {
+            for (k, known, cancel) in ends {
+                let ending = self.end_chain(&k, known, cancel).await?;
+                for (u, k) in ending.unindex {
+                    // Dropped lazily otherwise; a failure is harmless.
+                    let _ = self.index_remove(&u, |e| e.key == k).await;
+                }
+            }
+            Ok::<_, StoreError>(())
+        };
+        let write = async {
+            if !stays {
+                return Ok(());
+            }
+            self.write_new(key, record, &value, nonce, &mut slot).await
+        };
+        let (killed, written) = tokio::join!(kill, write);
+        if let Err(e) = written {
+            if indexed && matches!(e, StoreError::AlreadyExists) {
+                self.unindex_creation(user, key, nonce).await;
+            }
+            return Err(e);
+        }
+        killed?;
+
+        // 6. Tidy the index: the old key's entry is dead now.
+        if let (Some(u), Some(r), true) = (user, &options.replaces, indexed && old_indexed) {
+            let old_key = r.key.clone();
+            let tidy = self
+                .index_edit(u, |entries| {
+                    let before = entries.len();
+                    entries.retain(|e| e.key != old_key);
+                    let mut changed = entries.len() != before;
+                    for e in entries
+                        .iter_mut()
+                        .filter(|e| e.nonce == nonce && &e.key == key)
+                    {
+                        changed |= e.replaces.take().is_some();
+                    }
+                    changed
+                })
+                .await;
+            if let Err(e) = tidy {
+                tracing::debug!(target: "session_memcached", error = %e, "index tidying deferred");
+            }
+        }
+        Ok(Created::with_evicted(evicted))
+    }
+
+    /// Turns the old key into a move marker with a CAS on `cas`; retries
+    /// while only a touch changed the item.
+    async fn move_away(
+        &self,
+        old_key: &StorageKey,
+        mut current: SessionRecord,
+        mut cas: u64,
+        to: &StorageKey,
+        nonce: u64,
+        record: &SessionRecord,
+    ) -> StoreResult<()> {
+        let skey = self.inner.keys.session(old_key);
+        let version = current.version;
+        for attempt in 0..self.lifecycle_retries() {
+            let now = Timestamp::now();
+            let until = current.expires_at();
+            let marker = Marker::Moved {
+                to: to.clone(),
+                nonce,
+                until,
+                to_expires: record.expires_at(),
+            };
+            let outcome = self
+                .t()
+                .store(
+                    skey.clone(),
+                    marker.encode(),
+                    exptime(until, now),
+                    Mode::Cas(cas),
+                )
+                .await?;
+            self.inner.recent.forget(old_key);
+            match outcome {
+                // Live when the server applied it, which was before now.
+                Outcome::Applied if Timestamp::now() < until => return Ok(()),
+                Outcome::Applied => return Err(StoreError::NotFound),
+                Outcome::NotFound => return Err(StoreError::NotFound),
+                _ => {}
+            }
+            let Some((stored, item)) = self.read(old_key).await? else {
+                return Err(StoreError::NotFound);
+            };
+            let next = stored.live(Timestamp::now()).ok_or(StoreError::NotFound)?;
+            check_replaceable(&next, version, record.user_id.as_deref())?;
+            (current, cas) = (next, item.cas);
+            Self::backoff(attempt).await;
+        }
+        Err(self.contended("moving the session"))
+    }
+
+    /// Writes the new record of a creation with `nonce`. Succeeds without
+    /// writing if the creation was cancelled meanwhile (it then ended
+    /// after it happened, as far as anyone can tell).
+    async fn write_new(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        value: &[u8],
+        nonce: u64,
+        slot: &mut Slot,
+    ) -> StoreResult<()> {
+        let skey = self.inner.keys.session(key);
+        for attempt in 0..self.lifecycle_retries() {
+            let now = Timestamp::now();
+            let exp = exptime(record.expires_at(), now);
+            let mode = match *slot {
+                Slot::Free => Mode::Add,
+                Slot::Dead(cas) => Mode::Cas(cas),
+                Slot::Cancelled => return Ok(()),
+            };
+            match self
+                .t()
+                .store(skey.clone(), value.to_vec(), exp, mode)
+                .await?
+            {
+                Outcome::Applied => return Ok(()),
+                Outcome::TooLarge => return Err(self.too_large(value.len())),
+                _ => {}
+            }
+            *slot = match self.t().get(skey.clone()).await? {
+                None => Slot::Free,
+                Some(item) => match Stored::decode(&item.value) {
+                    Ok(Stored::Marker(Marker::Ended { nonce: n, .. })) if n == nonce => {
+                        Slot::Cancelled
+                    }
+                    Ok(s) if s.clone().live(now).is_some() => {
+                        return Err(StoreError::AlreadyExists)
+                    }
+                    _ => Slot::Dead(item.cas),
+                },
+            };
+            if !matches!(slot, Slot::Cancelled) {
+                Self::backoff(attempt).await;
+            }
+        }
+        Err(self.contended("creating the session"))
+    }
+
+    /// Takes back the index entry of a creation that failed.
+    async fn unindex_creation(&self, user: Option<&str>, key: &StorageKey, nonce: u64) {
+        let Some(u) = user else { return };
+        if let Err(e) = self
+            .index_remove(u, |e| &e.key == key && e.nonce == nonce)
+            .await
+        {
+            // The entry stays pending until `index_grace`, then is cancelled.
+            tracing::debug!(target: "session_memcached", error = %e, "index cleanup deferred");
+        }
+    }
+
+    /// Applies `edit` to `user`'s index (if any) with a CAS; `edit` says
+    /// whether it changed anything.
+    async fn index_edit(
+        &self,
+        user: &str,
+        edit: impl Fn(&mut Vec<Entry>) -> bool + Send + Sync,
+    ) -> StoreResult<()> {
+        let ikey = self.inner.keys.user(user);
+        for attempt in 0..self.inner.cas_retries {
+            let now = Timestamp::now();
+            let Some(item) = self.t().get(ikey.clone()).await? else {
+                return Ok(());
+            };
+            let mut index = Index::decode(&item.value)?;
+            if !edit(&mut index.entries) {
+                return Ok(());
+            }
+            index.entries.retain(|e| e.absolute_deadline > now);
+            let outcome = match index.last_deadline() {
+                None => self.t().delete(ikey.clone(), Some(item.cas)).await?,
+                Some(last) => {
+                    let exp = exptime(last, now);
+                    let value = index.encode();
+                    self.t()
+                        .store(ikey.clone(), value, exp, Mode::Cas(item.cas))
+                        .await?
+                }
+            };
+            match outcome {
+                Outcome::Applied | Outcome::NotFound => return Ok(()),
+                _ => Self::backoff(attempt).await,
+            }
+        }
+        Err(self.contended("changing the user index"))
+    }
+}
+
+/// The rotation checks: the version the caller saw, and no change of user
+/// (an anonymous record may move into a logged-in one).
+fn check_replaceable(current: &SessionRecord, version: u64, user: Option<&str>) -> StoreResult<()> {
+    let other_user = current.user_id.is_some() && current.user_id.as_deref() != user;
+    if current.version != version || other_user {
+        return Err(StoreError::Conflict);
+    }
+    Ok(())
+}
