@@ -113,6 +113,13 @@ impl Harness {
         self
     }
 
+    /// Runs each race case `rounds` times instead of the default.
+    #[must_use]
+    pub fn with_rounds(mut self, rounds: usize) -> Self {
+        self.rounds = rounds;
+        self
+    }
+
     /// Whether the store's lifecycle step is atomic (the default).
     #[must_use]
     pub fn is_atomic(&self) -> bool {
