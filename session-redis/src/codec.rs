@@ -17,12 +17,166 @@
 //!
 //! The Lua scripts read only the fixed header (and the user id where they
 //! must compare it) with `GETRANGE`, never the data.
+//!
+//! # Markers
+//!
+//! Two more values can sit under a session key. They share the fixed header
+//! (so every script reads them with the same `GETRANGE`) but carry another
+//! format byte, so no script ever takes them for a live record (the scripts'
+//! `live()` requires format 1) and `load` returns `None` for them.
+//!
+//! A **moved marker** (format 2, the "tombstone") replaces a record that a
+//! rotation moved to another key. Its TTL is the old record's remaining
+//! life, and `delete` of the old key follows it to the new one:
+//!
+//! ```text
+//! offset  size  field
+//!      0     1  format (2)
+//!      1     1  0
+//!      2     8  0
+//!     10     8  created_at of the record it moved to
+//!     18     8  when the move happened (unix ms)
+//!     26     8  the old record's idle_deadline      (copied by the script
+//!     34     8  the old record's absolute_deadline   from the old header)
+//!     42     4  length n of the new storage key, u32 big-endian
+//!     46     n  the new storage key
+//! ```
+//!
+//! An **ended marker** (format 3, header only, every field 0) is written on
+//! a Redis Cluster only, by a `delete` that followed a moved marker to a key
+//! whose record was not written yet (the rotation is still in flight): the
+//! rotation's last write then finds it and fails, so the session it was
+//! moving stays ended. It expires by itself (see
+//! [`CLUSTER_INDEX_GRACE`](crate::CLUSTER_INDEX_GRACE)).
+//!
+//! A **pending marker** (format 4, header only, every field 0) is written on
+//! a Redis Cluster only, by a login under a `RejectNew` limit, under its new
+//! key before its index entry, and overwritten by the record: it tells
+//! racing logins that count the user's sessions that this one is being
+//! written (a missing record is then really not coming). It expires by
+//! itself after [`CLUSTER_INDEX_GRACE`](crate::CLUSTER_INDEX_GRACE).
 
 use bytes::Bytes;
-use session_core::{SessionRecord, StoreError, StoreResult, Timestamp};
+use session_core::{SessionRecord, StorageKey, StoreError, StoreResult, Timestamp};
 
 /// Length of the fixed header.
 pub(crate) const HEADER_LEN: usize = 46;
+/// Format byte of a session record ([`SessionRecord::encode`]).
+#[cfg(test)]
+pub(crate) const FORMAT_RECORD: u8 = 1;
+/// Format byte of a moved marker.
+pub(crate) const FORMAT_MOVED: u8 = 2;
+/// Format byte of an ended marker.
+pub(crate) const FORMAT_ENDED: u8 = 3;
+/// Format byte of a pending marker.
+pub(crate) const FORMAT_PENDING: u8 = 4;
+/// Offset of the two deadlines, which a script copies from the old record
+/// into a moved marker.
+#[cfg(test)]
+pub(crate) const DEADLINES_OFFSET: usize = 26;
+
+/// What a session key holds, judged from (a prefix of) its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// Nothing.
+    Missing,
+    /// A session record (only its header and user id when given a prefix).
+    Record(SessionRecord),
+    /// A moved marker.
+    Moved(Moved),
+    /// An ended marker.
+    Ended,
+    /// A pending marker.
+    Pending,
+    /// Bytes that are none of these.
+    Unreadable,
+}
+
+/// The content of a moved marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Moved {
+    /// Where the record went; `None` if the bytes read were cut short of it.
+    pub(crate) to: Option<StorageKey>,
+    /// Creation time of the record it moved to.
+    pub(crate) created_at: Timestamp,
+    /// When the move happened.
+    pub(crate) moved_at: Timestamp,
+    /// The old record's deadline: the marker matters until then.
+    pub(crate) until: Timestamp,
+}
+
+fn i64_at(bytes: &[u8], at: usize) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    i64::from_be_bytes(b)
+}
+
+/// Classifies a value (or a prefix of one at least [`HEADER_LEN`] bytes
+/// long where it is that long).
+pub(crate) fn classify(bytes: &[u8]) -> Stored {
+    if bytes.is_empty() {
+        return Stored::Missing;
+    }
+    if bytes.len() < HEADER_LEN {
+        return Stored::Unreadable;
+    }
+    match bytes[0] {
+        FORMAT_MOVED => {
+            let to = header_and_user_len(bytes)
+                .and_then(|end| bytes.get(HEADER_LEN..end))
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .map(StorageKey::from_stored);
+            let (idle, absolute) = (i64_at(bytes, 26), i64_at(bytes, 34));
+            Stored::Moved(Moved {
+                to,
+                created_at: Timestamp::from_unix_millis(i64_at(bytes, 10)),
+                moved_at: Timestamp::from_unix_millis(i64_at(bytes, 18)),
+                until: Timestamp::from_unix_millis(idle.min(absolute)),
+            })
+        }
+        FORMAT_ENDED => Stored::Ended,
+        FORMAT_PENDING => Stored::Pending,
+        _ => SessionRecord::decode(bytes).map_or(Stored::Unreadable, Stored::Record),
+    }
+}
+
+/// Whether a stored value is one of the markers (which `load` treats as
+/// absent).
+pub(crate) fn is_marker(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER_LEN && matches!(bytes[0], FORMAT_MOVED | FORMAT_ENDED | FORMAT_PENDING)
+}
+
+/// A moved marker pointing at `to`, for a record created at `created_at`,
+/// moved at `moved_at`. Its deadlines are zero: the script that writes it
+/// copies the old record's deadlines into
+/// `DEADLINES_OFFSET..DEADLINES_OFFSET + 16`.
+pub(crate) fn moved_marker(to: &StorageKey, created_at: Timestamp, moved_at: Timestamp) -> Vec<u8> {
+    let to = to.as_str().as_bytes();
+    let mut out = Vec::with_capacity(HEADER_LEN + to.len());
+    out.push(FORMAT_MOVED);
+    out.push(0);
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&created_at.as_unix_millis().to_be_bytes());
+    out.extend_from_slice(&moved_at.as_unix_millis().to_be_bytes());
+    out.extend_from_slice(&[0; 16]);
+    out.extend_from_slice(&u32::try_from(to.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(to);
+    out
+}
+
+/// The ended marker.
+pub(crate) fn ended_marker() -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[0] = FORMAT_ENDED;
+    out
+}
+
+/// The pending marker.
+pub(crate) fn pending_marker() -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[0] = FORMAT_PENDING;
+    out
+}
 /// Offset of `last_access`, followed by `idle_deadline`.
 #[cfg(test)]
 pub(crate) const TOUCH_OFFSET: usize = 18;
@@ -68,6 +222,66 @@ pub(crate) fn touch_bytes(last_access: Timestamp, idle_deadline: Timestamp) -> [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moved_marker_layout() {
+        let to = StorageKey::from_stored("ab12");
+        let (created, moved) = (
+            Timestamp::from_unix_millis(1_000),
+            Timestamp::from_unix_millis(2_000),
+        );
+        let mut m = moved_marker(&to, created, moved);
+        assert_eq!(m.len(), HEADER_LEN + 4);
+        assert_eq!(m[0], FORMAT_MOVED);
+        assert_eq!(&m[1..10], &[0; 9]);
+        assert_eq!(&m[10..18], &1_000i64.to_be_bytes());
+        assert_eq!(&m[18..26], &2_000i64.to_be_bytes());
+        assert_eq!(&m[26..42], &[0; 16]);
+        assert_eq!(&m[42..46], &4u32.to_be_bytes());
+        assert_eq!(&m[46..], b"ab12");
+        // What the script splices in: the old record's deadlines.
+        let old = sample(Some("u"), b"d").encode();
+        m[DEADLINES_OFFSET..DEADLINES_OFFSET + 16]
+            .copy_from_slice(&old[DEADLINES_OFFSET..DEADLINES_OFFSET + 16]);
+        assert!(is_marker(&m));
+        assert_eq!(
+            classify(&m),
+            Stored::Moved(Moved {
+                to: Some(to),
+                created_at: created,
+                moved_at: moved,
+                until: Timestamp::from_unix_millis(3),
+            })
+        );
+        // Cut short of the key: still a moved marker, without its target.
+        assert!(matches!(
+            classify(&m[..HEADER_LEN + 2]),
+            Stored::Moved(Moved { to: None, .. })
+        ));
+        // A marker is never a record.
+        assert!(SessionRecord::decode(&m).is_err());
+    }
+
+    #[test]
+    fn ended_and_pending_markers_layout_and_classification() {
+        let e = ended_marker();
+        assert_eq!(e[0], FORMAT_ENDED);
+        assert!(e[1..].iter().all(|&b| b == 0));
+        assert!(is_marker(&e));
+        assert_eq!(classify(&e), Stored::Ended);
+        let p = pending_marker();
+        assert_eq!(p[0], FORMAT_PENDING);
+        assert!(p[1..].iter().all(|&b| b == 0));
+        assert!(is_marker(&p));
+        assert_eq!(classify(&p), Stored::Pending);
+        assert_eq!(classify(b""), Stored::Missing);
+        assert_eq!(classify(b"garbage"), Stored::Unreadable);
+        let r = sample(Some("u"), b"d");
+        let enc = r.encode();
+        assert_eq!(enc[0], FORMAT_RECORD);
+        assert!(!is_marker(&enc));
+        assert_eq!(classify(&enc), Stored::Record(r));
+    }
 
     fn sample(user: Option<&str>, data: &'static [u8]) -> SessionRecord {
         SessionRecord {

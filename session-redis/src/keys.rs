@@ -82,6 +82,13 @@ impl KeyPrefix {
         out
     }
 
+    /// What every session key starts with, `<prefix>:s:{`: a script that
+    /// computes session keys from storage keys appends `<storage key>}`.
+    #[must_use]
+    pub(crate) fn session_key_head(&self) -> String {
+        format!("{}:s:{{", self.0)
+    }
+
     /// The Redis key of a user's index: `<prefix>:u:{<hash>}`, where the
     /// hash is a BLAKE3 hash of the user id's bytes.
     #[must_use]
@@ -143,6 +150,10 @@ mod tests {
         let k = StorageKey::from_stored("abc123");
         assert_eq!(p.session_key(&k), "app:s:{abc123}");
         assert_eq!(slot_tag(&p.session_key(&k)), "abc123");
+        assert_eq!(
+            format!("{}{}}}", p.session_key_head(), k.as_str()),
+            p.session_key(&k)
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! entry after the session. `list_user` and `delete_user` read the index,
 //! then visit every listed session concurrently, then prune.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,16 +16,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use redis::RedisResult;
+use session_core::store::{newest_first, CreateOptions, Created};
 use session_core::{
-    SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
+    LimitStrategy, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError,
+    StoreResult, Timestamp,
 };
 
 use crate::builder::RedisStoreBuilder;
-use crate::codec::{self, HEADER_LEN};
+use crate::codec::{self, Stored, HEADER_LEN};
 use crate::connection::Conn;
 use crate::error::{store_error, ConnectError, OperationTimedOut};
 use crate::keys::{InvalidPrefix, KeyPrefix};
-use crate::scripts::{self, delete_if_user, update, Scripts};
+use crate::scripts::{self, create, delete, delete_if_user, lifecycle, update, Scripts};
 
 /// Longest TTL ever set (100 years): deadlines further away are capped.
 const MAX_TTL_MS: i64 = 100 * 365 * 24 * 3_600_000;
@@ -34,6 +37,12 @@ const INDEX_SLACK_MS: i64 = 60_000;
 /// it is older than this: a `create` writes the entry before the session, so
 /// a younger entry may belong to a session that is being written right now.
 pub const CLUSTER_INDEX_GRACE: Duration = Duration::from_secs(60);
+/// Most moves `delete` follows from one key (a session rotated more often
+/// than this within one lifetime is deleted up to here).
+const MAX_MOVES: usize = 64;
+/// Bytes of a moved marker's new storage key that the cluster's eviction
+/// reads (storage keys are 64 characters).
+const MARKER_TARGET_READ: usize = 256;
 
 /// What connections and scripts every prefix-view of a store shares.
 pub(crate) struct Shared {
@@ -81,7 +90,7 @@ enum Entry {
     Live(SessionSummary),
     /// This user's session, past its deadline.
     Expired,
-    /// No session under the key.
+    /// No session under the key (nothing, or a moved or ended marker).
     Missing,
     /// Something else under the key (another user's record, unreadable
     /// bytes): neither listed nor pruned.
@@ -90,18 +99,16 @@ enum Entry {
 
 impl Entry {
     fn classify(header: &[u8], key: &StorageKey, user_id: &str, now: Timestamp) -> Self {
-        if header.is_empty() {
-            return Self::Missing;
-        }
-        match SessionRecord::decode(header) {
-            Ok(r) if r.user_id.as_deref() == Some(user_id) => {
+        match codec::classify(header) {
+            Stored::Missing | Stored::Moved(_) | Stored::Ended | Stored::Pending => Self::Missing,
+            Stored::Record(r) if r.user_id.as_deref() == Some(user_id) => {
                 if r.is_expired_at(now) {
                     Self::Expired
                 } else {
                     Self::Live(r.summary(key))
                 }
             }
-            _ => Self::Foreign,
+            Stored::Record(_) | Stored::Unreadable => Self::Foreign,
         }
     }
 }
@@ -223,13 +230,32 @@ impl RedisStore {
         now: Timestamp,
         index_ttl: i64,
     ) -> RedisResult<()> {
+        self.index_add_snapshot(conn, index, key, now, index_ttl, false)
+            .await
+            .map(drop)
+    }
+
+    /// [`RedisStore::index_add`] that says whether the entry is new and,
+    /// with `snapshot`, which entries (member, written-at ms) the index held
+    /// before it, read in the same script.
+    async fn index_add_snapshot(
+        &self,
+        conn: &mut Conn,
+        index: &str,
+        key: &StorageKey,
+        now: Timestamp,
+        index_ttl: i64,
+        snapshot: bool,
+    ) -> RedisResult<(bool, Vec<(String, f64)>)> {
         let script = &self.scripts().index_add;
         let mut cmd = scripts::evalsha(script, 1, index.len());
         cmd.arg(index)
             .arg(key.as_str())
             .arg(now.as_unix_millis())
-            .arg(index_ttl);
-        scripts::run::<i64>(script, &cmd, conn).await.map(drop)
+            .arg(index_ttl)
+            .arg(if snapshot { "1" } else { "0" });
+        let (added, before): (i64, Vec<(String, f64)>) = scripts::run(script, &cmd, conn).await?;
+        Ok((added == 1, before))
     }
 
     /// The index entries of `index`: (storage key, written-at ms).
@@ -243,6 +269,527 @@ impl RedisStore {
             .await
     }
 
+    /// Runs `fut` under the operation timeout.
+    async fn within<T>(&self, fut: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        let limit = self.shared.operation_timeout;
+        tokio::time::timeout(limit, fut)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::unavailable(OperationTimedOut(limit))))
+    }
+
+    /// The first `len` bytes under each of `keys`' session keys, read
+    /// concurrently.
+    async fn read_values<'k>(
+        &self,
+        conn: &Conn,
+        keys: impl IntoIterator<Item = &'k str>,
+        len: usize,
+    ) -> RedisResult<Vec<Vec<u8>>> {
+        let reads = keys.into_iter().map(|member| {
+            let session_key = self.prefix.session_key(&StorageKey::from_stored(member));
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("GETRANGE")
+                    .arg(session_key)
+                    .arg(0)
+                    .arg(len.saturating_sub(1))
+                    .query_async::<Vec<u8>>(&mut conn)
+                    .await
+            }
+        });
+        join_all(reads).await.into_iter().collect()
+    }
+
+    /// Deletes the record under `key` and its index entry, following moved
+    /// markers to where the session went (within the script on a single
+    /// server; one script call per key on a cluster, where the keys live on
+    /// different slots). With `block` > 0 (cluster, `key` reached through a
+    /// moved marker), a key holding no record gets an ended marker for
+    /// `block` ms, so the rotation still writing it fails.
+    async fn delete_from(
+        &self,
+        conn: &mut Conn,
+        mut key: StorageKey,
+        mut block: i64,
+    ) -> RedisResult<Option<Ended>> {
+        let cluster = self.is_cluster();
+        let hops = if cluster { 0 } else { MAX_MOVES };
+        let head = self.prefix.session_key_head();
+        let marker = codec::ended_marker();
+        let script = &self.scripts().delete;
+        for _ in 0..=MAX_MOVES {
+            let session_key = self.prefix.session_key(&key);
+            let mut cmd = scripts::evalsha(script, 1, session_key.len() + head.len() + HEADER_LEN);
+            cmd.arg(&session_key)
+                .arg(hops)
+                .arg(Timestamp::now().as_unix_millis())
+                .arg(&head)
+                .arg(block)
+                .arg(&marker[..]);
+            let (code, user, member, n): (i64, Vec<u8>, String, i64) =
+                scripts::run(script, &cmd, conn).await?;
+            let at = if member.is_empty() {
+                key
+            } else {
+                StorageKey::from_stored(&member)
+            };
+            match code {
+                delete::RECORD => {
+                    // Session first, then its index entry: a failure in
+                    // between leaves a stale entry, which readers prune.
+                    if n & delete::FLAG_USER != 0 {
+                        let index = self.prefix.index_key(&user);
+                        Self::prune(conn, &index, &[at.as_str()]).await?;
+                    }
+                    return Ok(Some(Ended {
+                        key: at,
+                        live: n & delete::FLAG_LIVE != 0,
+                    }));
+                }
+                delete::MOVED if cluster => {
+                    key = at;
+                    block = ended_marker_ttl(n);
+                }
+                delete::ENDED => return Ok(Some(Ended { key: at, live: true })),
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// `create_with` on a single server: one script, atomic.
+    async fn create_with_single(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created> {
+        let value = self.encode(record)?;
+        let now = Timestamp::now();
+        let ttl = ttl_ms(record.expires_at(), now);
+        let session_key = self.prefix.session_key(key);
+        let user = record.user_id.as_deref();
+        let index = user.map(|u| self.prefix.index_key(u.as_bytes()));
+        let index_ttl = index_ttl_ms(record.absolute_deadline, now);
+        let segment = codec::user_segment(user);
+        let old_key = options
+            .replaces
+            .as_ref()
+            .map(|r| self.prefix.session_key(&r.key));
+        let marker = codec::moved_marker(key, record.created_at, now);
+        let (max, strategy) = match options.limit.filter(|_| user.is_some()) {
+            None => (0, ""),
+            Some(l) => (l.max.get(), strategy_code(l.strategy)?),
+        };
+        let head = self.prefix.session_key_head();
+        let script = &self.scripts().create_with;
+        let keys = 1 + usize::from(old_key.is_some()) + usize::from(index.is_some());
+        let mut cmd = scripts::evalsha(
+            script,
+            keys,
+            session_key.len()
+                + old_key.as_ref().map_or(0, String::len)
+                + index.as_ref().map_or(0, String::len)
+                + value.len()
+                + 2 * segment.len()
+                + marker.len()
+                + head.len(),
+        );
+        cmd.arg(&session_key)
+            .arg(old_key.as_deref())
+            .arg(index.as_deref())
+            .arg(&value[..])
+            .arg(now.as_unix_millis())
+            .arg(ttl)
+            .arg(key.as_str())
+            .arg(index_ttl)
+            .arg(if old_key.is_some() { "1" } else { "0" })
+            .arg(
+                options
+                    .replaces
+                    .as_ref()
+                    .map_or([0; 8], |r| r.version.to_be_bytes())
+                    .as_slice(),
+            )
+            .arg(&segment[..])
+            .arg(options.replaces.as_ref().map_or("", |r| r.key.as_str()))
+            .arg(&marker[..])
+            .arg(max)
+            .arg(strategy)
+            .arg(&head)
+            .arg(record.created_at.as_unix_millis());
+        let mut conn = self.conn();
+        let (code, evicted): (i64, Vec<String>) = self
+            .bounded(scripts::run(script, &cmd, &mut conn))
+            .await?;
+        match code {
+            lifecycle::DONE => Ok(Created::with_evicted(
+                evicted.iter().map(|k| StorageKey::from_stored(k)).collect(),
+            )),
+            other => Err(lifecycle_error(other, max)),
+        }
+    }
+
+    /// `create_with` on a cluster: ordered steps, each atomic on its slot,
+    /// so that every failure or race ends with fewer live sessions, never
+    /// more (see the crate docs).
+    async fn create_with_cluster(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created> {
+        let value = self.encode(record)?;
+        let now = Timestamp::now();
+        let ttl = ttl_ms(record.expires_at(), now);
+        let session_key = self.prefix.session_key(key);
+        let user = record.user_id.as_deref();
+        let index = user.map(|u| self.prefix.index_key(u.as_bytes()));
+        let index_ttl = index_ttl_ms(record.absolute_deadline, now);
+        let limit = options.limit.filter(|_| user.is_some());
+        if let Some(l) = limit {
+            strategy_code(l.strategy)?;
+        }
+        let reject = limit
+            .filter(|l| l.strategy == LimitStrategy::RejectNew)
+            .map(|l| l.max.get());
+        let evict = limit
+            .filter(|l| l.strategy == LimitStrategy::EvictOldest)
+            .map(|l| l.max.get());
+        let replaced = options.replaces.as_ref();
+        let conn = self.conn();
+        self.within(async {
+            // 1. The new key's index entry (with the entries already there,
+            //    for RejectNew) and, for a rotation, a check that the new
+            //    key is free. Under RejectNew, a pending marker goes under
+            //    the new key first (checking it is free), then the entry;
+            //    otherwise the two run concurrently (different slots).
+            let pending = async {
+                let script = &self.scripts().create;
+                let marker = codec::pending_marker();
+                let mut cmd = scripts::evalsha(script, 1, session_key.len() + HEADER_LEN);
+                cmd.arg(&session_key)
+                    .arg(&marker[..])
+                    .arg(now.as_unix_millis())
+                    .arg(grace_ms())
+                    .arg(key.as_str())
+                    .arg(0);
+                let code: i64 = scripts::run(script, &cmd, &mut conn.clone()).await?;
+                Ok(code != create::EXISTS)
+            };
+            let check = async {
+                let header = self
+                    .read_values(&conn, [key.as_str()], HEADER_LEN)
+                    .await?
+                    .pop()
+                    .unwrap_or_default();
+                let taken = matches!(
+                    codec::classify(&header),
+                    Stored::Record(r) if !r.is_expired_at(now)
+                );
+                Ok(!taken)
+            };
+            let add = async {
+                match (&index, ttl > 0) {
+                    (Some(index), true) => self
+                        .index_add_snapshot(
+                            &mut conn.clone(),
+                            index,
+                            key,
+                            now,
+                            index_ttl,
+                            reject.is_some(),
+                        )
+                        .await
+                        .map(Some),
+                    _ => Ok(None),
+                }
+            };
+            let (added, free) = if reject.is_some() && ttl > 0 {
+                let free = pending.await.map_err(store_error)?;
+                let added = if free {
+                    add.await.map_err(store_error)?
+                } else {
+                    None
+                };
+                (added, free)
+            } else if replaced.is_some() {
+                futures_util::future::try_join(add, check)
+                    .await
+                    .map_err(store_error)?
+            } else {
+                (add.await.map_err(store_error)?, true)
+            };
+            // Our own entry, to withdraw if we give up (not one that was
+            // there already).
+            let own = index
+                .as_deref()
+                .filter(|_| added.as_ref().is_some_and(|(new, _)| *new));
+            if !free {
+                self.withdraw(&conn, own, key).await;
+                let refusal = match replaced {
+                    Some(r) => self.rotation_refusal(&conn, r, user, now).await?,
+                    None => StoreError::AlreadyExists,
+                };
+                return Err(refusal);
+            }
+            // 2. RejectNew: count the places taken among the entries that
+            //    were there before ours. Every racer counts the ones before
+            //    it, so two racers never both take the last place.
+            if let (Some(max), Some((_, before)), Some(user)) = (reject, &added, user) {
+                let others: Vec<&(String, f64)> = before
+                    .iter()
+                    .filter(|(m, _)| {
+                        m.as_str() != key.as_str()
+                            && replaced.is_none_or(|r| m.as_str() != r.key.as_str())
+                    })
+                    .collect();
+                let values = self
+                    .read_values(
+                        &conn,
+                        others.iter().map(|(m, _)| m.as_str()),
+                        HEADER_LEN + user.len(),
+                    )
+                    .await
+                    .map_err(store_error)?;
+                let taken = others
+                    .iter()
+                    .zip(&values)
+                    .filter(|(_, v)| holds_a_place(v, user, now))
+                    .count();
+                if taken >= max {
+                    self.withdraw(&conn, own, key).await;
+                    self.drop_pending(&conn, &session_key).await;
+                    return Err(StoreError::UserLimitReached { max });
+                }
+            }
+            // 3. Rotation: the old record becomes a moved marker, after the
+            //    checks, atomically on its slot.
+            let mut old_index = None;
+            if let Some(r) = replaced {
+                let old_key = self.prefix.session_key(&r.key);
+                let marker = codec::moved_marker(key, record.created_at, now);
+                let segment = codec::user_segment(user);
+                let script = &self.scripts().rotate;
+                let mut cmd = scripts::evalsha(
+                    script,
+                    1,
+                    old_key.len() + segment.len() + marker.len(),
+                );
+                cmd.arg(&old_key)
+                    .arg(now.as_unix_millis())
+                    .arg(&r.version.to_be_bytes()[..])
+                    .arg(&segment[..])
+                    .arg(&marker[..]);
+                let (code, has_user, old_user): (i64, i64, Vec<u8>) =
+                    scripts::run(script, &cmd, &mut conn.clone())
+                        .await
+                        .map_err(store_error)?;
+                if code != lifecycle::DONE {
+                    self.withdraw(&conn, own, key).await;
+                    if reject.is_some() {
+                        self.drop_pending(&conn, &session_key).await;
+                    }
+                    return Err(lifecycle_error(code, 0));
+                }
+                old_index = (has_user == 1).then(|| self.prefix.index_key(&old_user));
+            }
+            // 4. The new record. It fails on an ended marker: a delete
+            //    followed the moved marker here meanwhile.
+            let script = &self.scripts().create;
+            let mut cmd = scripts::evalsha(script, 1, session_key.len() + value.len());
+            cmd.arg(&session_key)
+                .arg(&value[..])
+                .arg(now.as_unix_millis())
+                .arg(ttl)
+                .arg(key.as_str())
+                .arg(index_ttl);
+            let stored: i64 = scripts::run(script, &cmd, &mut conn.clone())
+                .await
+                .map_err(store_error)?;
+            // 5. The old key's index entry goes (also when the session
+            //    ended in step 4).
+            if let (Some(r), Some(old_index)) = (replaced, &old_index) {
+                if let Err(e) = Self::prune(&mut conn.clone(), old_index, &[r.key.as_str()]).await {
+                    tracing::debug!(target: "session_redis", error = %e, "left a stale index entry after a rotation");
+                }
+            }
+            if stored != create::STORED {
+                self.withdraw(&conn, own, key).await;
+                return Err(match (replaced, stored) {
+                    (Some(_), create::ENDED) => StoreError::NotFound,
+                    (Some(r), _) => {
+                        // Another record took the new key after step 1 (two
+                        // callers chose one key): the moved session ends, and
+                        // its marker must not lead a delete to that record.
+                        let old_key = self.prefix.session_key(&r.key);
+                        let _ = redis::cmd("DEL")
+                            .arg(old_key)
+                            .query_async::<i64>(&mut conn.clone())
+                            .await;
+                        StoreError::AlreadyExists
+                    }
+                    (None, _) => StoreError::AlreadyExists,
+                });
+            }
+            // 6. EvictOldest: now that the record is written, list and
+            //    delete every session beyond the newest `max`. Racers
+            //    converge: each deletes only sessions that are not among
+            //    the newest `max` of all.
+            if let (Some(max), Some(index), Some(user)) = (evict, &index, user) {
+                return match self.evict_cluster(&conn, index, user, key, max, now).await {
+                    Ok(evicted) => Ok(Created::with_evicted(evicted)),
+                    Err(e) => {
+                        // Never leave the user above the limit: our own
+                        // session goes instead.
+                        let _ = self.delete_from(&mut conn.clone(), key.clone(), 0).await;
+                        Err(e)
+                    }
+                };
+            }
+            Ok(Created::default())
+        })
+        .await
+    }
+
+    /// Withdraws our own index entry (best effort: a leftover is a stale
+    /// entry that readers prune).
+    async fn withdraw(&self, conn: &Conn, own: Option<&str>, key: &StorageKey) {
+        if let Some(index) = own {
+            if let Err(e) = Self::prune(&mut conn.clone(), index, &[key.as_str()]).await {
+                tracing::debug!(target: "session_redis", error = %e, "left a stale index entry");
+            }
+        }
+    }
+
+    /// Deletes our pending marker (best effort: it expires by itself).
+    async fn drop_pending(&self, conn: &Conn, session_key: &str) {
+        let script = &self.scripts().drop_pending;
+        let mut cmd = scripts::evalsha(script, 1, session_key.len());
+        cmd.arg(session_key);
+        if let Err(e) = scripts::run::<i64>(script, &cmd, &mut conn.clone()).await {
+            tracing::debug!(target: "session_redis", error = %e, "left a pending marker to expire");
+        }
+    }
+
+    /// Why a rotation onto a taken key fails: the rotation's own errors come
+    /// first (read, not written).
+    async fn rotation_refusal(
+        &self,
+        conn: &Conn,
+        replaces: &session_core::store::Replaces,
+        user: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<StoreError> {
+        let old = self
+            .read_values(
+                conn,
+                [replaces.key.as_str()],
+                HEADER_LEN + user.map_or(0, str::len),
+            )
+            .await
+            .map_err(store_error)?
+            .pop()
+            .unwrap_or_default();
+        Ok(match codec::classify(&old) {
+            Stored::Record(r) if !r.is_expired_at(now) => {
+                if r.version != replaces.version
+                    || r.user_id.is_some() && r.user_id.as_deref() != user
+                {
+                    StoreError::Conflict
+                } else {
+                    StoreError::AlreadyExists
+                }
+            }
+            Stored::Unreadable if old.get(1) == Some(&1) => StoreError::Conflict,
+            _ => StoreError::NotFound,
+        })
+    }
+
+    /// The eviction step of `EvictOldest` on a cluster: lists the user's
+    /// sessions (live records, and sessions being moved, by their moved
+    /// markers), keeps the newest `max` by [`newest_first`] and deletes the
+    /// rest. Returns the keys of the sessions ended, with `key` among them
+    /// if it is not kept.
+    async fn evict_cluster(
+        &self,
+        conn: &Conn,
+        index: &str,
+        user: &str,
+        key: &StorageKey,
+        max: usize,
+        now: Timestamp,
+    ) -> StoreResult<Vec<StorageKey>> {
+        let entries = Self::index_entries(&mut conn.clone(), index)
+            .await
+            .map_err(store_error)?;
+        let values = self
+            .read_values(
+                conn,
+                entries.iter().map(|(m, _)| m.as_str()),
+                HEADER_LEN + user.len().max(MARKER_TARGET_READ),
+            )
+            .await
+            .map_err(store_error)?;
+        // Each session by the key it is (or will be) under: its creation
+        // time and the keys to delete to end it.
+        let mut sessions: HashMap<StorageKey, (Timestamp, Vec<StorageKey>)> = HashMap::new();
+        for ((member, _), value) in entries.iter().zip(&values) {
+            let at = StorageKey::from_stored(member);
+            match codec::classify(value) {
+                Stored::Record(r)
+                    if r.user_id.as_deref() == Some(user) && !r.is_expired_at(now) =>
+                {
+                    sessions
+                        .entry(at.clone())
+                        .or_insert_with(|| (r.created_at, Vec::new()))
+                        .1
+                        .push(at);
+                }
+                Stored::Moved(m) if now < m.until => {
+                    // Deleting the marker follows it, and stops the
+                    // rotation if its record is not written yet.
+                    if let Some(to) = m.to {
+                        sessions
+                            .entry(to)
+                            .or_insert_with(|| (m.created_at, Vec::new()))
+                            .1
+                            .push(at);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut all: Vec<(Timestamp, StorageKey, Vec<StorageKey>)> = sessions
+            .into_iter()
+            .map(|(k, (created, via))| (created, k, via))
+            .collect();
+        all.sort_by(|a, b| newest_first((a.0, &a.1), (b.0, &b.1)));
+        let victims = all.split_off(max.min(all.len()));
+        let mut evicted: Vec<StorageKey> = victims.iter().map(|(_, k, _)| k.clone()).collect();
+        if !all.iter().any(|(_, k, _)| k == key) && !evicted.contains(key) {
+            // A racing login already evicted ours.
+            evicted.push(key.clone());
+        }
+        let deletes = victims.iter().flat_map(|(_, _, via)| via).map(|k| {
+            let mut conn = conn.clone();
+            async move { self.delete_from(&mut conn, k.clone(), 0).await }
+        });
+        for result in join_all(deletes).await {
+            result.map_err(store_error)?;
+        }
+        // The entries of the moved markers deleted above.
+        let markers: Vec<&str> = victims
+            .iter()
+            .flat_map(|(_, k, via)| via.iter().filter(move |v| *v != k))
+            .map(StorageKey::as_str)
+            .collect();
+        Self::prune(&mut conn.clone(), index, &markers)
+            .await
+            .map_err(store_error)?;
+        Ok(evicted)
+    }
+
     async fn prune(conn: &mut Conn, index: &str, members: &[&str]) -> RedisResult<()> {
         if members.is_empty() {
             return Ok(());
@@ -254,6 +801,67 @@ impl RedisStore {
             .query_async::<i64>(conn)
             .await
             .map(drop)
+    }
+}
+
+/// How [`scripts::CREATE_WITH`](crate::scripts) names a limit strategy.
+fn strategy_code(strategy: LimitStrategy) -> StoreResult<&'static str> {
+    match strategy {
+        LimitStrategy::RejectNew => Ok("r"),
+        LimitStrategy::EvictOldest => Ok("e"),
+        other => Err(StoreError::backend(format!(
+            "session-redis does not implement the limit strategy {other:?}"
+        ))),
+    }
+}
+
+/// The error a lifecycle script's result code stands for.
+fn lifecycle_error(code: i64, max: usize) -> StoreError {
+    match code {
+        lifecycle::EXISTS => StoreError::AlreadyExists,
+        lifecycle::NOT_FOUND => StoreError::NotFound,
+        lifecycle::CONFLICT => StoreError::Conflict,
+        lifecycle::LIMIT => StoreError::UserLimitReached { max },
+        other => StoreError::backend(format!(
+            "unexpected reply {other} from a lifecycle script"
+        )),
+    }
+}
+
+/// What a delete along a chain of moves ended.
+#[derive(Debug)]
+struct Ended {
+    /// Where the session was when it ended.
+    key: StorageKey,
+    /// Whether a live session ended (a live record deleted, or, on a
+    /// cluster, a session stopped while it moved).
+    live: bool,
+}
+
+/// [`CLUSTER_INDEX_GRACE`] in milliseconds.
+fn grace_ms() -> i64 {
+    i64::try_from(CLUSTER_INDEX_GRACE.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// How long an ended marker lives: as long as the moved marker that led to
+/// it would have, and at least [`CLUSTER_INDEX_GRACE`] (longer than any
+/// rotation takes to write its new record).
+fn ended_marker_ttl(marker_ms: i64) -> i64 {
+    marker_ms.max(grace_ms()).min(MAX_TTL_MS)
+}
+
+/// Whether a value read under a user's index entry (written at
+/// `written_at`) holds one of the user's places under a `RejectNew` limit,
+/// on a cluster: a live session of the user, a login being written (a
+/// pending marker), or a session being moved (a young moved marker: its
+/// new entry may be missing from the entries read).
+fn holds_a_place(value: &[u8], user_id: &str, now: Timestamp) -> bool {
+    let young_since = now.as_unix_millis().saturating_sub(grace_ms());
+    match codec::classify(value) {
+        Stored::Pending => true,
+        Stored::Record(r) => r.user_id.as_deref() == Some(user_id) && !r.is_expired_at(now),
+        Stored::Moved(m) => now < m.until && m.moved_at.as_unix_millis() >= young_since,
+        Stored::Missing | Stored::Ended | Stored::Unreadable => false,
     }
 }
 
@@ -318,10 +926,29 @@ impl SessionStore for RedisStore {
                 scripts::run(script, &cmd, &mut conn).await
             })
             .await?;
-        if stored == 1 {
-            Ok(())
+        match stored {
+            create::STORED => Ok(()),
+            create::EXISTS | create::ENDED => Err(StoreError::AlreadyExists),
+            other => Err(StoreError::backend(format!(
+                "unexpected reply {other} from the create script"
+            ))),
+        }
+    }
+
+    async fn create_with(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created> {
+        let limit = options.limit.filter(|_| record.user_id.is_some());
+        if options.replaces.is_none() && limit.is_none() {
+            return self.create(key, record).await.map(|()| Created::default());
+        }
+        if self.is_cluster() {
+            self.create_with_cluster(key, record, options).await
         } else {
-            Err(StoreError::AlreadyExists)
+            self.create_with_single(key, record, options).await
         }
     }
 
@@ -334,6 +961,10 @@ impl SessionStore for RedisStore {
         let Some(value) = value else {
             return Ok(None);
         };
+        if codec::is_marker(&value) {
+            // Moved away by a rotation, or ended while moving.
+            return Ok(None);
+        }
         let record = codec::decode(value)?;
         // Redis expires keys on its own clock; the contract is ours.
         if record.is_expired_at(Timestamp::now()) {
@@ -432,22 +1063,10 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
-        let session_key = self.prefix.session_key(key);
         let mut conn = self.conn();
-        self.bounded(async {
-            // Session first, then its index entry: a failure in between
-            // leaves a stale entry, which the index readers prune.
-            let script = &self.scripts().delete;
-            let mut cmd = scripts::evalsha(script, 1, session_key.len());
-            cmd.arg(&session_key);
-            let (bound, user): (i64, Vec<u8>) = scripts::run(script, &cmd, &mut conn).await?;
-            if bound == 1 {
-                let index = self.prefix.index_key(&user);
-                Self::prune(&mut conn, &index, &[key.as_str()]).await?;
-            }
-            Ok(())
-        })
-        .await
+        self.bounded(self.delete_from(&mut conn, key.clone(), 0))
+            .await
+            .map(drop)
     }
 
     async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
@@ -494,6 +1113,7 @@ impl SessionStore for RedisStore {
     async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
         let index = self.prefix.index_key(user_id.as_bytes());
         let segment = codec::user_segment(Some(user_id));
+        let cluster = self.is_cluster();
         let mut conn = self.conn();
         self.bounded(async {
             let entries = Self::index_entries(&mut conn, &index).await?;
@@ -506,29 +1126,49 @@ impl SessionStore for RedisStore {
                     let script = &self.scripts().delete_if_user;
                     let mut cmd = scripts::evalsha(script, 1, session_key.len() + segment.len());
                     cmd.arg(session_key).arg(segment).arg(now.as_unix_millis());
-                    scripts::run::<i64>(script, &cmd, &mut conn).await
+                    scripts::run::<(i64, String, i64)>(script, &cmd, &mut conn).await
                 }
             });
             let results = join_all(deletes).await;
-            let mut deleted = 0;
+            // Sessions ended, by the key they were under: a session reached
+            // both through its entry and through a moved marker counts once.
+            let mut ended = HashSet::new();
             let mut gone = Vec::new();
+            let mut moved = Vec::new();
             for ((member, written_at), result) in entries.iter().zip(results) {
                 match result? {
-                    delete_if_user::DELETED_LIVE => {
-                        deleted += 1;
+                    (delete_if_user::DELETED_LIVE, _, _) => {
+                        ended.insert(StorageKey::from_stored(member));
                         gone.push(member.as_str());
                     }
-                    delete_if_user::DELETED_EXPIRED => gone.push(member.as_str()),
-                    delete_if_user::MISSING if self.prunable(*written_at, now) => {
+                    (delete_if_user::DELETED_EXPIRED, _, _) => gone.push(member.as_str()),
+                    (delete_if_user::MOVED, to, ms) => {
+                        // A rotation moved it meanwhile: end it where it went.
+                        gone.push(member.as_str());
+                        moved.push((StorageKey::from_stored(&to), ms));
+                    }
+                    (delete_if_user::MISSING, _, _) if self.prunable(*written_at, now) => {
                         gone.push(member.as_str());
                     }
                     _ => {}
                 }
             }
+            let follows = moved.into_iter().map(|(to, ms)| {
+                let mut conn = conn.clone();
+                let block = if cluster { ended_marker_ttl(ms) } else { 0 };
+                async move { self.delete_from(&mut conn, to, block).await }
+            });
+            for result in join_all(follows).await {
+                if let Some(e) = result? {
+                    if e.live {
+                        ended.insert(e.key);
+                    }
+                }
+            }
             // Only the entries handled here: one added meanwhile by a
             // concurrent login stays with its session.
             Self::prune(&mut conn, &index, &gone).await?;
-            Ok(deleted)
+            Ok(ended.len() as u64)
         })
         .await
     }
