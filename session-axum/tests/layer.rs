@@ -1,22 +1,26 @@
 //! The layer and extractor driven through `tower::ServiceExt::oneshot`.
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, Request, Response, StatusCode};
 use session_axum::{Error, Session, SessionLayer};
 use session_core::{
     CreateOptions, Created, ManualClock, MemoryStore, SessionConfig, SessionManager, SessionRecord,
     SessionStore, SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
 };
 use tower::ServiceExt;
+
+use common::Reply;
 
 /// MemoryStore with call counters and a switch that makes every call fail.
 struct CountingStore {
@@ -109,87 +113,6 @@ impl SessionStore for CountingStore {
     }
 }
 
-async fn visit(session: Session) -> Result<String, Error> {
-    let n: u64 = session.get("n").await?.unwrap_or(0) + 1;
-    session.insert("n", &n).await?;
-    Ok(n.to_string())
-}
-
-async fn read(session: Session) -> Result<String, Error> {
-    let n: Option<u64> = session.get("n").await?;
-    let user = session.user_id().await?;
-    Ok(format!("{n:?} {user:?}"))
-}
-
-async fn login(session: Session, body: String) -> Result<&'static str, Error> {
-    session.login(&body).await?;
-    Ok("ok")
-}
-
-async fn logout(session: Session) -> Result<&'static str, Error> {
-    session.logout().await?;
-    Ok("bye")
-}
-
-async fn logout_all(session: Session) -> Result<String, Error> {
-    Ok(session.logout_everywhere().await?.to_string())
-}
-
-async fn list(session: Session) -> Result<String, Error> {
-    Ok(session.list_sessions().await?.len().to_string())
-}
-
-async fn issue(session: Session) -> Result<String, Error> {
-    Ok(session.issue_token("transfer").await?.expose().to_owned())
-}
-
-async fn consume(session: Session, token: String) -> Result<StatusCode, Error> {
-    Ok(if session.consume_token("transfer", &token).await? {
-        StatusCode::OK
-    } else {
-        StatusCode::FORBIDDEN
-    })
-}
-
-async fn rotate(session: Session) -> Result<&'static str, Error> {
-    session.rotate().await?;
-    Ok("rotated")
-}
-
-async fn incr(session: Session) -> Result<String, Error> {
-    let n = session
-        .update("n", |n: Option<u64>| Some(n.unwrap_or(0) + 1))
-        .await?;
-    Ok(format!("{n:?}"))
-}
-
-async fn logout_then_flash(session: Session) -> Result<String, Error> {
-    session.logout().await?;
-    session.insert("flash", "logged out").await?;
-    let n: Option<u64> = session.get("n").await?;
-    Ok(format!("{n:?} {:?}", session.user_id().await?))
-}
-
-async fn flash(session: Session) -> Result<String, Error> {
-    let f: Option<String> = session.get("flash").await?;
-    Ok(format!("{f:?} {:?}", session.user_id().await?))
-}
-
-async fn login_then_fail(session: Session, body: String) -> Result<StatusCode, Error> {
-    session.login(&body).await?;
-    Ok(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-async fn logout_then_fail(session: Session) -> Result<StatusCode, Error> {
-    session.logout().await?;
-    Ok(StatusCode::BAD_GATEWAY)
-}
-
-async fn write_then_fail(session: Session) -> Result<StatusCode, Error> {
-    session.insert("n", &99).await?;
-    Ok(StatusCode::SERVICE_UNAVAILABLE)
-}
-
 struct App {
     store: Arc<CountingStore>,
     router: Router,
@@ -214,21 +137,7 @@ impl App {
             .clock(clock.clone())
             .build();
         let router = Router::new()
-            .route("/static", get(|| async { "hello" }))
-            .route("/visit", post(visit))
-            .route("/read", get(read))
-            .route("/login", post(login))
-            .route("/logout", post(logout))
-            .route("/logout-all", post(logout_all))
-            .route("/list", get(list))
-            .route("/token", get(issue).post(consume))
-            .route("/rotate", post(rotate))
-            .route("/fail", post(write_then_fail))
-            .route("/incr", post(incr))
-            .route("/logout-then-flash", post(logout_then_flash))
-            .route("/flash", get(flash))
-            .route("/login-then-fail", post(login_then_fail))
-            .route("/logout-then-fail", post(logout_then_fail))
+            .merge(common::routes())
             .layer(SessionLayer::new(manager));
         App {
             store,
@@ -238,63 +147,12 @@ impl App {
     }
 }
 
-struct Reply {
-    status: StatusCode,
-    set_cookie: Vec<String>,
-    cache_control: Option<String>,
-    retry_after: Option<String>,
-    body: String,
-}
-
-impl Reply {
-    /// The `name=value` pair of the single Set-Cookie, for the next request.
-    fn cookie(&self) -> String {
-        assert_eq!(self.set_cookie.len(), 1, "expected one Set-Cookie");
-        self.set_cookie[0].split(';').next().unwrap().to_owned()
-    }
-}
-
 async fn send(app: &App, method: &str, uri: &str, cookie: Option<&str>, body: &str) -> Reply {
-    let cookies: Vec<&[u8]> = cookie.map(str::as_bytes).into_iter().collect();
-    send_raw(app, method, uri, &cookies, body).await
+    common::send(&app.router, method, uri, cookie, body).await
 }
 
-/// Sends one `Cookie` header line per element of `cookies`, as raw bytes.
 async fn send_raw(app: &App, method: &str, uri: &str, cookies: &[&[u8]], body: &str) -> Reply {
-    let mut req = Request::builder().method(method).uri(uri);
-    for c in cookies {
-        req = req.header(header::COOKIE, HeaderValue::from_bytes(c).unwrap());
-    }
-    let res = app
-        .router
-        .clone()
-        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let set_cookie = res
-        .headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect();
-    let cache_control = res
-        .headers()
-        .get(header::CACHE_CONTROL)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let retry_after = res
-        .headers()
-        .get(header::RETRY_AFTER)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body =
-        String::from_utf8(to_bytes(res.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
-    Reply {
-        status,
-        set_cookie,
-        cache_control,
-        retry_after,
-        body,
-    }
+    common::send_raw(&app.router, method, uri, cookies, body).await
 }
 
 #[tokio::test]
@@ -684,7 +542,7 @@ async fn one_time_tokens_work_exactly_once() {
 
 #[tokio::test]
 async fn the_extractor_without_the_layer_is_a_500() {
-    let router: Router = Router::new().route("/read", get(read));
+    let router: Router = Router::new().route("/read", get(common::read));
     let res = router
         .oneshot(Request::get("/read").body(Body::empty()).unwrap())
         .await
@@ -699,7 +557,7 @@ async fn works_with_a_plain_tower_service() {
         .layer(SessionLayer::new(manager))
         .service_fn(|req: Request<String>| async move {
             let session = req.extensions().get::<Session>().unwrap().clone();
-            let res = match visit(session).await {
+            let res = match common::visit(session).await {
                 Ok(body) => Response::new(body),
                 Err(e) => {
                     let status = e.into_response().status();

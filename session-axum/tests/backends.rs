@@ -1,0 +1,217 @@
+//! The layer over every backend, as applications compose it: MemoryStore,
+//! Redis (single server and cluster), PostgreSQL, Memcached, and encrypted
+//! Redis. Each runs the same HTTP scenarios: 50 parallel read-modify-write
+//! increments of one session, a late request carrying a rotated-away cookie,
+//! a flash message after logout, and a login that must reach the client
+//! although the handler then fails.
+//!
+//! Servers come from `REDIS_URL`, `REDIS_CLUSTER_URLS`, `DATABASE_URL` and
+//! `MEMCACHED_URL` (default: the local ones `scripts/services.sh` starts); a
+//! missing server fails the test with instructions.
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::Router;
+use http::StatusCode;
+use session_axum::SessionLayer;
+use session_core::{MemoryStore, SessionManager, SessionStore};
+use session_encrypted::{EncryptedStore, EncryptionKey, KeyRing};
+use session_memcached::{MemcachedConfig, MemcachedStore};
+use session_postgres::PostgresStore;
+use session_redis::RedisStore;
+use tokio::sync::OnceCell;
+
+use common::send;
+
+const HOW_TO: &str = "start the test servers with `eval \"$(scripts/services.sh)\"` from the \
+     workspace root, or point REDIS_URL / REDIS_CLUSTER_URLS / DATABASE_URL / MEMCACHED_URL at \
+     running servers";
+
+fn url(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+fn unique(name: &str) -> String {
+    let mut raw = [0u8; 4];
+    getrandom::fill(&mut raw).unwrap();
+    format!("{name}_{:08x}", u32::from_be_bytes(raw))
+}
+
+async fn redis() -> RedisStore {
+    let url = url("REDIS_URL", "redis://127.0.0.1:6379");
+    RedisStore::builder()
+        .prefix(unique("axum"))
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("no Redis at {url}: {e}; {HOW_TO}"))
+}
+
+async fn redis_cluster() -> RedisStore {
+    let urls = url(
+        "REDIS_CLUSTER_URLS",
+        "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103",
+    );
+    RedisStore::builder()
+        .prefix(unique("axum"))
+        .connect_cluster(urls.split(',').map(str::trim))
+        .await
+        .unwrap_or_else(|e| panic!("no Redis Cluster at {urls}: {e}; {HOW_TO}"))
+}
+
+const PG_SCHEMA: &str = "session_axum_test";
+
+async fn postgres() -> PostgresStore {
+    static SCHEMA: OnceCell<()> = OnceCell::const_new();
+    let url = url("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
+    SCHEMA
+        .get_or_init(|| async {
+            // This binary owns the schema: start each run from an empty one.
+            use session_postgres::sqlx;
+            let pool = sqlx::PgPool::connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}; {HOW_TO}"));
+            for stmt in [
+                format!("DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"),
+                format!("CREATE SCHEMA {PG_SCHEMA}"),
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(stmt))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        })
+        .await;
+    let store = PostgresStore::builder()
+        .schema(PG_SCHEMA)
+        .table(unique("axum"))
+        .max_connections(8)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}; {HOW_TO}"));
+    store.migrate().await.expect("migrate");
+    store
+}
+
+fn memcached() -> MemcachedStore {
+    let url = url("MEMCACHED_URL", "memcache://127.0.0.1:11211");
+    let config = MemcachedConfig::new([url.as_str()])
+        .and_then(|c| c.with_namespace(&unique("axum")))
+        .unwrap_or_else(|e| panic!("bad MEMCACHED_URL {url}: {e}"));
+    MemcachedStore::new(config).unwrap_or_else(|e| panic!("no Memcached at {url}: {e}; {HOW_TO}"))
+}
+
+fn router(store: impl SessionStore) -> Router {
+    common::routes().layer(SessionLayer::new(SessionManager::new(store)))
+}
+
+/// Every scenario, in order, over one router.
+async fn scenarios(router: Router) {
+    fifty_parallel_increments_count_fifty(&router).await;
+    a_late_request_with_a_rotated_away_cookie_does_not_log_out(&router).await;
+    a_flash_after_logout_lands_in_a_new_anonymous_session(&router).await;
+    a_login_already_made_reaches_the_client_on_a_5xx(&router).await;
+}
+
+async fn fifty_parallel_increments_count_fifty(router: &Router) {
+    let c = send(router, "POST", "/login", None, "alice").await.cookie();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (router, c) = (router.clone(), c.clone());
+            tokio::spawn(async move { send(&router, "POST", "/incr", Some(&c), "").await })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "an increment failed: {}", r.body);
+    }
+    assert_eq!(
+        send(router, "GET", "/read", Some(&c), "").await.body,
+        "Some(50) Some(\"alice\")",
+        "lost updates"
+    );
+}
+
+async fn a_late_request_with_a_rotated_away_cookie_does_not_log_out(router: &Router) {
+    let c1 = send(router, "POST", "/login", None, "bob").await.cookie();
+    let c2 = send(router, "POST", "/login", Some(&c1), "bob")
+        .await
+        .cookie();
+    let late = send(router, "GET", "/read", Some(&c1), "").await;
+    assert!(late.set_cookie.is_empty(), "{:?}", late.set_cookie);
+    assert_eq!(late.body, "None None");
+    assert_eq!(
+        send(router, "GET", "/read", Some(&c2), "").await.body,
+        "None Some(\"bob\")"
+    );
+}
+
+async fn a_flash_after_logout_lands_in_a_new_anonymous_session(router: &Router) {
+    let c = send(router, "POST", "/login", None, "carol").await.cookie();
+    let r = send(router, "POST", "/logout-then-flash", Some(&c), "").await;
+    assert_eq!(r.body, "None None");
+    let flash = r.cookie();
+    assert_eq!(
+        send(router, "GET", "/flash", Some(&flash), "").await.body,
+        "Some(\"logged out\") None"
+    );
+    assert_eq!(
+        send(router, "GET", "/read", Some(&c), "").await.body,
+        "None None"
+    );
+}
+
+async fn a_login_already_made_reaches_the_client_on_a_5xx(router: &Router) {
+    let r = send(router, "POST", "/login-then-fail", None, "dave").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let c = r.cookie();
+    assert_eq!(
+        send(router, "GET", "/read", Some(&c), "").await.body,
+        "None Some(\"dave\")"
+    );
+}
+
+fn ring() -> KeyRing {
+    KeyRing::new(1, EncryptionKey::generate())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_memory() {
+    scenarios(router(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_redis() {
+    scenarios(router(redis().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_redis_cluster() {
+    scenarios(router(redis_cluster().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_postgres() {
+    scenarios(router(postgres().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_memcached() {
+    scenarios(router(memcached())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_encrypted_redis() {
+    scenarios(router(EncryptedStore::new(redis().await, ring()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_encrypted_postgres() {
+    let store = Arc::new(EncryptedStore::new(postgres().await, ring()));
+    scenarios(router(store)).await;
+}
