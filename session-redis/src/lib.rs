@@ -6,7 +6,8 @@
 //! - [`store`]: [`RedisStore`] and what each operation sends.
 //! - [`keys`]: the key layout and the validated [`KeyPrefix`].
 //! - [`codec`]: how a record is laid out in its Redis string.
-//! - [`scripts`]: the Lua scripts behind create, update, touch and delete.
+//! - [`scripts`]: the Lua scripts behind create, create_with, update, touch
+//!   and delete.
 //! - [`connection`]: single-server and cluster connections behind one type.
 //! - [`error`]: [`ConnectError`] and how Redis errors map to
 //!   [`StoreError`](session_core::StoreError).
@@ -41,18 +42,93 @@
 //! record is dead at its deadline whatever Redis has evicted. An index key
 //! lives until a minute past its newest session's absolute deadline.
 //!
-//! **Operations.** `load` is one `GET`. `create` (insert-only), `update`
-//! (compare-and-set on the version), `touch` (rewrites only the 16 bytes of
-//! last access and idle deadline with `SETRANGE`, and the TTL) and `delete`
-//! are Lua scripts loaded once and called by SHA-1 (`EVALSHA`; reloaded by
+//! **Operations.** `load` is one `GET`. `create` (insert-only),
+//! `create_with` (see *Lifecycle* below), `update` (compare-and-set on the
+//! version), `touch` (rewrites only the 16 bytes of last access and idle
+//! deadline with `SETRANGE`, and the TTL) and `delete` are Lua scripts
+//! loaded once and called by SHA-1 (`EVALSHA`; reloaded by
 //! [`redis::Script`] after a restart or `SCRIPT FLUSH` drops them).
 //! `list_user` and `delete_user` read the index, visit the sessions
 //! concurrently (reading only headers), and prune entries whose sessions
-//! are gone. `delete` of a logged-in session is the one two-command
-//! operation: the session's script returns its user, then the entry goes. `delete_expired` is a no-op: Redis expires keys itself.
+//! are gone. `delete` of a logged-in session takes two commands: the
+//! session's script returns its user, then the entry goes.
+//! `delete_expired` is a no-op: Redis expires keys itself.
 //!
-//! **Index consistency.** On a single server, `create` and `update` write
-//! the session and its index entry in the same script, atomically. On a
+//! **Moved keys.** A rotation replaces the old record with a *moved marker*
+//! (see [`codec`]): the fixed header with format byte 2, carrying the new
+//! storage key, with the old record's remaining life as its TTL. No script
+//! takes it for a live record, `load` returns `None` for it, and
+//! `list_user` and `delete_user` never count it. `delete` of a moved key
+//! deletes the marker and follows it to where the session went, and on
+//! from there (at most 64 moves): inside its script on a single server, one
+//! script call per key on a cluster. `delete_user` follows a marker it
+//! finds under one of the user's entries the same way, so a logout racing a
+//! rotation still ends the session.
+//!
+//! # Lifecycle (`create_with`)
+//!
+//! **Single server: atomic, one round trip.** The whole step (check and
+//! retire the old record, insert-only check of the new key, count or evict
+//! the user's sessions, write the new record and its index entry) is one
+//! script. To count and evict, it reads the sessions listed in the user's
+//! index, whose keys it computes instead of declaring: a standalone server
+//! allows this, a cluster would not. A login (with a per-user limit, from
+//! an anonymous session) thus costs one round trip; before `create_with` it
+//! took a `list_user` (two), a `create` and a `delete` of the old session,
+//! plus a `list_user` and a `delete` per evicted session under
+//! `EvictOldest`.
+//!
+//! **Cluster: ordered, not atomic.** The old record, the new record and the
+//! user's index live on different slots, so the step is a sequence of
+//! single-slot scripts, ordered so that every failure or race leaves
+//! *fewer* live sessions, never more and never a revived one:
+//!
+//! 1. Under `RejectNew`, a *pending marker* (format 4, expiring after
+//!    [`CLUSTER_INDEX_GRACE`]) goes under the new key, refusing if a live
+//!    record is there. Then the new key's index entry is added, in the same
+//!    script that returns the entries the index held before it. Without a
+//!    limit, the entry is added while the new key is checked to be free.
+//! 2. `RejectNew`: the entries that were there before ours are read; the
+//!    user's live sessions, pending markers (logins being written) and
+//!    young moved markers (sessions being moved) count. At `max`, the entry
+//!    and the pending marker are withdrawn and the login is refused. Every
+//!    racer counts those before it, so two racers never both take the last
+//!    place; a racer may count one that is refused a moment later, so two
+//!    racers can both be refused.
+//! 3. Rotation: one script on the old key's slot checks that the old record
+//!    is live, at the version, and not another user's, and replaces it with
+//!    the moved marker. From here on the old key is dead.
+//! 4. The new record is written, insert-only. If a `delete` followed the
+//!    moved marker before this (the new key held nothing yet), it left an
+//!    *ended marker* (format 3) there: the write fails, the entry is
+//!    withdrawn and the rotation returns `NotFound`; the session stays
+//!    ended. If the write fails otherwise, the session has simply ended.
+//! 5. The old key's index entry is removed.
+//! 6. `EvictOldest`: the user's sessions are listed (live records, and
+//!    sessions being moved, by their markers), and every one not among the
+//!    newest `max` by [`newest_first`](session_core::store::newest_first)
+//!    is deleted (ours too, which is then reported as evicted). Deletion
+//!    only removes sessions that are not among the newest `max` of all, so
+//!    racing logins converge on exactly `max`. If this step fails, our own
+//!    new session is deleted before the error is returned.
+//!
+//! What a failure or race can leave behind: a stale index entry (our own
+//! after a crash, the old key's after a failed step 5), never listed and
+//! pruned by readers once older than [`CLUSTER_INDEX_GRACE`]; a pending or
+//! ended marker, which expires by itself; a refused login (two racers for
+//! the last place, or a place held by a login that is then refused); a
+//! session ended early (the process stops between steps 3 and 4, or step 4
+//! or 6 fails). A plain `create` of a logged-in session (not through
+//! `create_with`) is not counted while it is in flight.
+//!
+//! On a cluster a rotation costs four round trips (three from an anonymous
+//! session, which has no index entry to remove); `RejectNew` adds two
+//! (pending marker, reading the other sessions), `EvictOldest` two (listing)
+//! and two more when it deletes sessions.
+//!
+//! **Index consistency.** On a single server, `create`, `create_with` and
+//! `update` write the session and its index entry in the same script,
+//! atomically. On a
 //! cluster the two keys live in different slots, so writes are ordered for
 //! crash safety: the index entry is written *before* the session (create,
 //! and update when it moves the absolute deadline later) and removed *after*

@@ -20,9 +20,9 @@
 //! single server, where they keep the index consistent atomically. Two
 //! single-server scripts go further and touch keys they compute rather than
 //! declare, which a standalone server allows (a cluster would not, as those
-//! keys may live on other nodes): [`CREATE_WITH`] reads the sessions listed
+//! keys may live on other nodes): `CREATE_WITH` reads the sessions listed
 //! in the user's index (`<prefix>:s:{<member>}`) to count and evict them,
-//! and [`DELETE`] follows moved markers to the keys they name.
+//! and `DELETE` follows moved markers to the keys they name.
 
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind};
 

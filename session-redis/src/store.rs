@@ -1,12 +1,15 @@
 //! [`RedisStore`]: the [`SessionStore`] implementation.
 //!
 //! Every operation is bounded by the operation timeout and costs one round
-//! trip in the common case: `load` is a `GET`, `create`, `update`, `touch`
-//! are one `EVALSHA` each on a single server. On a cluster, `create` of a
-//! logged-in session writes the index entry first (a second command, to the
-//! index's slot), and `delete` of a logged-in session removes the index
-//! entry after the session. `list_user` and `delete_user` read the index,
-//! then visit every listed session concurrently, then prune.
+//! trip in the common case: `load` is a `GET`, `create`, `create_with`,
+//! `update`, `touch` are one `EVALSHA` each on a single server. On a
+//! cluster, `create` of a logged-in session writes the index entry first (a
+//! second command, to the index's slot), `create_with` is a sequence of
+//! single-slot steps (see the [crate docs](crate)), and `delete` follows
+//! moved markers one slot at a time. `delete` of a logged-in session
+//! removes the index entry after the session. `list_user` and
+//! `delete_user` read the index, then visit every listed session
+//! concurrently, then prune.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -350,7 +353,12 @@ impl RedisStore {
                     key = at;
                     block = ended_marker_ttl(n);
                 }
-                delete::ENDED => return Ok(Some(Ended { key: at, live: true })),
+                delete::ENDED => {
+                    return Ok(Some(Ended {
+                        key: at,
+                        live: true,
+                    }))
+                }
                 _ => return Ok(None),
             }
         }
@@ -419,9 +427,8 @@ impl RedisStore {
             .arg(&head)
             .arg(record.created_at.as_unix_millis());
         let mut conn = self.conn();
-        let (code, evicted): (i64, Vec<String>) = self
-            .bounded(scripts::run(script, &cmd, &mut conn))
-            .await?;
+        let (code, evicted): (i64, Vec<String>) =
+            self.bounded(scripts::run(script, &cmd, &mut conn)).await?;
         match code {
             lifecycle::DONE => Ok(Created::with_evicted(
                 evicted.iter().map(|k| StorageKey::from_stored(k)).collect(),
@@ -822,9 +829,7 @@ fn lifecycle_error(code: i64, max: usize) -> StoreError {
         lifecycle::NOT_FOUND => StoreError::NotFound,
         lifecycle::CONFLICT => StoreError::Conflict,
         lifecycle::LIMIT => StoreError::UserLimitReached { max },
-        other => StoreError::backend(format!(
-            "unexpected reply {other} from a lifecycle script"
-        )),
+        other => StoreError::backend(format!("unexpected reply {other} from a lifecycle script")),
     }
 }
 

@@ -228,6 +228,63 @@ async fn index_entries_without_sessions<C: ConnectionLike + Send>(store: &RedisS
     assert!(store.load(&young).await.unwrap().is_none());
 }
 
+/// A rotation leaves a moved marker under the old key: format byte 2, the
+/// new storage key after the fixed header, the old record's deadlines, and
+/// the old record's remaining life as its TTL. It never loads, and deleting
+/// it deletes where the session went, index entry included.
+async fn rotation_leaves_a_moved_marker<C: ConnectionLike + Send>(store: &RedisStore, raw: &mut C) {
+    use session_core::store::CreateOptions;
+    let p = prefix(store);
+    let (old, new) = (key(), key());
+    let rec = record(Some("mover"), b"x", 60_000, 120_000);
+    store.create(&old, &rec).await.unwrap();
+    store
+        .create_with(
+            &new,
+            &record(Some("mover"), b"y", 60_000, 120_000),
+            &CreateOptions::default().replacing(old.clone(), 1),
+        )
+        .await
+        .unwrap();
+    let marker = get(raw, &p.session_key(&old))
+        .await
+        .expect("a moved marker");
+    assert_eq!(marker[0], 2, "format byte of a moved marker");
+    assert_eq!(&marker[42..46], &64u32.to_be_bytes());
+    assert_eq!(&marker[46..], new.as_str().as_bytes());
+    assert_eq!(
+        &marker[26..34],
+        &rec.idle_deadline.as_unix_millis().to_be_bytes()
+    );
+    assert_eq!(
+        &marker[34..42],
+        &rec.absolute_deadline.as_unix_millis().to_be_bytes()
+    );
+    let ttl = pttl(raw, &p.session_key(&old)).await;
+    assert!((50_000..=60_000).contains(&ttl), "marker ttl {ttl}");
+    assert!(store.load(&old).await.unwrap().is_none());
+    let listed: Vec<_> = store
+        .list_user("mover")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(listed, vec![new.clone()]);
+    store.delete(&old).await.unwrap();
+    assert!(get(raw, &p.session_key(&old)).await.is_none());
+    assert!(get(raw, &p.session_key(&new)).await.is_none());
+    assert!(store.list_user("mover").await.unwrap().is_empty());
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(p.index_key(b"mover"))
+        .arg(0)
+        .arg(-1)
+        .query_async(raw)
+        .await
+        .unwrap();
+    assert!(members.is_empty(), "index entries left: {members:?}");
+}
+
 /// Deadlines at the ends of time: TTLs are capped, touch caps the idle
 /// deadline at the absolute one, and a record born expired is never stored.
 async fn extreme_deadlines<C: ConnectionLike + Send>(store: &RedisStore, raw: &mut C) {
@@ -291,6 +348,7 @@ async fn single_server_layout() {
     corrupt_values_are_typed_errors(&store, &mut raw).await;
     index_entries_without_sessions(&store, &mut raw).await;
     extreme_deadlines(&store, &mut raw).await;
+    rotation_leaves_a_moved_marker(&store, &mut raw).await;
     too_large_records_are_refused().await;
     // Everything written lives under the store's prefix.
     // SCAN, not KEYS: the server may hold millions of other keys.
@@ -329,4 +387,5 @@ async fn cluster_layout() {
     corrupt_values_are_typed_errors(&store, &mut raw).await;
     index_entries_without_sessions(&store, &mut raw).await;
     extreme_deadlines(&store, &mut raw).await;
+    rotation_leaves_a_moved_marker(&store, &mut raw).await;
 }
