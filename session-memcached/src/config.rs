@@ -177,18 +177,24 @@ impl MemcachedConfig {
 
     /// How many times a compare-and-set on a contended item (the per-user
     /// index, or a session being touched while updated) is retried before
-    /// the operation gives up with a backend error (default 64).
+    /// the operation gives up with a backend error (default 64). The
+    /// lifecycle calls (`create_with` of a logged-in session, `delete`,
+    /// `delete_user`), where all concurrent logins of one user meet, retry
+    /// four times as often, with jittered exponential backoff (up to
+    /// 12.8 ms a wait).
     #[must_use]
     pub fn with_cas_retries(mut self, n: u32) -> Self {
         self.cas_retries = n.max(1);
         self
     }
 
-    /// How old an index entry must be before listing may prune it for a
-    /// session that does not exist (default 60 s). The index entry is
-    /// written before the session, so a younger entry may belong to a
-    /// login still in progress. Entries of expired sessions are pruned at
-    /// once.
+    /// How long a login may take between writing its index entry and
+    /// writing its session (default 60 s). Until then an entry without a
+    /// session counts as a login in progress (against per-user limits, for
+    /// example); after it, whoever reads the index cancels that login (its
+    /// session can then never be written) and prunes the entry. Keep it
+    /// well above the time a login takes. Entries of expired sessions are
+    /// pruned at once.
     #[must_use]
     pub fn with_index_grace(mut self, grace: Duration) -> Self {
         self.index_grace = grace;

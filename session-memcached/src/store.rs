@@ -30,7 +30,13 @@ mod lifecycle;
 ///   seconds, rounded up); `load` also checks the deadlines itself, so a
 ///   record is never returned after its deadline.
 /// - A per-user index item, changed with `gets`/`cas` retries, backs
-///   `list_user` and `delete_user`.
+///   `list_user` and `delete_user`, and is where every login, rotation and
+///   eviction of a user's sessions is decided (`create_with`).
+/// - A rotation leaves a marker under the old key: it loads as nothing,
+///   and `delete` follows it to the session's new key.
+///
+/// How these steps stay correct under concurrency and crashes is in the
+/// [crate documentation](crate#lifecycle-changes-without-transactions).
 ///
 /// Memcached is a cache: a server that restarts, fails or evicts items
 /// under memory pressure loses sessions, and their users are logged out.

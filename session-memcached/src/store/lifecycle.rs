@@ -586,39 +586,27 @@ impl MemcachedStore {
             }
         }
 
-        // 5. End the evicted sessions and write the new record.
-        let mut ends = Vec::new();
+        // 5. End the evicted sessions, then write the new record: a crash
+        // in between leaves fewer sessions, never more than the limit.
         for (k, status, v_nonce, v_until) in victims {
-            let (known, cancel) = match status {
-                Status::Live(..) => (None, None),
-                _ => (None, Some((v_nonce, v_until))),
+            let cancel = match status {
+                Status::Live(..) => None,
+                _ => Some((v_nonce, v_until)),
             };
-            ends.push((k, known, cancel));
+            // Their entries stay until the next decision or listing prunes
+            // them as dead: no extra writes on a contended index.
+            self.end_chain(&k, None, cancel).await?;
         }
-        let kill = async {
-            for (k, known, cancel) in ends {
-                let ending = self.end_chain(&k, known, cancel).await?;
-                for (u, k) in ending.unindex {
-                    // Dropped lazily otherwise; a failure is harmless.
-                    let _ = self.index_remove(&u, |e| e.key == k).await;
+        if stays {
+            if let Err(e) = self.write_new(key, record, &value, nonce, &mut slot).await {
+                let not_written =
+                    matches!(e, StoreError::AlreadyExists | StoreError::TooLarge { .. });
+                if indexed && not_written {
+                    self.unindex_creation(user, key, nonce).await;
                 }
+                return Err(e);
             }
-            Ok::<_, StoreError>(())
-        };
-        let write = async {
-            if !stays {
-                return Ok(());
-            }
-            self.write_new(key, record, &value, nonce, &mut slot).await
-        };
-        let (killed, written) = tokio::join!(kill, write);
-        if let Err(e) = written {
-            if indexed && matches!(e, StoreError::AlreadyExists) {
-                self.unindex_creation(user, key, nonce).await;
-            }
-            return Err(e);
         }
-        killed?;
 
         // 6. Tidy the index: the old key's entry is dead now.
         if let (Some(u), Some(r), true) = (user, &options.replaces, indexed && old_indexed) {
