@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::json;
-use session_core::{SessionId, SessionManager, SessionStore};
+use session_core::{SessionError, SessionId, SessionManager, SessionStore};
 use sqlx::AssertSqlSafe;
 
 use crate::workload::{Op, System};
@@ -190,7 +190,15 @@ impl System for Login {
             None => self.manager.start(),
         };
         let user = format!("bench-user-{}", op.session / 10);
-        self.manager.login(&mut s, &user).await?;
+        match self.manager.login(&mut s, &user).await {
+            // Another worker logged the same session in first: like a
+            // browser whose cookie went stale, start over.
+            Err(SessionError::SessionEnded) => {
+                s = self.manager.start();
+                self.manager.login(&mut s, &user).await?;
+            }
+            other => other?,
+        }
         *self.ids[op.session].write().expect("lock") = s.id().clone();
         Ok(())
     }
