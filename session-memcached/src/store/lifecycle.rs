@@ -788,3 +788,77 @@ fn check_replaceable(current: &SessionRecord, version: u64, user: Option<&str>) 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_unix_millis(ms)
+    }
+
+    fn entry(k: &str, created: i64, replaces: Option<&str>) -> Entry {
+        Entry {
+            key: StorageKey::from_stored(k),
+            nonce: 1,
+            added: at(0),
+            created_at: at(created),
+            first_expiry: at(1_000),
+            absolute_deadline: at(2_000),
+            replaces: replaces.map(StorageKey::from_stored),
+        }
+    }
+
+    fn live(created: i64) -> Status {
+        let r = SessionRecord {
+            data: Bytes::new(),
+            user_id: Some("u".into()),
+            created_at: at(created),
+            last_access: at(created),
+            idle_deadline: at(1_000),
+            absolute_deadline: at(2_000),
+            version: 1,
+        };
+        Status::Live(r, 7)
+    }
+
+    #[test]
+    fn a_rotation_in_flight_is_one_session_and_dead_entries_none() {
+        let resolved = Resolved {
+            index: Index {
+                entries: vec![
+                    entry("old", 5, None),
+                    entry("other", 9, None),
+                    entry("gone", 1, None),
+                    entry("new", 6, Some("old")),
+                    entry("login", 8, Some("anon")),
+                ],
+            },
+            status: vec![
+                live(5),
+                live(9),
+                Status::Dead,
+                Status::Pending,
+                Status::Pending,
+            ],
+        };
+        let units = resolved.units();
+        let keys: Vec<&str> = units.iter().map(|u| u.key.as_str()).collect();
+        assert_eq!(keys, ["new", "other", "login"]);
+        // The rotation counts once, as its newest incarnation.
+        assert_eq!(units[0].members, vec![0, 3]);
+        assert_eq!(units[0].created_at, at(6));
+        let old = StorageKey::from_stored("old");
+        let anon = StorageKey::from_stored("anon");
+        assert!(resolved.unit_touches(&units[0], &old));
+        assert!(resolved.unit_touches(&units[2], &anon));
+        assert!(!resolved.unit_touches(&units[1], &old));
+        let kept: Vec<String> = resolved
+            .kept_entries()
+            .into_iter()
+            .map(|e| e.key.as_str().to_owned())
+            .collect();
+        assert_eq!(kept, ["old", "other", "new", "login"]);
+    }
+}
