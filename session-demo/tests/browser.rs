@@ -93,9 +93,9 @@ const login = fetch('/login', {
   headers: {'Content-Type': 'application/x-www-form-urlencoded'},
   body: 'username=alice&password=pw-alice',
   redirect: 'manual',
-}).then(r => { loginDone = true; return r.status; });
+}).then(r => { loginDone = true; return r.status; }, e => { loginDone = true; return 'login: ' + e; });
 const wave = () => {
-  for (let i = 0; i < 10; i++) polls.push(fetch('/profile').then(r => r.status));
+  for (let i = 0; i < 10; i++) polls.push(fetch('/profile').then(r => r.status, e => 'poll: ' + e));
 };
 let after = 0;
 const tick = () => {
@@ -161,6 +161,11 @@ async fn flow(browser: &Client, base: &str) {
     let statuses: Vec<u64> = serde_json::from_value(statuses.clone())
         .unwrap_or_else(|_| panic!("the page script failed: {statuses}"));
     assert!(statuses.len() > 40, "{statuses:?}");
+    let late = statuses.iter().filter(|s| **s == 401).count();
+    eprintln!(
+        "{} requests during the re-login, {late} of them answered after the rotation",
+        statuses.len()
+    );
     // A poll that carried the old cookie and arrived after the rotation
     // reads as "not logged in" (401); nothing may fail otherwise.
     assert!(

@@ -47,6 +47,7 @@ use crate::record::{SessionRecord, SessionSummary};
 use crate::store::{CreateOptions, Created, SessionStore, StoreError, StoreResult};
 
 mod lifecycle;
+pub mod model;
 mod rules;
 mod slow;
 
@@ -308,6 +309,7 @@ macro_rules! __conformance_case_list {
             list_user_reflects_touch_and_update,
             delete_user_is_exact_and_counts_live_sessions,
             delete_expired_never_removes_a_live_record,
+            store_agrees_with_the_model,
         }
     };
 }
@@ -382,6 +384,7 @@ pub async fn run_suite(harness: &Harness) -> Vec<&'static str> {
 /// The cases, one public async function each.
 pub mod cases {
     pub use super::lifecycle::*;
+    pub use super::model::store_agrees_with_the_model;
     pub use super::rules::*;
     use super::*;
     use crate::manager::SessionManager;
