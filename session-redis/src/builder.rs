@@ -73,6 +73,25 @@ impl RedisStoreBuilder {
     /// [`StoreError::Unavailable`](session_core::StoreError::Unavailable).
     /// On a cluster, also the per-request response timeout of each node's
     /// connection (the cluster client uses it to route and retry).
+    ///
+    /// What is retried, within this bound: after a connection-level failure
+    /// (broken pipe, connection reset, refused or closed; not an error
+    /// reply, not a timeout), the operation is sent exactly once more, on a
+    /// fresh connection:
+    ///
+    /// - `load`, `list_user`, `touch` and `delete` (reads, and writes that
+    ///   give the same state and answer when repeated), and the index read
+    ///   that starts `delete_user`;
+    /// - `create`, `update` and single-server `create_with` only when the
+    ///   connection could not be made at all (refused), which proves
+    ///   nothing was sent. After a failure on an established connection the
+    ///   command may have run before the reply was lost, and a repeat would
+    ///   answer `AlreadyExists` or `Conflict` for a write that succeeded, so
+    ///   the caller gets `Unavailable` instead.
+    ///
+    /// Not retried: cluster `create_with` (ordered steps on several slots)
+    /// and the deletes of `delete_user` (a repeat would not count what the
+    /// first attempt ended). A timed-out operation is never repeated.
     #[must_use]
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;
@@ -146,6 +165,14 @@ impl RedisStoreBuilder {
 
     /// Connects to a Redis Cluster through one or more of its nodes, e.g.
     /// `["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]`.
+    ///
+    /// The cluster client reconnects a node whose connection failed and
+    /// resends the command itself, up to twice, whatever the command
+    /// (redirections count too): a write whose reply was lost can thus be
+    /// answered `AlreadyExists` (`create`) or `Conflict` (`update`) although
+    /// it was applied; it is never applied twice, as every write is
+    /// insert-only or compare-and-set. The store's own retry (see
+    /// [`operation_timeout`](Self::operation_timeout)) comes on top.
     ///
     /// # Errors
     ///

@@ -75,9 +75,58 @@ pub(crate) fn is_unavailable(e: &RedisError) -> bool {
         )
 }
 
+/// Whether `e` is a connection-level failure: the connection broke (broken
+/// pipe, reset, aborted, closed, end of stream) or could not be made
+/// (refused). Not an error reply from the server, not a timeout. After such
+/// an error the [`redis::aio::ConnectionManager`] has already swapped in a
+/// new connection (it does so before returning the error), so the next
+/// command goes out on a fresh one.
+pub(crate) fn is_connection_failure(e: &RedisError) -> bool {
+    (e.is_connection_dropped() || e.is_connection_refusal()) && !e.is_timeout()
+}
+
+/// Whether `e` proves the command never reached a server: the connection it
+/// was to go out on could not be made. A command that failed on a broken
+/// connection may have been executed before the reply was lost (the client
+/// reports both cases as a broken pipe), so only this case makes a write
+/// that must not apply twice safe to send again.
+pub(crate) fn is_never_sent(e: &RedisError) -> bool {
+    e.is_connection_refusal()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_failures_are_told_from_replies_and_timeouts() {
+        use std::io::ErrorKind as Io;
+        for kind in [
+            Io::BrokenPipe,
+            Io::ConnectionReset,
+            Io::ConnectionAborted,
+            Io::UnexpectedEof,
+            Io::NotConnected,
+            Io::ConnectionRefused,
+        ] {
+            let e: RedisError = std::io::Error::from(kind).into();
+            assert!(is_connection_failure(&e), "{kind:?}");
+            assert_eq!(is_never_sent(&e), kind == Io::ConnectionRefused, "{kind:?}");
+        }
+        let timeout: RedisError = std::io::Error::from(Io::TimedOut).into();
+        assert!(!is_connection_failure(&timeout));
+        for reply in [
+            ServerErrorKind::ResponseError,
+            ServerErrorKind::BusyLoading,
+            ServerErrorKind::NoScript,
+        ] {
+            let e: RedisError = (ErrorKind::Server(reply), "reply").into();
+            assert!(
+                !is_connection_failure(&e) && !is_never_sent(&e),
+                "{reply:?}"
+            );
+        }
+    }
 
     #[test]
     fn io_errors_are_unavailable_and_replies_are_backend_errors() {

@@ -150,7 +150,11 @@
 //! or loading server yields
 //! [`StoreError::Unavailable`](session_core::StoreError::Unavailable), other
 //! error replies [`StoreError::Backend`](session_core::StoreError::Backend).
-//! Once the server is back, the same store works again. Error messages never
+//! Once the server is back, the same store works again, and the first
+//! call does not fail on a connection that died meanwhile: reads, `touch`
+//! and `delete` are sent once more on a fresh connection after a
+//! connection-level failure, `create` and `update` only when nothing was
+//! sent (see [`RedisStoreBuilder::operation_timeout`]). Error messages never
 //! contain keys, user ids or data.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

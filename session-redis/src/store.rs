@@ -28,7 +28,9 @@ use session_core::{
 use crate::builder::RedisStoreBuilder;
 use crate::codec::{self, Stored, HEADER_LEN};
 use crate::connection::Conn;
-use crate::error::{store_error, ConnectError, OperationTimedOut};
+use crate::error::{
+    is_connection_failure, is_never_sent, store_error, ConnectError, OperationTimedOut,
+};
 use crate::keys::{InvalidPrefix, KeyPrefix};
 use crate::scripts::{self, create, delete, delete_if_user, lifecycle, update, Scripts};
 
@@ -116,6 +118,33 @@ impl Entry {
     }
 }
 
+/// When an operation is sent again after a connection-level failure (see
+/// [`RedisStore::retrying`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads, and writes that set absolute values or remove (`touch`,
+    /// `delete`): repeating them after the first attempt was applied gives
+    /// the same state and the same answer. Retried after any
+    /// connection-level failure.
+    Idempotent,
+    /// Writes that must not apply twice (insert-only `create`, the
+    /// compare-and-set `update`, `create_with`): a second attempt after a
+    /// first one that was applied but whose reply was lost would answer
+    /// `AlreadyExists` or `Conflict` for a write that succeeded. Retried
+    /// only when the failure proves nothing was sent (the connection could
+    /// not be made).
+    NeverSent,
+}
+
+impl Retry {
+    fn allows(self, e: &redis::RedisError) -> bool {
+        match self {
+            Self::Idempotent => is_connection_failure(e),
+            Self::NeverSent => is_never_sent(e),
+        }
+    }
+}
+
 /// `update` was asked to change the user a session is bound to.
 #[derive(Debug, thiserror::Error)]
 #[error("update must not change the session's user id: it is fixed when the session is created (log in again to get a new session)")]
@@ -185,6 +214,38 @@ impl RedisStore {
 
     fn scripts(&self) -> &Scripts {
         &self.shared.scripts
+    }
+
+    /// Runs `attempt` on a connection and, when it fails at the connection
+    /// level in a way `retry` allows, exactly once more on a fresh
+    /// connection. Not bounded by itself: callers run it under the
+    /// operation timeout, which thus covers both attempts.
+    ///
+    /// Fresh: on a single server, the [`redis::aio::ConnectionManager`]
+    /// replaces a connection that failed this way with a new one before it
+    /// returns the error, so the second attempt's handle goes out on that
+    /// new connection (made now, or already being made). The cluster client
+    /// reconnects the failed node itself, and also resends every command
+    /// (writes included) up to twice on its own; this retry only comes on
+    /// top when those failed too.
+    async fn retrying<T, F, Fut>(
+        &self,
+        op: &'static str,
+        retry: Retry,
+        attempt: F,
+    ) -> RedisResult<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match attempt(self.conn()).await {
+            Err(e) if retry.allows(&e) => {
+                // The error names the I/O failure only: no key, no URL.
+                tracing::debug!(target: "session_redis", op, error = %e, "connection failed; retrying once on a fresh connection");
+                attempt(self.conn()).await
+            }
+            other => other,
+        }
     }
 
     /// Runs `fut` under the operation timeout, mapping errors.
@@ -426,9 +487,12 @@ impl RedisStore {
             .arg(strategy)
             .arg(&head)
             .arg(record.created_at.as_unix_millis());
-        let mut conn = self.conn();
-        let (code, evicted): (i64, Vec<String>) =
-            self.bounded(scripts::run(script, &cmd, &mut conn)).await?;
+        let (code, evicted): (i64, Vec<String>) = self
+            .bounded(self.retrying("create_with", Retry::NeverSent, |mut conn| {
+                let cmd = &cmd;
+                async move { scripts::run(script, cmd, &mut conn).await }
+            }))
+            .await?;
         match code {
             lifecycle::DONE => Ok(Created::with_evicted(
                 evicted.iter().map(|k| StorageKey::from_stored(k)).collect(),
@@ -905,31 +969,35 @@ impl SessionStore for RedisStore {
             .map(|u| self.prefix.index_key(u.as_bytes()));
         let index_ttl = index_ttl_ms(record.absolute_deadline, now);
         let cluster = self.is_cluster();
-        let mut conn = self.conn();
+        let script = &self.scripts().create;
+        let with_index = index.as_ref().filter(|_| !cluster);
+        let mut cmd = scripts::evalsha(
+            script,
+            1 + usize::from(with_index.is_some()),
+            session_key.len() + with_index.map_or(0, String::len) + value.len(),
+        );
+        cmd.arg(&session_key)
+            .arg(with_index)
+            .arg(&value[..])
+            .arg(now.as_unix_millis())
+            .arg(ttl)
+            .arg(key.as_str())
+            .arg(index_ttl);
+        // Insert-only: sent again only if nothing was sent (the index
+        // entry a first attempt may have added is refreshed, not doubled).
         let stored: i64 = self
-            .bounded(async {
-                if let (Some(index), true, true) = (&index, cluster, ttl > 0) {
-                    // Index first: a failure between the two writes leaves a
-                    // stale entry, never an unindexed session.
-                    self.index_add(&mut conn, index, key, now, index_ttl)
-                        .await?;
+            .bounded(self.retrying("create", Retry::NeverSent, |mut conn| {
+                let (index, cmd) = (&index, &cmd);
+                async move {
+                    if let (Some(index), true, true) = (index, cluster, ttl > 0) {
+                        // Index first: a failure between the two writes
+                        // leaves a stale entry, never an unindexed session.
+                        self.index_add(&mut conn, index, key, now, index_ttl)
+                            .await?;
+                    }
+                    scripts::run(script, cmd, &mut conn).await
                 }
-                let script = &self.scripts().create;
-                let with_index = index.as_ref().filter(|_| !cluster);
-                let mut cmd = scripts::evalsha(
-                    script,
-                    1 + usize::from(with_index.is_some()),
-                    session_key.len() + with_index.map_or(0, String::len) + value.len(),
-                );
-                cmd.arg(&session_key)
-                    .arg(with_index)
-                    .arg(&value[..])
-                    .arg(now.as_unix_millis())
-                    .arg(ttl)
-                    .arg(key.as_str())
-                    .arg(index_ttl);
-                scripts::run(script, &cmd, &mut conn).await
-            })
+            }))
             .await?;
         match stored {
             create::STORED => Ok(()),
@@ -959,9 +1027,12 @@ impl SessionStore for RedisStore {
 
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
         let session_key = self.prefix.session_key(key);
-        let mut conn = self.conn();
+        let cmd = get(&session_key);
         let value: Option<Vec<u8>> = self
-            .bounded(get(&session_key).query_async(&mut conn))
+            .bounded(self.retrying("load", Retry::Idempotent, |mut conn| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut conn).await }
+            }))
             .await?;
         let Some(value) = value else {
             return Ok(None);
@@ -995,7 +1066,6 @@ impl SessionStore for RedisStore {
             .map(|u| self.prefix.index_key(u.as_bytes()));
         let index_ttl = index_ttl_ms(record.absolute_deadline, now);
         let cluster = self.is_cluster();
-        let mut conn = self.conn();
         let script = &self.scripts().update;
         let with_index = index.as_ref().filter(|_| !cluster);
         let command = |index_ready: bool| {
@@ -1017,20 +1087,27 @@ impl SessionStore for RedisStore {
                 .arg(key.as_str());
             cmd
         };
+        // Compare-and-set: sent again only if nothing was sent. (A first
+        // attempt that got as far as the index wrote nothing else: the
+        // script answers NEEDS_INDEX without writing, the index entry is
+        // refreshed, not doubled.)
         let code = self
-            .bounded(async {
-                let code: i64 = scripts::run(script, &command(false), &mut conn).await?;
-                match (&index, code) {
-                    (Some(index), update::NEEDS_INDEX) => {
-                        // The absolute deadline moved later: make the index
-                        // outlive it before the session does.
-                        self.index_add(&mut conn, index, key, now, index_ttl)
-                            .await?;
-                        scripts::run(script, &command(true), &mut conn).await
+            .bounded(self.retrying("update", Retry::NeverSent, |mut conn| {
+                let (index, command) = (&index, &command);
+                async move {
+                    let code: i64 = scripts::run(script, &command(false), &mut conn).await?;
+                    match (index, code) {
+                        (Some(index), update::NEEDS_INDEX) => {
+                            // The absolute deadline moved later: make the
+                            // index outlive it before the session does.
+                            self.index_add(&mut conn, index, key, now, index_ttl)
+                                .await?;
+                            scripts::run(script, &command(true), &mut conn).await
+                        }
+                        _ => Ok(code),
                     }
-                    _ => Ok(code),
                 }
-            })
+            }))
             .await?;
         match code {
             update::STORED => Ok(()),
@@ -1052,14 +1129,20 @@ impl SessionStore for RedisStore {
         let now = Timestamp::now();
         let session_key = self.prefix.session_key(key);
         let fields = codec::touch_bytes(last_access, idle_deadline);
-        let mut conn = self.conn();
         let script = &self.scripts().touch;
         let mut cmd = scripts::evalsha(script, 1, session_key.len());
         cmd.arg(&session_key)
             .arg(now.as_unix_millis())
             .arg(&fields[..])
             .arg(idle_deadline.as_unix_millis());
-        let touched: i64 = self.bounded(scripts::run(script, &cmd, &mut conn)).await?;
+        // Sets absolute values: a repeat after an applied first attempt
+        // writes the same bytes and answers the same.
+        let touched: i64 = self
+            .bounded(self.retrying("touch", Retry::Idempotent, |mut conn| {
+                let cmd = &cmd;
+                async move { scripts::run(script, cmd, &mut conn).await }
+            }))
+            .await?;
         if touched == 1 {
             Ok(())
         } else {
@@ -1068,50 +1151,60 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
-        let mut conn = self.conn();
-        self.bounded(self.delete_from(&mut conn, key.clone(), 0))
-            .await
-            .map(drop)
+        // Idempotent: a repeat finds the record gone (or the ended marker a
+        // first attempt left) and succeeds; an index entry a first attempt
+        // did not get to is a stale entry, which readers prune.
+        self.bounded(
+            self.retrying("delete", Retry::Idempotent, |mut conn| async move {
+                self.delete_from(&mut conn, key.clone(), 0).await
+            }),
+        )
+        .await
+        .map(drop)
     }
 
     async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
         let index = self.prefix.index_key(user_id.as_bytes());
-        let mut conn = self.conn();
         let header_end = HEADER_LEN - 1 + user_id.len();
-        self.bounded(async {
-            let entries = Self::index_entries(&mut conn, &index).await?;
-            let reads = entries.iter().map(|(member, _)| {
-                let session_key = self.prefix.session_key(&StorageKey::from_stored(member));
-                let mut conn = conn.clone();
-                async move {
-                    redis::cmd("GETRANGE")
-                        .arg(session_key)
-                        .arg(0)
-                        .arg(header_end)
-                        .query_async::<Vec<u8>>(&mut conn)
-                        .await
-                }
-            });
-            let headers = join_all(reads).await;
-            let now = Timestamp::now();
-            let mut live = Vec::new();
-            let mut stale = Vec::new();
-            for ((member, written_at), header) in entries.iter().zip(headers) {
-                let key = StorageKey::from_stored(member);
-                match Entry::classify(&header?, &key, user_id, now) {
-                    Entry::Live(summary) => live.push(summary),
-                    Entry::Missing if self.prunable(*written_at, now) => {
-                        stale.push(member.as_str());
+        // Reads, then a `ZREM` of entries whose sessions are gone, which a
+        // repeat cannot make wrong: the whole call is retried.
+        self.bounded(self.retrying("list_user", Retry::Idempotent, |mut conn| {
+            let index = &index;
+            async move {
+                let entries = Self::index_entries(&mut conn, index).await?;
+                let reads = entries.iter().map(|(member, _)| {
+                    let session_key = self.prefix.session_key(&StorageKey::from_stored(member));
+                    let mut conn = conn.clone();
+                    async move {
+                        redis::cmd("GETRANGE")
+                            .arg(session_key)
+                            .arg(0)
+                            .arg(header_end)
+                            .query_async::<Vec<u8>>(&mut conn)
+                            .await
                     }
-                    // An expired record still in Redis keeps its entry until
-                    // Redis evicts it: an application server whose clock lags
-                    // ours may still see it live and touch it.
-                    Entry::Expired | Entry::Missing | Entry::Foreign => {}
+                });
+                let headers = join_all(reads).await;
+                let now = Timestamp::now();
+                let mut live = Vec::new();
+                let mut stale = Vec::new();
+                for ((member, written_at), header) in entries.iter().zip(headers) {
+                    let key = StorageKey::from_stored(member);
+                    match Entry::classify(&header?, &key, user_id, now) {
+                        Entry::Live(summary) => live.push(summary),
+                        Entry::Missing if self.prunable(*written_at, now) => {
+                            stale.push(member.as_str());
+                        }
+                        // An expired record still in Redis keeps its entry until
+                        // Redis evicts it: an application server whose clock lags
+                        // ours may still see it live and touch it.
+                        Entry::Expired | Entry::Missing | Entry::Foreign => {}
+                    }
                 }
+                Self::prune(&mut conn, index, &stale).await?;
+                Ok(live)
             }
-            Self::prune(&mut conn, &index, &stale).await?;
-            Ok(live)
-        })
+        }))
         .await
     }
 
@@ -1121,7 +1214,14 @@ impl SessionStore for RedisStore {
         let cluster = self.is_cluster();
         let mut conn = self.conn();
         self.bounded(async {
-            let entries = Self::index_entries(&mut conn, &index).await?;
+            // Only the index read is retried: once a session is deleted, a
+            // repeat would no longer count it.
+            let entries = self
+                .retrying("delete_user", Retry::Idempotent, |mut conn| {
+                    let index = &index;
+                    async move { Self::index_entries(&mut conn, index).await }
+                })
+                .await?;
             let now = Timestamp::now();
             let deletes = entries.iter().map(|(member, _)| {
                 let session_key = self.prefix.session_key(&StorageKey::from_stored(member));

@@ -1,7 +1,8 @@
 //! Fault tests against a private redis-server this test starts on a spare
 //! loopback port: the server dies in the middle of traffic and comes back
-//! on the same port; it freezes with its connections open and thaws; its
-//! script cache is flushed under a live store.
+//! on the same port; it restarts under an idle store, whose first call
+//! afterwards must succeed; it freezes with its connections open and thaws;
+//! its script cache is flushed under a live store.
 
 mod common;
 
@@ -32,6 +33,11 @@ impl Server {
     }
 
     async fn start(port: u16) -> Self {
+        Self::start_with(port, &[]).await
+    }
+
+    /// [`Server::start`] with more options (later ones win).
+    async fn start_with(port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args([
@@ -42,6 +48,7 @@ impl Server {
                 "--protected-mode",
                 "yes",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -245,6 +252,91 @@ async fn server_dies_mid_traffic_and_comes_back() {
         unavailable.load(Ordering::Relaxed) > 0,
         "the outage went unnoticed"
     );
+}
+
+/// A server that restarts while the store is idle (every pooled connection
+/// dies, the server is back a moment later on the same port, with its data:
+/// an append-only file synced on every write): the very first call
+/// afterwards must succeed. Reads, `touch` and `delete` are retried once on
+/// a fresh connection after failing on the dead one. The last round: the
+/// server stays down long enough for the store's reconnection to give up,
+/// then a `create` (insert-only, never sent twice) is retried because the
+/// failure (a refused connection) proves nothing was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_call_after_a_restart_succeeds() {
+    let dir = std::env::temp_dir().join(format!(
+        "session-redis-restart-{}-{}",
+        std::process::id(),
+        Server::spare_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let persistent = [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        &dir_arg,
+    ];
+    let port = Server::spare_port();
+    let mut server = Server::start_with(port, &persistent).await;
+    let store = store_on(&server).await;
+    let k = key();
+    store
+        .create(&k, &record(Some("restart"), b"kept", 1))
+        .await
+        .unwrap();
+
+    // Stops the server, starts it again on the same port and waits until it
+    // answers a client of its own (not the store, which stays idle).
+    let restart = |mut server: Server| async move {
+        server.kill();
+        drop(server);
+        Server::start_with(port, &persistent).await
+    };
+
+    server = restart(server).await;
+    let loaded = store.load(&k).await.expect("first load after a restart");
+    assert_eq!(&loaded.expect("the session survived").data[..], b"kept");
+
+    server = restart(server).await;
+    let listed = store
+        .list_user("restart")
+        .await
+        .expect("first list_user after a restart");
+    assert_eq!(listed.len(), 1);
+
+    server = restart(server).await;
+    let now = Timestamp::now();
+    store
+        .touch(&k, now, now.saturating_add(Duration::from_secs(60)))
+        .await
+        .expect("first touch after a restart");
+
+    server = restart(server).await;
+    store
+        .delete(&k)
+        .await
+        .expect("first delete after a restart");
+    assert!(store.load(&k).await.unwrap().is_none());
+
+    // Down until the store's reconnection gives up (two retries, at most
+    // 500 ms apart), so its connection is a refused one; then back.
+    server.kill();
+    let down = store.load(&k).await;
+    assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    server = Server::start_with(port, &persistent).await;
+    let k2 = key();
+    store
+        .create(&k2, &record(Some("restart"), b"new", 1))
+        .await
+        .expect("first create after the server came back");
+    assert_eq!(store.list_user("restart").await.unwrap().len(), 1);
+
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Waits until every thread of process `pid` is stopped: `kill -STOP`
