@@ -21,7 +21,9 @@ async fn an_idle_session_ends_and_activity_keeps_it_alive() {
     sleep(Duration::from_millis(2500)).await;
     let r = s.get("/profile", Some(&cookie)).await;
     assert_eq!(r.status, 401, "idle for 2.5 s");
-    assert!(r.removes_cookie(), "the dead cookie is cleared");
+    // The dead cookie is left alone: a racing request may already have given
+    // the browser a newer one, which a removal would delete.
+    assert!(r.set_cookie.is_empty(), "{:?}", r.set_cookie);
 }
 
 #[tokio::test]
