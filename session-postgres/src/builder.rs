@@ -139,20 +139,42 @@ impl PostgresStoreBuilder {
 
     /// Ping each pooled connection before using it. Default: `false`.
     ///
-    /// Off, every operation is one round trip; after the server restarts or
-    /// kills connections, each stale pooled connection fails one operation
-    /// (reads, `touch` and `delete` are retried once on a fresh connection
-    /// by the store itself). On, stale connections are replaced silently at
-    /// the price of a second round trip per operation.
+    /// Off, every operation is one round trip. After the server restarts or
+    /// ends connections, the first operation on a dead pooled connection
+    /// fails with it; the idempotent ones are then retried by the store
+    /// itself (see [`operation_timeout`](Self::operation_timeout)), so
+    /// only `create`, `create_with`, `update`'s write and `delete_user` can
+    /// fail that way, once per dead connection. On, dead connections are
+    /// replaced before use at the price of a second round trip per
+    /// operation.
     pub fn test_before_acquire(mut self, test: bool) -> Self {
         self.test_before_acquire = test;
         self
     }
 
     /// Upper bound on one operation (one statement, including waiting for a
-    /// connection and one retry), after which it fails with
+    /// connection and the retry below), after which it fails with
     /// [`StoreError::Unavailable`]; `None` waits as long as the driver does.
     /// Default: 5 s.
+    ///
+    /// What is retried, within this bound: when a statement fails because
+    /// its connection was dead (closed, reset or ended by the server: a
+    /// restart, `pg_terminate_backend`, an idle session timeout; not an
+    /// error the server answered the statement with, not a timeout), it
+    /// runs exactly once more, on a connection that has just answered a
+    /// ping (pooled connections that do not answer are dropped, and the
+    /// pool opens a new one if none does). Retried: `load`, `list_user`,
+    /// `touch` (sets absolute values), `delete`, `delete_expired`'s batches
+    /// (a batch committed just before its connection died then goes
+    /// uncounted, its rows are gone either way) and the read that tells
+    /// `update`'s `Conflict` from `NotFound`. Not
+    /// retried, because the statement may have been committed before the
+    /// connection died and a repeat would answer `AlreadyExists`,
+    /// `Conflict` or a wrong count for a write that succeeded: `create`,
+    /// `create_with`, `update`'s compare-and-set and `delete_user`; these
+    /// fail with [`StoreError::Unavailable`]. A failure to get a connection
+    /// at all is not retried either (the pool already retries connecting
+    /// until the [acquire timeout](Self::acquire_timeout)).
     ///
     /// [`StoreError::Unavailable`]: session_core::StoreError::Unavailable
     pub fn operation_timeout(mut self, timeout: Option<Duration>) -> Self {

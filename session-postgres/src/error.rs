@@ -130,14 +130,21 @@ pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Whether `e` says the pooled connection itself was dead (the server
-/// closed or terminated it), so a fresh connection may well succeed.
+/// Whether `e` says the pooled connection itself was dead, so a fresh
+/// connection may well succeed: an I/O failure other than a timeout
+/// (broken pipe, reset, end of stream), a garbled exchange (the connection
+/// is unusable), or the server's farewell on a connection it ended: a
+/// connection exception (`08…`), `57P01` (terminated by an administrator,
+/// `pg_terminate_backend`, or a fast shutdown), `57P02` (crash of another
+/// backend), `57P05` (idle session timeout). Not a timeout, not an error
+/// the server answered the statement with.
 pub(crate) fn is_dead_connection(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code == "57P01" || code == "57P02"),
+        sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::TimedOut,
+        sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P05")
+        }),
         _ => false,
     }
 }
@@ -163,6 +170,10 @@ mod tests {
         ));
         assert!(is_dead_connection(&io()));
         assert!(!is_dead_connection(&sqlx::Error::PoolTimedOut));
+        assert!(!is_dead_connection(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::TimedOut
+        ))));
+        assert!(!is_dead_connection(&sqlx::Error::RowNotFound));
     }
 
     #[test]

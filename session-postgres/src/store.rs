@@ -11,7 +11,8 @@ use session_core::{
     LimitStrategy, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError,
     StoreResult, Timestamp,
 };
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, PgPool, Postgres};
 use time::OffsetDateTime;
 
 use crate::builder::PostgresStoreBuilder;
@@ -156,19 +157,25 @@ impl PostgresStore {
 }
 
 impl Inner {
-    /// Runs one statement with the operation timeout; when `retry` is set
-    /// (idempotent operations only) a failure on a dead pooled connection
-    /// is retried once on a fresh one.
+    /// Runs one statement on a pooled connection, under the operation
+    /// timeout (which covers both attempts). When `retry` is set
+    /// (idempotent statements only) and the first attempt failed because
+    /// its connection was dead ([`is_dead_connection`]: closed, reset,
+    /// terminated by the server; not an error the server answered the
+    /// statement with, not a timeout), the statement runs exactly once more,
+    /// on a connection from [`Inner::live_connection`].
     async fn run<T, F, Fut>(&self, op: &'static str, retry: bool, f: F) -> StoreResult<T>
     where
-        F: Fn() -> Fut,
+        F: Fn(PoolConnection<Postgres>) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
         let attempt = async {
-            match f().await {
+            let conn = self.pool.acquire().await?;
+            match f(conn).await {
                 Err(e) if retry && is_dead_connection(&e) => {
-                    tracing::debug!(target: "session_postgres", op, error = %e, "retrying on a fresh connection");
-                    f().await
+                    // The driver's error: no URL, no password, no key.
+                    tracing::debug!(target: "session_postgres", op, error = %e, "connection was dead; retrying once on a live connection");
+                    f(self.live_connection().await?).await
                 }
                 result => result,
             }
@@ -181,6 +188,33 @@ impl Inner {
             },
         };
         result.map_err(|e| store_error(op, e))
+    }
+
+    /// A connection known to work, for the retry after a dead one: what
+    /// killed that one (a server restart, a failover, terminated backends)
+    /// usually killed every idle connection of the pool, and the pool hands
+    /// out idle connections without checking them (unless
+    /// `test_before_acquire` is on). So each connection is pinged first; a
+    /// dead one is dropped from the pool, and the next one tried, until one
+    /// answers: a pooled connection that survived, or a new one. At most
+    /// the pool's size plus one tries, all within the operation timeout.
+    async fn live_connection(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let tries = self.pool.options().get_max_connections().saturating_add(1);
+        let mut last = None;
+        for _ in 0..tries {
+            let mut conn = self.pool.acquire().await?;
+            match sqlx::Connection::ping(&mut *conn).await {
+                Ok(()) => return Ok(conn),
+                Err(e) if is_dead_connection(&e) => {
+                    // Out of the pool at once (its slot is free for a new
+                    // connection); dropping it closes the socket.
+                    drop(conn.detach());
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(sqlx::Error::PoolTimedOut))
     }
 
     fn check_size(&self, record: &SessionRecord) -> StoreResult<()> {
@@ -197,13 +231,12 @@ impl Inner {
     /// (one statement).
     pub(crate) async fn delete_expired_batch(&self) -> StoreResult<Batch> {
         let sql = &self.sql.delete_expired;
-        let pool = &self.pool;
         let batch = i64::from(self.cleanup_batch_size);
         let (records, moves): (i64, i64) = self
-            .run("delete_expired", true, || async move {
+            .run("delete_expired", true, |mut conn| async move {
                 sqlx::query_as(AssertSqlSafe(sql.clone()))
                     .bind(batch)
-                    .fetch_one(pool)
+                    .fetch_one(&mut *conn)
                     .await
             })
             .await?;
@@ -274,9 +307,9 @@ impl SessionStore for PostgresStore {
         if record.user_id.as_deref().is_some_and(has_nul) {
             return Err(StoreError::backend(PgError::NulInUserId));
         }
-        let (sql, pool) = (&inner.sql.create, &inner.pool);
+        let sql = &inner.sql.create;
         let done = inner
-            .run("create", false, || async move {
+            .run("create", false, |mut conn| async move {
                 sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
                     .bind(&record.data[..])
@@ -286,7 +319,7 @@ impl SessionStore for PostgresStore {
                     .bind(to_db(record.last_access))
                     .bind(to_db(record.idle_deadline))
                     .bind(to_db(record.absolute_deadline))
-                    .execute(pool)
+                    .execute(&mut *conn)
                     .await
             })
             .await?;
@@ -330,9 +363,9 @@ impl SessionStore for PostgresStore {
         let evict = options
             .limit
             .is_some_and(|l| matches!(l.strategy, LimitStrategy::EvictOldest));
-        let (sql, pool) = (&inner.sql.create_with, &inner.pool);
+        let sql = &inner.sql.create_with;
         let row: Option<(i32, Vec<String>)> = inner
-            .run("create_with", false, || async move {
+            .run("create_with", false, |mut conn| async move {
                 let result = sqlx::query_as(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
                     .bind(&record.data[..])
@@ -346,7 +379,7 @@ impl SessionStore for PostgresStore {
                     .bind(old.map(|r| r.version.cast_signed()))
                     .bind(max)
                     .bind(evict)
-                    .fetch_one(pool)
+                    .fetch_one(&mut *conn)
                     .await;
                 match result {
                     Ok(row) => Ok(Some(row)),
@@ -382,12 +415,12 @@ impl SessionStore for PostgresStore {
             return Ok(None);
         }
         let inner = &*self.inner;
-        let (sql, pool) = (&inner.sql.load, &inner.pool);
+        let sql = &inner.sql.load;
         let row: Option<RecordRow> = inner
-            .run("load", true, || async move {
+            .run("load", true, |mut conn| async move {
                 sqlx::query_as(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
-                    .fetch_optional(pool)
+                    .fetch_optional(&mut *conn)
                     .await
             })
             .await?;
@@ -415,9 +448,9 @@ impl SessionStore for PostgresStore {
         if has_nul(key.as_str()) {
             return Err(StoreError::NotFound);
         }
-        let (sql, pool) = (&inner.sql.update, &inner.pool);
+        let sql = &inner.sql.update;
         let done = inner
-            .run("update", false, || async move {
+            .run("update", false, |mut conn| async move {
                 sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
                     .bind(expected_version.cast_signed())
@@ -427,7 +460,7 @@ impl SessionStore for PostgresStore {
                     .bind(to_db(record.last_access))
                     .bind(to_db(record.idle_deadline))
                     .bind(to_db(record.absolute_deadline))
-                    .execute(pool)
+                    .execute(&mut *conn)
                     .await
             })
             .await?;
@@ -438,10 +471,10 @@ impl SessionStore for PostgresStore {
         // be a moment newer than the update; either answer was true then.)
         let sql = &inner.sql.live;
         let live = inner
-            .run("update", true, || async move {
+            .run("update", true, |mut conn| async move {
                 sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
-                    .fetch_optional(pool)
+                    .fetch_optional(&mut *conn)
                     .await
             })
             .await?;
@@ -462,14 +495,14 @@ impl SessionStore for PostgresStore {
             return Err(StoreError::NotFound);
         }
         let inner = &*self.inner;
-        let (sql, pool) = (&inner.sql.touch, &inner.pool);
+        let sql = &inner.sql.touch;
         let done = inner
-            .run("touch", true, || async move {
+            .run("touch", true, |mut conn| async move {
                 sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
                     .bind(to_db(last_access))
                     .bind(to_db(idle_deadline))
-                    .execute(pool)
+                    .execute(&mut *conn)
                     .await
             })
             .await?;
@@ -484,12 +517,12 @@ impl SessionStore for PostgresStore {
             return Ok(());
         }
         let inner = &*self.inner;
-        let (sql, pool) = (&inner.sql.delete, &inner.pool);
+        let sql = &inner.sql.delete;
         inner
-            .run("delete", true, || async move {
+            .run("delete", true, |mut conn| async move {
                 sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
-                    .execute(pool)
+                    .execute(&mut *conn)
                     .await
             })
             .await?;
@@ -501,12 +534,12 @@ impl SessionStore for PostgresStore {
             return Ok(Vec::new());
         }
         let inner = &*self.inner;
-        let (sql, pool) = (&inner.sql.list_user, &inner.pool);
+        let sql = &inner.sql.list_user;
         let rows: Vec<SummaryRow> = inner
-            .run("list_user", true, || async move {
+            .run("list_user", true, |mut conn| async move {
                 sqlx::query_as(AssertSqlSafe(sql.clone()))
                     .bind(user_id)
-                    .fetch_all(pool)
+                    .fetch_all(&mut *conn)
                     .await
             })
             .await?;
@@ -529,12 +562,12 @@ impl SessionStore for PostgresStore {
             return Ok(0);
         }
         let inner = &*self.inner;
-        let (sql, pool) = (&inner.sql.delete_user, &inner.pool);
+        let sql = &inner.sql.delete_user;
         let live: i64 = inner
-            .run("delete_user", false, || async move {
+            .run("delete_user", false, |mut conn| async move {
                 sqlx::query_scalar(AssertSqlSafe(sql.clone()))
                     .bind(user_id)
-                    .fetch_one(pool)
+                    .fetch_one(&mut *conn)
                     .await
             })
             .await?;

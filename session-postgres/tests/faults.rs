@@ -2,7 +2,9 @@
 //! connections mid-traffic (`pg_terminate_backend`), and the network path
 //! to the server resets or black-holes every connection for a while. Calls
 //! must fail promptly with typed errors while the server is away, and the
-//! same store must work again afterwards.
+//! same store must work again afterwards. Every idle connection of the
+//! pool dies while the store is idle (terminated by the server, as in a
+//! restart): the first call afterwards must succeed.
 
 mod common;
 
@@ -189,6 +191,108 @@ async fn terminated_backends_fail_typed_and_the_store_recovers() {
     );
     assert_recovers(&*t, &k, 20).await;
     assert!(counter(&t.load(&k).await.unwrap().unwrap()) >= before + 24);
+    drop(admin);
+}
+
+/// Opens `n` connections at once and gives them back, so that the pool
+/// holds `n` idle connections.
+async fn fill_pool(store: &session_postgres::PostgresStore, n: usize) {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(store.pool().acquire().await.expect("acquire"));
+    }
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.pool().num_idle() < n {
+        assert!(Instant::now() < deadline, "connections did not go back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Terminates every backend of `app` and waits until the server has none
+/// left (asked on the admin connection, not through the store).
+async fn terminate_all(admin: &mut sqlx::PgConnection, app: &str) {
+    let terminated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
+         FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(app)
+    .fetch_one(&mut *admin)
+    .await
+    .unwrap();
+    assert!(terminated > 0, "no backend to terminate");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(app)
+                .fetch_one(&mut *admin)
+                .await
+                .unwrap();
+        if left == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} backends outlived pg_terminate_backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every idle connection of the pool dies while the store is idle, as in a
+/// server restart. These tests share one PostgreSQL and do not start a
+/// private one; the restart's effect on the client is produced with
+/// `pg_terminate_backend` on every backend of the store's pool, which is
+/// a connection-level failure the pool must survive. The server stays up,
+/// so the very first call afterwards must succeed: the idempotent
+/// statements are retried once on a connection that answers, and the
+/// retry must not land on another dead pooled connection (the pool holds
+/// four here, and does not test them before handing them out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_call_after_every_connection_died_succeeds() {
+    let app = unique("spg_idle");
+    let options = PgConnectOptions::from_str(&database_url())
+        .unwrap()
+        .application_name(&app);
+    let t = scratch(&unique("idle"), options).await;
+    let k = key();
+    t.create(&k, &record(Some("idle"), &0u64.to_be_bytes(), HOUR, HOUR))
+        .await
+        .unwrap();
+    let mut admin = sqlx::PgConnection::connect(&database_url()).await.unwrap();
+    let now = session_core::Timestamp::now();
+    let idle = now.saturating_add(Duration::from_secs(600));
+    for (op, call) in [
+        (
+            "load",
+            Box::pin(async {
+                let r = t.load(&k).await?;
+                assert!(r.is_some(), "the session is gone");
+                Ok(())
+            }) as Call<'_>,
+        ),
+        (
+            "list_user",
+            Box::pin(async {
+                assert_eq!(t.list_user("idle").await?.len(), 1);
+                Ok(())
+            }),
+        ),
+        ("touch", Box::pin(t.touch(&k, now, idle))),
+        (
+            "delete_expired",
+            Box::pin(async { t.delete_expired().await.map(drop) }),
+        ),
+        ("delete", Box::pin(t.delete(&k))),
+    ] {
+        fill_pool(&t.store, 4).await;
+        terminate_all(&mut admin, &app).await;
+        if let Err(e) = call.await {
+            panic!("the first {op} after the pool's connections died failed: {e}");
+        }
+    }
+    assert!(t.load(&k).await.unwrap().is_none());
     drop(admin);
 }
 
