@@ -39,6 +39,8 @@
 pub mod clock;
 pub mod cookie;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod key;
 pub mod manager;

@@ -26,11 +26,11 @@ use zeroize::Zeroizing;
 
 use crate::key::{KeyRing, RingKey};
 
-const FORMAT_V1: u8 = 1;
+pub(crate) const FORMAT_V1: u8 = 1;
 const AAD_CONTEXT: &[u8] = b"session-encrypted/v1\0";
-const NONCE_LEN: usize = 12;
+pub(crate) const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
-const HEADER_LEN: usize = 1 + 2 + NONCE_LEN;
+pub(crate) const HEADER_LEN: usize = 1 + 2 + NONCE_LEN;
 
 /// Wraps a [`SessionStore`] so that it holds only ciphertext and hashed user
 /// ids. It is itself a `SessionStore` and passes the same conformance suite.
@@ -168,7 +168,12 @@ impl<S: SessionStore> EncryptedStore<S> {
     }
 }
 
-fn aad(key_id: u16, key: &StorageKey, created: Timestamp, absolute: Timestamp) -> Vec<u8> {
+pub(crate) fn aad(
+    key_id: u16,
+    key: &StorageKey,
+    created: Timestamp,
+    absolute: Timestamp,
+) -> Vec<u8> {
     let mut aad = Vec::with_capacity(AAD_CONTEXT.len() + 3 + key.as_str().len() + 16);
     aad.extend_from_slice(AAD_CONTEXT);
     aad.push(FORMAT_V1);

@@ -129,6 +129,7 @@
 
 pub mod config;
 mod expiry;
+pub mod fuzzing;
 mod index;
 mod keys;
 mod recent;

@@ -163,6 +163,7 @@ pub mod builder;
 pub mod codec;
 pub mod connection;
 pub mod error;
+pub mod fuzzing;
 pub mod keys;
 pub mod scripts;
 pub mod store;
