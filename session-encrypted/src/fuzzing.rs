@@ -74,18 +74,15 @@ fn live(mut r: SessionRecord) -> SessionRecord {
 }
 
 fn record_from(bytes: &[u8]) -> SessionRecord {
-    SessionRecord::decode(bytes).map_or_else(
-        |_| SessionRecord {
-            data: Bytes::copy_from_slice(bytes),
-            user_id: None,
-            created_at: Timestamp::from_unix_millis(NOW_MS),
-            last_access: Timestamp::from_unix_millis(NOW_MS),
-            idle_deadline: Timestamp::from_unix_millis(0),
-            absolute_deadline: Timestamp::from_unix_millis(0),
-            version: 1,
-        },
-        |r| r,
-    )
+    SessionRecord::decode(bytes).unwrap_or_else(|_| SessionRecord {
+        data: Bytes::copy_from_slice(bytes),
+        user_id: None,
+        created_at: Timestamp::from_unix_millis(NOW_MS),
+        last_access: Timestamp::from_unix_millis(NOW_MS),
+        idle_deadline: Timestamp::from_unix_millis(0),
+        absolute_deadline: Timestamp::from_unix_millis(0),
+        version: 1,
+    })
 }
 
 fn load(store: &EncryptedStore<MemoryStore>) -> Result<SessionRecord, String> {

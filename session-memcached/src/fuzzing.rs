@@ -51,21 +51,6 @@ pub fn codec(data: &[u8]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// The corpus replay: every kept input of `fuzz/corpus/memcached_codec/`.
-    #[test]
-    fn memcached_codec_corpus() {
-        session_core::fuzzing::replay_corpus(
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../fuzz/corpus/memcached_codec"
-            ),
-            super::codec,
-        );
-    }
-}
-
 /// Seed inputs for [`codec`]: index items (both formats), markers and
 /// records as the crate writes them, and truncations.
 #[must_use]
@@ -120,4 +105,19 @@ pub fn seeds() -> Vec<Vec<u8>> {
             .map(SessionRecord::encode),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// The corpus replay: every kept input of `fuzz/corpus/memcached_codec/`.
+    #[test]
+    fn memcached_codec_corpus() {
+        session_core::fuzzing::replay_corpus(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../fuzz/corpus/memcached_codec"
+            ),
+            super::codec,
+        );
+    }
 }

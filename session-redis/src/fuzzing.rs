@@ -54,18 +54,6 @@ pub fn codec(data: &[u8]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    /// The corpus replay: every kept input of `fuzz/corpus/redis_codec/`.
-    #[test]
-    fn redis_codec_corpus() {
-        session_core::fuzzing::replay_corpus(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/redis_codec"),
-            super::codec,
-        );
-    }
-}
-
 /// Seed inputs for [`codec`]: records and the three markers as the crate
 /// writes them, and truncations.
 #[must_use]
@@ -95,4 +83,16 @@ pub fn seeds() -> Vec<Vec<u8>> {
     ));
     out.push(touched);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    /// The corpus replay: every kept input of `fuzz/corpus/redis_codec/`.
+    #[test]
+    fn redis_codec_corpus() {
+        session_core::fuzzing::replay_corpus(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/redis_codec"),
+            super::codec,
+        );
+    }
 }
