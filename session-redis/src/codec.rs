@@ -62,7 +62,6 @@ use session_core::{SessionRecord, StorageKey, StoreError, StoreResult, Timestamp
 /// Length of the fixed header.
 pub(crate) const HEADER_LEN: usize = 46;
 /// Format byte of a session record ([`SessionRecord::encode`]).
-#[cfg(test)]
 pub(crate) const FORMAT_RECORD: u8 = 1;
 /// Format byte of a moved marker.
 pub(crate) const FORMAT_MOVED: u8 = 2;
@@ -138,6 +137,15 @@ pub(crate) fn classify(bytes: &[u8]) -> Stored {
         FORMAT_PENDING => Stored::Pending,
         _ => SessionRecord::decode(bytes).map_or(Stored::Unreadable, Stored::Record),
     }
+}
+
+/// Whether a value (or a prefix of one at least [`HEADER_LEN`] bytes long,
+/// the user id possibly cut) is a session record live at `now`, judged from
+/// the fixed header alone.
+pub(crate) fn is_live_record(bytes: &[u8], now: Timestamp) -> bool {
+    bytes.len() >= HEADER_LEN
+        && bytes[0] == FORMAT_RECORD
+        && now.as_unix_millis() < i64_at(bytes, 26).min(i64_at(bytes, 34))
 }
 
 /// Whether a stored value is one of the markers (which `load` treats as

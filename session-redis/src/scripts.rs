@@ -389,6 +389,34 @@ return 0
 "#
 );
 
+/// A user's index entries with the header of each entry's session, read in
+/// one step so a listing never sees a session between two states (single
+/// server only: it reads session keys it is not given).
+///
+/// KEYS: index. ARGV: session key head (`<prefix>:s:{`), last header byte
+/// to read. Returns a flat array: member, score, header, member, ...
+const LIST_USER: &str = r#"
+local out = {}
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local m = entries[i]
+  out[#out + 1] = m
+  out[#out + 1] = entries[i + 1]
+  out[#out + 1] = redis.call('GETRANGE', ARGV[1] .. m .. '}', 0, tonumber(ARGV[2]))
+end
+return out
+"#;
+
+/// Removes a deleted session's index entry unless the session key holds
+/// something again (a create that ran between the delete and this call has
+/// already indexed it): single server only.
+///
+/// KEYS: index, session. ARGV: member. Returns 1 removed, 0 kept.
+const UNINDEX_IF_GONE: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"#;
+
 /// The compiled scripts (their SHA-1s are computed once, at construction).
 pub(crate) struct Scripts {
     pub(crate) create: Script,
@@ -400,6 +428,8 @@ pub(crate) struct Scripts {
     pub(crate) create_with: Script,
     pub(crate) rotate: Script,
     pub(crate) drop_pending: Script,
+    pub(crate) list_user: Script,
+    pub(crate) unindex_if_gone: Script,
 }
 
 impl Scripts {
@@ -414,6 +444,8 @@ impl Scripts {
             create_with: Script::new(CREATE_WITH),
             rotate: Script::new(MOVE),
             drop_pending: Script::new(DROP_PENDING),
+            list_user: Script::new(LIST_USER),
+            unindex_if_gone: Script::new(UNINDEX_IF_GONE),
         }
     }
 }

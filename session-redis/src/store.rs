@@ -403,7 +403,18 @@ impl RedisStore {
                     // between leaves a stale entry, which readers prune.
                     if n & delete::FLAG_USER != 0 {
                         let index = self.prefix.index_key(&user);
-                        Self::prune(conn, &index, &[at.as_str()]).await?;
+                        if cluster {
+                            Self::prune(conn, &index, &[at.as_str()]).await?;
+                        } else {
+                            // Not if a create re-used the key meanwhile: its
+                            // entry is the one now in the index.
+                            let script = &self.scripts().unindex_if_gone;
+                            let session_key = self.prefix.session_key(&at);
+                            let mut cmd =
+                                scripts::evalsha(script, 2, index.len() + session_key.len());
+                            cmd.arg(&index).arg(&session_key).arg(at.as_str());
+                            scripts::run::<i64>(script, &cmd, conn).await?;
+                        }
                     }
                     return Ok(Some(Ended {
                         key: at,
@@ -554,10 +565,11 @@ impl RedisStore {
                     .await?
                     .pop()
                     .unwrap_or_default();
-                let taken = matches!(
-                    codec::classify(&header),
-                    Stored::Record(r) if !r.is_expired_at(now)
-                );
+                // The header alone (a logged-in record's user id is cut off
+                // at this length): a live record, or a login still being
+                // written, holds the key.
+                let taken = codec::is_live_record(&header, now)
+                    || matches!(codec::classify(&header), Stored::Pending);
                 Ok(!taken)
             };
             let add = async {
@@ -1171,20 +1183,46 @@ impl SessionStore for RedisStore {
         self.bounded(self.retrying("list_user", Retry::Idempotent, |mut conn| {
             let index = &index;
             async move {
-                let entries = Self::index_entries(&mut conn, index).await?;
-                let reads = entries.iter().map(|(member, _)| {
-                    let session_key = self.prefix.session_key(&StorageKey::from_stored(member));
-                    let mut conn = conn.clone();
-                    async move {
-                        redis::cmd("GETRANGE")
-                            .arg(session_key)
-                            .arg(0)
-                            .arg(header_end)
-                            .query_async::<Vec<u8>>(&mut conn)
-                            .await
+                let (entries, headers) = if self.is_cluster() {
+                    // Index and sessions live on different slots: read the
+                    // index, then the sessions (a session moving meanwhile
+                    // may be missed by this one listing).
+                    let entries = Self::index_entries(&mut conn, index).await?;
+                    let reads = entries.iter().map(|(member, _)| {
+                        let session_key = self.prefix.session_key(&StorageKey::from_stored(member));
+                        let mut conn = conn.clone();
+                        async move {
+                            redis::cmd("GETRANGE")
+                                .arg(session_key)
+                                .arg(0)
+                                .arg(header_end)
+                                .query_async::<Vec<u8>>(&mut conn)
+                                .await
+                        }
+                    });
+                    let headers = join_all(reads).await;
+                    (entries, headers)
+                } else {
+                    // One script: the index and every header as of one
+                    // instant, so a rotation is seen before or after, whole.
+                    let script = &self.scripts().list_user;
+                    let head = self.prefix.session_key_head();
+                    let mut cmd = scripts::evalsha(script, 1, index.len() + head.len());
+                    cmd.arg(index).arg(&head).arg(header_end);
+                    let flat: Vec<Vec<u8>> = scripts::run(script, &cmd, &mut conn).await?;
+                    let mut entries = Vec::with_capacity(flat.len() / 3);
+                    let mut headers = Vec::with_capacity(flat.len() / 3);
+                    for triple in flat.chunks_exact(3) {
+                        let member = String::from_utf8_lossy(&triple[0]).into_owned();
+                        let score = std::str::from_utf8(&triple[1])
+                            .ok()
+                            .and_then(|s| s.parse::<f64>().ok())
+                            .unwrap_or(0.0);
+                        entries.push((member, score));
+                        headers.push(Ok(triple[2].clone()));
                     }
-                });
-                let headers = join_all(reads).await;
+                    (entries, headers)
+                };
                 let now = Timestamp::now();
                 let mut live = Vec::new();
                 let mut stale = Vec::new();

@@ -252,6 +252,20 @@ pub async fn rotation_onto_a_live_key_is_rejected(h: Harness) {
     assert!(matches!(err, StoreError::AlreadyExists), "got {err:?}");
     assert_eq!(&must_load(&*store, &old).await.data[..], b"o");
     assert_eq!(&must_load(&*store, &taken).await.data[..], b"t");
+    // The other way round: an anonymous record onto a logged-in one.
+    let (anon, owned) = (h.key(), h.key());
+    store.create(&anon, &live(None, b"a")).await.unwrap();
+    store
+        .create(&owned, &live(Some(&user), b"u"))
+        .await
+        .unwrap();
+    let err = store
+        .create_with(&owned, &live(None, b"n"), &moving(&anon, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists), "got {err:?}");
+    assert_eq!(&must_load(&*store, &anon).await.data[..], b"a");
+    assert_eq!(&must_load(&*store, &owned).await.data[..], b"u");
 }
 
 /// A moved key is dead for every call: load, update, touch and another
