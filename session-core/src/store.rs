@@ -230,7 +230,8 @@ pub trait SessionStore: Send + Sync + 'static {
     ///    included) and reported in [`Created::evicted`]; the new record is
     ///    not stored if it is not among them.
     ///
-    /// On any error nothing is written. So `n` concurrent logins of one user
+    /// On any error nothing is written. When several of the checks above
+    /// fail, the store may return the error of any of them. So `n` concurrent logins of one user
     /// with `f` free places under `RejectNew` admit exactly `min(n, f)`; under
     /// `EvictOldest` exactly `max` sessions are live once they finish.
     async fn create_with(

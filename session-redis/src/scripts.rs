@@ -113,7 +113,10 @@ end
 local function retire(key, h, now, marker)
   local ttl = math.min(i64(h, 27), i64(h, 35)) - now
   if ttl > 3153600000000 then ttl = 3153600000000 end
-  marker = string.sub(marker, 1, 26) .. string.sub(h, 27, 42) .. string.sub(marker, 43)
+  -- Byte 2 keeps the old record's has-user flag, so a user's index entry
+  -- never leads a delete_user to an anonymous session.
+  marker = string.sub(marker, 1, 1) .. string.sub(h, 2, 2) .. string.sub(marker, 3, 26)
+    .. string.sub(h, 27, 42) .. string.sub(marker, 43)
   redis.call('SET', key, marker, 'PX', string.format('%d', ttl))
 end
 "#
@@ -255,8 +258,8 @@ return {0, '', member, 0}
 "#
 );
 
-/// Deletes a session only if it belongs to the given user (or is a moved
-/// marker, which `delete_user` follows).
+/// Deletes a session only if it belongs to the given user (or is the moved
+/// marker of a logged-in session, which `delete_user` follows).
 ///
 /// KEYS: session. ARGV: user segment, now. Returns {2, '', 0} deleted a
 /// live record, {1, '', 0} deleted an expired one, {0, '', 0} no record,
@@ -269,6 +272,7 @@ local seg = ARGV[1]
 local now = tonumber(ARGV[2])
 local h = redis.call('GETRANGE', KEYS[1], 0, 40 + #seg)
 if #h == 0 then return {0, '', 0} end
+if is_format(h, 2) and string.byte(h, 2) ~= 1 then return {-1, '', 0} end
 if is_format(h, 2) then
   local n = u32(h, 43)
   local to = ''

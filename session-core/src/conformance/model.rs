@@ -291,6 +291,22 @@ impl Model {
             self.delete_from(u.keys[*key].clone(), 0, &mut done);
             return done;
         }
+        if let Call::CreateWith {
+            key,
+            record,
+            replaces,
+            limit,
+        } = call
+        {
+            // When several checks fail, any of their errors may come back.
+            let refusals = self.refusals(u, *key, record, *replaces, *limit, now);
+            if !refusals.is_empty() {
+                return refusals
+                    .into_iter()
+                    .map(|e| (self.clone(), Outcome::Error(e)))
+                    .collect();
+            }
+        }
         let mut m = self.clone();
         let out = m.apply(u, call, now);
         vec![(m, out)]
@@ -387,6 +403,47 @@ impl Model {
                 Outcome::Count(live)
             }
         }
+    }
+
+    /// Every check of `create_with` that fails, in the contract's order.
+    fn refusals(
+        &self,
+        u: &Universe,
+        key: usize,
+        record: &Rec,
+        replaces: Option<(usize, u64)>,
+        limit: Option<(usize, bool)>,
+        now: Timestamp,
+    ) -> Vec<&'static str> {
+        let key = &u.keys[key];
+        let record = u.record(record);
+        let mut out = Vec::new();
+        let old = replaces.map(|(k, v)| (&u.keys[k], v));
+        if let Some((old_key, version)) = old {
+            match self.live(old_key, now) {
+                None => out.push("NotFound"),
+                Some(current) => {
+                    let other_user = current.user_id.is_some() && current.user_id != record.user_id;
+                    if current.version != version || other_user {
+                        out.push("Conflict");
+                    }
+                }
+            }
+        }
+        if self.live(key, now).is_some() {
+            out.push("AlreadyExists");
+        }
+        if let (Some((max, false)), Some(user)) = (limit, &record.user_id) {
+            let others = self
+                .user_live(user, now)
+                .into_iter()
+                .filter(|(_, k)| k != key && old.is_none_or(|(o, _)| o != k))
+                .count();
+            if others >= max {
+                out.push("UserLimitReached");
+            }
+        }
+        out
     }
 
     fn create_with(
