@@ -411,14 +411,20 @@ end
 return out
 "#;
 
-/// Removes a deleted session's index entry unless the session key holds
-/// something again (a create that ran between the delete and this call has
-/// already indexed it): single server only.
+/// Removes index entries whose session keys hold nothing, leaving those a
+/// create wrote again since the caller saw them gone (it indexed them
+/// itself): single server only, it reads keys it is not given.
 ///
-/// KEYS: index, session. ARGV: member. Returns 1 removed, 0 kept.
+/// KEYS: index. ARGV: session key head (`<prefix>:s:{`), then members.
+/// Returns how many entries were removed.
 const UNINDEX_IF_GONE: &str = r#"
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-return redis.call('ZREM', KEYS[1], ARGV[1])
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i] .. '}') == 0 then
+    n = n + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return n
 "#;
 
 /// The compiled scripts (their SHA-1s are computed once, at construction).

@@ -403,18 +403,7 @@ impl RedisStore {
                     // between leaves a stale entry, which readers prune.
                     if n & delete::FLAG_USER != 0 {
                         let index = self.prefix.index_key(&user);
-                        if cluster {
-                            Self::prune(conn, &index, &[at.as_str()]).await?;
-                        } else {
-                            // Not if a create re-used the key meanwhile: its
-                            // entry is the one now in the index.
-                            let script = &self.scripts().unindex_if_gone;
-                            let session_key = self.prefix.session_key(&at);
-                            let mut cmd =
-                                scripts::evalsha(script, 2, index.len() + session_key.len());
-                            cmd.arg(&index).arg(&session_key).arg(at.as_str());
-                            scripts::run::<i64>(script, &cmd, conn).await?;
-                        }
+                        self.unindex(conn, &index, &[at.as_str()]).await?;
                     }
                     return Ok(Some(Ended {
                         key: at,
@@ -873,6 +862,22 @@ impl RedisStore {
         Ok(evicted)
     }
 
+    /// Removes the index entries of sessions seen gone. On a single server
+    /// an entry stays if its key was created again meanwhile (the create
+    /// indexed it); on a cluster the entries go (a stale one is pruned by
+    /// later readers, a missing one errs towards fewer listed sessions).
+    async fn unindex(&self, conn: &mut Conn, index: &str, members: &[&str]) -> RedisResult<()> {
+        if members.is_empty() || self.is_cluster() {
+            return Self::prune(conn, index, members).await;
+        }
+        let script = &self.scripts().unindex_if_gone;
+        let head = self.prefix.session_key_head();
+        let bytes = index.len() + head.len() + members.iter().map(|m| m.len()).sum::<usize>();
+        let mut cmd = scripts::evalsha(script, 1, bytes);
+        cmd.arg(index).arg(&head).arg(members);
+        scripts::run::<i64>(script, &cmd, conn).await.map(drop)
+    }
+
     async fn prune(conn: &mut Conn, index: &str, members: &[&str]) -> RedisResult<()> {
         if members.is_empty() {
             return Ok(());
@@ -1239,7 +1244,7 @@ impl SessionStore for RedisStore {
                         Entry::Expired | Entry::Missing | Entry::Foreign => {}
                     }
                 }
-                Self::prune(&mut conn, index, &stale).await?;
+                self.unindex(&mut conn, index, &stale).await?;
                 Ok(live)
             }
         }))
@@ -1310,7 +1315,7 @@ impl SessionStore for RedisStore {
             }
             // Only the entries handled here: one added meanwhile by a
             // concurrent login stays with its session.
-            Self::prune(&mut conn, &index, &gone).await?;
+            self.unindex(&mut conn, &index, &gone).await?;
             Ok(ended.len() as u64)
         })
         .await
