@@ -499,7 +499,9 @@ impl SessionManager {
                 Ok(Write::Done)
             }
             State::Stored(version) => {
-                let record = session.to_record(version + 1)?;
+                // Wraps at the end of the range: a version only has to differ.
+                let next = version.wrapping_add(1);
+                let record = session.to_record(next)?;
                 match self
                     .inner
                     .store
@@ -507,7 +509,7 @@ impl SessionManager {
                     .await
                 {
                     Ok(()) => {
-                        session.state = State::Stored(version + 1);
+                        session.state = State::Stored(next);
                         session.changes.clear();
                         session.touch_due = false;
                         Ok(Write::Done)

@@ -168,6 +168,15 @@ pub fn newest_first(
 /// Object-safe: `Arc<dyn SessionStore>` is what the manager holds. All
 /// methods take `&self` and must be safe to call concurrently.
 ///
+/// What a store must accept: any storage key made by
+/// [`KeyDeriver`](crate::KeyDeriver) (64 lowercase hex characters); any
+/// user id that is UTF-8 text without U+0000, up to 1 KiB, with separators,
+/// braces, spaces and non-ASCII characters kept exactly (ids that differ in
+/// one byte are different users, a prefix of an id is another id); any
+/// `u64` version, compared for equality only; any timestamp in the years
+/// 1 to 9999 (at millisecond precision); and data of any bytes up to the
+/// store's documented size limit.
+///
 /// "Live" below means: present and `now < min(idle_deadline,
 /// absolute_deadline)`, with "now" as the store sees it (its own clock or its
 /// server's). A record that is not live must behave exactly as if absent,
@@ -251,7 +260,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// equals `expected_version` (compare-and-set).
     ///
     /// `record.version` is the new version and must differ from
-    /// `expected_version` (the manager uses `expected_version + 1`). Returns
+    /// `expected_version` (the manager uses `expected_version + 1`, wrapping
+    /// at `u64::MAX`). Returns
     /// [`StoreError::Conflict`] if a live record has another version, and
     /// [`StoreError::NotFound`] if there is no live record; in both cases
     /// nothing is written. `record.user_id` must equal the stored one (it is

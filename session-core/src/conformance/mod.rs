@@ -310,6 +310,8 @@ macro_rules! __conformance_case_list {
             delete_user_is_exact_and_counts_live_sessions,
             delete_expired_never_removes_a_live_record,
             store_agrees_with_the_model,
+            versions_span_the_whole_u64_range,
+            user_ids_up_to_1_kib_with_any_characters,
         }
     };
 }

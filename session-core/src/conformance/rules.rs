@@ -213,3 +213,63 @@ pub async fn delete_expired_never_removes_a_live_record(h: Harness) {
         "delete_expired removed a record 900 ms before its deadline"
     );
 }
+
+/// Versions are any `u64`, compared for equality: the ends of the range
+/// round-trip and compare-and-set like any other.
+pub async fn versions_span_the_whole_u64_range(h: Harness) {
+    let store = h.store().await;
+    let key = h.key();
+    let first = SessionRecord {
+        version: u64::MAX - 1,
+        ..live(None, b"1")
+    };
+    store.create(&key, &first).await.unwrap();
+    assert_eq!(must_load(&*store, &key).await.version, u64::MAX - 1);
+    let top = SessionRecord {
+        version: u64::MAX,
+        ..first.clone()
+    };
+    store.update(&key, u64::MAX - 1, &top).await.unwrap();
+    assert_eq!(must_load(&*store, &key).await.version, u64::MAX);
+    let stale = store
+        .update(
+            &key,
+            0,
+            &SessionRecord {
+                version: 1,
+                ..first.clone()
+            },
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict)), "got {stale:?}");
+    let wrapped = SessionRecord {
+        version: 0,
+        ..first.clone()
+    };
+    store.update(&key, u64::MAX, &wrapped).await.unwrap();
+    assert_eq!(must_load(&*store, &key).await.version, 0);
+}
+
+/// A 1 KiB user id of mixed scripts, separators and braces round-trips
+/// and is listed and deleted exactly.
+pub async fn user_ids_up_to_1_kib_with_any_characters(h: Harness) {
+    let store = h.store().await;
+    let base = h.user("ü{x}: y/\\*?");
+    let mut user = base.clone();
+    while user.len() < 1_000 {
+        user.push_str("é中{}:");
+    }
+    let key = h.key();
+    store.create(&key, &live(Some(&user), b"u")).await.unwrap();
+    assert_eq!(
+        must_load(&*store, &key).await.user_id.as_deref(),
+        Some(user.as_str())
+    );
+    assert_eq!(
+        keys_of(&store.list_user(&user).await.unwrap()),
+        vec![key.clone()]
+    );
+    assert!(store.list_user(&base).await.unwrap().is_empty());
+    assert_eq!(store.delete_user(&user).await.unwrap(), 1);
+    assert!(store.load(&key).await.unwrap().is_none());
+}
