@@ -139,6 +139,20 @@ impl MemcachedConfig {
     /// How long one request (write plus answer) may take before it fails
     /// with [`StoreError::Unavailable`](session_core::StoreError::Unavailable)
     /// (default 1 s).
+    ///
+    /// What is retried: a request that fails at the connection level
+    /// (broken pipe, connection reset, refused or closed; not a timeout,
+    /// not an error reply) in a way the client reports as not applied is
+    /// sent exactly once more, on a connection dialed for it (the pooled
+    /// ones may all have died with a server restart). That covers every
+    /// read (`load`, `list_user` and the reads inside every operation,
+    /// which have no side effect) and any write that never left this
+    /// process. A write that was sent in full before the connection broke
+    /// may have been applied: `add` (create) and `cas` (update) are not
+    /// sent again and the operation fails with `Unavailable`, except
+    /// `touch`, which sets absolute values and so runs once more as a
+    /// whole. A retried request takes at most one more connect timeout
+    /// plus one more I/O timeout; a timed-out request is never repeated.
     #[must_use]
     pub fn with_io_timeout(mut self, timeout: Duration) -> Self {
         self.io_timeout = timeout;

@@ -451,14 +451,27 @@ impl SessionStore for MemcachedStore {
         idle_deadline: Timestamp,
     ) -> StoreResult<()> {
         self.inner.recent.forget(key);
-        self.modify(key, |current| {
-            Ok(SessionRecord {
-                last_access,
-                idle_deadline,
-                ..current.clone()
+        let touch = || {
+            self.modify(key, |current| {
+                Ok(SessionRecord {
+                    last_access,
+                    idle_deadline,
+                    ..current.clone()
+                })
             })
-        })
-        .await
+        };
+        match touch().await {
+            // Sets absolute values: after a write whose reply was lost,
+            // touching again reads what is there and writes the same
+            // fields (requests that surely did not apply are already
+            // retried by the transport).
+            Err(e) if crate::transport::lost_reply(&e) => {
+                drop(e);
+                tracing::debug!(target: "session_memcached", "touch: the connection broke before the reply; touching once more");
+                touch().await
+            }
+            other => other,
+        }
     }
 
     async fn delete(&self, key: &StorageKey) -> StoreResult<()> {

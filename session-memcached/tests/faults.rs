@@ -1,6 +1,8 @@
 //! A Memcached that goes away mid-traffic and comes back: typed errors
 //! within bounded time while it is away, recovery afterwards, with the same
-//! store. The test runs its own `memcached` (from PATH) on a spare port.
+//! store. A Memcached that restarts under an idle store: the first call
+//! afterwards succeeds. The tests run their own `memcached` (from PATH) on
+//! a spare port.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -263,6 +265,185 @@ async fn outage(kind: Kind) {
     assert!(store.load(&before).await.unwrap().is_none());
     assert_eq!(store.list_user(&user).await.unwrap().len(), 1);
     stop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_call_after_a_restart_succeeds() {
+    restart_under_an_idle_store(Kind::Blocking).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_call_after_a_restart_succeeds_async() {
+    restart_under_an_idle_store(Kind::Async).await;
+}
+
+/// The server restarts while the store is idle, its pool full of
+/// connections to the old process. Memcached keeps nothing across a
+/// restart, so once the new process accepts connections a second store
+/// (its own connections) writes the session again; then the very first
+/// call of the idle store must succeed: it must not fail on a connection
+/// to the old process. Each operation gets its own restart.
+async fn restart_under_an_idle_store(kind: Kind) {
+    let port = spare_port();
+    let mut server = start_memcached(port);
+    let config = MemcachedConfig::new([format!("memcache://127.0.0.1:{port}")])
+        .unwrap()
+        .with_namespace("restart")
+        .unwrap()
+        .with_io_timeout(Duration::from_millis(500))
+        .with_connect_timeout(Duration::from_millis(500));
+    let store = build(config.clone(), kind).await;
+    let user = "restart-user";
+    let k = key();
+    let session = record(Some(user), b"kept", 60_000, 120_000);
+
+    // Several idle connections in the pool, all to the process about to go.
+    let warm: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, k) = (store.clone(), k.clone());
+            tokio::spawn(async move { store.load(&k).await })
+        })
+        .collect();
+    for w in warm {
+        w.await.unwrap().unwrap();
+    }
+
+    for op in ["load", "list_user", "touch", "delete", "create"] {
+        drop(server);
+        server = start_memcached(port);
+        if op != "create" {
+            let seed = build(config.clone(), kind).await;
+            seed.create(&k, &session).await.unwrap();
+        }
+        let first: Result<(), StoreError> = match op {
+            "load" => store.load(&k).await.map(|r| {
+                assert_eq!(&r.expect("the seeded session").data[..], b"kept");
+            }),
+            "list_user" => store.list_user(user).await.map(|l| assert_eq!(l.len(), 1)),
+            "touch" => {
+                store
+                    .touch(&k, session.last_access, session.idle_deadline)
+                    .await
+            }
+            "delete" => store.delete(&k).await,
+            _ => store.create(&key(), &session).await,
+        };
+        if let Err(e) = first {
+            panic!("the first {op} after a restart failed: {e:?}");
+        }
+    }
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_connections_reset_on_use() {
+    reset_on_use(Kind::Blocking).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_connections_reset_on_use_async() {
+    reset_on_use(Kind::Async).await;
+}
+
+/// A TCP path in front of the server that can forget its connections
+/// (a restarted load balancer or NAT): a connection opened before
+/// [`Forgetful::forget`] looks alive while idle, and is reset when it is
+/// next used, after the client wrote its request. The pool's liveness
+/// probe cannot see that coming.
+struct Forgetful {
+    port: u16,
+    generation: Arc<AtomicU64>,
+}
+
+impl Forgetful {
+    async fn start(target: u16) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = Arc::new(AtomicU64::new(0));
+        let current = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (current, born) = (current.clone(), current.load(Ordering::SeqCst));
+                tokio::spawn(async move {
+                    // Dropped with a zero linger: a reset, not a close.
+                    let _ = client.set_zero_linger();
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = client.split();
+                    let (mut from_server, mut to_server) = server.split();
+                    let upstream = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = from_client.read(&mut buf).await?;
+                            if n == 0 || current.load(Ordering::SeqCst) != born {
+                                return Ok::<(), std::io::Error>(());
+                            }
+                            to_server.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    tokio::select! {
+                        _ = upstream => {}
+                        _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
+                    }
+                });
+            }
+        });
+        Self { port, generation }
+    }
+
+    fn forget(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Every pooled connection is reset on its next use, after the request was
+/// written: a read must still succeed at the first attempt, sent again on
+/// a freshly dialed connection (a read has no side effect, so the client
+/// reports the failure as one that did not apply).
+async fn reset_on_use(kind: Kind) {
+    let port = spare_port();
+    let _server = start_memcached(port);
+    let path = Forgetful::start(port).await;
+    let config = MemcachedConfig::new([format!("memcache://127.0.0.1:{}", path.port)])
+        .unwrap()
+        .with_namespace("reset")
+        .unwrap()
+        .with_io_timeout(Duration::from_millis(500))
+        .with_connect_timeout(Duration::from_millis(500));
+    let store = build(config, kind).await;
+    let user = "reset-user";
+    let k = key();
+    store
+        .create(&k, &record(Some(user), b"kept", 60_000, 120_000))
+        .await
+        .unwrap();
+    for op in ["load", "list_user", "ping"] {
+        // Several idle connections, all of which the path then forgets.
+        let warm: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, k) = (store.clone(), k.clone());
+                tokio::spawn(async move { store.load(&k).await })
+            })
+            .collect();
+        for w in warm {
+            w.await.unwrap().unwrap();
+        }
+        path.forget();
+        let first: Result<(), StoreError> = match op {
+            "load" => store.load(&k).await.map(|r| {
+                assert_eq!(&r.expect("the session").data[..], b"kept");
+            }),
+            "list_user" => store.list_user(user).await.map(|l| assert_eq!(l.len(), 1)),
+            _ => store.ping().await,
+        };
+        if let Err(e) = first {
+            panic!("the first {op} on reset connections failed: {e:?}");
+        }
+    }
 }
 
 /// A server that stops answering (frozen, not closed) costs at most the

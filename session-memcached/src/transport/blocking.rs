@@ -8,8 +8,8 @@ use session_core::{StoreError, StoreResult};
 use tokio::sync::Semaphore;
 
 use super::{
-    delete_op, get_op, item, map_error, outcome, set_op, store_outcome, Item, Mode, Outcome,
-    Transport,
+    delete_op, get_op, item, log_retry, map_error, merge_retried, outcome, retry_on_fresh,
+    retry_positions, set_op, store_outcome, Item, Mode, Outcome, Transport,
 };
 use crate::config::{ConfigError, MemcachedConfig};
 
@@ -18,6 +18,9 @@ use crate::config::{ConfigError, MemcachedConfig};
 #[derive(Clone)]
 pub(crate) struct Blocking {
     client: MetaClient,
+    /// The same servers without a pool (no idle connection kept): every
+    /// request on it dials. For the one retry after a connection failure.
+    fresh: MetaClient,
     permits: Arc<Semaphore>,
 }
 
@@ -32,32 +35,53 @@ impl std::fmt::Debug for Blocking {
 impl Blocking {
     /// Builds the client; connections are dialed lazily.
     pub(crate) fn new(config: &MemcachedConfig) -> Result<Self, ConfigError> {
-        let client = MetaClient::builder()
-            .io_timeout(Some(config.io_timeout))
-            .connect_timeout(Some(config.connect_timeout))
-            .max_idle(config.max_idle)
-            .max_connections(Some(config.max_in_flight))
-            .connect_multiple(config.servers.iter().map(String::as_str))
-            .map_err(|e| ConfigError::Client(e.to_string()))?;
+        let client = |max_idle| {
+            MetaClient::builder()
+                .io_timeout(Some(config.io_timeout))
+                .connect_timeout(Some(config.connect_timeout))
+                .max_idle(max_idle)
+                .max_connections(Some(config.max_in_flight))
+                .connect_multiple(config.servers.iter().map(String::as_str))
+                .map_err(|e| ConfigError::Client(e.to_string()))
+        };
         Ok(Self {
-            client,
+            client: client(config.max_idle)?,
+            fresh: client(0)?,
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
         })
     }
 
-    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    /// Runs `f` on the pooled client, and once more on the fresh one when
+    /// it failed in a way [`retry_on_fresh`] allows.
+    async fn run<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&MetaClient) -> Result<T, memcache::exp::Error> + Send + 'static,
+        F: Fn(&MetaClient) -> Result<T, memcache::exp::Error> + Send + 'static,
+    {
+        self.run_with(move |client, fresh| match f(client) {
+            Err(e) if retry_on_fresh(&e) => {
+                log_retry(op, &e);
+                f(fresh)
+            }
+            other => other,
+        })
+        .await
+    }
+
+    /// Runs `f` with the pooled and the fresh client on the blocking pool.
+    async fn run_with<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&MetaClient, &MetaClient) -> Result<T, memcache::exp::Error> + Send + 'static,
     {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
             .map_err(StoreError::backend)?;
-        let client = self.client.clone();
+        let (client, fresh) = (self.client.clone(), self.fresh.clone());
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            f(&client)
+            f(&client, &fresh)
         })
         .await
         .map_err(|e| StoreError::backend(format!("memcached call did not complete: {e}")))?;
@@ -68,7 +92,7 @@ impl Blocking {
 #[async_trait]
 impl Transport for Blocking {
     async fn get(&self, key: String) -> StoreResult<Option<Item>> {
-        self.run(move |c| c.run(get_op(&key)).map(|r| item(&r)))
+        self.run("get", move |c| c.run(get_op(&key)).map(|r| item(&r)))
             .await
     }
 
@@ -76,8 +100,15 @@ impl Transport for Blocking {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.run(move |c| {
-            c.run_many(keys.iter().map(|k| get_op(k)))?
+        self.run_with(move |c, fresh| {
+            let first = c.run_many(keys.iter().map(|k| get_op(k)))?;
+            let again = retry_positions("get_many", &first);
+            let retried = if again.is_empty() {
+                Vec::new()
+            } else {
+                fresh.run_many(again.iter().map(|&i| get_op(&keys[i])))?
+            };
+            merge_retried(first, &again, retried)
                 .into_iter()
                 .map(|r| r.map(|r| item(&r)))
                 .collect()
@@ -92,21 +123,32 @@ impl Transport for Blocking {
         exptime: u32,
         mode: Mode,
     ) -> StoreResult<Outcome> {
-        self.run(move |c| store_outcome(c.run(set_op(&key, &value, exptime, mode))))
-            .await
+        self.run("store", move |c| {
+            store_outcome(c.run(set_op(&key, &value, exptime, mode)))
+        })
+        .await
     }
 
     async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome> {
-        self.run(move |c| c.run(delete_op(&key, cas)).map(|r| outcome(r.status)))
-            .await
+        self.run("delete", move |c| {
+            c.run(delete_op(&key, cas)).map(|r| outcome(r.status))
+        })
+        .await
     }
 
     async fn delete_many(&self, keys: Vec<(String, Option<u64>)>) -> StoreResult<Vec<Outcome>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.run(move |c| {
-            c.run_many(keys.iter().map(|(k, cas)| delete_op(k, *cas)))?
+        self.run_with(move |c, fresh| {
+            let first = c.run_many(keys.iter().map(|(k, cas)| delete_op(k, *cas)))?;
+            let again = retry_positions("delete_many", &first);
+            let retried = if again.is_empty() {
+                Vec::new()
+            } else {
+                fresh.run_many(again.iter().map(|&i| delete_op(&keys[i].0, keys[i].1)))?
+            };
+            merge_retried(first, &again, retried)
                 .into_iter()
                 .map(|r| r.map(|r| outcome(r.status)))
                 .collect()
@@ -115,6 +157,6 @@ impl Transport for Blocking {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.run(MetaClient::noop).await
+        self.run("ping", MetaClient::noop).await
     }
 }

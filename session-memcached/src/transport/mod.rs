@@ -63,6 +63,12 @@ pub(crate) enum Outcome {
 }
 
 /// What the store needs from a Memcached client.
+///
+/// Every call that fails at the connection level in a way
+/// [`retry_on_fresh`] allows (the request was not applied) is sent once
+/// more, on a connection dialed for it: the pool's idle connections may
+/// have died together (a server restart), and its liveness probe cannot
+/// see a connection that was reset without a close.
 #[async_trait]
 pub(crate) trait Transport: Send + Sync + 'static {
     /// `mg <key> v c`.
@@ -150,6 +156,87 @@ fn refused_as_too_large(e: &memcache::exp::Error) -> bool {
     }
 }
 
+/// Whether a failed request is sent once more, on a freshly dialed
+/// connection: the client reports a bare [`Io`](memcache::exp::Error::Io)
+/// error only when the request was definitely not applied (it never left,
+/// or it has no side effect), and this one is connection-level (broken
+/// pipe, reset, aborted, refused, not connected, end of stream). Never a
+/// timeout, an error reply or an
+/// [`Ambiguous`](memcache::exp::Error::Ambiguous) write (written in full,
+/// outcome unknown): repeating one of those could apply an `add` or a `cas`
+/// twice, or wait out a slow server twice.
+pub(crate) fn retry_on_fresh(e: &memcache::exp::Error) -> bool {
+    matches!(e, memcache::exp::Error::Io(io) if is_connection_level(io.kind()))
+}
+
+/// Whether `kind` says the connection broke or could not be made.
+pub(crate) fn is_connection_level(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::BrokenPipe
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::ConnectionRefused
+            | K::NotConnected
+            | K::UnexpectedEof
+    )
+}
+
+/// Whether `e` is a write whose reply the connection lost: written in
+/// full, then the connection broke (not a timeout). It may or may not have
+/// been applied; only an operation that gives the same state and answer
+/// when repeated (`touch`) may run again after it.
+pub(crate) fn lost_reply(e: &StoreError) -> bool {
+    use memcache::exp::Error as E;
+    let StoreError::Unavailable(source) = e else {
+        return false;
+    };
+    match source.downcast_ref::<E>() {
+        Some(E::Ambiguous { source, .. }) => {
+            matches!(&**source, E::Io(io) if is_connection_level(io.kind()))
+        }
+        _ => false,
+    }
+}
+
+/// Logs a retry (the error names the I/O failure; keys are hashes and are
+/// not logged).
+pub(crate) fn log_retry(op: &'static str, e: &memcache::exp::Error) {
+    tracing::debug!(target: "session_memcached", op, error = %e, "connection failed; retrying once on a fresh connection");
+}
+
+/// The positions in a batch's answers that [`retry_on_fresh`] allows to
+/// send again; the first of their errors is logged.
+pub(crate) fn retry_positions<T>(
+    op: &'static str,
+    answers: &[Result<T, memcache::exp::Error>],
+) -> Vec<usize> {
+    let positions: Vec<usize> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.as_ref().is_err_and(retry_on_fresh))
+        .map(|(i, _)| i)
+        .collect();
+    if let Some(Err(e)) = positions.first().map(|&i| &answers[i]) {
+        log_retry(op, e);
+    }
+    positions
+}
+
+/// `first` with the answers at `positions` replaced by `again` (their
+/// second attempts, in the same order).
+pub(crate) fn merge_retried<T>(
+    mut first: Vec<Result<T, memcache::exp::Error>>,
+    positions: &[usize],
+    again: Vec<Result<T, memcache::exp::Error>>,
+) -> Vec<Result<T, memcache::exp::Error>> {
+    for (&i, r) in positions.iter().zip(again) {
+        first[i] = r;
+    }
+    first
+}
+
 /// Maps a client error onto the store's error kinds: anything that means
 /// "the server did not answer" is [`StoreError::Unavailable`]. Messages
 /// name at most an item key, which is a hash (never a session id).
@@ -158,5 +245,56 @@ pub(crate) fn map_error(e: memcache::exp::Error) -> StoreError {
     match e {
         E::Io(_) | E::Timeout { .. } | E::Ambiguous { .. } => StoreError::unavailable(e),
         other => StoreError::backend(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memcache::exp::Error as E;
+    use std::io::{Error as IoError, ErrorKind};
+
+    #[test]
+    fn only_unapplied_connection_failures_are_sent_again() {
+        for kind in [
+            ErrorKind::BrokenPipe,
+            ErrorKind::ConnectionReset,
+            ErrorKind::ConnectionRefused,
+            ErrorKind::UnexpectedEof,
+        ] {
+            assert!(retry_on_fresh(&E::Io(IoError::from(kind))), "{kind:?}");
+        }
+        assert!(!retry_on_fresh(&E::Io(IoError::from(ErrorKind::TimedOut))));
+        assert!(!retry_on_fresh(&E::Timeout { key: b"k".to_vec() }));
+        assert!(!retry_on_fresh(&E::Server("busy".into())));
+        let lost = || E::Ambiguous {
+            key: b"k".to_vec(),
+            source: Box::new(E::Io(IoError::from(ErrorKind::ConnectionReset))),
+        };
+        assert!(!retry_on_fresh(&lost()));
+        assert!(lost_reply(&map_error(lost())));
+        let slow = E::Ambiguous {
+            key: b"k".to_vec(),
+            source: Box::new(E::Timeout { key: b"k".to_vec() }),
+        };
+        assert!(!lost_reply(&map_error(slow)));
+        assert!(!lost_reply(&map_error(E::Io(IoError::from(
+            ErrorKind::ConnectionReset
+        )))));
+    }
+
+    #[test]
+    fn retried_answers_replace_the_failed_ones() {
+        let first: Vec<Result<u8, E>> = vec![
+            Ok(1),
+            Err(E::Io(IoError::from(ErrorKind::ConnectionReset))),
+            Err(E::Server("x".into())),
+            Err(E::Io(IoError::from(ErrorKind::UnexpectedEof))),
+        ];
+        let again = retry_positions("test", &first);
+        assert_eq!(again, [1, 3]);
+        let merged = merge_retried(first, &again, vec![Ok(2), Ok(4)]);
+        let oks: Vec<Option<u8>> = merged.iter().map(|r| r.as_ref().ok().copied()).collect();
+        assert_eq!(oks, [Some(1), Some(2), None, Some(4)]);
     }
 }

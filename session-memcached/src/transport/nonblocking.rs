@@ -5,8 +5,8 @@ use memcache::exp::{AsyncMetaClient, MetaClient};
 use session_core::StoreResult;
 
 use super::{
-    delete_op, get_op, item, map_error, outcome, set_op, store_outcome, Item, Mode, Outcome,
-    Transport,
+    delete_op, get_op, item, log_retry, map_error, merge_retried, outcome, retry_on_fresh,
+    retry_positions, set_op, store_outcome, Item, Mode, Outcome, Transport,
 };
 use crate::config::{ConfigError, MemcachedConfig};
 
@@ -14,28 +14,55 @@ use crate::config::{ConfigError, MemcachedConfig};
 #[derive(Clone)]
 pub(crate) struct Async {
     client: AsyncMetaClient,
+    /// The same servers without a pool (no idle connection kept): every
+    /// request on it dials. For the one retry after a connection failure.
+    fresh: AsyncMetaClient,
 }
 
 impl Async {
     /// Builds the client (resolving addresses); connections are dialed
     /// lazily.
     pub(crate) async fn new(config: &MemcachedConfig) -> Result<Self, ConfigError> {
-        let client = MetaClient::builder()
-            .io_timeout(Some(config.io_timeout))
-            .connect_timeout(Some(config.connect_timeout))
-            .max_idle(config.max_idle)
-            .max_connections(Some(config.max_in_flight))
-            .connect_multiple_async(config.servers.iter().map(String::as_str))
-            .await
-            .map_err(|e| ConfigError::Client(e.to_string()))?;
-        Ok(Self { client })
+        let client = |max_idle| async move {
+            MetaClient::builder()
+                .io_timeout(Some(config.io_timeout))
+                .connect_timeout(Some(config.connect_timeout))
+                .max_idle(max_idle)
+                .max_connections(Some(config.max_in_flight))
+                .connect_multiple_async(config.servers.iter().map(String::as_str))
+                .await
+                .map_err(|e| ConfigError::Client(e.to_string()))
+        };
+        Ok(Self {
+            client: client(config.max_idle).await?,
+            fresh: client(0).await?,
+        })
+    }
+
+    /// Runs `f` on the pooled client, and once more on the fresh one when
+    /// it failed in a way [`retry_on_fresh`] allows.
+    async fn run<'a, T, F, Fut>(&'a self, op: &'static str, f: F) -> Result<T, memcache::exp::Error>
+    where
+        F: Fn(&'a AsyncMetaClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, memcache::exp::Error>>,
+    {
+        match f(&self.client).await {
+            Err(e) if retry_on_fresh(&e) => {
+                log_retry(op, &e);
+                f(&self.fresh).await
+            }
+            other => other,
+        }
     }
 }
 
 #[async_trait]
 impl Transport for Async {
     async fn get(&self, key: String) -> StoreResult<Option<Item>> {
-        let r = self.client.run(get_op(&key)).await.map_err(map_error)?;
+        let r = self
+            .run("get", |c| c.run(get_op(&key)))
+            .await
+            .map_err(map_error)?;
         Ok(item(&r))
     }
 
@@ -43,10 +70,21 @@ impl Transport for Async {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.client
+        let first = self
+            .client
             .run_many(keys.iter().map(|k| get_op(k)))
             .await
-            .map_err(map_error)?
+            .map_err(map_error)?;
+        let rerun = retry_positions("get_many", &first);
+        let again = if rerun.is_empty() {
+            Vec::new()
+        } else {
+            self.fresh
+                .run_many(rerun.iter().map(|&i| get_op(&keys[i])))
+                .await
+                .map_err(map_error)?
+        };
+        merge_retried(first, &rerun, again)
             .into_iter()
             .map(|r| r.map(|r| item(&r)).map_err(map_error))
             .collect()
@@ -59,13 +97,16 @@ impl Transport for Async {
         exptime: u32,
         mode: Mode,
     ) -> StoreResult<Outcome> {
-        store_outcome(self.client.run(set_op(&key, &value, exptime, mode)).await).map_err(map_error)
+        store_outcome(
+            self.run("store", |c| c.run(set_op(&key, &value, exptime, mode)))
+                .await,
+        )
+        .map_err(map_error)
     }
 
     async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome> {
         let r = self
-            .client
-            .run(delete_op(&key, cas))
+            .run("delete", |c| c.run(delete_op(&key, cas)))
             .await
             .map_err(map_error)?;
         Ok(outcome(r.status))
@@ -75,16 +116,29 @@ impl Transport for Async {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.client
+        let first = self
+            .client
             .run_many(keys.iter().map(|(k, cas)| delete_op(k, *cas)))
             .await
-            .map_err(map_error)?
+            .map_err(map_error)?;
+        let rerun = retry_positions("delete_many", &first);
+        let again = if rerun.is_empty() {
+            Vec::new()
+        } else {
+            self.fresh
+                .run_many(rerun.iter().map(|&i| delete_op(&keys[i].0, keys[i].1)))
+                .await
+                .map_err(map_error)?
+        };
+        merge_retried(first, &rerun, again)
             .into_iter()
             .map(|r| r.map(|r| outcome(r.status)).map_err(map_error))
             .collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.client.noop().await.map_err(map_error)
+        self.run("ping", AsyncMetaClient::noop)
+            .await
+            .map_err(map_error)
     }
 }
