@@ -252,7 +252,16 @@ impl Session {
     /// Store failures.
     pub async fn logout(&self) -> Result<(), Error> {
         let mut s = self.lock().await?;
-        Ok(self.shared.manager.logout(&mut s).await?)
+        let manager = &self.shared.manager;
+        if s.is_new() {
+            // The cookie named no live session: perhaps one a racing request
+            // just rotated away. Deleting follows rotations, so the session
+            // ends wherever it moved, and the removal cookie is right.
+            for id in &self.shared.cookie_ids {
+                manager.end_session(&manager.storage_key(id)).await?;
+            }
+        }
+        Ok(manager.logout(&mut s).await?)
     }
 
     /// Ends every session of this session's user, this one included;

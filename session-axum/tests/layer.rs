@@ -582,3 +582,21 @@ async fn works_with_a_plain_tower_service() {
     let res = svc.oneshot(req).await.unwrap();
     assert_eq!(res.body(), "2");
 }
+
+#[tokio::test]
+async fn a_logout_with_a_rotated_away_cookie_still_ends_the_session() {
+    let app = app();
+    let c1 = send(&app, "POST", "/login", None, "alice").await.cookie();
+    // Another tab logged in again (rotating C1 to C2) before this logout
+    // arrived with C1.
+    let c2 = send(&app, "POST", "/login", Some(&c1), "alice")
+        .await
+        .cookie();
+    let r = send(&app, "POST", "/logout", Some(&c1), "").await;
+    assert!(r.set_cookie[0].contains("Max-Age=0"), "{:?}", r.set_cookie);
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&c2), "").await.body,
+        "None None",
+        "the session outlived its logout"
+    );
+}

@@ -14,7 +14,9 @@ pub enum SessionError {
     Store(#[from] StoreError),
     /// A value could not be serialized into, or deserialized from, the
     /// session: the type asked for does not match what was stored.
-    #[error("session value (de)serialization failed: {0}")]
+    // The serde error can quote the stored value, so it is left out of the
+    // message (it stays available as the source).
+    #[error("a session value could not be (de)serialized as the type asked for")]
     Serialization(#[from] serde_json::Error),
     /// Login refused: the user already has the maximum number of sessions
     /// and the policy is [`LimitStrategy::RejectNew`](crate::LimitStrategy).

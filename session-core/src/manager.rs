@@ -55,8 +55,10 @@ pub enum CommitOutcome {
     /// Only the idle deadline was moved.
     Touched,
     /// The session no longer exists on the server (logged out elsewhere,
-    /// expired meanwhile); it is now marked deleted and the cookie should be
-    /// removed.
+    /// expired, evicted or rotated by another request meanwhile): nothing
+    /// was written and it is now marked deleted. No cookie is due (the
+    /// client may already hold a newer one), and the changes of this
+    /// request are dropped.
     Gone,
     /// The session had been deleted in this request; nothing written.
     Deleted,
@@ -687,22 +689,19 @@ impl SessionManager {
     /// the session is left as it was (or marked deleted if it ended), and no
     /// new cookie is due.
     pub async fn login(&self, session: &mut Session, user_id: &str) -> Result<(), SessionError> {
+        // A session that ended, or another user's (a shared computer: that
+        // session ends, nothing of it carries over), is replaced by a fresh
+        // one under a fresh ID, so its old ID can never be stored again,
+        // even if this login then fails.
         if session.state == State::Deleted {
-            session.state = State::New;
-            session.payload = Payload::default();
-            session.changes.clear();
+            *session = self.start();
         }
         if session.user_id.as_deref().is_some_and(|u| u != user_id) {
-            // Another user logs in on top of this session (a shared
-            // computer): that session ends, nothing of it carries over.
             if matches!(session.state, State::Stored(_)) {
                 self.inner.store.delete(&session.key).await?;
                 self.audit("logged_out", &session.key, session.user_id.as_deref());
             }
-            session.state = State::New;
-            session.payload = Payload::default();
-            session.changes.clear();
-            session.user_id = None;
+            *session = self.start();
         }
         let before = (
             session.user_id.clone(),

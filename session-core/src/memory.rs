@@ -8,8 +8,10 @@
 //!
 //! Reads, updates and touches go straight to the sharded map. Every call that
 //! changes which sessions exist or which user they are indexed under
-//! (`create`, `create_with`, `delete`, `delete_user`) runs under one
-//! lifecycle lock, held for microseconds and never across an `.await`, so
+//! (`create`, `create_with`, `delete`, `delete_user`), and `list_user`,
+//! runs under one lifecycle lock, never held across an `.await` and held for
+//! microseconds (except when a full store sweeps to make room, at most once
+//! a second, which scans every record), so
 //! those calls are atomic with respect to each other: a `delete_user` can
 //! never miss a session a racing login is creating, and a rotation can never
 //! slip between a logout's steps.
@@ -212,7 +214,7 @@ impl MemoryStore {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
-                let removed = MemoryStore { inner }.sweep();
+                let removed = MemoryStore { inner }.sweep(false);
                 tracing::debug!(target: "session_core::memory", removed, "swept expired sessions");
             }
         });
@@ -302,6 +304,33 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// Records that `from` moved to `to` until `until`. The markers are
+    /// bounded like the records: at `max_sessions` markers the expired ones
+    /// are dropped, and if none has expired the new one is not kept (a
+    /// logout with the old ID then ends only what it still finds), so
+    /// repeated logins cannot grow memory without bound.
+    fn remember_move(&self, from: StorageKey, to: &StorageKey, until: Timestamp, now: Timestamp) {
+        let moved = &self.inner.moved;
+        if moved.len() >= self.inner.max_sessions {
+            moved.retain(|_, m| now < m.until);
+            if moved.len() >= self.inner.max_sessions {
+                tracing::warn!(
+                    target: "session_core::memory",
+                    max_sessions = self.inner.max_sessions,
+                    "too many rotated-away session IDs to remember; this one is forgotten"
+                );
+                return;
+            }
+        }
+        moved.insert(
+            from,
+            Moved {
+                to: to.clone(),
+                until,
+            },
+        );
+    }
+
     /// `create_with` under the lifecycle lock.
     fn create_locked(
         &self,
@@ -363,22 +392,26 @@ impl MemoryStore {
         if old.is_none() && stays {
             self.reserve(now)?;
         }
-        // 3. The writes. Only the first can fail: the sweeper (which takes
-        // no lock) may have removed the old record if it expired meanwhile.
+        // 3. The writes. Only the first can fail: `update` and `touch` take
+        // no lock, so the old record may have moved on to another version
+        // (or the sweeper removed it, expired) since it was checked. It is
+        // removed only as it was checked, else nothing is written.
         if let Some((old_key, until)) = old {
-            let Some((_, r)) = self.inner.records.remove(&old_key) else {
-                return Err(StoreError::NotFound);
+            let version = options.replaces.as_ref().map_or(0, |r| r.version);
+            let removed = self.inner.records.remove_if(&old_key, |_, r| {
+                r.version == version && !r.is_expired_at(now)
+            });
+            let Some((_, r)) = removed else {
+                return Err(if self.live(&old_key, now).is_some() {
+                    StoreError::Conflict
+                } else {
+                    StoreError::NotFound
+                });
             };
             if let Some(u) = &r.user_id {
                 self.unindex(u, &old_key);
             }
-            self.inner.moved.insert(
-                old_key,
-                Moved {
-                    to: key.clone(),
-                    until,
-                },
-            );
+            self.remember_move(old_key, key, until, now);
             if !stays {
                 self.release();
             }
@@ -393,7 +426,11 @@ impl MemoryStore {
         Ok(Created::with_evicted(evicted))
     }
 
-    fn sweep(&self) -> u64 {
+    /// Removes expired records and moved markers. The index entries of the
+    /// removed records go under the lifecycle lock (taken here unless the
+    /// caller holds it), and only where no create has put a record of the
+    /// same user under the key again since.
+    fn sweep(&self, lock_held: bool) -> u64 {
         let now = self.now();
         self.inner.moved.retain(|_, m| now < m.until);
         let mut dead = Vec::new();
@@ -405,12 +442,27 @@ impl MemoryStore {
             live
         });
         self.inner.count.fetch_sub(dead.len(), Ordering::AcqRel);
+        let _lock = (!lock_held).then(|| self.lock());
         for (k, user) in &dead {
             if let Some(u) = user {
-                self.unindex(u, k);
+                self.unindex_if_gone(u, k);
             }
         }
         dead.len() as u64
+    }
+
+    /// Drops `key` from `user`'s index unless a record of that user is under
+    /// it (checked first, with no index guard held). Call under the
+    /// lifecycle lock, so no create can slip in between.
+    fn unindex_if_gone(&self, user: &str, key: &StorageKey) {
+        let recreated = self
+            .inner
+            .records
+            .get(key)
+            .is_some_and(|r| r.user_id.as_deref() == Some(user));
+        if !recreated {
+            self.unindex(user, key);
+        }
     }
 
     /// Takes a slot for a new record: on a full store, sweeps (at most once
@@ -435,7 +487,7 @@ impl MemoryStore {
                 )
                 .is_ok()
         {
-            let removed = self.sweep();
+            let removed = self.sweep(true);
             if self.try_reserve() {
                 return Ok(());
             }
@@ -583,6 +635,9 @@ impl SessionStore for MemoryStore {
     }
 
     async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+        // Under the lifecycle lock: a rotation is seen before or after,
+        // whole, never as neither key.
+        let _lock = self.lock();
         let now = self.now();
         let keys: Vec<StorageKey> = match self.inner.users.get(user_id) {
             Some(set) => set.iter().cloned().collect(),
@@ -590,11 +645,15 @@ impl SessionStore for MemoryStore {
         };
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
-            match self.inner.records.get(&k) {
-                Some(r) if !r.is_expired_at(now) && r.user_id.as_deref() == Some(user_id) => {
-                    out.push(r.summary(&k));
-                }
-                _ => self.unindex(user_id, &k),
+            let summary = self
+                .inner
+                .records
+                .get(&k)
+                .filter(|r| !r.is_expired_at(now) && r.user_id.as_deref() == Some(user_id))
+                .map(|r| r.summary(&k));
+            match summary {
+                Some(s) => out.push(s),
+                None => self.unindex_if_gone(user_id, &k),
             }
         }
         Ok(out)
@@ -621,7 +680,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete_expired(&self) -> StoreResult<u64> {
-        Ok(self.sweep())
+        Ok(self.sweep(false))
     }
 }
 

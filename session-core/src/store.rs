@@ -199,7 +199,7 @@ pub fn newest_first(
 ///
 /// After a rotation the old key is *moved*: it never loads, updates,
 /// touches or counts again, but [`SessionStore::delete`] of it also deletes
-/// where the session moved to (following every later move), until the old
+/// where the session moved to (following later moves, at least 64), until the old
 /// record's own deadline. So a logout or "end that session" that raced a
 /// rotation still ends the session.
 #[async_trait]
@@ -288,7 +288,8 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Deletes the record under `key` and its index entry. Idempotent:
     /// deleting a missing key succeeds. If `key` was moved by a rotation,
-    /// the record it moved to is deleted as well (following every move).
+    /// the record it moved to is deleted as well (following later moves, at
+    /// least 64).
     async fn delete(&self, key: &StorageKey) -> StoreResult<()>;
 
     /// Lists the live sessions of `user_id`, in no particular order.

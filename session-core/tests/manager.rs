@@ -706,3 +706,37 @@ async fn update_value_on_an_ended_session_writes_nothing() {
     assert!(matches!(err, SessionError::SessionEnded), "{err:?}");
     assert!(e.store.is_empty());
 }
+
+#[tokio::test]
+async fn a_failed_login_never_brings_back_the_ended_id() {
+    let e = env_with(
+        SessionConfig::builder()
+            .max_sessions_per_user(NonZeroUsize::new(1).unwrap(), LimitStrategy::RejectNew)
+            .build()
+            .unwrap(),
+    );
+    let mut full = e.manager.start();
+    e.manager.login(&mut full, "yan").await.unwrap();
+    let mut s = e.manager.start();
+    e.manager.login(&mut s, "xia").await.unwrap();
+    let xia = s.id().clone();
+    let mut s = e.manager.load(&xia).await.unwrap().unwrap();
+    // Yan logs in on Xia's browser while at the limit: refused, and Xia's
+    // session ended.
+    let err = e.manager.login(&mut s, "yan").await.unwrap_err();
+    assert!(matches!(err, SessionError::TooManySessions { max: 1 }));
+    assert_ne!(s.id(), &xia);
+    s.insert("flash", "try again").unwrap();
+    e.manager.commit(&mut s).await.unwrap();
+    assert!(e.manager.load(&xia).await.unwrap().is_none());
+    assert_ne!(e.manager.response_cookie(&s).unwrap().value(), xia.expose());
+}
+
+#[tokio::test]
+async fn a_value_of_the_wrong_type_is_an_error_that_does_not_quote_it() {
+    let e = env();
+    let mut s = e.manager.start();
+    s.insert("n", "secret-value-123").unwrap();
+    let err = s.get::<u64>("n").unwrap_err();
+    assert!(!err.to_string().contains("secret-value"), "{err}");
+}

@@ -632,6 +632,56 @@ pub async fn racing_rotations_of_one_record_have_one_winner(h: Harness) {
     }
 }
 
+/// A rotation racing an update of the same record at the same version: at
+/// most one of them succeeds, so the update is never lost under the moved
+/// record; if the update won, the old key holds its data.
+pub async fn rotation_racing_update_never_loses_the_update(h: Harness) {
+    let store = h.store().await;
+    for round in 0..h.rounds() {
+        let user = h.user(&format!("ru{round}"));
+        let (old, new) = (h.key(), h.key());
+        let first = live(Some(&user), b"o");
+        store.create(&old, &first).await.unwrap();
+        let (rotated, updated) = race(
+            {
+                let (store, old, new, user) =
+                    (store.clone(), old.clone(), new.clone(), user.clone());
+                async move {
+                    store
+                        .create_with(&new, &live(Some(&user), b"n"), &moving(&old, 1))
+                        .await
+                }
+            },
+            {
+                let (store, old) = (store.clone(), old.clone());
+                let next = versioned(
+                    SessionRecord {
+                        data: Bytes::from_static(b"u"),
+                        ..first.clone()
+                    },
+                    2,
+                );
+                async move { store.update(&old, 1, &next).await }
+            },
+        )
+        .await;
+        match (&rotated, &updated) {
+            (Ok(_), Err(StoreError::NotFound)) => {
+                assert!(loads(&*store, &new).await, "round {round}");
+            }
+            (Err(StoreError::Conflict), Ok(())) => {
+                assert_eq!(
+                    &must_load(&*store, &old).await.data[..],
+                    b"u",
+                    "round {round}"
+                );
+                assert!(!loads(&*store, &new).await, "round {round}");
+            }
+            other => panic!("round {round}: rotation and update both decided: {other:?}"),
+        }
+    }
+}
+
 /// A rotation racing `delete_user` (log out everywhere): whichever comes
 /// first, nothing of the session is live afterwards.
 pub async fn rotation_racing_delete_user_leaves_nothing_live(h: Harness) {
