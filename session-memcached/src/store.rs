@@ -365,11 +365,15 @@ impl MemcachedStore {
                 Outcome::TooLarge => return Err(self.too_large(value.len())),
                 _ => {}
             }
-            let Some((stored, item)) = self.read(key).await? else {
+            // Another creation holding the key is waited for.
+            let item = self.t().get(skey.clone()).await?;
+            let Some(item) = self.settle(key, item).await? else {
                 continue;
             };
-            // A marker or an expired record may be written over.
-            if stored.live(now).is_some() {
+            let stored = Stored::decode(&item.value)?;
+            // A marker or an expired record may be written over; a record
+            // or a reservation that outlasted the wait may not.
+            if stored.reserved_by(now).is_some() || stored.live(now).is_some() {
                 return Err(StoreError::AlreadyExists);
             }
             match self

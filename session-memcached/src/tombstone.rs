@@ -18,8 +18,19 @@
 //!   move). The creation whose `nonce` it carries finds it in place of its
 //!   `add` and knows its session has already ended; anyone else treats the
 //!   key as free. It expires when that record would have (`until`).
+//!   Ending a live record (`delete`, `delete_user`, an eviction) also
+//!   leaves an `Ended` marker (with a nonce of its own) rather than
+//!   deleting the item, so that an index entry whose record was ended
+//!   never looks like a creation that has not written yet.
+//! - [`Marker::Reserved`]: a creation that will write here once its other
+//!   steps are done (a rotation moving the old key, a login ending the
+//!   sessions it evicts) holds the key with this marker, so that no other
+//!   creation takes the key after those steps have started. Others wait
+//!   for it to become a record (or be released or cancelled); loads see
+//!   nothing. A cancellation replaces it with `Ended` of the same nonce.
 //!
-//! Layout (big-endian): `MARKER_FORMAT`, a kind byte (1 moved, 2 ended),
+//! Layout (big-endian): `MARKER_FORMAT`, a kind byte (1 moved, 2 ended,
+//! 3 reserved),
 //! the nonce (`u64`), `until` (`i64` Unix ms), then for `Moved` only
 //! `to_expires` (`i64` Unix ms), a `u16` key length and the key bytes.
 
@@ -30,6 +41,7 @@ pub(crate) const MARKER_FORMAT: u8 = 0xA7;
 
 const KIND_MOVED: u8 = 1;
 const KIND_ENDED: u8 = 2;
+const KIND_RESERVED: u8 = 3;
 
 /// A marker item's contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +62,13 @@ pub(crate) enum Marker {
         /// The cancelled creation.
         nonce: u64,
         /// When the cancelled record would have stopped being live.
+        until: Timestamp,
+    },
+    /// The creation with this `nonce` holds the key until it writes.
+    Reserved {
+        /// The creation holding the key.
+        nonce: u64,
+        /// When its record would stop being live.
         until: Timestamp,
     },
 }
@@ -77,8 +96,12 @@ impl Marker {
                 out.extend_from_slice(&len.to_be_bytes());
                 out.extend_from_slice(&k[..usize::from(len)]);
             }
-            Self::Ended { nonce, until } => {
-                out.push(KIND_ENDED);
+            Self::Ended { nonce, until } | Self::Reserved { nonce, until } => {
+                out.push(if matches!(self, Self::Ended { .. }) {
+                    KIND_ENDED
+                } else {
+                    KIND_RESERVED
+                });
                 out.extend_from_slice(&nonce.to_be_bytes());
                 out.extend_from_slice(&until.as_unix_millis().to_be_bytes());
             }
@@ -103,6 +126,7 @@ impl Marker {
         let until = Timestamp::from_unix_millis(until as i64);
         match kind {
             KIND_ENDED if rest.is_empty() => Ok(Self::Ended { nonce, until }),
+            KIND_RESERVED if rest.is_empty() => Ok(Self::Reserved { nonce, until }),
             KIND_MOVED => {
                 let (to_expires, rest) =
                     take_u64(rest).ok_or_else(|| corrupt("truncated deadline"))?;
@@ -156,6 +180,15 @@ impl Stored {
         }
     }
 
+    /// The nonce of the creation holding the key, if this is a
+    /// reservation that has not run out at `now`.
+    pub(crate) fn reserved_by(&self, now: Timestamp) -> Option<u64> {
+        match self {
+            Self::Marker(Marker::Reserved { nonce, until }) if now < *until => Some(*nonce),
+            _ => None,
+        }
+    }
+
     /// The record, if this is one that is live at `now`.
     pub(crate) fn live(self, now: Timestamp) -> Option<SessionRecord> {
         match self {
@@ -189,7 +222,11 @@ mod tests {
             nonce: 7,
             until: at(42),
         };
-        for m in [moved(), ended] {
+        let reserved = Marker::Reserved {
+            nonce: 8,
+            until: at(43),
+        };
+        for m in [moved(), ended, reserved] {
             let enc = m.encode();
             assert_eq!(enc[0], MARKER_FORMAT);
             assert_eq!(Marker::decode(&enc).unwrap(), m);
@@ -202,6 +239,10 @@ mod tests {
         for m in [
             moved(),
             Marker::Ended {
+                nonce: 1,
+                until: at(2),
+            },
+            Marker::Reserved {
                 nonce: 1,
                 until: at(2),
             },

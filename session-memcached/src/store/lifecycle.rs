@@ -141,12 +141,43 @@ struct Ending {
     unindex: Vec<(String, StorageKey)>,
 }
 
+/// The session a caller means to end: a record of another user, or
+/// (before any move) created at another time, is not it.
+#[derive(Debug, Clone, Copy)]
+struct Owner<'a> {
+    user: &'a str,
+    created_at: Option<Timestamp>,
+}
+
+impl<'a> Owner<'a> {
+    fn new(user: &'a str, created_at: Timestamp) -> Self {
+        Self {
+            user,
+            created_at: Some(created_at),
+        }
+    }
+
+    /// A rotation keeps the user, not necessarily the creation time.
+    fn after_move(self) -> Self {
+        Self {
+            created_at: None,
+            ..self
+        }
+    }
+
+    fn owns(&self, r: &SessionRecord) -> bool {
+        r.user_id.as_deref() == Some(self.user) && self.created_at.is_none_or(|t| t == r.created_at)
+    }
+}
+
 /// What the new key held when a creation read it.
 enum Slot {
     /// Nothing.
     Free,
     /// Something dead (expired record, marker) with this CAS token.
     Dead(u64),
+    /// This creation's reservation, with its CAS token.
+    Reserved(u64),
     /// A marker cancelling this creation.
     Cancelled,
 }
@@ -171,6 +202,8 @@ impl MemcachedStore {
         let now = Timestamp::now();
         let mut status = Vec::with_capacity(items.len());
         for (e, item) in index.entries.iter().zip(items) {
+            // The entry's own creation holding its key has not written yet.
+            let item = item.filter(|item| !is_reserved_by(item, e.nonce, now));
             let s = match item {
                 Some(item) => self.classify(user, &item, now),
                 None if now >= e.first_expiry || now >= e.absolute_deadline => Status::Dead,
@@ -178,7 +211,7 @@ impl MemcachedStore {
                 None => {
                     // Overdue: make sure it never appears, then forget it.
                     let cancel = Some((e.nonce, e.first_expiry));
-                    self.end_chain(&e.key, Some(None), cancel).await?;
+                    self.end_chain(&e.key, None, cancel, None).await?;
                     match self.t().get(self.inner.keys.session(&e.key)).await? {
                         Some(item) => self.classify(user, &item, Timestamp::now()),
                         None => Status::Dead,
@@ -204,14 +237,21 @@ impl MemcachedStore {
     ///
     /// `known` is what the caller already read there (`Some(None)`:
     /// absent). `cancel` is the creation to cancel if the key holds no
-    /// record yet: its nonce and until when it could write. Records are
-    /// deleted only with the CAS token they were read with, so a rotation
-    /// that moves one meanwhile is seen and followed.
+    /// record yet: its nonce and until when it could write. `owner`, when
+    /// the caller ends a session it found in a user's index, is that
+    /// session: a record of another user, or created at another time,
+    /// under `key` is not it (the key was ended and written again since)
+    /// and is left alone; after a move only the user is compared. Records
+    /// are ended only with the CAS token they were read with, so a
+    /// rotation that moves one meanwhile is seen and followed, and they are
+    /// replaced with an `Ended` marker rather than deleted, so that no
+    /// index entry of theirs ever looks like a creation still to write.
     async fn end_chain(
         &self,
         key: &StorageKey,
         mut known: Option<Option<Item>>,
         mut cancel: Option<(u64, Timestamp)>,
+        mut owner: Option<Owner<'_>>,
     ) -> StoreResult<Ending> {
         let mut ending = Ending::default();
         let mut key = key.clone();
@@ -251,8 +291,23 @@ impl MemcachedStore {
                     }
                 };
                 match stored {
+                    Stored::Record(r) if owner.is_some_and(|o| !o.owns(&r)) => {
+                        // Not the session the caller meant to end.
+                        return Ok(ending);
+                    }
                     Stored::Record(r) if !r.is_expired_at(now) || cancel.is_none() => {
-                        match self.t().delete(skey.clone(), Some(item.cas)).await? {
+                        let until = r.expires_at();
+                        let value = ended_marker(random_u64(), until);
+                        match self
+                            .t()
+                            .store(
+                                skey.clone(),
+                                value,
+                                exptime(until, now),
+                                Mode::Cas(item.cas),
+                            )
+                            .await?
+                        {
                             Outcome::Applied => {
                                 ending.deleted = !r.is_expired_at(now);
                                 if let Some(u) = r.user_id {
@@ -260,6 +315,7 @@ impl MemcachedStore {
                                 }
                                 return Ok(ending);
                             }
+                            Outcome::NotFound => known = Some(None),
                             _ => Self::backoff(attempt).await,
                         }
                     }
@@ -274,6 +330,7 @@ impl MemcachedStore {
                         }
                         key = to;
                         cancel = Some((nonce, to_expires));
+                        owner = owner.map(Owner::after_move);
                         continue 'hops;
                     }
                     Stored::Marker(Marker::Ended { nonce, .. })
@@ -281,12 +338,16 @@ impl MemcachedStore {
                     {
                         return Ok(ending);
                     }
-                    // A dead record or someone else's cancellation where a
-                    // creation may still write: cancel that creation.
-                    _ => {
+                    // A dead record, someone else's cancellation or the
+                    // reservation of the creation to cancel: cancel it.
+                    // (Another creation's reservation is left alone.)
+                    stored => {
                         let Some((nonce, until)) = cancel.filter(|(_, until)| now < *until) else {
                             return Ok(ending);
                         };
+                        if stored.reserved_by(now).is_some_and(|n| n != nonce) {
+                            return Ok(ending);
+                        }
                         let value = ended_marker(nonce, until);
                         let exp = exptime(until, now);
                         match self
@@ -310,7 +371,7 @@ impl MemcachedStore {
 
     /// `delete`: ends the session under `key` and wherever it moved.
     pub(super) async fn lifecycle_delete(&self, key: &StorageKey) -> StoreResult<()> {
-        let ending = self.end_chain(key, None, None).await?;
+        let ending = self.end_chain(key, None, None, None).await?;
         for (user, k) in ending.unindex {
             self.index_remove(&user, |e| e.key == k).await?;
         }
@@ -355,35 +416,55 @@ impl MemcachedStore {
             };
             let resolved = self.resolve(user, Index::decode(&item.value)?).await?;
             let entries = &resolved.index.entries;
-            let live: Vec<(usize, u64)> = resolved
+            let live: Vec<(usize, &SessionRecord, u64)> = resolved
                 .status
                 .iter()
                 .enumerate()
                 .filter_map(|(i, s)| match s {
-                    Status::Live(_, cas) => Some((i, *cas)),
+                    Status::Live(r, cas) => Some((i, r, *cas)),
                     _ => None,
                 })
                 .collect();
-            let deletes = live
+            // Each live record becomes an `Ended` marker, on the token it
+            // was read with.
+            let now = Timestamp::now();
+            let ends = live
                 .iter()
-                .map(|&(i, cas)| (self.inner.keys.session(&entries[i].key), Some(cas)))
+                .map(|&(i, r, cas)| {
+                    let until = r.expires_at();
+                    let marker = Marker::Ended {
+                        nonce: random_u64(),
+                        until,
+                    };
+                    (
+                        self.inner.keys.session(&entries[i].key),
+                        marker.encode(),
+                        exptime(until, now),
+                        Mode::Cas(cas),
+                    )
+                })
                 .collect();
-            let outcomes = self.t().delete_many(deletes).await?;
+            let outcomes = self.t().store_many(ends).await?;
             let mut ended = vec![false; entries.len()];
-            for (&(i, _), outcome) in live.iter().zip(outcomes) {
+            for (&(i, r, _), outcome) in live.iter().zip(outcomes) {
                 self.inner.recent.forget(&entries[i].key);
                 ended[i] = if outcome == Outcome::Applied {
                     true
                 } else {
-                    // Changed since read (moved, say): follow it.
-                    let ending = self.end_chain(&entries[i].key, None, None).await?;
+                    // Changed since read (moved, say): follow it, ending
+                    // only this session, not a later one under its key.
+                    let owner = Owner::new(user, r.created_at);
+                    let ending = self
+                        .end_chain(&entries[i].key, None, None, Some(owner))
+                        .await?;
                     ending.deleted || ending.cancelled
                 };
             }
             for (i, e) in entries.iter().enumerate() {
                 if matches!(resolved.status[i], Status::Pending) {
                     let cancel = Some((e.nonce, e.first_expiry));
-                    let ending = self.end_chain(&e.key, None, cancel).await?;
+                    let owner = Owner::new(user, e.created_at);
+                    let ending = self.end_chain(&e.key, None, cancel, Some(owner)).await?;
                     // A cancelled creation counts only as the continuation
                     // of a session rotated from a live one.
                     ended[i] = ending.deleted || (ending.cancelled && e.replaces.is_some());
@@ -457,17 +538,22 @@ impl MemcachedStore {
             }
         };
         let old_indexed = old.as_ref().is_some_and(|(_, r, _)| r.user_id.is_some());
+        // A creation holding the key is waited for: it becomes a record
+        // (taken) or goes away (free).
+        let new_item = self.settle(key, new_item).await?;
         let mut slot = match &new_item {
             None => Slot::Free,
             Some(item) => match Stored::decode(&item.value) {
-                Ok(s) if s.clone().live(now).is_some() => return Err(StoreError::AlreadyExists),
+                Ok(s) if s.clone().live(now).is_some() || s.reserved_by(now).is_some() => {
+                    return Err(StoreError::AlreadyExists)
+                }
                 Ok(_) | Err(_) => Slot::Dead(item.cas),
             },
         };
 
         // 3. The decision, committed by a CAS on the user's index.
         let mut evicted = Vec::new();
-        let mut victims: Vec<(StorageKey, Status, u64, Timestamp)> = Vec::new();
+        let mut victims: Vec<(Entry, Status)> = Vec::new();
         let mut stays = true;
         let mut indexed = false;
         if let Some(u) = user {
@@ -520,12 +606,7 @@ impl MemcachedStore {
                                 for i in unit.members {
                                     let e = &resolved.index.entries[i];
                                     evicted.push(e.key.clone());
-                                    victims.push((
-                                        e.key.clone(),
-                                        resolved.status[i].clone(),
-                                        e.nonce,
-                                        e.first_expiry,
-                                    ));
+                                    victims.push((e.clone(), resolved.status[i].clone()));
                                 }
                             }
                         }
@@ -572,6 +653,18 @@ impl MemcachedStore {
             }
         }
 
+        // 3b. Hold the new key before changing anything else (moving the
+        // old key, ending sessions), so that no other creation can take it
+        // meanwhile and leave those changes made by a call that fails.
+        if stays && (old.is_some() || !victims.is_empty()) {
+            if let Err(e) = self.reserve(key, record, nonce, &mut slot).await {
+                if indexed {
+                    self.unindex_creation(user, key, nonce).await;
+                }
+                return Err(e);
+            }
+        }
+
         // 4. Retire the old key: a CAS on the token its check read, so a
         // racing update, delete or rotation of it is noticed.
         if let Some((old_key, current, cas)) = old {
@@ -579,6 +672,7 @@ impl MemcachedStore {
                 .move_away(&old_key, current, cas, key, nonce, record)
                 .await
             {
+                self.release(key, &slot).await;
                 if indexed {
                     self.unindex_creation(user, key, nonce).await;
                 }
@@ -588,14 +682,17 @@ impl MemcachedStore {
 
         // 5. End the evicted sessions, then write the new record: a crash
         // in between leaves fewer sessions, never more than the limit.
-        for (k, status, v_nonce, v_until) in victims {
+        for (e, status) in victims {
             let cancel = match status {
                 Status::Live(..) => None,
-                _ => Some((v_nonce, v_until)),
+                _ => Some((e.nonce, e.first_expiry)),
             };
+            // Only that session: not a later one written under its key.
+            let owner = user.map(|u| Owner::new(u, e.created_at));
             // Their entries stay until the next decision or listing prunes
-            // them as dead: no extra writes on a contended index.
-            self.end_chain(&k, None, cancel).await?;
+            // them as dead (their keys hold markers now): no extra writes
+            // on a contended index.
+            self.end_chain(&e.key, None, cancel, owner).await?;
         }
         if stays {
             if let Err(e) = self.write_new(key, record, &value, nonce, &mut slot).await {
@@ -699,7 +796,7 @@ impl MemcachedStore {
             let exp = exptime(record.expires_at(), now);
             let mode = match *slot {
                 Slot::Free => Mode::Add,
-                Slot::Dead(cas) => Mode::Cas(cas),
+                Slot::Dead(cas) | Slot::Reserved(cas) => Mode::Cas(cas),
                 Slot::Cancelled => return Ok(()),
             };
             match self
@@ -708,16 +805,22 @@ impl MemcachedStore {
                 .await?
             {
                 Outcome::Applied => return Ok(()),
-                Outcome::TooLarge => return Err(self.too_large(value.len())),
+                Outcome::TooLarge => {
+                    self.release(key, slot).await;
+                    return Err(self.too_large(value.len()));
+                }
+                // Only a cancellation replaces a reservation.
+                _ if matches!(slot, Slot::Reserved(_)) => return Ok(()),
                 _ => {}
             }
-            *slot = match self.t().get(skey.clone()).await? {
+            let item = self.t().get(skey.clone()).await?;
+            *slot = match self.settle(key, item).await? {
                 None => Slot::Free,
                 Some(item) => match Stored::decode(&item.value) {
                     Ok(Stored::Marker(Marker::Ended { nonce: n, .. })) if n == nonce => {
                         Slot::Cancelled
                     }
-                    Ok(s) if s.clone().live(now).is_some() => {
+                    Ok(s) if s.clone().live(now).is_some() || s.reserved_by(now).is_some() => {
                         return Err(StoreError::AlreadyExists)
                     }
                     _ => Slot::Dead(item.cas),
@@ -728,6 +831,95 @@ impl MemcachedStore {
             }
         }
         Err(self.contended("creating the session"))
+    }
+
+    /// Holds `key` for the creation with `nonce` with a reservation marker;
+    /// `slot` becomes [`Slot::Reserved`] (or [`Slot::Cancelled`] if the
+    /// creation was cancelled already).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::AlreadyExists`] when another creation wrote the key
+    /// first (nothing of this creation is written but its index entry).
+    async fn reserve(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        nonce: u64,
+        slot: &mut Slot,
+    ) -> StoreResult<()> {
+        let skey = self.inner.keys.session(key);
+        let until = record.expires_at();
+        for attempt in 0..self.lifecycle_retries() {
+            let now = Timestamp::now();
+            let mode = match *slot {
+                Slot::Free => Mode::Add,
+                Slot::Dead(cas) => Mode::Cas(cas),
+                Slot::Reserved(_) | Slot::Cancelled => return Ok(()),
+            };
+            let marker = Marker::Reserved { nonce, until }.encode();
+            let exp = exptime(until, now);
+            let item = match self.t().store(skey.clone(), marker, exp, mode).await? {
+                Outcome::Applied => match self.t().get(skey.clone()).await? {
+                    // The token of what was just written.
+                    Some(item) if is_reserved_by(&item, nonce, now) => {
+                        *slot = Slot::Reserved(item.cas);
+                        return Ok(());
+                    }
+                    other => other,
+                },
+                _ => self.t().get(skey.clone()).await?,
+            };
+            *slot = match self.settle(key, item).await? {
+                None => Slot::Free,
+                Some(item) => match Stored::decode(&item.value) {
+                    Ok(Stored::Marker(Marker::Ended { nonce: n, .. })) if n == nonce => {
+                        Slot::Cancelled
+                    }
+                    Ok(s) if s.clone().live(now).is_some() || s.reserved_by(now).is_some() => {
+                        return Err(StoreError::AlreadyExists)
+                    }
+                    _ => Slot::Dead(item.cas),
+                },
+            };
+            if !matches!(slot, Slot::Cancelled) {
+                Self::backoff(attempt).await;
+            }
+        }
+        Err(self.contended("reserving the session key"))
+    }
+
+    /// Gives up this creation's reservation of `key`, if it holds one.
+    async fn release(&self, key: &StorageKey, slot: &Slot) {
+        let Slot::Reserved(cas) = *slot else { return };
+        let skey = self.inner.keys.session(key);
+        if let Err(e) = self.t().delete(skey, Some(cas)).await {
+            // It runs out with the record's deadline, or is cancelled with
+            // the creation's index entry after `index_grace`.
+            tracing::debug!(target: "session_memcached", error = %e, "reservation release deferred");
+        }
+    }
+
+    /// Waits while `item` (read under `key`) is another creation's
+    /// reservation: it soon becomes a record or goes away. Returns what
+    /// the key holds then (still a reservation if it outlasted the wait).
+    pub(super) async fn settle(
+        &self,
+        key: &StorageKey,
+        mut item: Option<Item>,
+    ) -> StoreResult<Option<Item>> {
+        let skey = self.inner.keys.session(key);
+        for attempt in 0..self.lifecycle_retries() {
+            let reserved = item.as_ref().is_some_and(|item| {
+                Stored::decode(&item.value).is_ok_and(|s| s.reserved_by(Timestamp::now()).is_some())
+            });
+            if !reserved {
+                break;
+            }
+            Self::backoff(attempt).await;
+            item = self.t().get(skey.clone()).await?;
+        }
+        Ok(item)
     }
 
     /// Takes back the index entry of a creation that failed.
@@ -777,6 +969,11 @@ impl MemcachedStore {
         }
         Err(self.contended("changing the user index"))
     }
+}
+
+/// Whether `item` is the reservation of the creation with `nonce`.
+fn is_reserved_by(item: &Item, nonce: u64, now: Timestamp) -> bool {
+    Stored::decode(&item.value).is_ok_and(|s| s.reserved_by(now) == Some(nonce))
 }
 
 /// The rotation checks: the version the caller saw, and no change of user

@@ -129,29 +129,33 @@ impl Transport for Blocking {
         .await
     }
 
-    async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome> {
-        self.run("delete", move |c| {
-            c.run(delete_op(&key, cas)).map(|r| outcome(r.status))
+    async fn store_many(
+        &self,
+        items: Vec<(String, Vec<u8>, u32, Mode)>,
+    ) -> StoreResult<Vec<Outcome>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run_with(move |c, fresh| {
+            let op = |(k, v, exp, mode): &(String, Vec<u8>, u32, Mode)| set_op(k, v, *exp, *mode);
+            let first = c.run_many(items.iter().map(op))?;
+            let again = retry_positions("store_many", &first);
+            let retried = if again.is_empty() {
+                Vec::new()
+            } else {
+                fresh.run_many(again.iter().map(|&i| op(&items[i])))?
+            };
+            merge_retried(first, &again, retried)
+                .into_iter()
+                .map(store_outcome)
+                .collect()
         })
         .await
     }
 
-    async fn delete_many(&self, keys: Vec<(String, Option<u64>)>) -> StoreResult<Vec<Outcome>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.run_with(move |c, fresh| {
-            let first = c.run_many(keys.iter().map(|(k, cas)| delete_op(k, *cas)))?;
-            let again = retry_positions("delete_many", &first);
-            let retried = if again.is_empty() {
-                Vec::new()
-            } else {
-                fresh.run_many(again.iter().map(|&i| delete_op(&keys[i].0, keys[i].1)))?
-            };
-            merge_retried(first, &again, retried)
-                .into_iter()
-                .map(|r| r.map(|r| outcome(r.status)))
-                .collect()
+    async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome> {
+        self.run("delete", move |c| {
+            c.run(delete_op(&key, cas)).map(|r| outcome(r.status))
         })
         .await
     }

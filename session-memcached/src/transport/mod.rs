@@ -83,11 +83,14 @@ pub(crate) trait Transport: Send + Sync + 'static {
         exptime: u32,
         mode: Mode,
     ) -> StoreResult<Outcome>;
+    /// Several conditional stores (key, value, exptime, mode), pipelined
+    /// per server; one answer per key, in order.
+    async fn store_many(
+        &self,
+        items: Vec<(String, Vec<u8>, u32, Mode)>,
+    ) -> StoreResult<Vec<Outcome>>;
     /// `md <key>`, optionally only if the CAS still matches.
     async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome>;
-    /// Several deletes, each optionally only if its CAS still matches,
-    /// pipelined per server; one answer per key, in order.
-    async fn delete_many(&self, keys: Vec<(String, Option<u64>)>) -> StoreResult<Vec<Outcome>>;
     /// A no-op round trip to every server.
     async fn ping(&self) -> StoreResult<()>;
 }

@@ -104,36 +104,40 @@ impl Transport for Async {
         .map_err(map_error)
     }
 
+    async fn store_many(
+        &self,
+        items: Vec<(String, Vec<u8>, u32, Mode)>,
+    ) -> StoreResult<Vec<Outcome>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let op = |(k, v, exp, mode): &(String, Vec<u8>, u32, Mode)| set_op(k, v, *exp, *mode);
+        let first = self
+            .client
+            .run_many(items.iter().map(op))
+            .await
+            .map_err(map_error)?;
+        let rerun = retry_positions("store_many", &first);
+        let again = if rerun.is_empty() {
+            Vec::new()
+        } else {
+            self.fresh
+                .run_many(rerun.iter().map(|&i| op(&items[i])))
+                .await
+                .map_err(map_error)?
+        };
+        merge_retried(first, &rerun, again)
+            .into_iter()
+            .map(|r| store_outcome(r).map_err(map_error))
+            .collect()
+    }
+
     async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome> {
         let r = self
             .run("delete", |c| c.run(delete_op(&key, cas)))
             .await
             .map_err(map_error)?;
         Ok(outcome(r.status))
-    }
-
-    async fn delete_many(&self, keys: Vec<(String, Option<u64>)>) -> StoreResult<Vec<Outcome>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let first = self
-            .client
-            .run_many(keys.iter().map(|(k, cas)| delete_op(k, *cas)))
-            .await
-            .map_err(map_error)?;
-        let rerun = retry_positions("delete_many", &first);
-        let again = if rerun.is_empty() {
-            Vec::new()
-        } else {
-            self.fresh
-                .run_many(rerun.iter().map(|&i| delete_op(&keys[i].0, keys[i].1)))
-                .await
-                .map_err(map_error)?
-        };
-        merge_retried(first, &rerun, again)
-            .into_iter()
-            .map(|r| r.map(|r| outcome(r.status)).map_err(map_error))
-            .collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {
