@@ -712,7 +712,7 @@ pub fn check(harness: &Harness, cases: u32) {
     });
     // An ordered (not atomic) lifecycle may refuse more than a sequential
     // order would under races: only its sequential behaviour is compared.
-    let result = runner.run(&steps(harness.is_atomic()), |steps| {
+    let result = runner.run(&steps(harness.concurrent_model()), |steps| {
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let u = Arc::new(Universe::new(harness, n));
         tokio::task::block_in_place(|| rt.block_on(check_sequence(store.clone(), u, &steps)))
