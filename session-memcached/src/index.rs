@@ -18,11 +18,20 @@
 //! (added, created, first expiry, absolute deadline) and a `u16` length
 //! (0 for none) plus bytes of the key the session was rotated from.
 //! Format 1 (key, added, absolute deadline) is still read.
+//!
+//! [`UserItem`] is what the item holds: the index, plus (format 3, written
+//! only when there is something to say) whether `delete_user` has closed
+//! it and which entries a login has evicted. Format 3: the version byte,
+//! a flags byte (bit 0: closed), a `u16` count of evictions, each a `u16`
+//! key length, the key bytes, the evicted entry's nonce and the evicting
+//! creation's nonce (`u64`s), then the entries as in format 2.
 
 use session_core::{StorageKey, StoreError, Timestamp};
 
 const FORMAT_V1: u8 = 1;
 const FORMAT_V2: u8 = 2;
+const FORMAT_V3: u8 = 3;
+const CLOSED: u8 = 1;
 
 /// One session in a user's index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +164,126 @@ impl Index {
     }
 }
 
+/// An entry a login evicted: the entry (key and nonce) and the login's
+/// creation nonce. From the decision on, the session no longer counts nor
+/// lists; the evicting login ends it, and its entry is pruned once it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Eviction {
+    pub(crate) key: StorageKey,
+    pub(crate) nonce: u64,
+    pub(crate) by: u64,
+}
+
+/// The user index item: the index and the state of decisions on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct UserItem {
+    pub(crate) index: Index,
+    /// `delete_user` decided to end every session listed: nothing listed
+    /// counts or lists any more, and the next login starts a new index
+    /// (once it has helped end them).
+    pub(crate) closed: bool,
+    /// Entries evicted by a login that may not have ended them yet.
+    pub(crate) evicted: Vec<Eviction>,
+}
+
+impl UserItem {
+    /// The nonce of the login that evicted `e`, if one did and its entry
+    /// is still listed (a login that failed takes its entry back, and with
+    /// it its evictions).
+    pub(crate) fn evicted_by(&self, e: &Entry) -> Option<u64> {
+        self.evicted
+            .iter()
+            .find(|v| v.key == e.key && v.nonce == e.nonce && self.listed(v))
+            .map(|v| v.by)
+    }
+
+    /// Whether both the evicted entry and the evicting login's are listed.
+    fn listed(&self, v: &Eviction) -> bool {
+        let entries = &self.index.entries;
+        entries.iter().any(|e| e.key == v.key && e.nonce == v.nonce)
+            && entries.iter().any(|e| e.nonce == v.by)
+    }
+
+    /// The latest absolute deadline, which bounds the item's life.
+    pub(crate) fn last_deadline(&self) -> Option<Timestamp> {
+        self.index.last_deadline()
+    }
+
+    /// Serializes the item: format 2 when it is a plain index, else 3.
+    /// Evictions of entries no longer listed are dropped.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let evicted: Vec<&Eviction> = self.evicted.iter().filter(|v| self.listed(v)).collect();
+        let entries = self.index.encode();
+        if !self.closed && evicted.is_empty() {
+            return entries;
+        }
+        let mut out = Vec::with_capacity(entries.len() + 4 + evicted.len() * 84);
+        out.push(FORMAT_V3);
+        out.push(if self.closed { CLOSED } else { 0 });
+        let evicted: Vec<(u16, &Eviction)> = evicted
+            .into_iter()
+            .filter_map(|v| Some((u16::try_from(v.key.as_str().len()).ok()?, v)))
+            .take(usize::from(u16::MAX))
+            .collect();
+        let count = u16::try_from(evicted.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&count.to_be_bytes());
+        for (len, v) in evicted {
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(v.key.as_str().as_bytes());
+            out.extend_from_slice(&v.nonce.to_be_bytes());
+            out.extend_from_slice(&v.by.to_be_bytes());
+        }
+        out.extend_from_slice(&entries[1..]);
+        out
+    }
+
+    /// Parses what [`UserItem::encode`] wrote (any format).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Corrupt`] for anything else; never panics.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |why: &str| StoreError::Corrupt(format!("user index item: {why}"));
+        if bytes.first() != Some(&FORMAT_V3) {
+            return Ok(Self {
+                index: Index::decode(bytes)?,
+                ..Self::default()
+            });
+        }
+        let (&flags, rest) = bytes[1..]
+            .split_first()
+            .ok_or_else(|| corrupt("truncated flags"))?;
+        if flags & !CLOSED != 0 {
+            return Err(corrupt("unknown flags"));
+        }
+        let (count, mut rest) = rest
+            .split_at_checked(2)
+            .ok_or_else(|| corrupt("truncated eviction count"))?;
+        let count = u16::from_be_bytes([count[0], count[1]]);
+        let mut evicted = Vec::with_capacity(usize::from(count).min(1024));
+        for _ in 0..count {
+            let (key, tail) = take_str(rest).ok_or_else(|| corrupt("truncated evicted key"))?;
+            let key = key.ok_or_else(|| corrupt("evicted key is not UTF-8"))?;
+            let (nonce, tail) = take_u64(tail).ok_or_else(|| corrupt("truncated eviction"))?;
+            let (by, tail) = take_u64(tail).ok_or_else(|| corrupt("truncated eviction"))?;
+            rest = tail;
+            evicted.push(Eviction {
+                key: StorageKey::from_stored(key),
+                nonce,
+                by,
+            });
+        }
+        let mut entries = Vec::with_capacity(rest.len() + 1);
+        entries.push(FORMAT_V2);
+        entries.extend_from_slice(rest);
+        Ok(Self {
+            index: Index::decode(&entries)?,
+            closed: flags & CLOSED != 0,
+            evicted,
+        })
+    }
+}
+
 /// Bytes an entry of a 64-character key takes, roughly.
 const ENTRY_SIZE: usize = 2 + 64 + 8 + 4 * 8 + 2;
 
@@ -241,6 +370,52 @@ mod tests {
         let mut bad_key = enc.clone();
         bad_key[3] = 0xff;
         assert!(Index::decode(&bad_key).is_err());
+    }
+
+    #[test]
+    fn user_items_round_trip_and_stay_format_2_when_plain() {
+        let index = Index {
+            entries: vec![entry(&"a".repeat(64), 1, 2), entry("b", 3, 4)],
+        };
+        let plain = UserItem {
+            index: index.clone(),
+            ..UserItem::default()
+        };
+        assert_eq!(plain.encode(), index.encode());
+        assert_eq!(UserItem::decode(&index.encode()).unwrap(), plain);
+        let eviction = Eviction {
+            key: StorageKey::from_stored("b"),
+            nonce: 9,
+            by: 9,
+        };
+        let stray = Eviction {
+            key: StorageKey::from_stored("gone"),
+            nonce: 9,
+            by: 1,
+        };
+        let item = UserItem {
+            index,
+            closed: true,
+            evicted: vec![eviction.clone(), stray],
+        };
+        let enc = item.encode();
+        assert_eq!(enc[0], FORMAT_V3);
+        let back = UserItem::decode(&enc).unwrap();
+        assert!(back.closed);
+        assert_eq!(back.evicted, vec![eviction]);
+        assert_eq!(back.index, item.index);
+        assert_eq!(back.evicted_by(&item.index.entries[1]), Some(9));
+        assert_eq!(back.evicted_by(&item.index.entries[0]), None);
+        // Whole prefixes: after the evictions (no entries), after one entry.
+        let after_evictions = 4 + 2 + 1 + 16;
+        let after_one_entry = after_evictions + 2 + 64 + 8 + 32 + 2;
+        for n in 0..enc.len() {
+            if n == after_evictions || n == after_one_entry {
+                continue;
+            }
+            assert!(UserItem::decode(&enc[..n]).is_err(), "len {n}");
+        }
+        assert!(UserItem::decode(&[3, 2, 0, 0]).is_err());
     }
 
     #[test]

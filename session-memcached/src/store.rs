@@ -11,7 +11,7 @@ use session_core::{
 
 use crate::config::{ConfigError, MemcachedConfig};
 use crate::expiry::exptime;
-use crate::index::{Entry, Index};
+use crate::index::{Entry, UserItem};
 use crate::keys::Keys;
 use crate::recent::{RecentReads, Seen};
 use crate::tombstone::Stored;
@@ -180,11 +180,11 @@ impl MemcachedStore {
         for attempt in 0..self.inner.cas_retries {
             let now = Timestamp::now();
             let current = self.t().get(ikey.clone()).await?;
-            let (mut index, mode) = match &current {
-                Some(item) => (Index::decode(&item.value)?, Mode::Cas(item.cas)),
-                None => (Index::default(), Mode::Add),
+            let (mut item, mode) = match &current {
+                Some(item) => (UserItem::decode(&item.value)?, Mode::Cas(item.cas)),
+                None => (UserItem::default(), Mode::Add),
             };
-            index.upsert(
+            item.index.upsert(
                 Entry {
                     key: key.clone(),
                     nonce: lifecycle::random_u64(),
@@ -196,12 +196,13 @@ impl MemcachedStore {
                 },
                 now,
             );
-            let value = index.encode();
-            self.check_size(value.len())?;
-            let exp = exptime(index.last_deadline().unwrap_or(absolute_deadline), now);
+            let value = item.encode();
+            let size = value.len();
+            self.check_size(size)?;
+            let exp = exptime(item.last_deadline().unwrap_or(absolute_deadline), now);
             match self.t().store(ikey.clone(), value, exp, mode).await? {
                 Outcome::Applied => return Ok(()),
-                Outcome::TooLarge => return Err(self.too_large(index.encode().len())),
+                Outcome::TooLarge => return Err(self.too_large(size)),
                 _ => Self::backoff(attempt).await,
             }
         }
@@ -221,7 +222,8 @@ impl MemcachedStore {
             let Some(item) = self.t().get(ikey.clone()).await? else {
                 return Ok(());
             };
-            let mut index = Index::decode(&item.value)?;
+            let mut user_item = UserItem::decode(&item.value)?;
+            let index = &mut user_item.index;
             let before = index.entries.len();
             index
                 .entries
@@ -235,7 +237,7 @@ impl MemcachedStore {
                     self.t()
                         .store(
                             ikey.clone(),
-                            index.encode(),
+                            user_item.encode(),
                             exptime(last, now),
                             Mode::Cas(item.cas),
                         )

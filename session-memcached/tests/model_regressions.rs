@@ -173,7 +173,11 @@ async fn a_login_that_loses_its_key_to_a_racing_create_ends_nobody() {
         let holder = s.load(&contested).await.unwrap().unwrap();
         match login {
             Ok(created) => {
-                assert_eq!(created.evicted, [victim.clone()], "round {round}");
+                assert_eq!(
+                    created.evicted,
+                    std::slice::from_ref(&victim),
+                    "round {round}"
+                );
                 assert!(
                     matches!(other, Err(StoreError::AlreadyExists)),
                     "round {round}"
@@ -187,6 +191,12 @@ async fn a_login_that_loses_its_key_to_a_racing_create_ends_nobody() {
                 assert!(
                     s.load(&victim).await.unwrap().is_some(),
                     "round {round}: the failed login ended its victim"
+                );
+                // Nor does its decision hide the victim from the index.
+                assert_eq!(
+                    listed(&s, u).await,
+                    std::slice::from_ref(&victim),
+                    "round {round}"
                 );
             }
             Err(e) => panic!("round {round}: {e:?}"),
@@ -246,5 +256,272 @@ async fn a_rotation_that_loses_its_key_to_a_racing_create_keeps_the_session() {
         s.delete_user(u).await.unwrap();
         s.delete(&contested).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Found as: rotate k2 to k1, `delete k2` (ends k1), create k1 again,
+/// `delete k2` again: the second delete followed the old move marker and
+/// ended the new, unrelated session under k1. A delete that follows a
+/// move now ends the marker too.
+#[tokio::test]
+async fn a_followed_move_is_not_followed_again() {
+    let s = store("moved_twice").await;
+    let base = Timestamp::now();
+    for user in [None, Some("user-moved")] {
+        let (old, new) = (key('a'), key('b'));
+        s.create(&old, &rec(base, None, 1, 0)).await.unwrap();
+        let rotation = CreateOptions::default().replacing(old.clone(), 1);
+        s.create_with(&new, &rec(base, user, 2, 0), &rotation)
+            .await
+            .unwrap();
+        s.delete(&old).await.unwrap();
+        assert!(s.load(&new).await.unwrap().is_none());
+        s.create(&new, &rec(base, user, 3, 0)).await.unwrap();
+        s.delete(&old).await.unwrap();
+        let kept = s.load(&new).await.unwrap();
+        assert_eq!(
+            kept.map(|r| r.data),
+            Some(Bytes::from_static(&[3])),
+            "{user:?}"
+        );
+        s.delete(&new).await.unwrap();
+    }
+}
+
+/// Found as: a rotation of anonymous k1 to k5 for u2, then `create k1`
+/// for u2, then a login of u2 under `RejectNew` 3 (u2 has k2, k5, k1):
+/// admitted. The finished rotation's entry still named k1 as the key it
+/// replaced, so k5 and the new k1 counted as one session.
+#[tokio::test]
+async fn a_finished_rotation_does_not_merge_its_old_key_with_a_new_session() {
+    let s = store("stale_link").await;
+    let base = Timestamp::now();
+    let u = "user-link";
+    s.create(&key('2'), &rec(base, Some(u), 1, 0))
+        .await
+        .unwrap();
+    s.create(&key('1'), &rec(base, None, 2, 0)).await.unwrap();
+    let rotation = CreateOptions::default().replacing(key('1'), 1);
+    s.create_with(&key('5'), &rec(base, Some(u), 3, 0), &rotation)
+        .await
+        .unwrap();
+    s.create(&key('1'), &rec(base, Some(u), 4, 0))
+        .await
+        .unwrap();
+    assert_eq!(listed(&s, u).await, [key('1'), key('2'), key('5')]);
+    let err = s
+        .create_with(
+            &key('3'),
+            &rec(base, Some(u), 5, 0),
+            &limit(3, LimitStrategy::RejectNew),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::UserLimitReached { max: 3 }),
+        "{err:?}"
+    );
+    assert_eq!(s.delete_user(u).await.unwrap(), 3);
+}
+
+/// Found as `[ListUser u1, Create k1 (u1), DeleteUser u1]` returning
+/// `[Listed([k1]), Done, Count(2)]`, and `[create_with k2 (limit 1,
+/// evict), DeleteUser, ...]` returning `[Evicted([k3]), Count(2)]`:
+/// `delete_user` ended sessions over several rounds and added up what it
+/// ended in each, so it counted sessions a racing login had evicted, and
+/// did not count a login it cancelled although that login succeeded.
+/// Now it closes the index first (one decision, like a login's) and
+/// counts the sessions of that version.
+#[tokio::test]
+async fn delete_user_counts_the_sessions_of_one_moment() {
+    let s = store("count").await;
+    let u = "user-count";
+    for round in 0..30u8 {
+        let base = Timestamp::now();
+        let (older, newer) = (key('3'), key('2'));
+        s.create(&older, &rec(base, Some(u), 1, 1)).await.unwrap();
+        let login = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.create_with(&newer, &rec(base, Some(u), 2, 0), &evict(1))
+                    .await
+            })
+        };
+        let list = {
+            let s = s.clone();
+            tokio::spawn(async move { s.list_user(u).await })
+        };
+        let delete_user = {
+            let s = s.clone();
+            tokio::spawn(async move { s.delete_user(u).await })
+        };
+        let login = login.await.unwrap().unwrap();
+        let listed: Vec<StorageKey> = list
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        let count = delete_user.await.unwrap().unwrap();
+        // Either the login came first (it evicted `older`, and delete_user
+        // ended the login's session) or delete_user did (it ended `older`,
+        // and the login evicted nothing): one session either way.
+        assert_eq!(count, 1, "round {round}: {login:?}, listed {listed:?}");
+        let login_first = login.evicted == [key('3')];
+        assert!(login_first || login.evicted.is_empty(), "round {round}");
+        assert!(listed.len() <= 1, "round {round}: listed {listed:?}");
+        if login_first {
+            assert!(s.load(&key('2')).await.unwrap().is_none(), "round {round}");
+        } else {
+            assert!(s.load(&key('2')).await.unwrap().is_some(), "round {round}");
+        }
+        assert!(s.load(&key('3')).await.unwrap().is_none(), "round {round}");
+        s.delete_user(u).await.unwrap();
+    }
+}
+
+/// Two `delete_user` of one user at once: one counts the sessions, the
+/// other finds them ended (it used to fail, out of retries).
+#[tokio::test]
+async fn racing_delete_users_split_the_count() {
+    let s = store("two_deletes").await;
+    let u = "user-two-deletes";
+    for round in 0..30u8 {
+        let base = Timestamp::now();
+        s.create(&key('4'), &rec(base, Some(u), 1, 0))
+            .await
+            .unwrap();
+        s.create(&key('5'), &rec(base, Some(u), 2, 0))
+            .await
+            .unwrap();
+        let a = {
+            let s = s.clone();
+            tokio::spawn(async move { s.delete_user(u).await })
+        };
+        let b = {
+            let s = s.clone();
+            tokio::spawn(async move { s.delete_user(u).await })
+        };
+        let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+        assert_eq!(a + b, 2, "round {round}: {a} and {b}");
+        assert!(a == 0 || b == 0, "round {round}: {a} and {b}");
+        assert!(listed(&s, u).await.is_empty());
+    }
+}
+
+/// Found as `[create_with k4 (limit 1, evict), create_with k5 (limit 1,
+/// evict)]` of one user who had k0: both reported k0 as evicted. A login
+/// that lost the index race re-read the index without the first login's
+/// eviction of k0, so it counted k0 again.
+#[tokio::test]
+async fn racing_evicting_logins_each_end_their_own_victims() {
+    let s = store("two_logins").await;
+    let u = "user-two-logins";
+    for round in 0..30u8 {
+        let base = Timestamp::now();
+        s.create(&key('0'), &rec(base, Some(u), 1, 2))
+            .await
+            .unwrap();
+        let logins: Vec<_> = ['4', '5']
+            .into_iter()
+            .map(|c| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.create_with(&key(c), &rec(base, Some(u), 2, 1), &evict(1))
+                        .await
+                })
+            })
+            .collect();
+        let mut reported = Vec::new();
+        for login in logins {
+            reported.extend(login.await.unwrap().unwrap().evicted);
+        }
+        reported.sort();
+        // k0 goes first, then the smaller of the two (same creation time).
+        assert_eq!(reported, [key('0'), key('4')], "round {round}");
+        assert_eq!(listed(&s, u).await, [key('5')], "round {round}");
+        s.delete_user(u).await.unwrap();
+    }
+}
+
+/// Found as `create k3` (expired), then a login of u0 under a limit that
+/// evicted the login itself (`Evicted([k3])`), then `create k3` failed
+/// with `AlreadyExists` for good: the login had reserved the key, which
+/// held something, and never gave it back.
+#[tokio::test]
+async fn a_login_evicted_at_once_leaves_its_key_free() {
+    let s = store("evicted_at_once").await;
+    let base = Timestamp::now();
+    let u = "user-at-once";
+    s.create(&key('0'), &rec(base, Some(u), 1, 0))
+        .await
+        .unwrap();
+    let mut expired = rec(base, None, 2, 0);
+    expired.idle_deadline = Timestamp::from_unix_millis(base.as_unix_millis() - HOUR_MS);
+    s.create(&key('3'), &expired).await.unwrap();
+    let created = s
+        .create_with(&key('3'), &rec(base, Some(u), 3, 1), &evict(1))
+        .await
+        .unwrap();
+    assert_eq!(created.evicted, [key('3')]);
+    s.create(&key('3'), &rec(base, None, 4, 0)).await.unwrap();
+    assert_eq!(listed(&s, u).await, [key('0')]);
+}
+
+/// Found as `[create_with k3 (u1), delete k3]` where k3 held an expired
+/// record of u1: the delete ended the expired record and dropped every
+/// entry of k3 from u1's index, the login's included, so its session was
+/// live but never listed. Also `[Create k3 (expired), CreateWith k3]`
+/// failing both. A creation now holds a key that holds anything with a
+/// reservation before it indexes it, and a delete drops only dead entries.
+#[tokio::test]
+async fn a_login_over_a_dead_record_stays_indexed_whatever_races_it() {
+    let s = store("over_dead").await;
+    let u = "user-over-dead";
+    for round in 0..30u8 {
+        let base = Timestamp::now();
+        let k = StorageKey::from_stored(&format!("{round:02x}").repeat(32));
+        let mut expired = rec(base, Some(u), 1, 1);
+        expired.idle_deadline = Timestamp::from_unix_millis(base.as_unix_millis() - HOUR_MS);
+        s.create(&k, &expired).await.unwrap();
+        let login = {
+            let (s, k) = (s.clone(), k.clone());
+            tokio::spawn(async move {
+                s.create_with(&k, &rec(base, Some(u), 2, 2), &CreateOptions::default())
+                    .await
+            })
+        };
+        let other = {
+            let (s, k) = (s.clone(), k.clone());
+            tokio::spawn(async move {
+                if round % 2 == 0 {
+                    s.delete(&k).await
+                } else {
+                    s.create(&k, &expired).await.map(drop)
+                }
+            })
+        };
+        login.await.unwrap().unwrap();
+        let other = other.await.unwrap();
+        let loaded = s.load(&k).await.unwrap();
+        match other {
+            Ok(()) => {}
+            // The login's record was there first.
+            Err(StoreError::AlreadyExists) if round % 2 == 1 && loaded.is_some() => {}
+            Err(e) => panic!("round {round}: {e:?}"),
+        }
+        match loaded {
+            Some(r) => {
+                assert_eq!(r.data.as_ref(), [2]);
+                assert_eq!(
+                    listed(&s, u).await,
+                    std::slice::from_ref(&k),
+                    "round {round}"
+                );
+            }
+            None => assert!(listed(&s, u).await.is_empty(), "round {round}"),
+        }
+        s.delete_user(u).await.unwrap();
     }
 }

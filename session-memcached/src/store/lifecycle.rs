@@ -11,9 +11,19 @@ use session_core::{StoreResult, Timestamp};
 
 use super::MemcachedStore;
 use crate::expiry::exptime;
-use crate::index::{Entry, Index};
+use crate::index::{Entry, Eviction, Index, UserItem};
 use crate::tombstone::{Marker, Stored};
 use crate::transport::{Item, Mode, Outcome};
+
+/// How long `list_user` waits for a rotation or an evicting login that
+/// has written its index entry to write its record (a few round trips):
+/// entries older than this belong to a creation that stopped.
+const IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The least time a reservation holds its key (a creation writes its
+/// record within a few round trips; one that stopped is cancelled with
+/// its index entry after `index_grace`).
+const RESERVATION: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Most moves `delete` follows from one key.
 pub(crate) const MAX_MOVES: usize = 64;
@@ -53,6 +63,9 @@ impl Status {
 struct Resolved {
     index: Index,
     status: Vec<Status>,
+    /// The login that evicted each entry, if one did: such a session
+    /// neither counts nor lists, whatever its record still says.
+    evicted_by: Vec<Option<u64>>,
 }
 
 /// Entries that stand for one session: a pending rotation's new entry and
@@ -69,17 +82,23 @@ impl Resolved {
         let mut of: HashMap<&StorageKey, usize> = HashMap::new();
         let mut groups: Vec<Vec<usize>> = Vec::new();
         for (i, e) in self.index.entries.iter().enumerate() {
+            // Only a rotation still in flight links two keys: once its
+            // record is written, the old key may be another session's.
+            let replaces = e
+                .replaces
+                .as_ref()
+                .filter(|_| matches!(self.status[i], Status::Pending));
             let linked = of
                 .get(&e.key)
                 .copied()
-                .or_else(|| e.replaces.as_ref().and_then(|r| of.get(r).copied()));
+                .or_else(|| replaces.and_then(|r| of.get(r).copied()));
             let g = linked.unwrap_or_else(|| {
                 groups.push(Vec::new());
                 groups.len() - 1
             });
             groups[g].push(i);
             of.insert(&e.key, g);
-            if let Some(r) = &e.replaces {
+            if let Some(r) = replaces {
                 of.entry(r).or_insert(g);
             }
         }
@@ -89,7 +108,7 @@ impl Resolved {
                 let alive: Vec<usize> = members
                     .iter()
                     .copied()
-                    .filter(|&i| self.status[i].alive())
+                    .filter(|&i| self.status[i].alive() && self.evicted_by[i].is_none())
                     .collect();
                 // The newest incarnation: a pending entry, else a live one.
                 let rep = alive
@@ -114,11 +133,23 @@ impl Resolved {
     fn unit_touches(&self, unit: &Unit, key: &StorageKey) -> bool {
         unit.members.iter().any(|&i| {
             let e = &self.index.entries[i];
-            &e.key == key || e.replaces.as_ref() == Some(key)
+            let in_flight = matches!(self.status[i], Status::Pending);
+            &e.key == key || (in_flight && e.replaces.as_ref() == Some(key))
         })
     }
 
-    /// The entries that are not dead.
+    /// Whether a rotation or a login that evicts is writing its record:
+    /// until it has, neither the sessions it ends nor its own list.
+    fn in_flight(&self, evicted: &[Eviction], now: Timestamp) -> bool {
+        self.index.entries.iter().zip(&self.status).any(|(e, s)| {
+            matches!(s, Status::Pending)
+                && e.added.saturating_add(IN_FLIGHT) > now
+                && (e.replaces.is_some() || evicted.iter().any(|v| v.by == e.nonce))
+        })
+    }
+
+    /// The entries that are not dead (evicted ones included, until their
+    /// sessions are ended).
     fn kept_entries(&self) -> Vec<Entry> {
         self.index
             .entries
@@ -139,6 +170,8 @@ struct Ending {
     cancelled: bool,
     /// Records deleted that were indexed under a user.
     unindex: Vec<(String, StorageKey)>,
+    /// The move markers followed: item key, CAS token, deadline.
+    followed: Vec<(String, u64, Timestamp)>,
 }
 
 /// The session a caller means to end: a record of another user, or
@@ -178,6 +211,9 @@ enum Slot {
     Dead(u64),
     /// This creation's reservation, with its CAS token.
     Reserved(u64),
+    /// Another creation wrote the key after this one indexed it while it
+    /// was absent: this one starts again.
+    Lost,
     /// A marker cancelling this creation.
     Cancelled,
 }
@@ -192,7 +228,14 @@ impl MemcachedStore {
     /// Reads the sessions of `index`'s entries and classifies them.
     /// Pending entries older than `index_grace` are cancelled (their
     /// creation can then never write) and count as dead.
-    async fn resolve(&self, user: &str, index: Index) -> StoreResult<Resolved> {
+    async fn resolve(&self, user: &str, item: UserItem) -> StoreResult<Resolved> {
+        let evicted_by = item
+            .index
+            .entries
+            .iter()
+            .map(|e| item.evicted_by(e))
+            .collect();
+        let index = item.index;
         let keys = index
             .entries
             .iter()
@@ -220,7 +263,11 @@ impl MemcachedStore {
             };
             status.push(s);
         }
-        Ok(Resolved { index, status })
+        Ok(Resolved {
+            index,
+            status,
+            evicted_by,
+        })
     }
 
     fn classify(&self, user: &str, item: &Item, now: Timestamp) -> Status {
@@ -246,7 +293,37 @@ impl MemcachedStore {
     /// rotation that moves one meanwhile is seen and followed, and they are
     /// replaced with an `Ended` marker rather than deleted, so that no
     /// index entry of theirs ever looks like a creation still to write.
+    ///
+    /// The move markers it followed are ended too (replaced with `Ended`
+    /// markers, on the token they were read with), once the session they
+    /// lead to is: the session is gone, so a later `delete` of an old key
+    /// follows nothing, even to a record written again under the new key.
     async fn end_chain(
+        &self,
+        key: &StorageKey,
+        known: Option<Option<Item>>,
+        cancel: Option<(u64, Timestamp)>,
+        owner: Option<Owner<'_>>,
+    ) -> StoreResult<Ending> {
+        let mut ending = self.follow_chain(key, known, cancel, owner).await?;
+        let now = Timestamp::now();
+        let ends = std::mem::take(&mut ending.followed)
+            .into_iter()
+            .map(|(skey, cas, until)| {
+                let marker = Marker::Ended {
+                    nonce: random_u64(),
+                    until,
+                };
+                (skey, marker.encode(), exptime(until, now), Mode::Cas(cas))
+            })
+            .collect();
+        // A marker written over meanwhile is left as it is.
+        self.t().store_many(ends).await?;
+        Ok(ending)
+    }
+
+    /// [`end_chain`](Self::end_chain) without ending the markers followed.
+    async fn follow_chain(
         &self,
         key: &StorageKey,
         mut known: Option<Option<Item>>,
@@ -328,6 +405,7 @@ impl MemcachedStore {
                         if now >= until {
                             return Ok(ending);
                         }
+                        ending.followed.push((skey.clone(), item.cas, until));
                         key = to;
                         cancel = Some((nonce, to_expires));
                         owner = owner.map(Owner::after_move);
@@ -373,23 +451,97 @@ impl MemcachedStore {
     pub(super) async fn lifecycle_delete(&self, key: &StorageKey) -> StoreResult<()> {
         let ending = self.end_chain(key, None, None, None).await?;
         for (user, k) in ending.unindex {
-            self.index_remove(&user, |e| e.key == k).await?;
+            self.prune_key(&user, &k).await?;
         }
         Ok(())
     }
 
-    /// `list_user`: the live sessions; dead entries are pruned.
+    /// Drops `user`'s index entries for `key` that are dead, judged on the
+    /// index and the key read together: an entry of a creation that wrote
+    /// `key` again meanwhile (or is about to) stays.
+    async fn prune_key(&self, user: &str, key: &StorageKey) -> StoreResult<()> {
+        let ikey = self.inner.keys.user(user);
+        let skey = self.inner.keys.session(key);
+        for attempt in 0..self.inner.cas_retries {
+            let mut items = self.t().get_many(vec![ikey.clone(), skey.clone()]).await?;
+            let (Some(index_item), item) = (items.remove(0), items.remove(0)) else {
+                return Ok(());
+            };
+            let mut user_item = UserItem::decode(&index_item.value)?;
+            let now = Timestamp::now();
+            let live = item
+                .as_ref()
+                .is_some_and(|item| matches!(self.classify(user, item, now), Status::Live(..)));
+            let before = user_item.index.entries.len();
+            user_item.index.entries.retain(|e| {
+                let pending = match &item {
+                    None => now < e.first_expiry,
+                    Some(item) => is_reserved_by(item, e.nonce, now),
+                };
+                &e.key != key || live || pending
+            });
+            if user_item.index.entries.len() == before {
+                return Ok(());
+            }
+            let outcome = match user_item.last_deadline() {
+                None => self.t().delete(ikey.clone(), Some(index_item.cas)).await?,
+                Some(last) => {
+                    let value = user_item.encode();
+                    let exp = exptime(last, now);
+                    self.t()
+                        .store(ikey.clone(), value, exp, Mode::Cas(index_item.cas))
+                        .await?
+                }
+            };
+            match outcome {
+                Outcome::Applied | Outcome::NotFound => return Ok(()),
+                _ => Self::backoff(attempt).await,
+            }
+        }
+        Err(self.contended("removing from the user index"))
+    }
+
+    /// `list_user`: the live sessions; dead entries are pruned. Waits
+    /// while a rotation or an evicting login is between its decision and
+    /// its record, so that it lists the sessions before or after it.
     pub(super) async fn lifecycle_list(&self, user: &str) -> StoreResult<Vec<SessionSummary>> {
-        let Some(item) = self.t().get(self.inner.keys.user(user)).await? else {
-            return Ok(Vec::new());
+        let ikey = self.inner.keys.user(user);
+        let mut attempt = 0;
+        let resolved = loop {
+            let Some(item) = self.t().get(ikey.clone()).await? else {
+                return Ok(Vec::new());
+            };
+            let item = UserItem::decode(&item.value)?;
+            if item.closed {
+                // `delete_user` has decided: none of these sessions is live.
+                return Ok(Vec::new());
+            }
+            let evicted = item.evicted.clone();
+            let resolved = self.resolve(user, item).await?;
+            attempt += 1;
+            if attempt >= self.lifecycle_retries()
+                || !resolved.in_flight(&evicted, Timestamp::now())
+            {
+                break resolved;
+            }
+            Self::backoff(attempt).await;
         };
-        let resolved = self.resolve(user, Index::decode(&item.value)?).await?;
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         let mut dead = Vec::new();
-        for (e, s) in resolved.index.entries.iter().zip(&resolved.status) {
+        for (i, (e, s)) in resolved
+            .index
+            .entries
+            .iter()
+            .zip(&resolved.status)
+            .enumerate()
+        {
             match s {
-                Status::Live(r, _) if seen.insert(e.key.clone()) => out.push(r.summary(&e.key)),
+                Status::Live(r, _)
+                    if resolved.evicted_by[i].is_none() && seen.insert(e.key.clone()) =>
+                {
+                    out.push(r.summary(&e.key));
+                }
                 Status::Dead => dead.push(e.clone()),
                 _ => {}
             }
@@ -403,93 +555,122 @@ impl MemcachedStore {
         Ok(out)
     }
 
-    /// `delete_user`: ends every session the index holds (cancelling
-    /// creations that have not written yet), then drops the index if no
-    /// login changed it meanwhile, else goes round again.
+    /// `delete_user`: closes the user's index (the decision: every session
+    /// it lists ends, and the count is made on that version), ends them
+    /// (cancelling creations that have not written yet), then drops the
+    /// index unless a login has already replaced it.
     pub(super) async fn lifecycle_delete_user(&self, user: &str) -> StoreResult<u64> {
         let ikey = self.inner.keys.user(user);
-        let mut counted: HashSet<StorageKey> = HashSet::new();
-        let mut deleted = 0;
+        let mut deleted: Option<u64> = None;
         for attempt in 0..self.lifecycle_retries() {
             let Some(item) = self.t().get(ikey.clone()).await? else {
-                return Ok(deleted);
+                return Ok(deleted.unwrap_or(0));
             };
-            let resolved = self.resolve(user, Index::decode(&item.value)?).await?;
-            let entries = &resolved.index.entries;
-            let live: Vec<(usize, &SessionRecord, u64)> = resolved
-                .status
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| match s {
-                    Status::Live(r, cas) => Some((i, r, *cas)),
-                    _ => None,
-                })
-                .collect();
-            // Each live record becomes an `Ended` marker, on the token it
-            // was read with.
+            let mut user_item = UserItem::decode(&item.value)?;
             let now = Timestamp::now();
-            let ends = live
-                .iter()
-                .map(|&(i, r, cas)| {
-                    let until = r.expires_at();
-                    let marker = Marker::Ended {
-                        nonce: random_u64(),
-                        until,
-                    };
-                    (
-                        self.inner.keys.session(&entries[i].key),
-                        marker.encode(),
-                        exptime(until, now),
-                        Mode::Cas(cas),
-                    )
-                })
-                .collect();
-            let outcomes = self.t().store_many(ends).await?;
-            let mut ended = vec![false; entries.len()];
-            for (&(i, r, _), outcome) in live.iter().zip(outcomes) {
-                self.inner.recent.forget(&entries[i].key);
-                ended[i] = if outcome == Outcome::Applied {
-                    true
-                } else {
-                    // Changed since read (moved, say): follow it, ending
-                    // only this session, not a later one under its key.
-                    let owner = Owner::new(user, r.created_at);
-                    let ending = self
-                        .end_chain(&entries[i].key, None, None, Some(owner))
-                        .await?;
-                    ending.deleted || ending.cancelled
+            if !user_item.closed {
+                if let Some(n) = deleted {
+                    // A login helped end them and started a new index.
+                    return Ok(n);
+                }
+                // Counted on the version the close commits on, before
+                // anyone acts on the close.
+                user_item
+                    .index
+                    .entries
+                    .retain(|e| e.absolute_deadline > now);
+                let mut closed = user_item.clone();
+                closed.closed = true;
+                let resolved = self.resolve(user, user_item).await?;
+                let outcome = match closed.last_deadline() {
+                    None => self.t().delete(ikey.clone(), Some(item.cas)).await?,
+                    Some(last) => {
+                        let value = closed.encode();
+                        self.t()
+                            .store(ikey.clone(), value, exptime(last, now), Mode::Cas(item.cas))
+                            .await?
+                    }
                 };
-            }
-            for (i, e) in entries.iter().enumerate() {
-                if matches!(resolved.status[i], Status::Pending) {
-                    let cancel = Some((e.nonce, e.first_expiry));
-                    let owner = Owner::new(user, e.created_at);
-                    let ending = self.end_chain(&e.key, None, cancel, Some(owner)).await?;
-                    // A cancelled creation counts only as the continuation
-                    // of a session rotated from a live one.
-                    ended[i] = ending.deleted || (ending.cancelled && e.replaces.is_some());
+                match outcome {
+                    Outcome::Applied if closed.index.entries.is_empty() => return Ok(0),
+                    Outcome::Applied => {}
+                    _ => {
+                        Self::backoff(attempt).await;
+                        continue;
+                    }
                 }
-            }
-            for (i, e) in entries.iter().enumerate() {
-                if !ended[i] {
-                    continue;
+                let count = resolved.units().len();
+                deleted = Some(u64::try_from(count).unwrap_or(u64::MAX));
+                self.end_all(user, &resolved).await?;
+            } else {
+                // Closed (by this call or another): make sure all ended.
+                let resolved = self.resolve(user, user_item).await?;
+                self.end_all(user, &resolved).await?;
+                match self.t().delete(ikey.clone(), Some(item.cas)).await? {
+                    // Closed by another call: it counts them.
+                    Outcome::Applied | Outcome::NotFound => return Ok(deleted.unwrap_or(0)),
+                    _ => Self::backoff(attempt).await,
                 }
-                let fresh = !counted.contains(&e.key)
-                    && e.replaces.as_ref().is_none_or(|r| !counted.contains(r));
-                deleted += u64::from(fresh);
-                counted.insert(e.key.clone());
-                if let Some(r) = &e.replaces {
-                    counted.insert(r.clone());
-                }
-            }
-            // Drop the index only if no login added to it meanwhile;
-            // otherwise go round again for the newcomers.
-            match self.t().delete(ikey.clone(), Some(item.cas)).await? {
-                Outcome::Applied | Outcome::NotFound => return Ok(deleted),
-                _ => Self::backoff(attempt).await,
             }
         }
-        Err(self.contended("deleting the user's sessions"))
+        match deleted {
+            // Ended and counted; only dropping the closed index lost races.
+            Some(n) => Ok(n),
+            None => Err(self.contended("deleting the user's sessions")),
+        }
+    }
+
+    /// Ends every session a closed index lists (evicted ones included) and
+    /// cancels every creation it lists that has not written yet. Each
+    /// ending applies only to the session the entry stands for.
+    async fn end_all(&self, user: &str, resolved: &Resolved) -> StoreResult<()> {
+        let entries = &resolved.index.entries;
+        let live: Vec<(usize, &SessionRecord, u64)> = resolved
+            .status
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Status::Live(r, cas) => Some((i, r, *cas)),
+                _ => None,
+            })
+            .collect();
+        // Each live record becomes an `Ended` marker, on the token it was
+        // read with.
+        let now = Timestamp::now();
+        let ends = live
+            .iter()
+            .map(|&(i, r, cas)| {
+                let until = r.expires_at();
+                let marker = Marker::Ended {
+                    nonce: random_u64(),
+                    until,
+                };
+                (
+                    self.inner.keys.session(&entries[i].key),
+                    marker.encode(),
+                    exptime(until, now),
+                    Mode::Cas(cas),
+                )
+            })
+            .collect();
+        let outcomes = self.t().store_many(ends).await?;
+        for (&(i, r, _), outcome) in live.iter().zip(outcomes) {
+            self.inner.recent.forget(&entries[i].key);
+            if outcome != Outcome::Applied {
+                // Changed since read (moved, say): follow it.
+                let owner = Owner::new(user, r.created_at);
+                self.end_chain(&entries[i].key, None, None, Some(owner))
+                    .await?;
+            }
+        }
+        for (i, e) in entries.iter().enumerate() {
+            if matches!(resolved.status[i], Status::Pending) {
+                let cancel = Some((e.nonce, e.first_expiry));
+                let owner = Owner::new(user, e.created_at);
+                self.end_chain(&e.key, None, cancel, Some(owner)).await?;
+            }
+        }
+        Ok(())
     }
 
     /// `create_with`; see the crate documentation for the order of steps.
@@ -499,12 +680,31 @@ impl MemcachedStore {
         record: &SessionRecord,
         options: &CreateOptions,
     ) -> StoreResult<Created> {
+        for attempt in 0..self.inner.cas_retries {
+            if let Some(created) = self.create_once(key, record, options).await? {
+                return Ok(created);
+            }
+            Self::backoff(attempt).await;
+        }
+        Err(self.contended("creating the session"))
+    }
+
+    /// One attempt at `create_with`. `None`: another creation wrote the
+    /// key (something dead: a record written expired, a marker) after this
+    /// one wrote its index entry for an absent key; the entry was taken
+    /// back, nothing else was written, and the caller starts again.
+    async fn create_once(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Option<Created>> {
         let value = record.encode();
         self.check_size(value.len())?;
         let user = record.user_id.as_deref();
         if user.is_none() && options.replaces.is_none() {
             self.insert(key, record, value).await?;
-            return Ok(Created::default());
+            return Ok(Some(Created::default()));
         }
         let nonce = random_u64();
 
@@ -551,117 +751,155 @@ impl MemcachedStore {
             },
         };
 
+        // 2b. A key that holds something (a marker, an expired record) is
+        // held with a reservation before the decision: an index entry is
+        // taken for a creation in flight only while its key is absent or
+        // reserved by it; anything else there means the entry is dead.
+        if matches!(slot, Slot::Dead(_)) {
+            self.reserve(key, record, nonce, &mut slot, false).await?;
+        }
+
         // 3. The decision, committed by a CAS on the user's index.
         let mut evicted = Vec::new();
         let mut victims: Vec<(Entry, Status)> = Vec::new();
         let mut stays = true;
         let mut indexed = false;
-        if let Some(u) = user {
-            let ikey = self.inner.keys.user(u);
-            let mut attempt = 0;
-            loop {
-                if attempt >= self.lifecycle_retries() {
-                    return Err(self.contended("deciding the login"));
-                }
-                let (index, mode) = match index_item.take() {
-                    Some(item) => (Index::decode(&item.value)?, Mode::Cas(item.cas)),
-                    None => (Index::default(), Mode::Add),
-                };
-                let now = Timestamp::now();
-                let limit = options.limit;
-                let mut entries;
-                victims.clear();
-                evicted.clear();
-                stays = true;
-                if let Some(limit) = limit {
-                    let resolved = self.resolve(u, index).await?;
-                    let replaced = options.replaces.as_ref().map(|r| &r.key);
-                    let mut others: Vec<Unit> = resolved
-                        .units()
-                        .into_iter()
-                        .filter(|unit| {
-                            !resolved.unit_touches(unit, key)
-                                && replaced.is_none_or(|o| !resolved.unit_touches(unit, o))
-                        })
-                        .collect();
-                    let max = limit.max.get();
-                    match limit.strategy {
-                        LimitStrategy::RejectNew if others.len() >= max => {
-                            return Err(StoreError::UserLimitReached { max });
-                        }
-                        LimitStrategy::EvictOldest if others.len() >= max => {
-                            others.push(Unit {
-                                members: Vec::new(),
-                                created_at: record.created_at,
-                                key: key.clone(),
-                            });
-                            others.sort_by(|a, b| {
-                                newest_first((a.created_at, &a.key), (b.created_at, &b.key))
-                            });
-                            for unit in others.split_off(max) {
-                                if unit.members.is_empty() {
-                                    stays = false;
-                                    evicted.push(key.clone());
-                                }
-                                for i in unit.members {
-                                    let e = &resolved.index.entries[i];
-                                    evicted.push(e.key.clone());
-                                    victims.push((e.clone(), resolved.status[i].clone()));
+        let decided: StoreResult<()> = async {
+            if let Some(u) = user {
+                let ikey = self.inner.keys.user(u);
+                let mut attempt = 0;
+                loop {
+                    if attempt >= self.lifecycle_retries() {
+                        return Err(self.contended("deciding the login"));
+                    }
+                    let (mut current, mode) = match index_item.take() {
+                        Some(item) => (UserItem::decode(&item.value)?, Mode::Cas(item.cas)),
+                        None => (UserItem::default(), Mode::Add),
+                    };
+                    if current.closed {
+                        // A `delete_user` decided before this login: help it
+                        // end what it closed, then start a new index.
+                        let resolved = self.resolve(u, current).await?;
+                        self.end_all(u, &resolved).await?;
+                        current = UserItem::default();
+                    }
+                    let mut evictions = current.evicted.clone();
+                    let now = Timestamp::now();
+                    let limit = options.limit;
+                    let mut entries;
+                    victims.clear();
+                    evicted.clear();
+                    stays = true;
+                    if let Some(limit) = limit {
+                        let resolved = self.resolve(u, current).await?;
+                        let replaced = options.replaces.as_ref().map(|r| &r.key);
+                        let mut others: Vec<Unit> = resolved
+                            .units()
+                            .into_iter()
+                            .filter(|unit| {
+                                !resolved.unit_touches(unit, key)
+                                    && replaced.is_none_or(|o| !resolved.unit_touches(unit, o))
+                            })
+                            .collect();
+                        let max = limit.max.get();
+                        match limit.strategy {
+                            LimitStrategy::RejectNew if others.len() >= max => {
+                                return Err(StoreError::UserLimitReached { max });
+                            }
+                            LimitStrategy::EvictOldest if others.len() >= max => {
+                                others.push(Unit {
+                                    members: Vec::new(),
+                                    created_at: record.created_at,
+                                    key: key.clone(),
+                                });
+                                others.sort_by(|a, b| {
+                                    newest_first((a.created_at, &a.key), (b.created_at, &b.key))
+                                });
+                                for unit in others.split_off(max) {
+                                    if unit.members.is_empty() {
+                                        stays = false;
+                                        evicted.push(key.clone());
+                                    }
+                                    for i in unit.members {
+                                        let e = &resolved.index.entries[i];
+                                        evicted.push(e.key.clone());
+                                        victims.push((e.clone(), resolved.status[i].clone()));
+                                        evictions.push(Eviction {
+                                            key: e.key.clone(),
+                                            nonce: e.nonce,
+                                            by: nonce,
+                                        });
+                                    }
                                 }
                             }
+                            _ => {}
                         }
-                        _ => {}
+                        entries = resolved.kept_entries();
+                    } else {
+                        entries = current.index.entries;
                     }
-                    entries = resolved.kept_entries();
-                } else {
-                    entries = index.entries;
-                }
-                entries.retain(|e| e.absolute_deadline > now);
-                if stays {
-                    entries.push(Entry {
-                        key: key.clone(),
-                        nonce,
-                        added: now,
-                        created_at: record.created_at,
-                        first_expiry: record.expires_at(),
-                        absolute_deadline: record.absolute_deadline,
-                        replaces: options.replaces.as_ref().map(|r| r.key.clone()),
-                    });
-                }
-                let index = Index { entries };
-                let outcome = match (index.last_deadline(), mode) {
-                    (None, Mode::Add) => Outcome::Applied,
-                    (None, Mode::Cas(cas)) => self.t().delete(ikey.clone(), Some(cas)).await?,
-                    (Some(last), mode) => {
-                        let value = index.encode();
-                        self.check_size(value.len())?;
-                        let size = value.len();
-                        let exp = exptime(last, now);
-                        match self.t().store(ikey.clone(), value, exp, mode).await? {
-                            Outcome::TooLarge => return Err(self.too_large(size)),
-                            o => o,
+                    entries.retain(|e| e.absolute_deadline > now);
+                    if stays {
+                        entries.push(Entry {
+                            key: key.clone(),
+                            nonce,
+                            added: now,
+                            created_at: record.created_at,
+                            first_expiry: record.expires_at(),
+                            absolute_deadline: record.absolute_deadline,
+                            replaces: options.replaces.as_ref().map(|r| r.key.clone()),
+                        });
+                    }
+                    let decided = UserItem {
+                        index: Index { entries },
+                        closed: false,
+                        evicted: evictions,
+                    };
+                    let outcome = match (decided.last_deadline(), mode) {
+                        (None, Mode::Add) => Outcome::Applied,
+                        (None, Mode::Cas(cas)) => self.t().delete(ikey.clone(), Some(cas)).await?,
+                        (Some(last), mode) => {
+                            let value = decided.encode();
+                            self.check_size(value.len())?;
+                            let size = value.len();
+                            let exp = exptime(last, now);
+                            match self.t().store(ikey.clone(), value, exp, mode).await? {
+                                Outcome::TooLarge => return Err(self.too_large(size)),
+                                o => o,
+                            }
                         }
+                    };
+                    if outcome == Outcome::Applied {
+                        indexed = stays;
+                        break;
                     }
-                };
-                if outcome == Outcome::Applied {
-                    indexed = stays;
-                    break;
+                    Self::backoff(attempt).await;
+                    attempt += 1;
+                    index_item = self.t().get(ikey.clone()).await?;
                 }
-                Self::backoff(attempt).await;
-                attempt += 1;
-                index_item = self.t().get(ikey.clone()).await?;
             }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = decided {
+            self.release(key, &slot).await;
+            return Err(e);
+        }
+        if !stays {
+            // Evicted at once: the key is not written.
+            self.release(key, &slot).await;
         }
 
         // 3b. Hold the new key before changing anything else (moving the
         // old key, ending sessions), so that no other creation can take it
         // meanwhile and leave those changes made by a call that fails.
         if stays && (old.is_some() || !victims.is_empty()) {
-            if let Err(e) = self.reserve(key, record, nonce, &mut slot).await {
+            let reserved = self.reserve(key, record, nonce, &mut slot, true).await;
+            if reserved.is_err() || matches!(slot, Slot::Lost) {
                 if indexed {
                     self.unindex_creation(user, key, nonce).await;
                 }
-                return Err(e);
+                return reserved.map(|()| None);
             }
         }
 
@@ -695,7 +933,14 @@ impl MemcachedStore {
             self.end_chain(&e.key, None, cancel, owner).await?;
         }
         if stays {
-            if let Err(e) = self.write_new(key, record, &value, nonce, &mut slot).await {
+            let written = self
+                .write_new(key, record, &value, nonce, &mut slot, indexed)
+                .await;
+            if written.is_ok() && matches!(slot, Slot::Lost) {
+                self.unindex_creation(user, key, nonce).await;
+                return Ok(None);
+            }
+            if let Err(e) = written {
                 let not_written =
                     matches!(e, StoreError::AlreadyExists | StoreError::TooLarge { .. });
                 if indexed && not_written {
@@ -726,7 +971,7 @@ impl MemcachedStore {
                 tracing::debug!(target: "session_memcached", error = %e, "index tidying deferred");
             }
         }
-        Ok(Created::with_evicted(evicted))
+        Ok(Some(Created::with_evicted(evicted)))
     }
 
     /// Turns the old key into a move marker with a CAS on `cas`; retries
@@ -789,6 +1034,7 @@ impl MemcachedStore {
         value: &[u8],
         nonce: u64,
         slot: &mut Slot,
+        indexed: bool,
     ) -> StoreResult<()> {
         let skey = self.inner.keys.session(key);
         for attempt in 0..self.lifecycle_retries() {
@@ -797,7 +1043,7 @@ impl MemcachedStore {
             let mode = match *slot {
                 Slot::Free => Mode::Add,
                 Slot::Dead(cas) | Slot::Reserved(cas) => Mode::Cas(cas),
-                Slot::Cancelled => return Ok(()),
+                Slot::Cancelled | Slot::Lost => return Ok(()),
             };
             match self
                 .t()
@@ -814,18 +1060,7 @@ impl MemcachedStore {
                 _ => {}
             }
             let item = self.t().get(skey.clone()).await?;
-            *slot = match self.settle(key, item).await? {
-                None => Slot::Free,
-                Some(item) => match Stored::decode(&item.value) {
-                    Ok(Stored::Marker(Marker::Ended { nonce: n, .. })) if n == nonce => {
-                        Slot::Cancelled
-                    }
-                    Ok(s) if s.clone().live(now).is_some() || s.reserved_by(now).is_some() => {
-                        return Err(StoreError::AlreadyExists)
-                    }
-                    _ => Slot::Dead(item.cas),
-                },
-            };
+            *slot = self.slot_after_loss(key, item, nonce, indexed).await?;
             if !matches!(slot, Slot::Cancelled) {
                 Self::backoff(attempt).await;
             }
@@ -837,6 +1072,11 @@ impl MemcachedStore {
     /// `slot` becomes [`Slot::Reserved`] (or [`Slot::Cancelled`] if the
     /// creation was cancelled already).
     ///
+    /// `indexed`: the creation's index entry is written. Its key was then
+    /// absent, and finding anything but a cancellation of it there now
+    /// means another creation took the key meanwhile: its entry may
+    /// already be judged dead, so it must not write.
+    ///
     /// # Errors
     ///
     /// [`StoreError::AlreadyExists`] when another creation wrote the key
@@ -847,15 +1087,18 @@ impl MemcachedStore {
         record: &SessionRecord,
         nonce: u64,
         slot: &mut Slot,
+        indexed: bool,
     ) -> StoreResult<()> {
         let skey = self.inner.keys.session(key);
-        let until = record.expires_at();
         for attempt in 0..self.lifecycle_retries() {
             let now = Timestamp::now();
+            // Held until the record is written, and at least a while for a
+            // record written already expired.
+            let until = record.expires_at().max(now.saturating_add(RESERVATION));
             let mode = match *slot {
                 Slot::Free => Mode::Add,
                 Slot::Dead(cas) => Mode::Cas(cas),
-                Slot::Reserved(_) | Slot::Cancelled => return Ok(()),
+                Slot::Reserved(_) | Slot::Cancelled | Slot::Lost => return Ok(()),
             };
             let marker = Marker::Reserved { nonce, until }.encode();
             let exp = exptime(until, now);
@@ -870,23 +1113,36 @@ impl MemcachedStore {
                 },
                 _ => self.t().get(skey.clone()).await?,
             };
-            *slot = match self.settle(key, item).await? {
-                None => Slot::Free,
-                Some(item) => match Stored::decode(&item.value) {
-                    Ok(Stored::Marker(Marker::Ended { nonce: n, .. })) if n == nonce => {
-                        Slot::Cancelled
-                    }
-                    Ok(s) if s.clone().live(now).is_some() || s.reserved_by(now).is_some() => {
-                        return Err(StoreError::AlreadyExists)
-                    }
-                    _ => Slot::Dead(item.cas),
-                },
-            };
+            *slot = self.slot_after_loss(key, item, nonce, indexed).await?;
             if !matches!(slot, Slot::Cancelled) {
                 Self::backoff(attempt).await;
             }
         }
         Err(self.contended("reserving the session key"))
+    }
+
+    /// What a creation with `nonce` may do with `key` after its `add` or
+    /// `cas` there failed and it read `item` (see [`reserve`](Self::reserve)
+    /// for `indexed`).
+    async fn slot_after_loss(
+        &self,
+        key: &StorageKey,
+        item: Option<Item>,
+        nonce: u64,
+        indexed: bool,
+    ) -> StoreResult<Slot> {
+        let now = Timestamp::now();
+        Ok(match self.settle(key, item).await? {
+            None => Slot::Free,
+            Some(item) => match Stored::decode(&item.value) {
+                Ok(Stored::Marker(Marker::Ended { nonce: n, .. })) if n == nonce => Slot::Cancelled,
+                Ok(s) if s.clone().live(now).is_some() || s.reserved_by(now).is_some() => {
+                    return Err(StoreError::AlreadyExists)
+                }
+                _ if indexed => Slot::Lost,
+                _ => Slot::Dead(item.cas),
+            },
+        })
     }
 
     /// Gives up this creation's reservation of `key`, if it holds one.
@@ -947,16 +1203,19 @@ impl MemcachedStore {
             let Some(item) = self.t().get(ikey.clone()).await? else {
                 return Ok(());
             };
-            let mut index = Index::decode(&item.value)?;
-            if !edit(&mut index.entries) {
+            let mut user_item = UserItem::decode(&item.value)?;
+            if !edit(&mut user_item.index.entries) {
                 return Ok(());
             }
-            index.entries.retain(|e| e.absolute_deadline > now);
-            let outcome = match index.last_deadline() {
+            user_item
+                .index
+                .entries
+                .retain(|e| e.absolute_deadline > now);
+            let outcome = match user_item.last_deadline() {
                 None => self.t().delete(ikey.clone(), Some(item.cas)).await?,
                 Some(last) => {
                     let exp = exptime(last, now);
-                    let value = index.encode();
+                    let value = user_item.encode();
                     self.t()
                         .store(ikey.clone(), value, exp, Mode::Cas(item.cas))
                         .await?
@@ -1039,6 +1298,7 @@ mod tests {
                 Status::Pending,
                 Status::Pending,
             ],
+            evicted_by: vec![None; 5],
         };
         let units = resolved.units();
         let keys: Vec<&str> = units.iter().map(|u| u.key.as_str()).collect();
@@ -1057,5 +1317,35 @@ mod tests {
             .map(|e| e.key.as_str().to_owned())
             .collect();
         assert_eq!(kept, ["old", "other", "new", "login"]);
+    }
+
+    #[test]
+    fn an_evicted_session_neither_counts_nor_is_dropped_while_live() {
+        let resolved = Resolved {
+            index: Index {
+                entries: vec![
+                    entry("victim", 1, None),
+                    entry("login", 8, None),
+                    entry("other", 9, None),
+                ],
+            },
+            status: vec![live(1), Status::Pending, live(9)],
+            evicted_by: vec![Some(1), None, None],
+        };
+        let keys: Vec<String> = resolved
+            .units()
+            .iter()
+            .map(|u| u.key.as_str().to_owned())
+            .collect();
+        assert_eq!(keys, ["login", "other"]);
+        assert_eq!(resolved.kept_entries().len(), 3);
+        let by_login = [Eviction {
+            key: StorageKey::from_stored("victim"),
+            nonce: 1,
+            by: 1,
+        }];
+        assert!(resolved.in_flight(&by_login, at(1)));
+        assert!(!resolved.in_flight(&[], at(1)));
+        assert!(!resolved.in_flight(&by_login, at(10_000)));
     }
 }
