@@ -50,10 +50,17 @@
 //!   version, so each sees the ones before it. The entry of the new
 //!   session is part of that write, made *before* the record exists, so a
 //!   login in flight is counted (a *pending* entry: no record yet, the
-//!   creation's random `nonce`, created at, first expiry). `delete_user`
-//!   ends what the index lists and then deletes the index with a `cas` on
-//!   the version it read, going round again when a login changed it.
-//! - **A session item decides that session's fate.** Records are deleted
+//!   creation's random `nonce`, created at, first expiry). The sessions a
+//!   login evicts are recorded in the same write (entry and the login's
+//!   nonce): from then on they neither count nor list, for anyone, while
+//!   the login ends them; a login that fails takes its entry back, and its
+//!   evictions lapse with it. `delete_user` decides the same way: it
+//!   *closes* the index with a `cas` (the sessions listed in that version
+//!   are the ones it ends and counts), ends them, then deletes the index.
+//!   A login that finds the index closed helps end those sessions and
+//!   starts a new index (it comes after the `delete_user`); `list_user`
+//!   lists nothing from a closed index.
+//! - **A session item decides that session's fate.** Records are ended
 //!   (by `delete`, `delete_user`, evictions) and retired by rotations only
 //!   with a `cas` on the token read together with the checks, so of a
 //!   racing delete, update and rotation of one record exactly one applies
@@ -61,69 +68,90 @@
 //! - **Markers** (the `tombstone` module, a format byte of their own) keep
 //!   what a deleted item would forget. A rotation turns the old key into
 //!   `Moved { to, nonce }` (live for nothing; it expires with the old
-//!   record's deadline), and only then `add`s the new record: the session
+//!   record's deadline), and only then writes the new record: the session
 //!   is never live under both keys, and the `cas` on the old record's
 //!   token, answered before its deadline, means only a live record moves.
-//!   `delete` follows `Moved` markers (up to 64 hops). Where it finds no
-//!   record yet, it `add`s `Ended { nonce }`, so the pending creation's
-//!   own `add` fails, it sees its nonce and stops; `delete_user` and
-//!   evictions cancel pending entries the same way.
+//!   `delete` follows `Moved` markers (up to 64 hops) and ends them
+//!   behind it, so a later `delete` of the old key follows nothing. Where
+//!   it finds no record yet, it `add`s `Ended { nonce }`, so the pending
+//!   creation's own write fails, it sees its nonce and stops;
+//!   `delete_user` and evictions cancel pending entries the same way. An
+//!   ended record also becomes an `Ended` marker (the item is not
+//!   deleted), and a creation about to write holds its key with
+//!   `Reserved { nonce }`. So an index entry stands for a creation in
+//!   flight exactly while its key is absent or reserved by it; anything
+//!   else there (a marker, a record of another session) means the entry
+//!   is dead.
 //!
 //! The steps of `create_with`: (1) read old key, new key and index in one
 //! pipelined request; (2) check: old record live, at the version, same user
 //! or anonymous (`NotFound` / `Conflict`), new key free
-//! (`AlreadyExists`); (3) for a user, the index decision above
-//! (`UserLimitReached`); (4) mark the old key moved; (5) end the evicted
-//! sessions; (6) `add` the new record; (7) drop the old key's entry.
-//! Failures at (4) take the new entry back, so on every checked error
-//! nothing stays written. A login with a limit costs 4 round trips (read,
-//! count, decide, write), plus one for the old key of an anonymous
-//! session, one per eviction and two to drop a rotated key's entry.
+//! (`AlreadyExists`; a key another creation reserved is waited for); a key
+//! that holds something dead is reserved now; (3) for a user, the index
+//! decision above (`UserLimitReached`); (3b) for a rotation or a login
+//! that evicts, reserve the new key, so that no other creation takes it
+//! once the next steps have changed anything; (4) mark the old key moved;
+//! (5) end the evicted sessions; (6) write the new record (over the
+//! reservation); (7) drop the old key's entry. Failures up to (4) take
+//! the new entry and the reservation back, so on every checked error
+//! nothing stays written. A plain login with a limit costs 4 round trips
+//! (read, count, decide, write), plus one for the old key of an
+//! anonymous session; a login that evicts or rotates two more (reserve,
+//! read its token), plus one per eviction and two to drop a rotated key's
+//! entry.
 //!
 //! Why no interleaving of two requests breaks the guarantees:
 //!
 //! - *Logins under a limit*: each decision is made on the index version
-//!   it commits on, and counts live and pending sessions alike, so
-//!   `RejectNew` admits exactly the free places. Under `EvictOldest` the
-//!   newest `max` of a set stay the newest `max` when newer sessions join,
-//!   so later decisions agree with earlier ones and end whatever of their
-//!   victims is still there; a victim still pending is cancelled, and its
-//!   login returns as one that was evicted right after.
+//!   it commits on, and counts live and pending sessions alike, but not
+//!   the ones an earlier decision evicted, so `RejectNew` admits exactly
+//!   the free places and a session is evicted (and reported) once. Under
+//!   `EvictOldest` the newest `max` of a set stay the newest `max` when
+//!   newer sessions join, so later decisions agree with earlier ones; a
+//!   victim still pending is cancelled, and its login returns as one that
+//!   was evicted right after.
+//! - *A login or rotation vs. a creation of the same key*: the reservation
+//!   (3b) is taken before anything else changes; whoever loses the key
+//!   fails with `AlreadyExists` having written nothing but an index entry
+//!   it takes back.
 //! - *Rotation vs. `delete` of the old key*: both `cas` the same token.
 //!   If the delete lands first the rotation sees the key gone (`NotFound`,
 //!   its entry taken back). If the rotation lands first, the delete finds
-//!   the marker, follows it and deletes the new record, or cancels it
+//!   the marker, follows it and ends the new record, or cancels it
 //!   before it is written.
-//! - *Rotation or login vs. `delete_user`*: the new entry is written
-//!   before anything else. If it lands before `delete_user`'s last read of
-//!   the index, `delete_user` ends it (deletes or cancels); otherwise
-//!   `delete_user` deleted the old record, which was in that index, before
-//!   the rotation could mark it, so the rotation fails with `NotFound`. A
-//!   login that only lands after it is a login after it. Either way every
-//!   live session of the user is in the index.
+//! - *Rotation or login vs. `delete_user`*: the close and the login's
+//!   decision are `cas`es on the same index item, so one comes first. A
+//!   decision before the close is in the closed version: `delete_user`
+//!   counts that session and ends it (or cancels it before it is written;
+//!   the login still returns success, as one ended right after). A
+//!   decision after it is a login after it.
+//! - *`list_user`* lists the live records of the index's entries, minus
+//!   evicted ones; while a rotation or an evicting login is between its
+//!   decision and its record (at most 2 s old), it waits for it, so it
+//!   never lists a moment where the old sessions are gone and the new one
+//!   is not there yet.
 //! - *Rotation vs. rotation, update or touch of the same record*: one `cas`
 //!   on the record's token wins; a touch (same version) is retried, an
 //!   update is a `Conflict`, a move or delete `NotFound`.
 //! - *Pruning*: an entry is dropped only when its session can never be
 //!   live: a marker, an expired record, no record past the first expiry,
 //!   or a pending entry older than `index_grace` that was cancelled first.
+//!   A `delete` drops only the entries of its key that are dead, judged on
+//!   the index and the key read together.
 //!
-//! `delete_user` counts deleted live records, plus cancelled rotations
-//! (whose old record was live); a login it cancelled before the record was
-//! written succeeds for its caller and is not counted.
+//! `delete_user` returns the number of sessions in the version it closed
+//! (live records and creations in flight, evicted ones excluded).
 //!
 //! A crash (or a lost server answer) between steps errs towards fewer
 //! sessions: after (3), a pending entry that counts against the limit
-//! until `index_grace` passes, then is cancelled and pruned; after (4),
-//! the session is logged out (the old key is moved, the new one never
-//! written); after (5), the evicted sessions are gone but the login's is
-//! not written; after a `delete`'s record deletion, a stale entry. No step
-//! makes a session live before the steps that make that safe, and nothing
-//! brings an ended record back.
-//!
-//! Two requests creating the *same* storage key at once (impossible with
-//! random session IDs) may leave a rotation's old key moved to a record it
-//! did not write.
+//! until `index_grace` passes, then is cancelled and pruned (with its
+//! reservation); after (4), the session is logged out (the old key is
+//! moved, the new one never written); after (5), the evicted sessions are
+//! gone but the login's is not written. A victim that a crashed login did
+//! not end stays loadable; it neither counts nor lists until that login's
+//! entry is cancelled and pruned (after `index_grace`), then it does
+//! again. No step makes a session live before the steps that make that
+//! safe, and nothing brings an ended record back.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
