@@ -525,3 +525,35 @@ async fn a_login_over_a_dead_record_stays_indexed_whatever_races_it() {
         s.delete_user(u).await.unwrap();
     }
 }
+
+/// Found as: rotate anonymous k2 to k3 (u1), a login of u1 under k2
+/// refused with `UserLimitReached`, `delete k2`, then `list_user u1` still
+/// listed k3. The refused login had reserved k2 (it held the move marker)
+/// and, giving it back, deleted the marker instead of restoring it, so the
+/// delete no longer reached k3.
+#[tokio::test]
+async fn a_refused_login_puts_back_the_marker_it_held() {
+    let s = store("restore").await;
+    let base = Timestamp::now();
+    let u = "user-restore";
+    s.create(&key('2'), &rec(base, None, 1, 0)).await.unwrap();
+    let rotation = CreateOptions::default().replacing(key('2'), 1);
+    s.create_with(&key('3'), &rec(base, Some(u), 2, 0), &rotation)
+        .await
+        .unwrap();
+    let err = s
+        .create_with(
+            &key('2'),
+            &rec(base, Some(u), 3, 0),
+            &limit(1, LimitStrategy::RejectNew),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::UserLimitReached { max: 1 }),
+        "{err:?}"
+    );
+    s.delete(&key('2')).await.unwrap();
+    assert!(s.load(&key('3')).await.unwrap().is_none());
+    assert!(listed(&s, u).await.is_empty());
+}

@@ -208,9 +208,10 @@ enum Slot {
     /// Nothing.
     Free,
     /// Something dead (expired record, marker) with this CAS token.
-    Dead(u64),
-    /// This creation's reservation, with its CAS token.
-    Reserved(u64),
+    Dead(u64, Vec<u8>),
+    /// This creation's reservation, with its CAS token and what the key
+    /// held before (put back if the creation gives the key up).
+    Reserved(u64, Option<Vec<u8>>),
     /// Another creation wrote the key after this one indexed it while it
     /// was absent: this one starts again.
     Lost,
@@ -747,7 +748,7 @@ impl MemcachedStore {
                 Ok(s) if s.clone().live(now).is_some() || s.reserved_by(now).is_some() => {
                     return Err(StoreError::AlreadyExists)
                 }
-                Ok(_) | Err(_) => Slot::Dead(item.cas),
+                Ok(_) | Err(_) => Slot::Dead(item.cas, item.value.clone()),
             },
         };
 
@@ -755,7 +756,7 @@ impl MemcachedStore {
         // held with a reservation before the decision: an index entry is
         // taken for a creation in flight only while its key is absent or
         // reserved by it; anything else there means the entry is dead.
-        if matches!(slot, Slot::Dead(_)) {
+        if matches!(slot, Slot::Dead(..)) {
             self.reserve(key, record, nonce, &mut slot, false).await?;
         }
 
@@ -1042,7 +1043,7 @@ impl MemcachedStore {
             let exp = exptime(record.expires_at(), now);
             let mode = match *slot {
                 Slot::Free => Mode::Add,
-                Slot::Dead(cas) | Slot::Reserved(cas) => Mode::Cas(cas),
+                Slot::Dead(cas, _) | Slot::Reserved(cas, _) => Mode::Cas(cas),
                 Slot::Cancelled | Slot::Lost => return Ok(()),
             };
             match self
@@ -1056,7 +1057,7 @@ impl MemcachedStore {
                     return Err(self.too_large(value.len()));
                 }
                 // Only a cancellation replaces a reservation.
-                _ if matches!(slot, Slot::Reserved(_)) => return Ok(()),
+                _ if matches!(slot, Slot::Reserved(..)) => return Ok(()),
                 _ => {}
             }
             let item = self.t().get(skey.clone()).await?;
@@ -1095,10 +1096,10 @@ impl MemcachedStore {
             // Held until the record is written, and at least a while for a
             // record written already expired.
             let until = record.expires_at().max(now.saturating_add(RESERVATION));
-            let mode = match *slot {
-                Slot::Free => Mode::Add,
-                Slot::Dead(cas) => Mode::Cas(cas),
-                Slot::Reserved(_) | Slot::Cancelled | Slot::Lost => return Ok(()),
+            let (mode, prior) = match slot {
+                Slot::Free => (Mode::Add, None),
+                Slot::Dead(cas, prior) => (Mode::Cas(*cas), Some(prior.clone())),
+                Slot::Reserved(..) | Slot::Cancelled | Slot::Lost => return Ok(()),
             };
             let marker = Marker::Reserved { nonce, until }.encode();
             let exp = exptime(until, now);
@@ -1106,7 +1107,7 @@ impl MemcachedStore {
                 Outcome::Applied => match self.t().get(skey.clone()).await? {
                     // The token of what was just written.
                     Some(item) if is_reserved_by(&item, nonce, now) => {
-                        *slot = Slot::Reserved(item.cas);
+                        *slot = Slot::Reserved(item.cas, prior);
                         return Ok(());
                     }
                     other => other,
@@ -1140,16 +1141,36 @@ impl MemcachedStore {
                     return Err(StoreError::AlreadyExists)
                 }
                 _ if indexed => Slot::Lost,
-                _ => Slot::Dead(item.cas),
+                _ => Slot::Dead(item.cas, item.value),
             },
         })
     }
 
-    /// Gives up this creation's reservation of `key`, if it holds one.
+    /// Gives up this creation's reservation of `key`, if it holds one,
+    /// putting back what the key held before (a move marker must keep
+    /// leading `delete` to the session).
     async fn release(&self, key: &StorageKey, slot: &Slot) {
-        let Slot::Reserved(cas) = *slot else { return };
+        let Slot::Reserved(cas, prior) = slot else {
+            return;
+        };
         let skey = self.inner.keys.session(key);
-        if let Err(e) = self.t().delete(skey, Some(cas)).await {
+        let now = Timestamp::now();
+        let restore = prior.as_ref().and_then(|value| {
+            let until = match Stored::decode(value).ok()? {
+                Stored::Record(r) => r.expires_at(),
+                Stored::Marker(
+                    Marker::Moved { until, .. }
+                    | Marker::Ended { until, .. }
+                    | Marker::Reserved { until, .. },
+                ) => until,
+            };
+            (now < until).then(|| (value.clone(), exptime(until, now)))
+        });
+        let released = match restore {
+            Some((value, exp)) => self.t().store(skey, value, exp, Mode::Cas(*cas)).await,
+            None => self.t().delete(skey, Some(*cas)).await,
+        };
+        if let Err(e) = released {
             // It runs out with the record's deadline, or is cancelled with
             // the creation's index entry after `index_grace`.
             tracing::debug!(target: "session_memcached", error = %e, "reservation release deferred");
