@@ -126,10 +126,12 @@
 //!   the login still returns success, as one ended right after). A
 //!   decision after it is a login after it.
 //! - *`list_user`* lists the live records of the index's entries, minus
-//!   evicted ones; while a rotation or an evicting login is between its
-//!   decision and its record (at most 2 s old), it waits for it, so it
-//!   never lists a moment where the old sessions are gone and the new one
-//!   is not there yet.
+//!   evicted ones, and reads the index again after the records: if a
+//!   decision changed it meanwhile (a login, a `delete_user` closing it),
+//!   it starts over, so it never lists half of what a `delete_user` ends.
+//!   While a rotation or an evicting login is between its decision and its
+//!   record (at most 2 s old), it waits for it, so it never lists a moment
+//!   where the old sessions are gone and the new one is not there yet.
 //! - *Rotation vs. rotation, update or touch of the same record*: one `cas`
 //!   on the record's token wins; a touch (same version) is retried, an
 //!   update is a `Conflict`, a move or delete `NotFound`.

@@ -12,7 +12,7 @@ use session_core::store::CreateOptions;
 use session_core::{
     LimitStrategy, SessionRecord, SessionStore, StorageKey, StoreError, Timestamp, UserSessionLimit,
 };
-use session_memcached::MemcachedStore;
+use session_memcached::{MemcachedConfig, MemcachedStore};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -556,4 +556,49 @@ async fn a_refused_login_puts_back_the_marker_it_held() {
     s.delete(&key('2')).await.unwrap();
     assert!(s.load(&key('3')).await.unwrap().is_none());
     assert!(listed(&s, u).await.is_empty());
+}
+
+/// Found as `[Delete k3, ListUser u2, DeleteUser u2]` returning
+/// `[Done, Listed([k2]), Count(2)]`: the listing read the index before
+/// `delete_user` closed it and the records while it was ending them, so it
+/// listed half of them. A listing now checks that the index is unchanged
+/// after reading the records, and reads again otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listing_racing_delete_user_sees_all_or_nothing() {
+    // Where it was found: the async transport over two servers.
+    let (a, b) = (common::url().await, common::url2().await);
+    let ns = format!("mr_list_race_{}_{}", std::process::id(), nanos());
+    let config = MemcachedConfig::new([a, b])
+        .unwrap()
+        .with_namespace(&ns)
+        .unwrap();
+    let s = MemcachedStore::new_async(config).await.unwrap();
+    let u = "user-list-race";
+    let keys: Vec<StorageKey> = "0123456789ab".chars().map(key).collect();
+    for round in 0..60u8 {
+        let base = Timestamp::now();
+        for (i, k) in keys.iter().enumerate() {
+            let data = u8::try_from(i).unwrap();
+            s.create(k, &rec(base, Some(u), data, 0)).await.unwrap();
+        }
+        let delete_user = {
+            let s = s.clone();
+            tokio::spawn(async move { s.delete_user(u).await })
+        };
+        let lists: Vec<_> = (0..3)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { listed(&s, u).await })
+            })
+            .collect();
+        let count = delete_user.await.unwrap().unwrap();
+        assert_eq!(count, 12, "round {round}");
+        for list in lists {
+            let list = list.await.unwrap();
+            assert!(
+                list.is_empty() || list == keys,
+                "round {round}: listed {list:?}"
+            );
+        }
+    }
 }

@@ -509,10 +509,10 @@ impl MemcachedStore {
         let ikey = self.inner.keys.user(user);
         let mut attempt = 0;
         let resolved = loop {
-            let Some(item) = self.t().get(ikey.clone()).await? else {
+            let Some(index_item) = self.t().get(ikey.clone()).await? else {
                 return Ok(Vec::new());
             };
-            let item = UserItem::decode(&item.value)?;
+            let item = UserItem::decode(&index_item.value)?;
             if item.closed {
                 // `delete_user` has decided: none of these sessions is live.
                 return Ok(Vec::new());
@@ -520,9 +520,17 @@ impl MemcachedStore {
             let evicted = item.evicted.clone();
             let resolved = self.resolve(user, item).await?;
             attempt += 1;
-            if attempt >= self.lifecycle_retries()
-                || !resolved.in_flight(&evicted, Timestamp::now())
-            {
+            let last = attempt >= self.lifecycle_retries();
+            if !last && resolved.in_flight(&evicted, Timestamp::now()) {
+                Self::backoff(attempt).await;
+                continue;
+            }
+            // The records were read after the index: if no decision (a
+            // login's, `delete_user`'s close) changed it meanwhile, none of
+            // them ended a session listed here, and the list is of one
+            // moment. Otherwise read again.
+            let now_item = self.t().get(ikey.clone()).await?;
+            if last || now_item.is_some_and(|i| i.cas == index_item.cas) {
                 break resolved;
             }
             Self::backoff(attempt).await;
