@@ -7,16 +7,10 @@ mod common;
 use session_core::conformance::record;
 use session_core::{KeyDeriver, SessionId, SessionStore};
 
-// The model-based case runs one call at a time here: concurrent
-// `delete_user` and limited logins can still disagree with the model (see
-// the crate README, "Known gaps").
-session_core::conformance_suite!(
-    |namespace: String| async move {
-        let (a, b) = (common::url().await, common::url2().await);
-        common::store(&[&a, &b], &namespace)
-    },
-    model = sequential
-);
+session_core::conformance_suite!(|namespace: String| async move {
+    let (a, b) = (common::url().await, common::url2().await);
+    common::store(&[&a, &b], &namespace)
+});
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_spread_over_both_servers() {
