@@ -14,8 +14,43 @@ use session_core::{
     ManualClock, MemoryStore, SessionRecord, SessionStore, StorageKey, StoreError, Timestamp,
 };
 
-use crate::store::{aad, FORMAT_V1, HEADER_LEN, NONCE_LEN};
+use crate::store::{aad, FORMAT_V1, FORMAT_V2, HEADER_LEN, NONCE_LEN};
 use crate::{EncryptedStore, EncryptionKey, KeyRing};
+
+/// Seals `record` as the first format did (the version not bound), under
+/// `store`'s primary key, to test that such records still open.
+#[must_use]
+pub fn seal_format_1<S: SessionStore>(
+    store: &EncryptedStore<S>,
+    key: &StorageKey,
+    record: &SessionRecord,
+) -> SessionRecord {
+    let ring = store.ring();
+    let k = ring.primary();
+    let nonce_bytes = [7u8; NONCE_LEN];
+    let user = record.user_id.as_deref().unwrap_or("").as_bytes();
+    let mut out = vec![FORMAT_V1];
+    out.extend_from_slice(&k.id.to_be_bytes());
+    out.extend_from_slice(&nonce_bytes);
+    out.push(u8::from(record.user_id.is_some()));
+    out.extend_from_slice(&(user.len() as u32).to_be_bytes());
+    out.extend_from_slice(user);
+    out.extend_from_slice(&record.data);
+    let tag = k
+        .cipher
+        .encrypt_inout_detached(
+            &Nonce::<Aes256Gcm>::from(nonce_bytes),
+            &aad(FORMAT_V1, k.id, key, record),
+            (&mut out[HEADER_LEN..]).into(),
+        )
+        .expect("AES-GCM accepts messages of this size");
+    out.extend_from_slice(&tag);
+    SessionRecord {
+        data: Bytes::from(out),
+        user_id: record.user_id.as_deref().map(|u| ring.user_tag(u)),
+        ..record.clone()
+    }
+}
 
 /// The fixed instant the harness runs at.
 pub const NOW_MS: i64 = 1_700_000_000_000;
@@ -117,9 +152,25 @@ fn sealed_plaintext(rest: &[u8]) {
     let key = StorageKey::from_stored(KEY);
     let now = Timestamp::from_unix_millis(NOW_MS);
     let (created, absolute) = (now, now.saturating_add(Duration::from_secs(7200)));
+    // Both formats: the first, without the version in the associated data,
+    // must still open.
+    let format = if tag_choice & 0x80 == 0 {
+        FORMAT_V2
+    } else {
+        FORMAT_V1
+    };
+    let mut stored = SessionRecord {
+        data: Bytes::new(),
+        user_id: None,
+        created_at: created,
+        last_access: now,
+        idle_deadline: now.saturating_add(Duration::from_secs(3600)),
+        absolute_deadline: absolute,
+        version: 1,
+    };
     let nonce_bytes = [tag_choice; NONCE_LEN];
     let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + 16);
-    out.push(FORMAT_V1);
+    out.push(format);
     out.extend_from_slice(&k.id.to_be_bytes());
     out.extend_from_slice(&nonce_bytes);
     out.extend_from_slice(plain);
@@ -127,7 +178,7 @@ fn sealed_plaintext(rest: &[u8]) {
         .cipher
         .encrypt_inout_detached(
             &Nonce::<Aes256Gcm>::from(nonce_bytes),
-            &aad(k.id, &key, created, absolute),
+            &aad(format, k.id, &key, &stored),
             (&mut out[HEADER_LEN..]).into(),
         )
         .expect("AES-GCM accepts messages of this size");
@@ -140,22 +191,13 @@ fn sealed_plaintext(rest: &[u8]) {
         .map(|u| String::from_utf8_lossy(u).into_owned());
     let user_tag = match tag_choice % 3 {
         0 => None,
-        1 => Some(k.user_tag(claimed.as_deref().unwrap_or(""))),
+        1 => Some(ring.user_tag(claimed.as_deref().unwrap_or(""))),
         _ => Some(String::from_utf8_lossy(plain).into_owned()),
     };
+    stored.data = Bytes::from(out);
+    stored.user_id.clone_from(&user_tag);
     let (store, inner) = stores();
-    plant(
-        &inner,
-        &SessionRecord {
-            data: Bytes::from(out),
-            user_id: user_tag.clone(),
-            created_at: created,
-            last_access: now,
-            idle_deadline: now.saturating_add(Duration::from_secs(3600)),
-            absolute_deadline: absolute,
-            version: 1,
-        },
-    );
+    plant(&inner, &stored);
     if let Ok(r) = load(&store) {
         // Accepted: the plaintext header was well formed and the index tag
         // is the keyed hash of the user it names.
@@ -166,7 +208,7 @@ fn sealed_plaintext(rest: &[u8]) {
             Some(u) => {
                 assert_eq!(plain[0], 1);
                 assert_eq!(u.as_bytes(), &plain[5..5 + n]);
-                assert_eq!(user_tag, Some(k.user_tag(u)));
+                assert_eq!(user_tag, Some(ring.user_tag(u)));
             }
             None => {
                 assert_eq!(plain[0], 0);

@@ -25,6 +25,14 @@ pub enum KeyError {
     /// Two keys share an id.
     #[error("key id {0} appears twice in the key ring")]
     DuplicateKeyId(u16),
+    /// The key ring names no encryption key.
+    #[error(
+        "the key ring names no encryption key (format: `id:base64key,id:base64key`, primary first)"
+    )]
+    NoKey,
+    /// The key ring names two index keys.
+    #[error("the key ring names more than one `index:` key")]
+    DuplicateIndexKey,
     /// The environment variable is not set.
     #[error("environment variable {0} is not set")]
     MissingVar(String),
@@ -92,28 +100,75 @@ impl fmt::Debug for EncryptionKey {
 pub(crate) struct RingKey {
     pub(crate) id: u16,
     pub(crate) cipher: Aes256Gcm,
-    pub(crate) index_key: Zeroizing<[u8; 32]>,
 }
 
-/// One primary key that encrypts, plus older keys that still decrypt.
+/// The secret that keys the user tags the inner store indexes sessions by.
+pub(crate) struct IndexKey {
+    pub(crate) id: u16,
+    key: Zeroizing<[u8; 32]>,
+}
+
+/// One primary key that encrypts, older keys that still decrypt, and the
+/// index key that keys the user tags.
 ///
-/// Every ciphertext names its key by id, so keys rotate without downtime:
-/// add the new key as primary, keep the old one until every session
-/// written under it has expired (the absolute lifetime) or been rewritten.
+/// # Rotation
+///
+/// Every ciphertext names its key by id, so keys rotate without downtime
+/// (the ids are examples):
+///
+/// 1. **Start** with `1:K1`. Sessions are encrypted under key 1.
+/// 2. **Add** a key as primary: `2:K2,1:K1`. Every session keeps working,
+///    reads and writes; each session moves to key 2 on its next write, or
+///    on its next load when the store migrates on load (the default, see
+///    [`EncryptedStore::migrate_on_load`](crate::EncryptedStore::migrate_on_load)).
+/// 3. **Retire** key 1 once the sessions you want to keep have been
+///    rewritten (an active session is rewritten on its first request after
+///    step 2; an idle one at the latest when it expires): `2:K2,index:1:K1`,
+///    or `2:K2` if the ring has a dedicated index key. Sessions rewritten
+///    under key 2 keep working; the rest load as "no session" (logged as
+///    "written under a key this ring does not hold"), never as an error.
+///
+/// # The index key
+///
+/// The inner store indexes logged-in sessions by user (for listings, the
+/// per-user limit and "log out everywhere") under a *user tag*: a keyed
+/// BLAKE3 hash of the user id, so the store never sees user ids. The tag
+/// must not change while a session lives (a store refuses to change a
+/// session's user), so it is keyed with one **index key** that outlives
+/// encryption keys:
+///
+/// - set explicitly with [`KeyRing::with_index_key`] or an
+///   `index:<id>:<base64>` entry in [`KeyRing::parse`]: recommended for new
+///   deployments (`index:0:<random>,1:<random>`), after which encryption
+///   keys rotate and retire freely;
+/// - otherwise derived from the **last** key of the ring (the oldest, since
+///   the primary is first; the only key of a one-key ring). Retiring that key
+///   then means keeping it as `index:<id>:<key>`: it no longer decrypts
+///   anything, it only keys the tags.
+///
+/// A session whose tag was keyed with another index key (written under an
+/// earlier ring whose index differed) loads as "no session".
 pub struct KeyRing {
     pub(crate) keys: Vec<RingKey>,
+    index: IndexKey,
+    index_is_explicit: bool,
 }
 
 impl KeyRing {
-    /// A ring with one key, which is the primary.
+    /// A ring with one key, which is the primary and (until an index key is
+    /// set) also keys the user tags.
     #[must_use]
     pub fn new(id: u16, key: EncryptionKey) -> Self {
         Self {
             keys: vec![ring_key(id, &key)],
+            index: index_key(id, &key),
+            index_is_explicit: false,
         }
     }
 
-    /// Adds an older key that still decrypts (never encrypts).
+    /// Adds an older key that still decrypts (never encrypts). Unless an
+    /// index key was set explicitly, the index key becomes this key (the
+    /// last key of the ring is the oldest).
     ///
     /// # Errors
     ///
@@ -123,11 +178,26 @@ impl KeyRing {
             return Err(KeyError::DuplicateKeyId(id));
         }
         self.keys.push(ring_key(id, &key));
+        if !self.index_is_explicit {
+            self.index = index_key(id, &key);
+        }
         Ok(self)
     }
 
-    /// Parses a key ring: either one base64 key (id 1), or
-    /// `id:base64key,id:base64key,...` with the primary first.
+    /// Sets the index key that keys the user tags (see the type's docs). It
+    /// may be a retired encryption key (it then decrypts nothing) or a
+    /// dedicated random key. `id` names it in the tags, as `k<id>:`.
+    #[must_use]
+    pub fn with_index_key(mut self, id: u16, key: EncryptionKey) -> Self {
+        self.index = index_key(id, &key);
+        self.index_is_explicit = true;
+        self
+    }
+
+    /// Parses a key ring: either one base64 key (id 1), or a list of
+    /// `id:base64key` entries with the primary first, plus at most one
+    /// `index:id:base64key` entry naming the index key, in any position:
+    /// `index:0:<b64>,2:<b64>,1:<b64>`.
     ///
     /// # Errors
     ///
@@ -135,7 +205,17 @@ impl KeyRing {
     /// material.
     pub fn parse(spec: &str) -> Result<Self, KeyError> {
         let mut ring: Option<KeyRing> = None;
+        let mut index: Option<(u16, EncryptionKey)> = None;
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Some(rest) = part.strip_prefix("index:") {
+                if index.is_some() {
+                    return Err(KeyError::DuplicateIndexKey);
+                }
+                let (id, key) = rest.split_once(':').ok_or(KeyError::BadKeyId)?;
+                let id = id.trim().parse::<u16>().map_err(|_| KeyError::BadKeyId)?;
+                index = Some((id, EncryptionKey::from_base64(key)?));
+                continue;
+            }
             let (id, key) = match part.split_once(':') {
                 Some((id, key)) => (
                     id.trim().parse::<u16>().map_err(|_| KeyError::BadKeyId)?,
@@ -149,7 +229,11 @@ impl KeyRing {
                 Some(r) => r.with_old_key(id, key)?,
             });
         }
-        ring.ok_or(KeyError::WrongLength(0))
+        let ring = ring.ok_or(KeyError::NoKey)?;
+        Ok(match index {
+            Some((id, key)) => ring.with_index_key(id, key),
+            None => ring,
+        })
     }
 
     /// Reads [`KeyRing::parse`]'s format from environment variable `var`.
@@ -169,10 +253,16 @@ impl KeyRing {
         self.keys[0].id
     }
 
-    /// The ids of all keys, primary first.
+    /// The ids of all keys that decrypt, primary first.
     #[must_use]
     pub fn key_ids(&self) -> Vec<u16> {
         self.keys.iter().map(|k| k.id).collect()
+    }
+
+    /// The id of the index key (see the type's docs).
+    #[must_use]
+    pub fn index_key_id(&self) -> u16 {
+        self.index.id
     }
 
     pub(crate) fn primary(&self) -> &RingKey {
@@ -182,23 +272,35 @@ impl KeyRing {
     pub(crate) fn get(&self, id: u16) -> Option<&RingKey> {
         self.keys.iter().find(|k| k.id == id)
     }
+
+    /// The tag that stands for `user_id` in the inner store.
+    pub(crate) fn user_tag(&self, user_id: &str) -> String {
+        self.index.user_tag(user_id)
+    }
 }
 
 fn ring_key(id: u16, key: &EncryptionKey) -> RingKey {
     RingKey {
         id,
         cipher: Aes256Gcm::new_from_slice(key.0.as_ref()).expect("a 32-byte key fits AES-256"),
-        index_key: Zeroizing::new(blake3::derive_key(INDEX_CONTEXT, key.0.as_ref())),
     }
 }
 
-impl RingKey {
-    /// The keyed hash that stands for `user_id` in the inner store.
+fn index_key(id: u16, key: &EncryptionKey) -> IndexKey {
+    IndexKey {
+        id,
+        key: Zeroizing::new(blake3::derive_key(INDEX_CONTEXT, key.0.as_ref())),
+    }
+}
+
+impl IndexKey {
+    /// The keyed hash that stands for `user_id` in the inner store:
+    /// `k<id>:<64 hex digits>`.
     pub(crate) fn user_tag(&self, user_id: &str) -> String {
         format!(
             "k{}:{}",
             self.id,
-            blake3::keyed_hash(&self.index_key, user_id.as_bytes()).to_hex()
+            blake3::keyed_hash(&self.key, user_id.as_bytes()).to_hex()
         )
     }
 }
@@ -208,6 +310,7 @@ impl fmt::Debug for KeyRing {
         f.debug_struct("KeyRing")
             .field("primary", &self.primary_id())
             .field("key_ids", &self.key_ids())
+            .field("index_key", &self.index_key_id())
             .finish_non_exhaustive()
     }
 }
@@ -254,6 +357,73 @@ mod tests {
         );
         assert_eq!(KeyRing::parse("x:abc").unwrap_err(), KeyError::BadKeyId);
         assert!(KeyRing::parse("").is_err());
+    }
+
+    #[test]
+    fn the_index_key_is_the_oldest_key_unless_named() {
+        let (a, b, i) = (
+            EncryptionKey::generate(),
+            EncryptionKey::generate(),
+            EncryptionKey::generate(),
+        );
+        let (a64, b64, i64) = (a.to_base64(), b.to_base64(), i.to_base64());
+        let one = KeyRing::parse(&format!("1:{}", a64.as_str())).unwrap();
+        let two = KeyRing::parse(&format!("2:{},1:{}", b64.as_str(), a64.as_str())).unwrap();
+        assert_eq!((one.index_key_id(), two.index_key_id()), (1, 1));
+        assert_eq!(one.user_tag("alice"), two.user_tag("alice"));
+        assert!(one.user_tag("alice").starts_with("k1:"));
+        // Retiring key 1 while keeping it as the index key.
+        let retired =
+            KeyRing::parse(&format!("2:{},index:1:{}", b64.as_str(), a64.as_str())).unwrap();
+        assert_eq!(retired.key_ids(), vec![2]);
+        assert_eq!(retired.user_tag("alice"), one.user_tag("alice"));
+        // A dedicated index key, in any position.
+        let dedicated = KeyRing::parse(&format!(
+            "2:{},index:0:{},1:{}",
+            b64.as_str(),
+            i64.as_str(),
+            a64.as_str()
+        ))
+        .unwrap();
+        assert_eq!(dedicated.index_key_id(), 0);
+        assert_eq!(dedicated.key_ids(), vec![2, 1]);
+        assert_ne!(dedicated.user_tag("alice"), one.user_tag("alice"));
+        assert_eq!(
+            KeyRing::new(1, a.clone())
+                .with_index_key(0, i.clone())
+                .user_tag("alice"),
+            dedicated.user_tag("alice")
+        );
+        assert_eq!(
+            KeyRing::new(2, b)
+                .with_old_key(1, a.clone())
+                .unwrap()
+                .user_tag("bob"),
+            one.user_tag("bob")
+        );
+        // Malformed index entries.
+        let both = format!(
+            "index:0:{},index:1:{},1:{}",
+            i64.as_str(),
+            a64.as_str(),
+            a64.as_str()
+        );
+        assert_eq!(
+            KeyRing::parse(&both).unwrap_err(),
+            KeyError::DuplicateIndexKey
+        );
+        assert_eq!(
+            KeyRing::parse(&format!("index:0:{}", i64.as_str())).unwrap_err(),
+            KeyError::NoKey
+        );
+        assert_eq!(
+            KeyRing::parse("index:x:abc,1:abc").unwrap_err(),
+            KeyError::BadKeyId
+        );
+        assert_eq!(KeyRing::parse("index:abc").unwrap_err(), KeyError::BadKeyId);
+        let debug = format!("{dedicated:?}");
+        assert!(debug.contains("index_key: 0"), "{debug}");
+        assert!(!debug.contains(i64.as_str()));
     }
 
     #[test]

@@ -1,9 +1,17 @@
 //! AES-256-GCM encryption at rest for any [`session_core::SessionStore`].
 //!
 //! - [`key`]: [`EncryptionKey`] (zeroized, redacted) and the rotating
-//!   [`KeyRing`] (one primary key encrypts, older keys still decrypt).
+//!   [`KeyRing`] (one primary key encrypts, older keys still decrypt, one
+//!   index key keys the user tags). Its docs give the rotation procedure:
+//!   add a key, let sessions move to it, retire the old one.
 //! - [`store`]: [`EncryptedStore`], a store wrapper that keeps only
-//!   ciphertext and keyed hashes of user ids in the inner store.
+//!   ciphertext and keyed hashes of user ids in the inner store. Its module
+//!   docs give the stored layout and **what an attacker who can write to the
+//!   inner store can and cannot do**.
+//!
+//! Rotation is tested through the session manager on every backend
+//! (MemoryStore, Redis, Redis Cluster, PostgreSQL, Memcached), with racing
+//! requests on sessions written under the old key.
 //!
 //! ```
 //! use session_core::{MemoryStore, SessionManager};

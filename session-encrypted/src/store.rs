@@ -3,14 +3,49 @@
 //! Stored `data` layout (all integers big-endian):
 //!
 //! ```text
-//! format (1 byte = 1) | key id (2) | nonce (12) | ciphertext | tag (16)
+//! format (1 byte = 2) | key id (2) | nonce (12) | ciphertext | tag (16)
 //! ```
 //!
 //! The plaintext is `user flag (1) | user id length (4) | user id | data`.
-//! The associated data binds the format version, the key id, the storage key,
-//! the creation time and the absolute deadline, so a ciphertext copied under
-//! another key, or with its lifetime extended, fails to decrypt. The inner
-//! store's per-user index sees only `k<id>:<keyed BLAKE3 of the user id>`.
+//! The associated data binds the format, the key id, the storage key, the
+//! creation time, the absolute deadline and the record's **version**, so a
+//! ciphertext copied under another storage key, with its lifetime extended,
+//! or put back under a later version, fails to decrypt. Format 1 (written
+//! before the version was bound) still opens, and is rewritten as format 2
+//! on the session's next write or migrating load. The inner store's
+//! per-user index sees only `k<id>:<keyed BLAKE3 of the user id>`, keyed
+//! with the ring's index key, and every load checks that tag against the
+//! user id inside the ciphertext.
+//!
+//! # What an attacker with write access to the inner store can do
+//!
+//! Such an attacker (a leaked database password, a shared Redis) holds no
+//! encryption key. They **cannot**:
+//!
+//! - read session data or user ids (only ciphertext and keyed user tags;
+//!   equal user tags show that two sessions belong to one user);
+//! - forge a session, or change a single byte of one, that then loads;
+//! - move a record to another storage key (another user's cookie), extend
+//!   its creation time or absolute deadline, or file it in another user's
+//!   index (it then loads as "no session");
+//! - splice an older ciphertext of a session under its current version:
+//!   the version is bound, so the stored version and the ciphertext must
+//!   come from the same write.
+//!
+//! They **can**:
+//!
+//! - delete sessions, or make them unloadable (availability is theirs);
+//! - put back an *entire* earlier state of a session (ciphertext together
+//!   with the version and deadlines it was written with), for instance one
+//!   holding a one-time token that was used since. Nothing inside the store
+//!   can tell a complete earlier state from the current one; the only bound
+//!   is the session's absolute deadline, which never moves. Where that
+//!   matters, record one-time tokens' consumption where the attacker cannot
+//!   write;
+//! - change the idle deadline and last-access time, which `touch` writes
+//!   without re-encrypting (never beyond the bound absolute deadline);
+//! - see how many sessions each (tagged) user has, when they were created,
+//!   their deadlines, and the size of each session's data.
 
 use std::sync::Arc;
 
@@ -24,30 +59,59 @@ use session_core::{
 };
 use zeroize::Zeroizing;
 
-use crate::key::{KeyRing, RingKey};
+use crate::key::KeyRing;
 
+/// The first format: the associated data does not bind the version.
 pub(crate) const FORMAT_V1: u8 = 1;
-const AAD_CONTEXT: &[u8] = b"session-encrypted/v1\0";
+/// The current format: the associated data binds the version.
+pub(crate) const FORMAT_V2: u8 = 2;
+const AAD_CONTEXT_V1: &[u8] = b"session-encrypted/v1\0";
+const AAD_CONTEXT_V2: &[u8] = b"session-encrypted/v2\0";
 pub(crate) const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 pub(crate) const HEADER_LEN: usize = 1 + 2 + NONCE_LEN;
 
-/// Wraps a [`SessionStore`] so that it holds only ciphertext and hashed user
-/// ids. It is itself a `SessionStore` and passes the same conformance suite.
+/// Wraps a [`SessionStore`] so that it holds only ciphertext and keyed
+/// hashes of user ids. It is itself a `SessionStore` and passes the same
+/// conformance suite, with the inner store's guarantees under concurrency
+/// unchanged: every operation is one call to the inner store, except a
+/// migrating load (below), which adds one compare-and-set write.
 ///
-/// Records that fail to decrypt (tampered, truncated, foreign, unknown key)
-/// load as [`StoreError::Corrupt`], which the manager treats as "no session".
+/// Records that fail to open (tampered, truncated, foreign, written under a
+/// key the ring does not hold, tagged under another index key) load as
+/// [`StoreError::Corrupt`] with the reason, which the manager logs and
+/// treats as "no session".
+///
+/// # Migration on load
+///
+/// By default a load that finds a record under an older key (or in the
+/// older format) re-encrypts it under the primary key at once, with a
+/// compare-and-set [`update`](SessionStore::update) that bumps the version,
+/// so active sessions move to a new key on their first request after a
+/// rotation, not only when their data changes. If another request wrote the
+/// session first, the load reads it again instead. Turn it off with
+/// [`EncryptedStore::migrate_on_load`] to keep loads read-only; sessions then
+/// move to the new key on their next write.
 pub struct EncryptedStore<S> {
     inner: S,
     ring: Arc<KeyRing>,
+    migrate_on_load: bool,
 }
 
 impl<S> std::fmt::Debug for EncryptedStore<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EncryptedStore")
             .field("ring", &self.ring)
+            .field("migrate_on_load", &self.migrate_on_load)
             .finish_non_exhaustive()
     }
+}
+
+/// A record opened from the inner store, and whether it should be
+/// rewritten under the primary key in the current format.
+struct Opened {
+    record: SessionRecord,
+    stale: bool,
 }
 
 impl<S: SessionStore> EncryptedStore<S> {
@@ -56,12 +120,26 @@ impl<S: SessionStore> EncryptedStore<S> {
         Self {
             inner,
             ring: Arc::new(ring),
+            migrate_on_load: true,
         }
+    }
+
+    /// Whether a load re-encrypts a record found under an older key or
+    /// format (default `true`; see the type's docs).
+    #[must_use]
+    pub fn migrate_on_load(mut self, migrate: bool) -> Self {
+        self.migrate_on_load = migrate;
+        self
     }
 
     /// The wrapped store (it holds ciphertext).
     pub fn inner(&self) -> &S {
         &self.inner
+    }
+
+    /// The key ring.
+    pub fn ring(&self) -> &KeyRing {
+        &self.ring
     }
 
     fn seal(&self, key: &StorageKey, record: &SessionRecord) -> SessionRecord {
@@ -73,14 +151,14 @@ impl<S: SessionStore> EncryptedStore<S> {
         let user = record.user_id.as_deref().unwrap_or("").as_bytes();
         let plain_len = 1 + 4 + user.len() + record.data.len();
         let mut out = Vec::with_capacity(HEADER_LEN + plain_len + TAG_LEN);
-        out.push(FORMAT_V1);
+        out.push(FORMAT_V2);
         out.extend_from_slice(&k.id.to_be_bytes());
         out.extend_from_slice(&nonce_bytes);
         out.push(u8::from(record.user_id.is_some()));
         out.extend_from_slice(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(user);
         out.extend_from_slice(&record.data);
-        let aad = aad(k.id, key, record.created_at, record.absolute_deadline);
+        let aad = aad(FORMAT_V2, k.id, key, record);
         let nonce = Nonce::<Aes256Gcm>::from(nonce_bytes);
         let tag = k
             .cipher
@@ -89,97 +167,152 @@ impl<S: SessionStore> EncryptedStore<S> {
         out.extend_from_slice(&tag);
         SessionRecord {
             data: Bytes::from(out),
-            user_id: record.user_id.as_deref().map(|u| k.user_tag(u)),
+            user_id: record.user_id.as_deref().map(|u| self.ring.user_tag(u)),
             ..record.clone()
         }
     }
 
-    fn open(&self, key: &StorageKey, stored: SessionRecord) -> StoreResult<SessionRecord> {
-        let corrupt = |why: &str| StoreError::Corrupt(format!("encrypted record: {why}"));
+    fn open(&self, key: &StorageKey, stored: SessionRecord) -> StoreResult<Opened> {
+        let corrupt = |why: String| StoreError::Corrupt(format!("encrypted record: {why}"));
         let raw = &stored.data;
         if raw.len() < HEADER_LEN + TAG_LEN {
-            return Err(corrupt("truncated"));
+            return Err(corrupt("truncated".into()));
         }
-        if raw[0] != FORMAT_V1 {
-            return Err(corrupt("unknown format version"));
+        let format = raw[0];
+        if format != FORMAT_V1 && format != FORMAT_V2 {
+            return Err(corrupt(format!("unknown format version {format}")));
         }
         let key_id = u16::from_be_bytes([raw[1], raw[2]]);
-        let k = self
-            .ring
-            .get(key_id)
-            .ok_or_else(|| corrupt("written under a key that is not in the key ring"))?;
+        let k = self.ring.get(key_id).ok_or_else(|| {
+            corrupt(format!(
+                "written under a key this ring does not hold (key id {key_id}; the ring holds {:?})",
+                self.ring.key_ids()
+            ))
+        })?;
         let nonce_bytes: [u8; NONCE_LEN] = raw[3..HEADER_LEN].try_into().expect("12 bytes");
         let nonce = Nonce::<Aes256Gcm>::from(nonce_bytes);
         let tag_at = raw.len() - TAG_LEN;
         let tag_bytes: [u8; TAG_LEN] = raw[tag_at..].try_into().expect("16 bytes");
         let tag = Tag::<Aes256Gcm>::from(tag_bytes);
         let mut plain = Zeroizing::new(raw[HEADER_LEN..tag_at].to_vec());
-        let aad = aad(key_id, key, stored.created_at, stored.absolute_deadline);
+        let aad = aad(format, key_id, key, &stored);
         k.cipher
             .decrypt_inout_detached(&nonce, &aad, plain.as_mut_slice().into(), &tag)
-            .map_err(|_| corrupt("authentication failed (tampered, moved or foreign)"))?;
+            .map_err(|_| {
+                corrupt(format!(
+                    "authentication failed under key id {key_id} (tampered, moved to another \
+                     storage key or version, or written under another key with this id)"
+                ))
+            })?;
         if plain.len() < 5 || plain[0] > 1 {
-            return Err(corrupt("bad plaintext header"));
+            return Err(corrupt("bad plaintext header".into()));
         }
         let user_len = u32::from_be_bytes([plain[1], plain[2], plain[3], plain[4]]) as usize;
         let rest = &plain[5..];
         if rest.len() < user_len {
-            return Err(corrupt("bad user id length"));
+            return Err(corrupt("bad user id length".into()));
         }
         let user_id = if plain[0] == 1 {
-            let u = std::str::from_utf8(&rest[..user_len]).map_err(|_| corrupt("user id"))?;
+            let u = std::str::from_utf8(&rest[..user_len])
+                .map_err(|_| corrupt("user id is not UTF-8".into()))?;
             Some(u.to_owned())
         } else {
             None
         };
-        if !self.user_tag_matches(stored.user_id.as_deref(), user_id.as_deref()) {
-            return Err(corrupt(
-                "user index entry does not match the encrypted user",
-            ));
-        }
-        Ok(SessionRecord {
-            data: Bytes::copy_from_slice(&rest[user_len..]),
-            user_id,
-            ..stored
+        self.check_user_tag(stored.user_id.as_deref(), user_id.as_deref())
+            .map_err(corrupt)?;
+        Ok(Opened {
+            stale: format != FORMAT_V2 || key_id != self.ring.primary_id(),
+            record: SessionRecord {
+                data: Bytes::copy_from_slice(&rest[user_len..]),
+                user_id,
+                ..stored
+            },
         })
     }
 
-    /// The stored user tag must be the keyed hash of the encrypted user id,
-    /// under the key it names (the key current when the record was created).
-    fn user_tag_matches(&self, tag: Option<&str>, user: Option<&str>) -> bool {
+    /// The stored user tag must be the index key's hash of the encrypted
+    /// user id: a tag keyed otherwise could not be written again unchanged.
+    fn check_user_tag(&self, tag: Option<&str>, user: Option<&str>) -> Result<(), String> {
         match (tag, user) {
-            (None, None) => true,
-            (Some(tag), Some(user)) => tag
-                .strip_prefix('k')
-                .and_then(|t| t.split_once(':'))
-                .and_then(|(id, _)| id.parse::<u16>().ok())
-                .and_then(|id| self.ring.get(id))
-                .is_some_and(|k| k.user_tag(user) == tag),
-            _ => false,
+            (None, None) => Ok(()),
+            (Some(tag), Some(user)) if self.ring.user_tag(user) == tag => Ok(()),
+            (Some(tag), Some(_)) => {
+                let named = tag
+                    .strip_prefix('k')
+                    .and_then(|t| t.split_once(':'))
+                    .and_then(|(id, _)| id.parse::<u16>().ok());
+                Err(match named {
+                    Some(id) if id != self.ring.index_key_id() => format!(
+                        "the user index entry is keyed with index key {id}, not with this \
+                         ring's index key {} (keep `index:{id}:<key>` in the ring to keep \
+                         such sessions)",
+                        self.ring.index_key_id()
+                    ),
+                    _ => "the user index entry does not match the encrypted user".to_owned(),
+                })
+            }
+            _ => Err("the user index entry does not match the encrypted user".to_owned()),
         }
     }
 
-    fn user_tags(&self, user_id: &str) -> impl Iterator<Item = String> + '_ {
-        let user_id = user_id.to_owned();
-        self.ring
-            .keys
-            .iter()
-            .map(move |k: &RingKey| k.user_tag(&user_id))
+    /// Re-encrypts a stale record under the primary key with a
+    /// compare-and-set write; returns what the session now is.
+    async fn migrate(
+        &self,
+        key: &StorageKey,
+        opened: SessionRecord,
+    ) -> StoreResult<Option<SessionRecord>> {
+        let next = SessionRecord {
+            version: opened.version.wrapping_add(1),
+            ..opened.clone()
+        };
+        match self
+            .inner
+            .update(key, opened.version, &self.seal(key, &next))
+            .await
+        {
+            Ok(()) => {
+                tracing::debug!(
+                    target: "session_encrypted",
+                    primary = self.ring.primary_id(),
+                    "session re-encrypted under the primary key on load"
+                );
+                Ok(Some(next))
+            }
+            // Another request wrote it first (under the primary key, or it
+            // will be migrated by the next load) or ended it: read again.
+            Err(StoreError::Conflict | StoreError::NotFound) => match self.inner.load(key).await? {
+                Some(stored) => self.open(key, stored).map(|o| Some(o.record)),
+                None => Ok(None),
+            },
+            // The record was read; a failed rewrite is retried next time.
+            Err(e) => {
+                tracing::debug!(target: "session_encrypted", error = %e, "re-encryption on load failed; will retry on the next load");
+                Ok(Some(opened))
+            }
+        }
     }
 }
 
-pub(crate) fn aad(
-    key_id: u16,
-    key: &StorageKey,
-    created: Timestamp,
-    absolute: Timestamp,
-) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(AAD_CONTEXT.len() + 3 + key.as_str().len() + 16);
-    aad.extend_from_slice(AAD_CONTEXT);
-    aad.push(FORMAT_V1);
+/// The associated data of a record in format `format` under key `key_id`,
+/// stored under `key`, with `record`'s creation time, absolute deadline
+/// and (format 2) version.
+pub(crate) fn aad(format: u8, key_id: u16, key: &StorageKey, record: &SessionRecord) -> Vec<u8> {
+    let context = if format == FORMAT_V1 {
+        AAD_CONTEXT_V1
+    } else {
+        AAD_CONTEXT_V2
+    };
+    let mut aad = Vec::with_capacity(context.len() + 3 + 24 + key.as_str().len());
+    aad.extend_from_slice(context);
+    aad.push(format);
     aad.extend_from_slice(&key_id.to_be_bytes());
-    aad.extend_from_slice(&created.as_unix_millis().to_be_bytes());
-    aad.extend_from_slice(&absolute.as_unix_millis().to_be_bytes());
+    aad.extend_from_slice(&record.created_at.as_unix_millis().to_be_bytes());
+    aad.extend_from_slice(&record.absolute_deadline.as_unix_millis().to_be_bytes());
+    if format != FORMAT_V1 {
+        aad.extend_from_slice(&record.version.to_be_bytes());
+    }
     aad.extend_from_slice(key.as_str().as_bytes());
     aad
 }
@@ -204,10 +337,14 @@ impl<S: SessionStore> SessionStore for EncryptedStore<S> {
     }
 
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
-        match self.inner.load(key).await? {
-            Some(stored) => self.open(key, stored).map(Some),
-            None => Ok(None),
+        let Some(stored) = self.inner.load(key).await? else {
+            return Ok(None);
+        };
+        let opened = self.open(key, stored)?;
+        if opened.stale && self.migrate_on_load {
+            return self.migrate(key, opened.record).await;
         }
+        Ok(Some(opened.record))
     }
 
     async fn update(
@@ -235,19 +372,11 @@ impl<S: SessionStore> SessionStore for EncryptedStore<S> {
     }
 
     async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
-        let mut all = Vec::new();
-        for tag in self.user_tags(user_id) {
-            all.extend(self.inner.list_user(&tag).await?);
-        }
-        Ok(all)
+        self.inner.list_user(&self.ring.user_tag(user_id)).await
     }
 
     async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
-        let mut n = 0;
-        for tag in self.user_tags(user_id) {
-            n += self.inner.delete_user(&tag).await?;
-        }
-        Ok(n)
+        self.inner.delete_user(&self.ring.user_tag(user_id)).await
     }
 
     async fn delete_expired(&self) -> StoreResult<u64> {

@@ -214,3 +214,284 @@ async fn raw_memcached_holds_neither_plaintext_nor_user() {
     );
     assert_clean("memcached", &blobs);
 }
+
+async fn redis_cluster(namespace: &str) -> RedisStore {
+    let given = std::env::var("REDIS_CLUSTER_URLS").ok();
+    let urls: Vec<String> = given
+        .as_deref()
+        .unwrap_or("redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103")
+        .split(',')
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    RedisStore::builder()
+        .prefix(format!("enc_{namespace}"))
+        .connect_cluster(urls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "no Redis Cluster: {e}; set REDIS_CLUSTER_URLS to its nodes (comma separated) \
+                 or run `eval \"$(scripts/services.sh)\"`, which starts a 3-master cluster on \
+                 ports 7101-7103"
+            )
+        })
+}
+
+mod over_redis_cluster {
+    session_core::conformance_suite!(
+        |ns: String| async move {
+            super::EncryptedStore::new(super::redis_cluster(&ns).await, super::ring())
+        },
+        lifecycle = ordered
+    );
+}
+
+/// The key lifecycle, through the manager, over `inner`: add a key, let
+/// sessions move to it (on load and on write, with racing requests), retire
+/// the old key, and end what was never rewritten as "no session".
+mod key_rotation {
+    use std::sync::Arc;
+
+    use session_core::{Session, SessionManager, SessionStore, StorageKey};
+    use session_encrypted::{EncryptedStore, EncryptionKey, KeyRing};
+
+    /// Concurrent requests on one session right after the rotation.
+    const RACERS: u64 = 24;
+
+    struct Keys {
+        k1: String,
+        k2: String,
+        index: String,
+    }
+
+    impl Keys {
+        fn new() -> Self {
+            let b64 = |k: EncryptionKey| k.to_base64().as_str().to_owned();
+            Self {
+                k1: b64(EncryptionKey::generate()),
+                k2: b64(EncryptionKey::generate()),
+                index: b64(EncryptionKey::generate()),
+            }
+        }
+    }
+
+    fn manager<S: SessionStore + Clone>(inner: &S, spec: &str, migrate: bool) -> SessionManager {
+        let ring = KeyRing::parse(spec).expect("valid key ring");
+        let store = EncryptedStore::new(inner.clone(), ring).migrate_on_load(migrate);
+        SessionManager::builder_arc(Arc::new(store))
+            .key_secret(b"key-rotation-test")
+            .build()
+    }
+
+    /// The id of the key the stored record of `key` was written under.
+    async fn stored_key_id<S: SessionStore>(inner: &S, key: &StorageKey) -> u16 {
+        let raw = inner
+            .load(key)
+            .await
+            .expect("inner store answers")
+            .expect("record stored");
+        u16::from_be_bytes([raw.data[1], raw.data[2]])
+    }
+
+    async fn login(m: &SessionManager, user: &str, value: &str) -> Session {
+        let mut s = m.start();
+        m.login(&mut s, user).await.expect("login");
+        s.insert("value", value).unwrap();
+        m.commit(&mut s).await.expect("commit");
+        s
+    }
+
+    async fn reload(m: &SessionManager, s: &Session) -> Option<Session> {
+        m.load(s.id())
+            .await
+            .expect("a session under a retired key loads as no session, never an error")
+    }
+
+    pub(super) async fn run<S: SessionStore + Clone>(inner: S, tag: &str) {
+        let keys = Keys::new();
+        let user = format!("rotating-{tag}-{}", std::process::id());
+        let ring1 = format!("1:{}", keys.k1);
+        let ring2 = format!("2:{},1:{}", keys.k2, keys.k1);
+        let retired = format!("2:{},index:1:{}", keys.k2, keys.k1);
+
+        // Before: key 1 only.
+        let m1 = manager(&inner, &ring1, true);
+        let mut active = login(&m1, &user, "active").await;
+        let token = m1.issue_token(&mut active, "transfer");
+        m1.commit(&mut active).await.unwrap();
+        let idle = login(&m1, &user, "idle").await;
+        let mut racer = login(&m1, &user, "racer").await;
+        racer.insert("n", &0u64).unwrap();
+        m1.commit(&mut racer).await.unwrap();
+        let mut anon = m1.start();
+        anon.insert("cart", "3 books").unwrap();
+        m1.commit(&mut anon).await.unwrap();
+        let mut anon_unread = m1.start();
+        anon_unread.insert("cart", "never read again").unwrap();
+        m1.commit(&mut anon_unread).await.unwrap();
+        assert_eq!(stored_key_id(&inner, active.storage_key()).await, 1);
+
+        // Add key 2: everything keeps working, reads and writes, and a load
+        // moves the session to key 2 at once.
+        let m2 = manager(&inner, &ring2, true);
+        let mut a = reload(&m2, &active)
+            .await
+            .expect("readable after adding a key");
+        assert_eq!(a.get::<String>("value").unwrap().as_deref(), Some("active"));
+        assert_eq!(
+            stored_key_id(&inner, active.storage_key()).await,
+            2,
+            "{tag}: a load re-encrypts under the new primary"
+        );
+        a.insert("value", "written after rotation").unwrap();
+        m2.commit(&mut a)
+            .await
+            .unwrap_or_else(|e| panic!("{tag}: a write after adding a key failed: {e}"));
+        assert!(
+            m2.consume_token(&mut a, "transfer", token.expose())
+                .await
+                .unwrap(),
+            "{tag}: a token issued before the rotation is accepted once"
+        );
+        assert!(!m2
+            .consume_token(&mut a, "transfer", token.expose())
+            .await
+            .unwrap());
+
+        // Without migration on load, a write moves the session.
+        let m2_read_only = manager(&inner, &ring2, false);
+        let mut b = reload(&m2_read_only, &anon)
+            .await
+            .expect("anonymous readable");
+        assert_eq!(stored_key_id(&inner, anon.storage_key()).await, 1);
+        b.insert("cart", "4 books").unwrap();
+        m2_read_only.commit(&mut b).await.unwrap();
+        assert_eq!(stored_key_id(&inner, anon.storage_key()).await, 2);
+
+        // Racing requests on a pre-rotation session, on two instances (one
+        // migrating on load, one not): no update is lost.
+        let instances = [m2.clone(), m2_read_only.clone()];
+        let mut tasks = Vec::new();
+        for i in 0..RACERS {
+            let m = instances[(i % 2) as usize].clone();
+            let id = racer.id().clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = m.load(&id).await.unwrap().expect("racer session live");
+                m.update_value(&mut s, "n", |n: Option<u64>| Some(n.unwrap_or(0) + 1))
+                    .await
+                    .expect("update under racing requests");
+            }));
+        }
+        for t in tasks {
+            t.await.expect("racing request panicked");
+        }
+        let r = reload(&m2, &racer).await.expect("racer live");
+        assert_eq!(
+            r.get::<u64>("n").unwrap(),
+            Some(RACERS),
+            "{tag}: lost updates"
+        );
+        assert_eq!(stored_key_id(&inner, racer.storage_key()).await, 2);
+
+        // The user's index holds every session, whichever key wrote it.
+        let fresh = login(&m2, &user, "fresh").await;
+        assert_eq!(m2.list_user_sessions(&user).await.unwrap().len(), 4);
+
+        // Retire key 1: what was rewritten keeps working, the rest is gone.
+        let m3 = manager(&inner, &retired, true);
+        let mut a = reload(&m3, &active)
+            .await
+            .expect("rewritten session survives");
+        assert_eq!(
+            a.get::<String>("value").unwrap().as_deref(),
+            Some("written after rotation")
+        );
+        a.insert("value", "after retirement").unwrap();
+        m3.commit(&mut a).await.expect("write after retirement");
+        assert!(
+            reload(&m3, &anon).await.is_some(),
+            "{tag}: rewritten anonymous session"
+        );
+        assert!(reload(&m3, &fresh).await.is_some());
+        assert!(
+            reload(&m3, &idle).await.is_none(),
+            "{tag}: never rewritten: no session"
+        );
+        assert!(reload(&m3, &anon_unread).await.is_none());
+        // "Log out everywhere" still finds every session of the user.
+        assert_eq!(m3.logout_everywhere(&mut a).await.unwrap(), 4);
+        assert!(reload(&m3, &fresh).await.is_none());
+        assert!(reload(&m2, &racer).await.is_none());
+    }
+
+    /// With a dedicated index key, retiring an encryption key is just
+    /// leaving it out of the ring.
+    pub(super) async fn run_dedicated_index<S: SessionStore + Clone>(inner: S, tag: &str) {
+        let keys = Keys::new();
+        let user = format!("indexed-{tag}-{}", std::process::id());
+        let m1 = manager(
+            &inner,
+            &format!("index:0:{},1:{}", keys.index, keys.k1),
+            true,
+        );
+        let s = login(&m1, &user, "v").await;
+        let m2 = manager(
+            &inner,
+            &format!("index:0:{},2:{},1:{}", keys.index, keys.k2, keys.k1),
+            true,
+        );
+        let mut s2 = reload(&m2, &s).await.expect("readable");
+        s2.insert("value", "w").unwrap();
+        m2.commit(&mut s2).await.expect("write");
+        let m3 = manager(
+            &inner,
+            &format!("index:0:{},2:{}", keys.index, keys.k2),
+            true,
+        );
+        let mut s3 = reload(&m3, &s)
+            .await
+            .expect("{tag}: rewritten session survives");
+        assert_eq!(m3.list_user_sessions(&user).await.unwrap().len(), 1);
+        assert_eq!(m3.logout_everywhere(&mut s3).await.unwrap(), 1);
+
+        // A ring whose index key changed ends the old tags cleanly.
+        let s = login(&m3, &user, "v").await;
+        let other_index = manager(&inner, &format!("2:{}", keys.k2), true);
+        assert!(reload(&other_index, &s).await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn key_rotation_over_memory() {
+    let inner = session_core::MemoryStore::new();
+    key_rotation::run(inner.clone(), "memory").await;
+    key_rotation::run_dedicated_index(inner, "memory").await;
+}
+
+#[tokio::test]
+async fn key_rotation_over_redis() {
+    let inner = redis(&format!("rotation{}", std::process::id())).await;
+    key_rotation::run(inner.clone(), "redis").await;
+    key_rotation::run_dedicated_index(inner, "redis").await;
+}
+
+#[tokio::test]
+async fn key_rotation_over_redis_cluster() {
+    let inner = redis_cluster(&format!("rotation{}", std::process::id())).await;
+    key_rotation::run(inner.clone(), "redis cluster").await;
+    key_rotation::run_dedicated_index(inner, "redis cluster").await;
+}
+
+#[tokio::test]
+async fn key_rotation_over_postgres() {
+    let inner = postgres("rotation").await;
+    key_rotation::run(inner.clone(), "postgres").await;
+    key_rotation::run_dedicated_index(inner, "postgres").await;
+}
+
+#[tokio::test]
+async fn key_rotation_over_memcached() {
+    let inner = memcached(&format!("rotation{}", std::process::id()));
+    key_rotation::run(inner.clone(), "memcached").await;
+    key_rotation::run_dedicated_index(inner, "memcached").await;
+}

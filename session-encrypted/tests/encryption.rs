@@ -225,14 +225,113 @@ async fn rotation_keeps_old_sessions_and_reencrypts_on_write() {
         "rewritten under the primary"
     );
 
-    // Once the old key is retired, the new-key record still loads.
-    let only_new =
-        SessionManager::builder_arc(Arc::new(EncryptedStore::new(inner.clone(), ring(2, &new))))
-            .build();
+    // Once the old key is retired (kept only as the index key), the
+    // new-key records still load.
+    let only_new = SessionManager::builder_arc(Arc::new(EncryptedStore::new(
+        inner.clone(),
+        ring(2, &new).with_index_key(1, old.clone()),
+    )))
+    .build();
     assert!(only_new.load(fresh.id()).await.unwrap().is_some());
+    assert!(only_new.load(s.id()).await.unwrap().is_some());
     assert_eq!(after.logout_everywhere(&mut fresh).await.unwrap(), 2);
     assert!(before.load(s.id()).await.unwrap().is_none());
     before.logout(&mut s).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_older_ciphertext_put_back_under_a_later_version_is_rejected() {
+    let inner = MemoryStore::new();
+    let store = Arc::new(EncryptedStore::new(
+        inner.clone(),
+        ring(1, &EncryptionKey::generate()),
+    ));
+    let manager = SessionManager::builder_arc(store.clone()).build();
+    let mut s = logged_in(&manager, "alice", "a").await;
+    let token = manager.issue_token(&mut s, "transfer");
+    manager.commit(&mut s).await.unwrap();
+    let with_token = inner.load(s.storage_key()).await.unwrap().unwrap();
+    assert!(manager
+        .consume_token(&mut s, "transfer", token.expose())
+        .await
+        .unwrap());
+    let current = inner.load(s.storage_key()).await.unwrap().unwrap();
+    assert_ne!(current.version, with_token.version);
+
+    // The attacker writes the old ciphertext with the current version (or
+    // any later one): it no longer opens, and the token stays used.
+    for version in [current.version, current.version + 1] {
+        let spliced = SessionRecord {
+            data: with_token.data.clone(),
+            version,
+            ..current.clone()
+        };
+        replace_raw(&inner, s.storage_key(), &spliced).await;
+        match store.load(s.storage_key()).await {
+            Err(StoreError::Corrupt(why)) => assert!(why.contains("authentication failed")),
+            other => panic!("spliced ciphertext opened: {other:?}"),
+        }
+        assert!(manager.load(s.id()).await.unwrap().is_none());
+    }
+
+    // What the crate docs say it cannot prevent: the whole earlier state,
+    // version included, opens again.
+    replace_raw(&inner, s.storage_key(), &with_token).await;
+    let mut back = manager.load(s.id()).await.unwrap().expect("earlier state");
+    assert!(manager
+        .consume_token(&mut back, "transfer", token.expose())
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn a_missing_key_is_named_in_the_error() {
+    let inner = MemoryStore::new();
+    let old = EncryptedStore::new(inner.clone(), ring(1, &EncryptionKey::generate()));
+    let new = EncryptedStore::new(inner.clone(), ring(2, &EncryptionKey::generate()));
+    let key = StorageKey::from_stored("k-missing");
+    let rec = session_core::conformance::record(None, b"x", 60_000, 120_000);
+    old.create(&key, &rec).await.unwrap();
+    match new.load(&key).await {
+        Err(StoreError::Corrupt(why)) => {
+            assert!(
+                why.contains("written under a key this ring does not hold (key id 1"),
+                "{why}"
+            );
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn format_1_records_open_and_move_to_format_2() {
+    let inner = MemoryStore::new();
+    let k = EncryptionKey::generate();
+    let store = EncryptedStore::new(inner.clone(), ring(1, &k));
+    let key = StorageKey::from_stored("k-format-1");
+    let rec = session_core::conformance::record(Some("alice"), b"legacy", 60_000, 120_000);
+    let sealed = session_encrypted::fuzzing::seal_format_1(&store, &key, &rec);
+    assert_eq!(sealed.data[0], 1);
+    inner.create(&key, &sealed).await.unwrap();
+    let opened = store.load(&key).await.unwrap().expect("format 1 opens");
+    assert_eq!(opened.data.as_ref(), b"legacy");
+    assert_eq!(opened.user_id.as_deref(), Some("alice"));
+    let raw = inner.load(&key).await.unwrap().unwrap();
+    assert_eq!(raw.data[0], 2, "rewritten in format 2 on load");
+    assert_eq!(raw.version, opened.version);
+    assert_eq!(store.load(&key).await.unwrap().unwrap(), opened);
+    // With migration off, a format 1 record stays as it is on load.
+    let read_only = EncryptedStore::new(inner.clone(), ring(1, &k)).migrate_on_load(false);
+    let key2 = StorageKey::from_stored("k-format-1b");
+    inner
+        .create(
+            &key2,
+            &session_encrypted::fuzzing::seal_format_1(&store, &key2, &rec),
+        )
+        .await
+        .unwrap();
+    assert!(read_only.load(&key2).await.unwrap().is_some());
+    assert_eq!(inner.load(&key2).await.unwrap().unwrap().data[0], 1);
 }
 
 #[tokio::test]
