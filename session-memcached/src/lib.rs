@@ -124,7 +124,11 @@
 //!   decision before the close is in the closed version: `delete_user`
 //!   counts that session and ends it (or cancels it before it is written;
 //!   the login still returns success, as one ended right after). A
-//!   decision after it is a login after it.
+//!   decision after it is a login after it. The keys an index lists are
+//!   not read at one instant (two servers answer in any order), so a
+//!   rotation may fall between the read of its old key (still live) and
+//!   of its new one (written): the old key is read again after, where the
+//!   rotation has left its move marker, so the session counts once.
 //! - *`list_user`* lists the live records of the index's entries, minus
 //!   evicted ones, and reads the index again after the records: if a
 //!   decision changed it meanwhile (a login, a `delete_user` closing it),

@@ -264,11 +264,61 @@ impl MemcachedStore {
             };
             status.push(s);
         }
+        self.recheck_replaced(user, &index, &mut status).await?;
         Ok(Resolved {
             index,
             status,
             evicted_by,
         })
+    }
+
+    /// The keys of one index are not read at one instant (several servers,
+    /// or one pipeline the server answers key by key), so a rotation can
+    /// fall between the reads of its old and its new key: the old record
+    /// read before its move (4), the new one after its write (6). Both
+    /// look live, and the one session would count and list twice. A
+    /// rotation marks the old key moved before it writes the new record,
+    /// so reading the old key again, after the read that saw the new
+    /// record, sees what the rotation left there: only a record written
+    /// again under that key since stays live.
+    async fn recheck_replaced(
+        &self,
+        user: &str,
+        index: &Index,
+        status: &mut [Status],
+    ) -> StoreResult<()> {
+        let live_keys: HashMap<&StorageKey, usize> = index
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| matches!(status[i], Status::Live(..)))
+            .map(|(i, e)| (&e.key, i))
+            .collect();
+        let mut again: Vec<usize> = index
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| matches!(status[i], Status::Live(..)))
+            .filter_map(|(_, e)| e.replaces.as_ref().and_then(|r| live_keys.get(r).copied()))
+            .collect();
+        if again.is_empty() {
+            return Ok(());
+        }
+        again.sort_unstable();
+        again.dedup();
+        let keys = again
+            .iter()
+            .map(|&j| self.inner.keys.session(&index.entries[j].key))
+            .collect();
+        let items = self.t().get_many(keys).await?;
+        let now = Timestamp::now();
+        for (j, item) in again.into_iter().zip(items) {
+            status[j] = match item {
+                Some(item) => self.classify(user, &item, now),
+                None => Status::Dead,
+            };
+        }
+        Ok(())
     }
 
     fn classify(&self, user: &str, item: &Item, now: Timestamp) -> Status {
