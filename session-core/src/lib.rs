@@ -3,6 +3,8 @@
 //! - [`id`]: 256-bit session IDs, strictly parsed, redacted everywhere.
 //! - [`key`]: storage keys (one-way hashes of IDs) and audit tags.
 //! - [`record`]: what stores keep, and the id-free per-user summaries.
+//! - [`codec`]: the byte layouts backends share (record header offsets,
+//!   bounds-checked readers and writers, user-id tags).
 //! - [`store`]: the [`SessionStore`] contract every backend implements.
 //! - [`policy`]: timeouts, touch throttling, per-user limits, conflicts.
 //! - [`session`]: one request's typed, change-tracked view of a session.
@@ -37,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod codec;
 pub mod cookie;
 pub mod error;
 #[doc(hidden)]

@@ -4,6 +4,8 @@
 use bytes::Bytes;
 
 use crate::clock::Timestamp;
+use crate::codec::layout::{self, HEADER_LEN};
+use crate::codec::{Reader, Writer};
 use crate::key::StorageKey;
 use crate::store::StoreError;
 
@@ -61,26 +63,27 @@ impl SessionRecord {
     }
 
     /// Encodes the whole record into one self-describing byte string, for
-    /// stores that keep a record as a single value (Memcached, files).
+    /// stores that keep a record as a single value (Memcached, Redis). The
+    /// layout is [`codec::layout`](crate::codec::layout).
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
         let user = self.user_id.as_deref().unwrap_or("").as_bytes();
-        let mut out = Vec::with_capacity(HEADER_LEN + user.len() + self.data.len());
-        out.push(FORMAT_V1);
-        out.push(u8::from(self.user_id.is_some()));
-        out.extend_from_slice(&self.version.to_be_bytes());
-        for t in [
-            self.created_at,
-            self.last_access,
-            self.idle_deadline,
-            self.absolute_deadline,
-        ] {
-            out.extend_from_slice(&t.as_unix_millis().to_be_bytes());
-        }
-        out.extend_from_slice(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
-        out.extend_from_slice(user);
-        out.extend_from_slice(&self.data);
-        out
+        let mut w = Writer::with_capacity(HEADER_LEN + user.len() + self.data.len());
+        w.u8(layout::FORMAT_RECORD)
+            .u8(if self.user_id.is_some() {
+                layout::HAS_USER
+            } else {
+                0
+            })
+            .u64(self.version)
+            .timestamp(self.created_at)
+            .timestamp(self.last_access)
+            .timestamp(self.idle_deadline)
+            .timestamp(self.absolute_deadline)
+            .len_u32(user.len())
+            .bytes(user)
+            .bytes(&self.data);
+        w.into_vec()
     }
 
     /// Decodes what [`SessionRecord::encode`] produced.
@@ -89,47 +92,40 @@ impl SessionRecord {
     ///
     /// [`StoreError::Corrupt`] for truncated or unknown input; never panics.
     pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |why: &str| StoreError::Corrupt(format!("encoded record: {why}"));
+        let mut r = Reader::new(bytes, "encoded record");
         if bytes.len() < HEADER_LEN {
-            return Err(corrupt("truncated header"));
+            return Err(r.corrupt("truncated header"));
         }
-        if bytes[0] != FORMAT_V1 {
-            return Err(corrupt("unknown format version"));
+        if r.u8()? != layout::FORMAT_RECORD {
+            return Err(r.corrupt("unknown format version"));
         }
-        let has_user = match bytes[1] {
+        let has_user = match r.u8()? {
             0 => false,
-            1 => true,
-            _ => return Err(corrupt("bad user flag")),
+            layout::HAS_USER => true,
+            _ => return Err(r.corrupt("bad user flag")),
         };
-        let u64_at = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[i..i + 8]);
-            b
-        };
-        let version = u64::from_be_bytes(u64_at(2));
-        let ts = |i: usize| Timestamp::from_unix_millis(i64::from_be_bytes(u64_at(i)));
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&bytes[42..46]);
-        let user_len = u32::from_be_bytes(len) as usize;
-        let rest = &bytes[HEADER_LEN..];
-        if rest.len() < user_len {
-            return Err(corrupt("truncated user id"));
+        let version = r.u64()?;
+        let created_at = r.timestamp()?;
+        let last_access = r.timestamp()?;
+        let idle_deadline = r.timestamp()?;
+        let absolute_deadline = r.timestamp()?;
+        debug_assert_eq!(r.position(), layout::USER_LEN);
+        let user_len = r.u32()? as usize;
+        if r.remaining() < user_len {
+            return Err(r.corrupt("truncated user id"));
         }
-        let user = std::str::from_utf8(&rest[..user_len]).map_err(|_| corrupt("user id"))?;
+        let user = r.str(user_len)?;
         Ok(Self {
-            data: Bytes::copy_from_slice(&rest[user_len..]),
             user_id: has_user.then(|| user.to_owned()),
-            created_at: ts(10),
-            last_access: ts(18),
-            idle_deadline: ts(26),
-            absolute_deadline: ts(34),
+            data: Bytes::copy_from_slice(r.rest()),
+            created_at,
+            last_access,
+            idle_deadline,
+            absolute_deadline,
             version,
         })
     }
 }
-
-const FORMAT_V1: u8 = 1;
-const HEADER_LEN: usize = 1 + 1 + 8 + 4 * 8 + 4;
 
 impl std::fmt::Debug for SessionRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
+use crate::codec::{Reader, Writer};
 use crate::error::SessionError;
 use crate::id::SessionId;
 use crate::key::StorageKey;
@@ -32,58 +33,21 @@ pub(crate) struct Payload {
 
 const PAYLOAD_V1: u8 = 1;
 
-/// Why stored session data could not be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BadPayload(pub(crate) &'static str);
+/// Why stored session data could not be read: a
+/// [`StoreError::Corrupt`](crate::StoreError::Corrupt) naming "session data".
+pub(crate) type BadPayload = crate::StoreError;
 
-impl std::fmt::Display for BadPayload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "session data: {}", self.0)
-    }
+/// The next `u32`-prefixed run of bytes, as a zero-copy view of `buf`.
+fn bytes_u32(r: &mut Reader<'_>, buf: &Bytes) -> Result<Bytes, BadPayload> {
+    let n = r.u32()? as usize;
+    let start = r.position();
+    r.take(n)?;
+    Ok(buf.slice(start..r.position()))
 }
 
-struct Reader<'a> {
-    buf: &'a Bytes,
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn slice(&mut self, n: usize) -> Result<&[u8], BadPayload> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.buf.len());
-        let end = end.ok_or(BadPayload("truncated"))?;
-        let out = &self.buf[self.at..end];
-        self.at = end;
-        Ok(out)
-    }
-
-    /// A zero-copy view of the next `n` bytes.
-    fn bytes(&mut self, n: usize) -> Result<Bytes, BadPayload> {
-        let start = self.at;
-        self.slice(n)?;
-        Ok(self.buf.slice(start..self.at))
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], BadPayload> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.slice(N)?);
-        Ok(out)
-    }
-
-    fn len(&mut self) -> Result<usize, BadPayload> {
-        Ok(u32::from_be_bytes(self.array()?) as usize)
-    }
-
-    fn string(&mut self) -> Result<String, BadPayload> {
-        let n = self.len()?;
-        let b = self.slice(n)?;
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| BadPayload("key is not UTF-8"))
-    }
-}
-
-fn put_len(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+fn string_u32(r: &mut Reader<'_>) -> Result<String, BadPayload> {
+    let n = r.u32()? as usize;
+    Ok(r.str(n)?.to_owned())
 }
 
 impl Payload {
@@ -91,29 +55,26 @@ impl Payload {
         if bytes.is_empty() {
             return Ok(Self::default());
         }
-        let mut r = Reader { buf: bytes, at: 0 };
-        if r.array::<1>()?[0] != PAYLOAD_V1 {
-            return Err(BadPayload("unknown format"));
+        let mut r = Reader::new(bytes, "session data");
+        if r.u8()? != PAYLOAD_V1 {
+            return Err(r.corrupt("unknown format"));
         }
-        let n = r.len()?;
+        let n = r.u32()? as usize;
         // Every entry takes at least 8 bytes: bound the allocation by the input.
         let mut data = Vec::with_capacity(n.min(bytes.len() / 8));
         for _ in 0..n {
-            let key = r.string()?;
-            let len = r.len()?;
-            data.push((key, r.bytes(len)?));
+            let key = string_u32(&mut r)?;
+            data.push((key, bytes_u32(&mut r, bytes)?));
         }
-        let n = r.len()?;
+        let n = r.u32()? as usize;
         let mut tokens = Vec::with_capacity(n.min(bytes.len() / 44));
         for _ in 0..n {
-            let purpose = r.string()?;
+            let purpose = string_u32(&mut r)?;
             let hash = r.array::<32>()?;
-            let expires_at = Timestamp::from_unix_millis(i64::from_be_bytes(r.array()?));
+            let expires_at = r.timestamp()?;
             tokens.push((purpose, TokenEntry { hash, expires_at }));
         }
-        if r.at != bytes.len() {
-            return Err(BadPayload("trailing bytes"));
-        }
+        r.finish()?;
         Ok(Self { data, tokens })
     }
 
@@ -125,22 +86,22 @@ impl Payload {
                 .map(|(k, v)| 8 + k.len() + v.len())
                 .sum::<usize>()
             + self.tokens.iter().map(|(p, _)| 44 + p.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(size);
-        out.push(PAYLOAD_V1);
-        put_len(&mut out, self.data.len());
+        let mut w = Writer::with_capacity(size);
+        w.u8(PAYLOAD_V1).len_u32(self.data.len());
         for (k, v) in &self.data {
-            put_len(&mut out, k.len());
-            out.extend_from_slice(k.as_bytes());
-            put_len(&mut out, v.len());
-            out.extend_from_slice(v);
+            w.len_u32(k.len())
+                .bytes(k.as_bytes())
+                .len_u32(v.len())
+                .bytes(v);
         }
-        put_len(&mut out, self.tokens.len());
+        w.len_u32(self.tokens.len());
         for (p, t) in &self.tokens {
-            put_len(&mut out, p.len());
-            out.extend_from_slice(p.as_bytes());
-            out.extend_from_slice(&t.hash);
-            out.extend_from_slice(&t.expires_at.as_unix_millis().to_be_bytes());
+            w.len_u32(p.len())
+                .bytes(p.as_bytes())
+                .bytes(&t.hash)
+                .timestamp(t.expires_at);
         }
+        let out = w.into_vec();
         Bytes::from(out)
     }
 

@@ -300,7 +300,7 @@ impl IndexKey {
         format!(
             "k{}:{}",
             self.id,
-            blake3::keyed_hash(&self.key, user_id.as_bytes()).to_hex()
+            session_core::codec::UserTag::keyed(&self.key, user_id.as_bytes()).to_hex()
         )
     }
 }

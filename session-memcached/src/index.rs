@@ -26,6 +26,7 @@
 //! key length, the key bytes, the evicted entry's nonce and the evicting
 //! creation's nonce (`u64`s), then the entries as in format 2.
 
+use session_core::codec::{Reader, Writer};
 use session_core::{StorageKey, StoreError, Timestamp};
 
 const FORMAT_V1: u8 = 1;
@@ -83,29 +84,26 @@ impl Index {
 
     /// Serializes the index (format 2).
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.entries.len() * ENTRY_SIZE);
-        out.push(FORMAT_V2);
+        let mut w = Writer::with_capacity(1 + self.entries.len() * ENTRY_SIZE);
+        w.u8(FORMAT_V2);
         for e in &self.entries {
-            let k = e.key.as_str().as_bytes();
-            let r = e
-                .replaces
-                .as_ref()
-                .map_or(&b""[..], |r| r.as_str().as_bytes());
+            let k = e.key.as_str();
+            let r = e.replaces.as_ref().map_or("", StorageKey::as_str);
             // Keys longer than u16::MAX are never produced by session-core;
             // truncating would corrupt, so such an entry is skipped instead.
-            let (Ok(len), Ok(rlen)) = (u16::try_from(k.len()), u16::try_from(r.len())) else {
+            if k.len() > usize::from(u16::MAX) || r.len() > usize::from(u16::MAX) {
                 continue;
-            };
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(k);
-            out.extend_from_slice(&e.nonce.to_be_bytes());
-            for t in [e.added, e.created_at, e.first_expiry, e.absolute_deadline] {
-                out.extend_from_slice(&t.as_unix_millis().to_be_bytes());
             }
-            out.extend_from_slice(&rlen.to_be_bytes());
-            out.extend_from_slice(r);
+            let _ = w.str_u16(k).map(|w| {
+                w.u64(e.nonce)
+                    .timestamp(e.added)
+                    .timestamp(e.created_at)
+                    .timestamp(e.first_expiry)
+                    .timestamp(e.absolute_deadline)
+                    .str_u16(r)
+            });
         }
-        out
+        w.into_vec()
     }
 
     /// Parses what [`Index::encode`] wrote (or format 1).
@@ -114,21 +112,19 @@ impl Index {
     ///
     /// [`StoreError::Corrupt`] for anything else; never panics.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |why: &str| StoreError::Corrupt(format!("user index item: {why}"));
-        let (&version, mut rest) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
+        let mut r = Reader::new(bytes, "user index item");
+        let version = r.u8()?;
         if version != FORMAT_V1 && version != FORMAT_V2 {
-            return Err(corrupt("unknown format version"));
+            return Err(r.corrupt("unknown format version"));
         }
         let mut entries = Vec::new();
-        while !rest.is_empty() {
-            let (key, tail) = take_str(rest).ok_or_else(|| corrupt("truncated key"))?;
-            let key = key.ok_or_else(|| corrupt("key is not UTF-8"))?;
+        while r.remaining() > 0 {
+            let key = StorageKey::from_stored(r.str_u16()?);
             let entry = if version == FORMAT_V1 {
-                let (added, tail) = take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
-                let (deadline, tail) = take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
-                rest = tail;
+                let added = r.timestamp()?;
+                let deadline = r.timestamp()?;
                 Entry {
-                    key: StorageKey::from_stored(key),
+                    key,
                     nonce: 0,
                     added,
                     created_at: added,
@@ -137,24 +133,19 @@ impl Index {
                     replaces: None,
                 }
             } else {
-                let (nonce, tail) = take_u64(tail).ok_or_else(|| corrupt("truncated nonce"))?;
-                let (added, tail) = take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
-                let (created_at, tail) =
-                    take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
-                let (first_expiry, tail) =
-                    take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
-                let (deadline, tail) = take_i64(tail).ok_or_else(|| corrupt("truncated times"))?;
-                let (replaces, tail) =
-                    take_str(tail).ok_or_else(|| corrupt("truncated replaced key"))?;
-                let replaces = replaces.ok_or_else(|| corrupt("replaced key is not UTF-8"))?;
-                rest = tail;
+                let nonce = r.u64()?;
+                let added = r.timestamp()?;
+                let created_at = r.timestamp()?;
+                let first_expiry = r.timestamp()?;
+                let absolute_deadline = r.timestamp()?;
+                let replaces = r.str_u16()?;
                 Entry {
-                    key: StorageKey::from_stored(key),
+                    key,
                     nonce,
                     added,
                     created_at,
                     first_expiry,
-                    absolute_deadline: deadline,
+                    absolute_deadline,
                     replaces: (!replaces.is_empty()).then(|| StorageKey::from_stored(replaces)),
                 }
             };
@@ -217,24 +208,19 @@ impl UserItem {
         if !self.closed && evicted.is_empty() {
             return entries;
         }
-        let mut out = Vec::with_capacity(entries.len() + 4 + evicted.len() * 84);
-        out.push(FORMAT_V3);
-        out.push(if self.closed { CLOSED } else { 0 });
-        let evicted: Vec<(u16, &Eviction)> = evicted
+        let mut w = Writer::with_capacity(entries.len() + 4 + evicted.len() * 84);
+        w.u8(FORMAT_V3).u8(if self.closed { CLOSED } else { 0 });
+        let evicted: Vec<&Eviction> = evicted
             .into_iter()
-            .filter_map(|v| Some((u16::try_from(v.key.as_str().len()).ok()?, v)))
+            .filter(|v| v.key.as_str().len() <= usize::from(u16::MAX))
             .take(usize::from(u16::MAX))
             .collect();
-        let count = u16::try_from(evicted.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&count.to_be_bytes());
-        for (len, v) in evicted {
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(v.key.as_str().as_bytes());
-            out.extend_from_slice(&v.nonce.to_be_bytes());
-            out.extend_from_slice(&v.by.to_be_bytes());
+        w.u16(u16::try_from(evicted.len()).unwrap_or(u16::MAX));
+        for v in evicted {
+            let _ = w.str_u16(v.key.as_str()).map(|w| w.u64(v.nonce).u64(v.by));
         }
-        out.extend_from_slice(&entries[1..]);
-        out
+        w.bytes(&entries[1..]);
+        w.into_vec()
     }
 
     /// Parses what [`UserItem::encode`] wrote (any format).
@@ -243,36 +229,26 @@ impl UserItem {
     ///
     /// [`StoreError::Corrupt`] for anything else; never panics.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let corrupt = |why: &str| StoreError::Corrupt(format!("user index item: {why}"));
         if bytes.first() != Some(&FORMAT_V3) {
             return Ok(Self {
                 index: Index::decode(bytes)?,
                 ..Self::default()
             });
         }
-        let (&flags, rest) = bytes[1..]
-            .split_first()
-            .ok_or_else(|| corrupt("truncated flags"))?;
+        let mut r = Reader::new(&bytes[1..], "user index item");
+        let flags = r.u8()?;
         if flags & !CLOSED != 0 {
-            return Err(corrupt("unknown flags"));
+            return Err(r.corrupt("unknown flags"));
         }
-        let (count, mut rest) = rest
-            .split_at_checked(2)
-            .ok_or_else(|| corrupt("truncated eviction count"))?;
-        let count = u16::from_be_bytes([count[0], count[1]]);
+        let count = r.u16()?;
         let mut evicted = Vec::with_capacity(usize::from(count).min(1024));
         for _ in 0..count {
-            let (key, tail) = take_str(rest).ok_or_else(|| corrupt("truncated evicted key"))?;
-            let key = key.ok_or_else(|| corrupt("evicted key is not UTF-8"))?;
-            let (nonce, tail) = take_u64(tail).ok_or_else(|| corrupt("truncated eviction"))?;
-            let (by, tail) = take_u64(tail).ok_or_else(|| corrupt("truncated eviction"))?;
-            rest = tail;
-            evicted.push(Eviction {
-                key: StorageKey::from_stored(key),
-                nonce,
-                by,
-            });
+            let key = StorageKey::from_stored(r.str_u16()?);
+            let nonce = r.u64()?;
+            let by = r.u64()?;
+            evicted.push(Eviction { key, nonce, by });
         }
+        let rest = r.rest();
         let mut entries = Vec::with_capacity(rest.len() + 1);
         entries.push(FORMAT_V2);
         entries.extend_from_slice(rest);
@@ -286,30 +262,6 @@ impl UserItem {
 
 /// Bytes an entry of a 64-character key takes, roughly.
 const ENTRY_SIZE: usize = 2 + 64 + 8 + 4 * 8 + 2;
-
-/// A `u16`-length-prefixed string: `None` inside for bad UTF-8, `None`
-/// outside for truncation.
-fn take_str(bytes: &[u8]) -> Option<(Option<&str>, &[u8])> {
-    let (len, tail) = bytes.split_at_checked(2)?;
-    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-    let (s, tail) = tail.split_at_checked(len)?;
-    Some((std::str::from_utf8(s).ok(), tail))
-}
-
-fn take_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let (head, tail) = bytes.split_at_checked(8)?;
-    let mut b = [0u8; 8];
-    b.copy_from_slice(head);
-    Some((u64::from_be_bytes(b), tail))
-}
-
-fn take_i64(bytes: &[u8]) -> Option<(Timestamp, &[u8])> {
-    let (n, tail) = take_u64(bytes)?;
-    Some((
-        Timestamp::from_unix_millis(i64::from_be_bytes(n.to_be_bytes())),
-        tail,
-    ))
-}
 
 #[cfg(test)]
 mod tests {

@@ -47,10 +47,8 @@ impl Keys {
 
     /// The item key of a user's index.
     pub(crate) fn user(&self, user_id: &str) -> String {
-        let h = blake3::Hasher::new_derive_key(USER_CONTEXT)
-            .update(user_id.as_bytes())
-            .finalize();
-        format!("{}:u:{}", self.namespace, h.to_hex())
+        let tag = session_core::codec::UserTag::derive(USER_CONTEXT, user_id.as_bytes());
+        format!("{}:u:{}", self.namespace, tag.to_hex())
     }
 }
 

@@ -57,12 +57,13 @@
 //! itself after [`CLUSTER_INDEX_GRACE`](crate::CLUSTER_INDEX_GRACE).
 
 use bytes::Bytes;
+use session_core::codec::layout;
 use session_core::{SessionRecord, StorageKey, StoreError, StoreResult, Timestamp};
 
-/// Length of the fixed header.
-pub(crate) const HEADER_LEN: usize = 46;
+/// Length of the fixed header (core's record layout).
+pub(crate) const HEADER_LEN: usize = layout::HEADER_LEN;
 /// Format byte of a session record ([`SessionRecord::encode`]).
-pub(crate) const FORMAT_RECORD: u8 = 1;
+pub(crate) const FORMAT_RECORD: u8 = layout::FORMAT_RECORD;
 /// Format byte of a moved marker.
 pub(crate) const FORMAT_MOVED: u8 = 2;
 /// Format byte of an ended marker.
@@ -72,7 +73,7 @@ pub(crate) const FORMAT_PENDING: u8 = 4;
 /// Offset of the two deadlines, which a script copies from the old record
 /// into a moved marker.
 #[cfg(test)]
-pub(crate) const DEADLINES_OFFSET: usize = 26;
+pub(crate) const DEADLINES_OFFSET: usize = layout::IDLE_DEADLINE;
 
 /// What a session key holds, judged from (a prefix of) its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,11 +126,14 @@ pub(crate) fn classify(bytes: &[u8]) -> Stored {
                 .and_then(|end| bytes.get(HEADER_LEN..end))
                 .and_then(|k| std::str::from_utf8(k).ok())
                 .map(StorageKey::from_stored);
-            let (idle, absolute) = (i64_at(bytes, 26), i64_at(bytes, 34));
+            let (idle, absolute) = (
+                i64_at(bytes, layout::IDLE_DEADLINE),
+                i64_at(bytes, layout::ABSOLUTE_DEADLINE),
+            );
             Stored::Moved(Moved {
                 to,
-                created_at: Timestamp::from_unix_millis(i64_at(bytes, 10)),
-                moved_at: Timestamp::from_unix_millis(i64_at(bytes, 18)),
+                created_at: Timestamp::from_unix_millis(i64_at(bytes, layout::CREATED_AT)),
+                moved_at: Timestamp::from_unix_millis(i64_at(bytes, layout::LAST_ACCESS)),
                 until: Timestamp::from_unix_millis(idle.min(absolute)),
             })
         }
@@ -145,7 +149,8 @@ pub(crate) fn classify(bytes: &[u8]) -> Stored {
 pub(crate) fn is_live_record(bytes: &[u8], now: Timestamp) -> bool {
     bytes.len() >= HEADER_LEN
         && bytes[0] == FORMAT_RECORD
-        && now.as_unix_millis() < i64_at(bytes, 26).min(i64_at(bytes, 34))
+        && now.as_unix_millis()
+            < i64_at(bytes, layout::IDLE_DEADLINE).min(i64_at(bytes, layout::ABSOLUTE_DEADLINE))
 }
 
 /// Whether a stored value is one of the markers (which `load` treats as
@@ -187,7 +192,7 @@ pub(crate) fn pending_marker() -> [u8; HEADER_LEN] {
 }
 /// Offset of `last_access`, followed by `idle_deadline`.
 #[cfg(test)]
-pub(crate) const TOUCH_OFFSET: usize = 18;
+pub(crate) const TOUCH_OFFSET: usize = layout::LAST_ACCESS;
 
 /// Decodes a stored value without copying the data: the returned record's
 /// `data` is a slice of `bytes`.
@@ -203,7 +208,7 @@ pub(crate) fn decode(bytes: Vec<u8>) -> StoreResult<SessionRecord> {
 /// Length of header plus user id, as the header says; `None` if the header
 /// is incomplete.
 fn header_and_user_len(bytes: &[u8]) -> Option<usize> {
-    let len: [u8; 4] = bytes.get(42..HEADER_LEN)?.try_into().ok()?;
+    let len: [u8; 4] = bytes.get(layout::USER_LEN..HEADER_LEN)?.try_into().ok()?;
     HEADER_LEN.checked_add(usize::try_from(u32::from_be_bytes(len)).ok()?)
 }
 
@@ -219,7 +224,8 @@ pub(crate) fn user_segment(user_id: Option<&str>) -> Vec<u8> {
     out
 }
 
-/// The 16 bytes touch writes at offset 18: last access then idle deadline.
+/// The 16 bytes touch writes at [`layout::LAST_ACCESS`]: last access then
+/// idle deadline (the two fields are adjacent in the layout).
 pub(crate) fn touch_bytes(last_access: Timestamp, idle_deadline: Timestamp) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&last_access.as_unix_millis().to_be_bytes());

@@ -6,7 +6,12 @@
 
 use session_core::{SessionRecord, StoreError};
 
+use session_core::codec::layout as l;
+
 use crate::codec::{self, Stored, HEADER_LEN};
+
+/// Both deadlines, which a rotation copies into its moved marker.
+const DEADLINES: std::ops::Range<usize> = l::IDLE_DEADLINE..l::USER_LEN;
 
 /// A value read from a session key: [`codec::classify`] (on the value and
 /// on the header prefix scripts read), [`codec::is_marker`] and
@@ -30,10 +35,10 @@ pub fn codec(data: &[u8]) {
             let enc = r.encode();
             assert_eq!(codec::decode(enc.clone()).ok().as_ref(), Some(&r));
             assert_eq!(SessionRecord::decode(&enc).ok().as_ref(), Some(&r));
-            if data[1] == 1 {
+            if data[l::USER_FLAG] == l::HAS_USER {
                 let n = r.user_id.as_deref().map_or(0, str::len);
-                let mut seg = vec![data[1]];
-                seg.extend_from_slice(&data[42..HEADER_LEN + n]);
+                let mut seg = vec![data[l::USER_FLAG]];
+                seg.extend_from_slice(&data[l::USER_LEN..HEADER_LEN + n]);
                 assert_eq!(codec::user_segment(r.user_id.as_deref()), seg);
             }
         }
@@ -48,7 +53,7 @@ pub fn codec(data: &[u8]) {
     if let Stored::Moved(m) = &stored {
         if let Some(to) = &m.to {
             let mut again = codec::moved_marker(to, m.created_at, m.moved_at);
-            again[26..42].copy_from_slice(&data[26..42]);
+            again[DEADLINES].copy_from_slice(&data[DEADLINES]);
             assert_eq!(codec::classify(&again), stored, "moved marker round trip");
         }
     }
@@ -69,7 +74,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         Timestamp::from_unix_millis(1_700_000_000_000),
         Timestamp::from_unix_millis(1_700_000_000_500),
     );
-    moved[26..42].copy_from_slice(&records[2][26..42]);
+    moved[DEADLINES].copy_from_slice(&records[2][DEADLINES]);
     out.push(moved.clone());
     out.push(moved[..HEADER_LEN + 3].to_vec());
     out.push(codec::ended_marker().to_vec());
@@ -77,7 +82,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
     out.push(records[2][..HEADER_LEN - 1].to_vec());
     out.push(records[2][..HEADER_LEN + 2].to_vec());
     let mut touched = records[2].clone();
-    touched[18..34].copy_from_slice(&codec::touch_bytes(
+    touched[l::LAST_ACCESS..l::ABSOLUTE_DEADLINE].copy_from_slice(&codec::touch_bytes(
         Timestamp::from_unix_millis(i64::MAX),
         Timestamp::from_unix_millis(-1),
     ));

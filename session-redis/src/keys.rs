@@ -93,13 +93,11 @@ impl KeyPrefix {
     /// hash is a BLAKE3 hash of the user id's bytes.
     #[must_use]
     pub fn index_key(&self, user_id: &[u8]) -> String {
-        let hash = blake3::Hasher::new_derive_key(USER_CONTEXT)
-            .update(user_id)
-            .finalize();
+        let tag = session_core::codec::UserTag::derive(USER_CONTEXT, user_id);
         let mut out = String::with_capacity(self.0.len() + 64 + 5);
         out.push_str(&self.0);
         out.push_str(":u:{");
-        out.push_str(hash.to_hex().as_str());
+        out.push_str(&tag.to_hex());
         out.push('}');
         out
     }

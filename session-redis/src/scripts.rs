@@ -7,7 +7,8 @@
 //! transparently.
 //!
 //! Every script reads the fixed record header with `GETRANGE` (see
-//! [`crate::codec`]) and judges liveness against the caller's clock (`now`
+//! [`crate::codec`]) at offsets it takes from Lua locals that
+//! [`layout_lua`] generates from core's [`session_core::codec::layout`], and judges liveness against the caller's clock (`now`
 //! argument) as well as the server's TTL, so a record past its deadline is
 //! dead for `update` and `touch` even if Redis has not evicted it yet.
 //!
@@ -28,7 +29,54 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind
 
 use crate::connection::Conn;
 
-/// Helpers shared by every script.
+/// The record layout as Lua locals, generated from
+/// [`session_core::codec::layout`] so that no script hard-codes an offset:
+/// `AT_*` are 1-based positions for `string.byte`/`string.sub` (a
+/// `GETRANGE` offset is the position minus one), `HEADER` the fixed
+/// header's length, `F_*` the format bytes of records and markers.
+pub(crate) fn layout_lua() -> String {
+    use crate::codec::{FORMAT_ENDED, FORMAT_MOVED, FORMAT_PENDING};
+    use session_core::codec::layout as l;
+    format!(
+        "local HEADER, WORD, SEG_FIXED = {header}, {word}, {seg_fixed}
+local AT_FORMAT, AT_USER_FLAG, AT_VERSION = {format}, {flag}, {version}
+local AT_CREATED, AT_LAST_ACCESS, AT_IDLE, AT_ABSOLUTE = {created}, {last}, {idle}, {absolute}
+local AT_USER_LEN, AT_USER = {user_len}, {user}
+local F_RECORD, F_MOVED, F_ENDED, F_PENDING, HAS_USER = {f_record}, {f_moved}, {f_ended}, {f_pending}, {has_user}
+",
+        header = l::HEADER_LEN,
+        word = l::WORD,
+        // The user segment: the flag byte and the length before the id.
+        seg_fixed = 1 + (l::HEADER_LEN - l::USER_LEN),
+        format = l::FORMAT + 1,
+        flag = l::USER_FLAG + 1,
+        version = l::VERSION + 1,
+        created = l::CREATED_AT + 1,
+        last = l::LAST_ACCESS + 1,
+        idle = l::IDLE_DEADLINE + 1,
+        absolute = l::ABSOLUTE_DEADLINE + 1,
+        user_len = l::USER_LEN + 1,
+        user = l::HEADER_LEN + 1,
+        f_record = l::FORMAT_RECORD,
+        f_moved = FORMAT_MOVED,
+        f_ended = FORMAT_ENDED,
+        f_pending = FORMAT_PENDING,
+        has_user = l::HAS_USER,
+    )
+}
+
+// The scripts rely on these adjacencies: touch writes last access and idle
+// deadline as one 16-byte run, a rotation copies both deadlines as one, and
+// the user segment is the flag followed (after the words) by the length.
+const _: () = {
+    use session_core::codec::layout as l;
+    assert!(l::LAST_ACCESS + l::WORD == l::IDLE_DEADLINE);
+    assert!(l::IDLE_DEADLINE + l::WORD == l::ABSOLUTE_DEADLINE);
+    assert!(l::ABSOLUTE_DEADLINE + l::WORD == l::USER_LEN);
+    assert!(l::USER_LEN + 4 == l::HEADER_LEN);
+};
+
+/// Helpers shared by every script (after [`layout_lua`]).
 macro_rules! prelude {
     () => {
         r#"
@@ -43,10 +91,22 @@ local function u32(s, i)
   return ((a * 256 + b) * 256 + c) * 256 + d
 end
 local function live(h, now)
-  return #h >= 46 and string.byte(h, 1) == 1 and now < math.min(i64(h, 27), i64(h, 35))
+  return #h >= HEADER and string.byte(h, AT_FORMAT) == F_RECORD
+    and now < math.min(i64(h, AT_IDLE), i64(h, AT_ABSOLUTE))
 end
 local function is_format(h, f)
-  return #h >= 46 and string.byte(h, 1) == f
+  return #h >= HEADER and string.byte(h, AT_FORMAT) == f
+end
+-- The user segment of a header read with its user id: flag, length, id.
+local function user_seg(h)
+  return string.sub(h, AT_USER_FLAG, AT_USER_FLAG) .. string.sub(h, AT_USER_LEN)
+end
+-- The last offset to read for a header and the user id of segment `seg`.
+local function seg_end(seg)
+  return HEADER - 1 + #seg - SEG_FIXED
+end
+local function has_user(h)
+  return string.byte(h, AT_USER_FLAG) == HAS_USER
 end
 local function index_add(idx, member, now, ttl)
   redis.call('ZADD', idx, now, member)
@@ -65,9 +125,9 @@ const CREATE: &str = concat!(
     prelude!(),
     r#"
 local now = tonumber(ARGV[2])
-local h = redis.call('GETRANGE', KEYS[1], 0, 45)
+local h = redis.call('GETRANGE', KEYS[1], 0, HEADER - 1)
 if live(h, now) then return 0 end
-if is_format(h, 3) then return 2 end
+if is_format(h, F_ENDED) then return 2 end
 if tonumber(ARGV[3]) <= 0 then
   redis.call('DEL', KEYS[1])
   return 1
@@ -99,24 +159,25 @@ return {added, before}
 macro_rules! rotation {
     () => {
         r#"
--- The record under `key` (header `h`, read to 40 + #seg) may move if it is
+-- The record under `key` (header `h`, read to `seg_end(seg)`) may move if it is
 -- live at `version` and anonymous or bound to the user of `seg`.
 -- 1 yes, -1 not found, -2 conflict.
 local function check_old(h, now, version, seg)
   if not live(h, now) then return -1 end
-  if string.sub(h, 3, 10) ~= version then return -2 end
-  if string.byte(h, 2) == 1 and string.sub(h, 2, 2) .. string.sub(h, 43) ~= seg then return -2 end
+  if string.sub(h, AT_VERSION, AT_VERSION + WORD - 1) ~= version then return -2 end
+  if has_user(h) and user_seg(h) ~= seg then return -2 end
   return 1
 end
 -- Replaces the record under `key` with `marker`, carrying its deadlines and
 -- living as long as it would have.
 local function retire(key, h, now, marker)
-  local ttl = math.min(i64(h, 27), i64(h, 35)) - now
+  local ttl = math.min(i64(h, AT_IDLE), i64(h, AT_ABSOLUTE)) - now
   if ttl > 3153600000000 then ttl = 3153600000000 end
   -- Byte 2 keeps the old record's has-user flag, so a user's index entry
   -- never leads a delete_user to an anonymous session.
-  marker = string.sub(marker, 1, 1) .. string.sub(h, 2, 2) .. string.sub(marker, 3, 26)
-    .. string.sub(h, 27, 42) .. string.sub(marker, 43)
+  marker = string.sub(marker, 1, AT_USER_FLAG - 1) .. string.sub(h, AT_USER_FLAG, AT_USER_FLAG)
+    .. string.sub(marker, AT_USER_FLAG + 1, AT_IDLE - 1)
+    .. string.sub(h, AT_IDLE, AT_ABSOLUTE + WORD - 1) .. string.sub(marker, AT_ABSOLUTE + WORD)
   redis.call('SET', key, marker, 'PX', string.format('%d', ttl))
 end
 "#
@@ -134,14 +195,14 @@ const MOVE: &str = concat!(
     rotation!(),
     r#"
 local now = tonumber(ARGV[1])
-local h = redis.call('GETRANGE', KEYS[1], 0, 45)
-if #h >= 46 and string.byte(h, 2) == 1 and u32(h, 43) > 0 then
-  h = h .. redis.call('GETRANGE', KEYS[1], 46, 45 + u32(h, 43))
+local h = redis.call('GETRANGE', KEYS[1], 0, HEADER - 1)
+if #h >= HEADER and has_user(h) and u32(h, AT_USER_LEN) > 0 then
+  h = h .. redis.call('GETRANGE', KEYS[1], HEADER, HEADER - 1 + u32(h, AT_USER_LEN))
 end
 local c = check_old(h, now, ARGV[2], ARGV[3])
 if c ~= 1 then return {c, 0, ''} end
 retire(KEYS[1], h, now, ARGV[4])
-if string.byte(h, 2) == 1 then return {1, 1, string.sub(h, 47)} end
+if has_user(h) then return {1, 1, string.sub(h, AT_USER)} end
 return {1, 0, ''}
 "#
 );
@@ -158,11 +219,11 @@ const UPDATE: &str = concat!(
     r#"
 local now = tonumber(ARGV[2])
 local seg = ARGV[5]
-local h = redis.call('GETRANGE', KEYS[1], 0, 40 + #seg)
+local h = redis.call('GETRANGE', KEYS[1], 0, seg_end(seg))
 if not live(h, now) then return 0 end
-if string.sub(h, 3, 10) ~= ARGV[1] then return -1 end
-if string.sub(h, 2, 2) .. string.sub(h, 43) ~= seg then return -2 end
-if string.byte(h, 2) == 1 and tonumber(ARGV[6]) > i64(h, 35) then
+if string.sub(h, AT_VERSION, AT_VERSION + WORD - 1) ~= ARGV[1] then return -1 end
+if user_seg(h) ~= seg then return -2 end
+if has_user(h) and tonumber(ARGV[6]) > i64(h, AT_ABSOLUTE) then
   if KEYS[2] then
     index_add(KEYS[2], ARGV[9], ARGV[2], ARGV[7])
   elseif ARGV[8] ~= '1' then
@@ -186,16 +247,16 @@ const TOUCH: &str = concat!(
     prelude!(),
     r#"
 local now = tonumber(ARGV[1])
-local h = redis.call('GETRANGE', KEYS[1], 0, 45)
+local h = redis.call('GETRANGE', KEYS[1], 0, HEADER - 1)
 if not live(h, now) then return 0 end
-local expires = math.min(tonumber(ARGV[3]), i64(h, 35))
+local expires = math.min(tonumber(ARGV[3]), i64(h, AT_ABSOLUTE))
 if expires <= now then
   redis.call('DEL', KEYS[1])
   return 1
 end
 local ttl = expires - now
 if ttl > 3153600000000 then ttl = 3153600000000 end
-redis.call('SETRANGE', KEYS[1], 18, ARGV[2])
+redis.call('SETRANGE', KEYS[1], AT_LAST_ACCESS - 1, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
 return 1
 "#
@@ -224,17 +285,17 @@ local key, member = KEYS[1], ''
 local hops, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local block = tonumber(ARGV[4])
 for i = 0, hops do
-  local h = redis.call('GETRANGE', key, 0, 45)
-  if is_format(h, 2) then
-    local n = u32(h, 43)
+  local h = redis.call('GETRANGE', key, 0, HEADER - 1)
+  if is_format(h, F_MOVED) then
+    local n = u32(h, AT_USER_LEN)
     local to = ''
-    if n > 0 then to = redis.call('GETRANGE', key, 46, 45 + n) end
-    local untl = math.min(i64(h, 27), i64(h, 35))
+    if n > 0 then to = redis.call('GETRANGE', key, HEADER, HEADER - 1 + n) end
+    local untl = math.min(i64(h, AT_IDLE), i64(h, AT_ABSOLUTE))
     redis.call('DEL', key)
     if untl <= now or #to == 0 then return {0, '', member, 0} end
     if i == hops then return {2, '', to, untl - now} end
     key, member = ARGV[3] .. to .. '}', to
-  elseif is_format(h, 3) then
+  elseif is_format(h, F_ENDED) then
     return {0, '', member, 0}
   elseif #h == 0 or (block > 0 and not live(h, now)) then
     if block > 0 then
@@ -245,10 +306,10 @@ for i = 0, hops do
   else
     local flags, user = 0, ''
     if live(h, now) then flags = 1 end
-    if is_format(h, 1) and string.byte(h, 2) == 1 then
+    if is_format(h, F_RECORD) and has_user(h) then
       flags = flags + 2
-      local n = u32(h, 43)
-      if n > 0 then user = redis.call('GETRANGE', key, 46, 45 + n) end
+      local n = u32(h, AT_USER_LEN)
+      if n > 0 then user = redis.call('GETRANGE', key, HEADER, HEADER - 1 + n) end
     end
     redis.call('DEL', key)
     return {1, user, member, flags}
@@ -270,19 +331,19 @@ const DELETE_IF_USER: &str = concat!(
     r#"
 local seg = ARGV[1]
 local now = tonumber(ARGV[2])
-local h = redis.call('GETRANGE', KEYS[1], 0, 40 + #seg)
+local h = redis.call('GETRANGE', KEYS[1], 0, seg_end(seg))
 if #h == 0 then return {0, '', 0} end
-if is_format(h, 2) and string.byte(h, 2) ~= 1 then return {-1, '', 0} end
-if is_format(h, 2) then
-  local n = u32(h, 43)
+if is_format(h, F_MOVED) and not has_user(h) then return {-1, '', 0} end
+if is_format(h, F_MOVED) then
+  local n = u32(h, AT_USER_LEN)
   local to = ''
-  if n > 0 then to = redis.call('GETRANGE', KEYS[1], 46, 45 + n) end
-  local untl = math.min(i64(h, 27), i64(h, 35))
+  if n > 0 then to = redis.call('GETRANGE', KEYS[1], HEADER, HEADER - 1 + n) end
+  local untl = math.min(i64(h, AT_IDLE), i64(h, AT_ABSOLUTE))
   redis.call('DEL', KEYS[1])
   if untl <= now or #to == 0 then return {1, '', 0} end
   return {3, to, untl - now}
 end
-if not is_format(h, 1) or string.sub(h, 2, 2) .. string.sub(h, 43) ~= seg then return {-1, '', 0} end
+if not is_format(h, F_RECORD) or user_seg(h) ~= seg then return {-1, '', 0} end
 local was_live = live(h, now)
 redis.call('DEL', KEYS[1])
 if was_live then return {2, '', 0} end
@@ -329,20 +390,20 @@ local k = 2
 if ARGV[6] == '1' then old = KEYS[2]; k = 3 end
 idx = KEYS[k]
 if old then
-  oh = redis.call('GETRANGE', old, 0, 40 + #seg)
+  oh = redis.call('GETRANGE', old, 0, seg_end(seg))
   local c = check_old(oh, now, ARGV[7], seg)
   if c ~= 1 then return {c, {}} end
 end
-if live(redis.call('GETRANGE', KEYS[1], 0, 45), now) then return {0, {}} end
+if live(redis.call('GETRANGE', KEYS[1], 0, HEADER - 1), now) then return {0, {}} end
 local evicted, stays = {}, true
 local max = tonumber(ARGV[11])
 if max > 0 and idx then
   local others = {}
   for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
     if m ~= member and m ~= old_member then
-      local h = redis.call('GETRANGE', ARGV[13] .. m .. '}', 0, 40 + #seg)
-      if live(h, now) and string.sub(h, 2, 2) .. string.sub(h, 43) == seg then
-        others[#others + 1] = {i64(h, 11), m}
+      local h = redis.call('GETRANGE', ARGV[13] .. m .. '}', 0, seg_end(seg))
+      if live(h, now) and user_seg(h) == seg then
+        others[#others + 1] = {i64(h, AT_CREATED), m}
       end
     end
   end
@@ -385,7 +446,7 @@ return {1, evicted}
 const DROP_PENDING: &str = concat!(
     prelude!(),
     r#"
-if is_format(redis.call('GETRANGE', KEYS[1], 0, 45), 4) then
+if is_format(redis.call('GETRANGE', KEYS[1], 0, HEADER - 1), F_PENDING) then
   redis.call('DEL', KEYS[1])
   return 1
 end
@@ -427,6 +488,34 @@ end
 return n
 "#;
 
+/// A script that reads every header field of the record under `KEYS[1]`
+/// with the same layout locals and helpers the real scripts use, for the
+/// test that checks them against core's encoder on a real server.
+///
+/// ARGV: the record's user segment, now (unix ms). Returns {format, user
+/// flag, version (8 bytes), created, last access, idle, absolute (decimal
+/// strings), user id length, user id, 1 if `user_seg` equals ARGV[1],
+/// 1 if `live` at ARGV[2]}.
+#[doc(hidden)]
+#[must_use]
+pub fn layout_probe() -> String {
+    let body = concat!(
+        prelude!(),
+        r#"
+local h = redis.call('GETRANGE', KEYS[1], 0, HEADER - 1)
+local full = redis.call('GETRANGE', KEYS[1], 0, seg_end(ARGV[1]))
+local function ms(at) return string.format('%d', i64(h, at)) end
+local same, alive = 0, 0
+if user_seg(full) == ARGV[1] then same = 1 end
+if live(h, tonumber(ARGV[2])) then alive = 1 end
+return {string.byte(h, AT_FORMAT), string.byte(h, AT_USER_FLAG),
+  string.sub(h, AT_VERSION, AT_VERSION + WORD - 1), ms(AT_CREATED), ms(AT_LAST_ACCESS),
+  ms(AT_IDLE), ms(AT_ABSOLUTE), u32(h, AT_USER_LEN), string.sub(full, AT_USER), same, alive}
+"#
+    );
+    format!("{}{body}", layout_lua())
+}
+
 /// The compiled scripts (their SHA-1s are computed once, at construction).
 pub(crate) struct Scripts {
     pub(crate) create: Script,
@@ -444,18 +533,20 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     pub(crate) fn new() -> Self {
+        let layout = layout_lua();
+        let script = |body: &str| Script::new(&format!("{layout}{body}"));
         Self {
-            create: Script::new(CREATE),
-            index_add: Script::new(INDEX_ADD),
-            update: Script::new(UPDATE),
-            touch: Script::new(TOUCH),
-            delete: Script::new(DELETE),
-            delete_if_user: Script::new(DELETE_IF_USER),
-            create_with: Script::new(CREATE_WITH),
-            rotate: Script::new(MOVE),
-            drop_pending: Script::new(DROP_PENDING),
-            list_user: Script::new(LIST_USER),
-            unindex_if_gone: Script::new(UNINDEX_IF_GONE),
+            create: script(CREATE),
+            index_add: script(INDEX_ADD),
+            update: script(UPDATE),
+            touch: script(TOUCH),
+            delete: script(DELETE),
+            delete_if_user: script(DELETE_IF_USER),
+            create_with: script(CREATE_WITH),
+            rotate: script(MOVE),
+            drop_pending: script(DROP_PENDING),
+            list_user: script(LIST_USER),
+            unindex_if_gone: script(UNINDEX_IF_GONE),
         }
     }
 }
@@ -535,5 +626,85 @@ pub(crate) async fn run<T: FromRedisValue>(
             cmd.query_async(conn).await
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Record offsets come only from [`layout_lua`]: no script body names
+    /// one as a number (the positions and `GETRANGE` offsets of the
+    /// header's fields, the header's length and its last offset).
+    #[test]
+    fn scripts_take_every_offset_from_the_layout() {
+        use session_core::codec::layout as l;
+        let fields = [
+            l::VERSION,
+            l::CREATED_AT,
+            l::LAST_ACCESS,
+            l::IDLE_DEADLINE,
+            l::ABSOLUTE_DEADLINE,
+            l::USER_LEN,
+            l::HEADER_LEN,
+        ];
+        let mut banned: Vec<String> = Vec::new();
+        for f in fields {
+            // 0-based offset, 1-based position, end of the previous field.
+            banned.extend([f, f + 1, f - 1].map(|n| n.to_string()));
+        }
+        banned.retain(|n| n.parse::<usize>().unwrap() > 4);
+        let prelude = prelude!();
+        let rotation = rotation!();
+        for (name, body) in [
+            ("prelude", prelude),
+            ("rotation", rotation),
+            ("CREATE", CREATE),
+            ("INDEX_ADD", INDEX_ADD),
+            ("MOVE", MOVE),
+            ("UPDATE", UPDATE),
+            ("TOUCH", TOUCH),
+            ("DELETE", DELETE),
+            ("DELETE_IF_USER", DELETE_IF_USER),
+            ("CREATE_WITH", CREATE_WITH),
+            ("DROP_PENDING", DROP_PENDING),
+            ("LIST_USER", LIST_USER),
+            ("UNINDEX_IF_GONE", UNINDEX_IF_GONE),
+        ] {
+            let mut code: String = body
+                .lines()
+                .map(|line| line.split("--").next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("\n");
+            // ARGV and KEYS indices are not offsets.
+            for i in (1..=20).rev() {
+                code = code
+                    .replace(&format!("ARGV[{i}]"), "ARGV")
+                    .replace(&format!("KEYS[{i}]"), "KEYS");
+            }
+            let numbers = code
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '.')
+                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
+            for n in numbers {
+                assert!(
+                    !banned.contains(&n.to_owned()),
+                    "{name} hard-codes {n}, a record offset: use the layout locals"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn layout_locals_are_positions_of_the_core_layout() {
+        use session_core::codec::layout as l;
+        let lua = layout_lua();
+        for (name, offset) in [
+            ("AT_VERSION", l::VERSION),
+            ("AT_IDLE", l::IDLE_DEADLINE),
+            ("AT_USER_LEN", l::USER_LEN),
+        ] {
+            assert!(lua.contains(name), "{name} missing");
+            assert!(lua.contains(&(offset + 1).to_string()), "{name}");
+        }
     }
 }

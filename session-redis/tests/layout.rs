@@ -389,3 +389,93 @@ async fn cluster_layout() {
     extreme_deadlines(&store, &mut raw).await;
     rotation_leaves_a_moved_marker(&store, &mut raw).await;
 }
+
+/// What the layout probe returns: format, user flag, version, the four
+/// timestamps, user id length, user id, user segment equal, live.
+type Probe = (
+    u8,
+    u8,
+    Vec<u8>,
+    String,
+    String,
+    String,
+    String,
+    u64,
+    Vec<u8>,
+    u8,
+    u8,
+);
+
+/// The Lua scripts read records with offsets generated from core's
+/// `codec::layout`: a probe built from the same locals and helpers reads
+/// back every header field of records core encoded, on a real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_read_the_record_layout_core_writes() {
+    let url = common::redis_url().await;
+    let mut raw = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let probe = redis::Script::new(&session_redis::scripts::layout_probe());
+    let name = format!("{}:probe", common::unique("layout"));
+    let now = 1_700_000_000_000i64;
+    for user in [None, Some(""), Some("Zoë {tag}: with spaces")] {
+        let r = SessionRecord {
+            data: bytes::Bytes::from_static(b"\x00payload\xff"),
+            user_id: user.map(str::to_owned),
+            created_at: Timestamp::from_unix_millis(now - 3_000),
+            last_access: Timestamp::from_unix_millis(now - 1_000),
+            idle_deadline: Timestamp::from_unix_millis(now + 60_000),
+            absolute_deadline: Timestamp::from_unix_millis(now + 3_600_000),
+            version: 0x0102_0304_0506_0708,
+        };
+        let () = redis::cmd("SET")
+            .arg(&name)
+            .arg(r.encode())
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        // Flag, length, id: what the scripts compare a record's user with.
+        let mut seg = vec![u8::from(user.is_some())];
+        seg.extend_from_slice(&(user.map_or(0, str::len) as u32).to_be_bytes());
+        seg.extend_from_slice(user.unwrap_or("").as_bytes());
+        let got: Probe = probe
+            .key(&name)
+            .arg(&seg)
+            .arg(now)
+            .invoke_async(&mut raw)
+            .await
+            .unwrap();
+        let ms = |t: Timestamp| t.as_unix_millis().to_string();
+        assert_eq!(got.0, 1, "format");
+        assert_eq!(got.1, u8::from(user.is_some()), "user flag");
+        assert_eq!(got.2, r.version.to_be_bytes(), "version");
+        assert_eq!(got.3, ms(r.created_at), "created_at");
+        assert_eq!(got.4, ms(r.last_access), "last_access");
+        assert_eq!(got.5, ms(r.idle_deadline), "idle_deadline");
+        assert_eq!(got.6, ms(r.absolute_deadline), "absolute_deadline");
+        assert_eq!(got.7, user.map_or(0, str::len) as u64, "user id length");
+        assert_eq!(got.8, user.unwrap_or("").as_bytes(), "user id");
+        assert_eq!(got.9, 1, "user segment");
+        assert_eq!(got.10, 1, "live at now");
+        let later = redis::Script::new(&session_redis::scripts::layout_probe());
+        let dead: Vec<redis::Value> = later
+            .key(&name)
+            .arg(&seg)
+            .arg(now + 60_000)
+            .invoke_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(
+            dead.last(),
+            Some(&redis::Value::Int(0)),
+            "dead at its idle deadline"
+        );
+    }
+    let () = redis::cmd("DEL")
+        .arg(&name)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+}
