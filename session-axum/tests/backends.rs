@@ -25,56 +25,38 @@ use tokio::sync::OnceCell;
 
 use common::send;
 
-const HOW_TO: &str = "start the test servers with `eval \"$(scripts/services.sh)\"` from the \
-     workspace root, or point REDIS_URL / REDIS_CLUSTER_URLS / DATABASE_URL / MEMCACHED_URL at \
-     running servers";
-
-fn url(var: &str, default: &str) -> String {
-    std::env::var(var)
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-fn unique(name: &str) -> String {
-    let mut raw = [0u8; 4];
-    getrandom::fill(&mut raw).unwrap();
-    format!("{name}_{:08x}", u32::from_be_bytes(raw))
-}
+use session_test_support::{servers, unique};
 
 async fn redis() -> RedisStore {
-    let url = url("REDIS_URL", "redis://127.0.0.1:6379");
+    let url = servers::redis_url();
     RedisStore::builder()
         .prefix(unique("axum"))
         .connect(&url)
         .await
-        .unwrap_or_else(|e| panic!("no Redis at {url}: {e}; {HOW_TO}"))
+        .unwrap_or_else(|e| panic!("no Redis at {url}: {e}"))
 }
 
 async fn redis_cluster() -> RedisStore {
-    let urls = url(
-        "REDIS_CLUSTER_URLS",
-        "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103",
-    );
+    let urls = servers::redis_cluster_urls();
     RedisStore::builder()
         .prefix(unique("axum"))
-        .connect_cluster(urls.split(',').map(str::trim))
+        .connect_cluster(urls.clone())
         .await
-        .unwrap_or_else(|e| panic!("no Redis Cluster at {urls}: {e}; {HOW_TO}"))
+        .unwrap_or_else(|e| panic!("no Redis Cluster at {urls:?}: {e}"))
 }
 
 const PG_SCHEMA: &str = "session_axum_test";
 
 async fn postgres() -> PostgresStore {
     static SCHEMA: OnceCell<()> = OnceCell::const_new();
-    let url = url("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
+    let url = servers::postgres_url();
     SCHEMA
         .get_or_init(|| async {
             // This binary owns the schema: start each run from an empty one.
             use session_postgres::sqlx;
             let pool = sqlx::PgPool::connect(&url)
                 .await
-                .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}; {HOW_TO}"));
+                .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}"));
             for stmt in [
                 format!("DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"),
                 format!("CREATE SCHEMA {PG_SCHEMA}"),
@@ -93,17 +75,17 @@ async fn postgres() -> PostgresStore {
         .max_connections(8)
         .connect(&url)
         .await
-        .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}; {HOW_TO}"));
+        .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}"));
     store.migrate().await.expect("migrate");
     store
 }
 
 fn memcached() -> MemcachedStore {
-    let url = url("MEMCACHED_URL", "memcache://127.0.0.1:11211");
+    let url = servers::memcached_url();
     let config = MemcachedConfig::new([url.as_str()])
         .and_then(|c| c.with_namespace(&unique("axum")))
         .unwrap_or_else(|e| panic!("bad MEMCACHED_URL {url}: {e}"));
-    MemcachedStore::new(config).unwrap_or_else(|e| panic!("no Memcached at {url}: {e}; {HOW_TO}"))
+    MemcachedStore::new(config).unwrap_or_else(|e| panic!("no Memcached at {url}: {e}"))
 }
 
 fn router(store: impl SessionStore) -> Router {

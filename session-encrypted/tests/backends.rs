@@ -12,43 +12,33 @@ use session_encrypted::{EncryptedStore, EncryptionKey, KeyRing};
 use session_memcached::{MemcachedConfig, MemcachedStore};
 use session_postgres::PostgresStore;
 use session_redis::RedisStore;
+use session_test_support::servers;
 use tokio::sync::OnceCell;
-
-const HOW_TO: &str =
-    "start the test servers with `eval \"$(scripts/services.sh)\"` from the workspace root, \
-     or point REDIS_URL / DATABASE_URL / MEMCACHED_URL at running servers";
-
-fn url(var: &str, default: &str) -> String {
-    std::env::var(var)
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
 
 fn ring() -> KeyRing {
     KeyRing::new(1, EncryptionKey::generate())
 }
 
 async fn redis(namespace: &str) -> RedisStore {
-    let url = url("REDIS_URL", "redis://127.0.0.1:6379");
+    let url = servers::redis_url();
     RedisStore::builder()
         .prefix(format!("enc_{namespace}"))
         .connect(&url)
         .await
-        .unwrap_or_else(|e| panic!("no Redis at {url}: {e}; {HOW_TO}"))
+        .unwrap_or_else(|e| panic!("no Redis at {url}: {e}"))
 }
 
 const PG_SCHEMA: &str = "session_encrypted_test";
 
 async fn postgres(namespace: &str) -> PostgresStore {
     static SCHEMA: OnceCell<()> = OnceCell::const_new();
-    let url = url("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
+    let url = servers::postgres_url();
     SCHEMA
         .get_or_init(|| async {
             // This binary owns the schema: start each run from an empty one.
             let pool = sqlx::PgPool::connect(&url)
                 .await
-                .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}; {HOW_TO}"));
+                .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}"));
             for stmt in [
                 format!("DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"),
                 format!("CREATE SCHEMA {PG_SCHEMA}"),
@@ -67,17 +57,17 @@ async fn postgres(namespace: &str) -> PostgresStore {
         .max_connections(4)
         .connect(&url)
         .await
-        .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}; {HOW_TO}"));
+        .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}"));
     store.migrate().await.expect("migrate");
     store
 }
 
 fn memcached(namespace: &str) -> MemcachedStore {
-    let url = url("MEMCACHED_URL", "memcache://127.0.0.1:11211");
+    let url = servers::memcached_url();
     let config = MemcachedConfig::new([url.as_str()])
         .and_then(|c| c.with_namespace(&format!("enc_{namespace}")))
         .unwrap_or_else(|e| panic!("bad MEMCACHED_URL {url}: {e}"));
-    MemcachedStore::new(config).unwrap_or_else(|e| panic!("no Memcached at {url}: {e}; {HOW_TO}"))
+    MemcachedStore::new(config).unwrap_or_else(|e| panic!("no Memcached at {url}: {e}"))
 }
 
 mod over_redis {
@@ -132,7 +122,7 @@ fn assert_clean(what: &str, blobs: &[Vec<u8>]) {
 async fn raw_redis_holds_neither_plaintext_nor_user() {
     let store = redis(&format!("rawread{}", std::process::id())).await;
     write_secret(&store).await;
-    let client = redis::Client::open(url("REDIS_URL", "redis://127.0.0.1:6379")).unwrap();
+    let client = redis::Client::open(servers::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let pattern = format!("{}*", store.prefix());
     // SCAN, not KEYS: the server may hold millions of other keys.
@@ -216,25 +206,12 @@ async fn raw_memcached_holds_neither_plaintext_nor_user() {
 }
 
 async fn redis_cluster(namespace: &str) -> RedisStore {
-    let given = std::env::var("REDIS_CLUSTER_URLS").ok();
-    let urls: Vec<String> = given
-        .as_deref()
-        .unwrap_or("redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103")
-        .split(',')
-        .map(|u| u.trim().to_owned())
-        .filter(|u| !u.is_empty())
-        .collect();
+    let urls = servers::redis_cluster_urls();
     RedisStore::builder()
         .prefix(format!("enc_{namespace}"))
         .connect_cluster(urls)
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "no Redis Cluster: {e}; set REDIS_CLUSTER_URLS to its nodes (comma separated) \
-                 or run `eval \"$(scripts/services.sh)\"`, which starts a 3-master cluster on \
-                 ports 7101-7103"
-            )
-        })
+        .unwrap_or_else(|e| panic!("connecting to the test Redis Cluster failed: {e}"))
 }
 
 mod over_redis_cluster {

@@ -4,6 +4,6 @@
 mod common;
 
 session_core::conformance_suite!(|namespace: String| async move {
-    let url = common::url().await;
+    let url = common::url();
     common::store(&[&url], &namespace)
 });

@@ -7,7 +7,7 @@ mod common;
 use session_memcached::{MemcachedConfig, MemcachedStore};
 
 session_core::conformance_suite!(|namespace: String| async move {
-    let (a, b) = (common::url().await, common::url2().await);
+    let (a, b) = (common::url(), common::url2());
     let config = MemcachedConfig::new([a, b])
         .unwrap()
         .with_namespace(&namespace)

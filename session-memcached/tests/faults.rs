@@ -4,26 +4,18 @@
 //! afterwards succeeds. The tests run their own `memcached` (from PATH) on
 //! a spare port.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use session_core::conformance::record;
-use session_core::{KeyDeriver, SessionId, SessionStore, StorageKey, StoreError};
+use session_core::{SessionStore, StoreError};
 use session_memcached::{MemcachedConfig, MemcachedStore};
 
-fn key() -> StorageKey {
-    KeyDeriver::new().derive(&SessionId::generate())
-}
+use session_test_support::storage_key as key;
 
-fn spare_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("no spare port")
-        .port()
-}
+use session_test_support::process::spare_port;
 
 /// A `memcached` child process, killed when dropped (also when a test
 /// fails half-way).
@@ -85,28 +77,7 @@ fn start_memcached(port: u16) -> Server {
     child
 }
 
-/// Waits until every thread of process `pid` is stopped: `kill -STOP`
-/// returns once the signal is sent, not once the process has stopped, and
-/// a request sent in between would still be answered.
-fn wait_until_stopped(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc/<pid>/task");
-        let all_stopped = tasks.flatten().all(|t| {
-            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
-                // The state follows the parenthesised command name.
-                stat.rsplit_once(')').is_some_and(|(_, rest)| {
-                    matches!(rest.trim_start().chars().next(), Some('T' | 't'))
-                })
-            })
-        });
-        if all_stopped {
-            return;
-        }
-        assert!(Instant::now() < deadline, "process {pid} did not stop");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use session_test_support::process::wait_until_stopped;
 
 fn stop(server: Server) {
     drop(server);

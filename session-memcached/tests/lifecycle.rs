@@ -10,12 +10,10 @@ use std::time::Duration;
 use memcache::exp::MetaClient;
 use session_core::conformance::record;
 use session_core::store::CreateOptions;
-use session_core::{KeyDeriver, SessionId, SessionRecord, SessionStore, StorageKey, StoreError};
+use session_core::{SessionRecord, SessionStore, StoreError};
 use session_memcached::{MemcachedConfig, MemcachedStore};
 
-fn key() -> StorageKey {
-    KeyDeriver::new().derive(&SessionId::generate())
-}
+use session_test_support::storage_key as key;
 
 fn ns(case: &str) -> String {
     format!("lc_{case}_{}", std::process::id())
@@ -35,7 +33,7 @@ async fn raw_get(url: &str, item_key: String) -> Option<Vec<u8>> {
 
 #[tokio::test]
 async fn rotation_leaves_a_moved_marker_that_loads_as_nothing() {
-    let url = common::url().await;
+    let url = common::url();
     let store = common::store(&[&url], &ns("marker"));
     let (old, new) = (key(), key());
     let rec = record(Some("marker-user"), b"o", 60_000, 120_000);
@@ -65,7 +63,7 @@ async fn rotation_leaves_a_moved_marker_that_loads_as_nothing() {
 /// record can never be written, and prunes it.
 #[tokio::test]
 async fn a_stalled_login_is_cancelled_after_the_grace_period() {
-    let url = common::url().await;
+    let url = common::url();
     let config = MemcachedConfig::new([url.clone()])
         .unwrap()
         .with_namespace(&ns("stall"))

@@ -7,21 +7,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use session_core::conformance::record;
-use session_core::{KeyDeriver, SessionId, SessionRecord, SessionStore, StorageKey, StoreError};
+use session_core::{SessionRecord, SessionStore, StoreError};
 use session_memcached::{MemcachedConfig, MemcachedStore};
 
 const DAY: u64 = 24 * 3600 * 1000;
 
-fn key() -> StorageKey {
-    KeyDeriver::new().derive(&SessionId::generate())
-}
+use session_test_support::storage_key as key;
 
 fn ns(case: &str) -> String {
     format!("lim_{case}_{}", std::process::id())
 }
 
 async fn store_with(case: &str, max_item_size: usize) -> MemcachedStore {
-    let url = common::url().await;
+    let url = common::url();
     let config = MemcachedConfig::new([url])
         .unwrap()
         .with_namespace(&ns(case))
@@ -146,7 +144,7 @@ async fn concurrent_logins_of_one_user_lose_no_index_entry() {
 /// Entries whose session is gone are not listed and are pruned.
 #[tokio::test]
 async fn listing_prunes_entries_of_missing_sessions() {
-    let url = common::url().await;
+    let url = common::url();
     let config = MemcachedConfig::new([url])
         .unwrap()
         .with_namespace(&ns("prune"))

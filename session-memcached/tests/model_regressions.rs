@@ -17,7 +17,7 @@ use session_memcached::{MemcachedConfig, MemcachedStore};
 const HOUR_MS: i64 = 3_600_000;
 
 async fn store(case: &str) -> MemcachedStore {
-    let url = common::url().await;
+    let url = common::url();
     let ns = format!("mr_{case}_{}_{}", std::process::id(), nanos());
     common::store(&[&url], &ns)
 }
@@ -566,7 +566,7 @@ async fn a_refused_login_puts_back_the_marker_it_held() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_listing_racing_delete_user_sees_all_or_nothing() {
     // Where it was found: the async transport over two servers.
-    let (a, b) = (common::url().await, common::url2().await);
+    let (a, b) = (common::url(), common::url2());
     let ns = format!("mr_list_race_{}_{}", std::process::id(), nanos());
     let config = MemcachedConfig::new([a, b])
         .unwrap()

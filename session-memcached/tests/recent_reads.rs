@@ -92,7 +92,7 @@ async fn load_then_update(url: &str, store: &MemcachedStore, n: u64) -> (u64, u6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_after_load_is_one_round_trip_and_stale_tokens_still_conflict() {
-    let url = common::url().await;
+    let url = common::url();
     let ns = format!("recent_{}", std::process::id());
 
     // With the cache: one `mg` per load, none per update.

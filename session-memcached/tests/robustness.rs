@@ -20,7 +20,7 @@ fn ns(case: &str) -> String {
 
 #[tokio::test]
 async fn garbage_session_item_is_corrupt_and_can_be_deleted() {
-    let url = common::url().await;
+    let url = common::url();
     let store = common::store(&[&url], &ns("sess"));
     let key = KeyDeriver::new().derive(&SessionId::generate());
     let item_key = format!("{}:s:{}", ns("sess"), key.as_str());
@@ -46,7 +46,7 @@ async fn garbage_session_item_is_corrupt_and_can_be_deleted() {
 
 #[tokio::test]
 async fn garbage_index_item_is_a_typed_error() {
-    let url = common::url().await;
+    let url = common::url();
     let store = common::store(&[&url], &ns("idx"));
     let user = "garbage-index-user";
     let key = KeyDeriver::new().derive(&SessionId::generate());
@@ -87,7 +87,7 @@ fn index_key_of(namespace: &str, user: &str) -> String {
 
 #[tokio::test]
 async fn foreign_storage_keys_work() {
-    let url = common::url().await;
+    let url = common::url();
     let store = common::store(&[&url], &ns("foreign"));
     for k in ["a b", "\u{0}ctl", &"x".repeat(400), "ü"] {
         let key = StorageKey::from_stored(k);

@@ -8,13 +8,13 @@ use session_core::conformance::record;
 use session_core::{KeyDeriver, SessionId, SessionStore};
 
 session_core::conformance_suite!(|namespace: String| async move {
-    let (a, b) = (common::url().await, common::url2().await);
+    let (a, b) = (common::url(), common::url2());
     common::store(&[&a, &b], &namespace)
 });
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_spread_over_both_servers() {
-    let (a, b) = (common::url().await, common::url2().await);
+    let (a, b) = (common::url(), common::url2());
     let ns = format!("spread_{}", std::process::id());
     let both = common::store(&[&a, &b], &ns);
     let only_a = common::store(&[&a], &ns);

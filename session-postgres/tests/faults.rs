@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{database_url, unique, Scratch};
 use session_core::conformance::record;
-use session_core::{KeyDeriver, SessionId, SessionRecord, SessionStore, StorageKey, StoreError};
+use session_core::{SessionRecord, SessionStore, StorageKey, StoreError};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::Connection;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,9 +29,7 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
 /// No call may take longer than this, whatever the fault.
 const PROMPT: Duration = Duration::from_secs(5);
 
-fn key() -> StorageKey {
-    KeyDeriver::new().derive(&SessionId::generate())
-}
+use session_test_support::storage_key as key;
 
 async fn scratch(table: &str, options: PgConnectOptions) -> Scratch {
     let store = common::builder(table)

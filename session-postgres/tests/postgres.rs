@@ -13,16 +13,13 @@ use std::num::NonZeroUsize;
 
 use session_core::store::CreateOptions;
 use session_core::{
-    KeyDeriver, LimitStrategy, SessionId, SessionStore, StorageKey, StoreError, Timestamp,
-    UserSessionLimit,
+    LimitStrategy, SessionStore, StorageKey, StoreError, Timestamp, UserSessionLimit,
 };
 use session_postgres::{PgError, PostgresStore, SetupError};
 
 const HOUR: u64 = 3_600_000;
 
-fn key() -> StorageKey {
-    KeyDeriver::new().derive(&SessionId::generate())
-}
+use session_test_support::storage_key as key;
 
 async fn wait_for<F, Fut>(what: &str, mut cond: F)
 where

@@ -27,11 +27,6 @@ struct Server {
 }
 
 impl Server {
-    fn spare_port() -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("no spare port");
-        l.local_addr().unwrap().port()
-    }
-
     async fn start(port: u16) -> Self {
         Self::start_with(port, &[]).await
     }
@@ -58,7 +53,7 @@ impl Server {
             );
         let server = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !common::answers(&server.url()).await {
+        while !session_test_support::servers::answers(&server.url()) {
             assert!(
                 Instant::now() < deadline,
                 "redis-server on port {port} did not come up"
@@ -84,9 +79,8 @@ impl Drop for Server {
     }
 }
 
-fn key() -> StorageKey {
-    session_core::KeyDeriver::new().derive(&session_core::SessionId::generate())
-}
+use session_test_support::process::spare_port;
+use session_test_support::storage_key as key;
 
 fn record(user: Option<&str>, data: &[u8], version: u64) -> SessionRecord {
     let now = Timestamp::now();
@@ -145,7 +139,7 @@ async fn every_call_is_unavailable(store: &RedisStore, known: &StorageKey) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_dies_mid_traffic_and_comes_back() {
-    let port = Server::spare_port();
+    let port = spare_port();
     let mut server = Server::start(port).await;
     let store = store_on(&server).await;
 
@@ -267,7 +261,7 @@ async fn the_first_call_after_a_restart_succeeds() {
     let dir = std::env::temp_dir().join(format!(
         "session-redis-restart-{}-{}",
         std::process::id(),
-        Server::spare_port()
+        spare_port()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let dir_arg = dir.to_str().unwrap().to_owned();
@@ -279,7 +273,7 @@ async fn the_first_call_after_a_restart_succeeds() {
         "--dir",
         &dir_arg,
     ];
-    let port = Server::spare_port();
+    let port = spare_port();
     let mut server = Server::start_with(port, &persistent).await;
     let store = store_on(&server).await;
     let k = key();
@@ -339,28 +333,7 @@ async fn the_first_call_after_a_restart_succeeds() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Waits until every thread of process `pid` is stopped: `kill -STOP`
-/// returns once the signal is sent, not once the process has stopped, and
-/// a request sent in between would still be answered.
-fn wait_until_stopped(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc/<pid>/task");
-        let all_stopped = tasks.flatten().all(|t| {
-            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
-                // The state follows the parenthesised command name.
-                stat.rsplit_once(')').is_some_and(|(_, rest)| {
-                    matches!(rest.trim_start().chars().next(), Some('T' | 't'))
-                })
-            })
-        });
-        if all_stopped {
-            return;
-        }
-        assert!(Instant::now() < deadline, "process {pid} did not stop");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use session_test_support::process::wait_until_stopped;
 
 /// Sends `signal` (`STOP` or `CONT`) to the server process.
 fn signal(server: &Server, signal: &str) {
@@ -377,7 +350,7 @@ fn signal(server: &Server, signal: &str) {
 /// work again once the server answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_server_times_out_and_the_store_recovers() {
-    let server = Server::start(Server::spare_port()).await;
+    let server = Server::start(spare_port()).await;
     let store = store_on(&server).await;
     let known = key();
     store
@@ -408,7 +381,7 @@ async fn a_frozen_server_times_out_and_the_store_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_are_reloaded_after_script_flush() {
-    let server = Server::start(Server::spare_port()).await;
+    let server = Server::start(spare_port()).await;
     let store = store_on(&server).await;
     let client = redis::Client::open(server.url()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
@@ -478,7 +451,7 @@ async fn cached_scripts(raw: &mut redis::aio::MultiplexedConnection) -> i64 {
 
 #[tokio::test]
 async fn connect_errors_are_typed_and_hide_credentials() {
-    let port = Server::spare_port();
+    let port = spare_port();
     let err = RedisStore::builder()
         .connect_timeout(Duration::from_millis(200))
         .connect(&format!("redis://user:hunter2@127.0.0.1:{port}/0"))
@@ -521,7 +494,7 @@ async fn connect_errors_are_typed_and_hide_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lazy_store_starts_before_its_server() {
-    let port = Server::spare_port();
+    let port = spare_port();
     let store = RedisStore::builder()
         .prefix("lazy")
         .operation_timeout(OP_TIMEOUT)

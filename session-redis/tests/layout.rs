@@ -6,19 +6,15 @@ mod common;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use session_core::{
-    KeyDeriver, SessionId, SessionRecord, SessionStore, StorageKey, StoreError, Timestamp,
-};
+use session_core::{SessionRecord, SessionStore, StoreError, Timestamp};
 use session_redis::{KeyPrefix, RedisStore};
 
-fn key() -> StorageKey {
-    KeyDeriver::new().derive(&SessionId::generate())
-}
+use session_test_support::storage_key as key;
 
 use session_core::conformance::record;
 
 async fn single() -> (RedisStore, redis::aio::MultiplexedConnection) {
-    let url = common::redis_url().await;
+    let url = common::redis_url();
     let store = common::store(&common::unique("layout")).await;
     let raw = redis::Client::open(url)
         .unwrap()
@@ -29,7 +25,7 @@ async fn single() -> (RedisStore, redis::aio::MultiplexedConnection) {
 }
 
 async fn cluster() -> (RedisStore, redis::cluster_async::ClusterConnection) {
-    let urls = common::cluster_urls().await;
+    let urls = common::cluster_urls();
     let store = common::cluster_store(&common::unique("layout")).await;
     let raw = redis::cluster::ClusterClient::new(urls)
         .unwrap()
@@ -154,7 +150,7 @@ async fn corrupt_values_are_typed_errors<C: ConnectionLike + Send>(
 }
 
 async fn too_large_records_are_refused() {
-    let url = common::redis_url().await;
+    let url = common::redis_url();
     let store = RedisStore::builder()
         .prefix(common::unique("small"))
         .max_record_size(1_000)
@@ -411,7 +407,7 @@ type Probe = (
 /// back every header field of records core encoded, on a real server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_read_the_record_layout_core_writes() {
-    let url = common::redis_url().await;
+    let url = common::redis_url();
     let mut raw = redis::Client::open(url)
         .unwrap()
         .get_multiplexed_async_connection()

@@ -1,19 +1,8 @@
-//! Shared test setup: which PostgreSQL to test against, and scratch tables
-//! that are dropped when the test is done with them.
-//!
-//! The server is, in order:
-//! 1. `DATABASE_URL` when set;
-//! 2. the project default `postgres://postgres@127.0.0.1:5432/test` when
-//!    something listens there (`scripts/services.sh` starts it);
-//! 3. a PostgreSQL container started with testcontainers when a Docker
-//!    engine answers (one container named `session-postgres-test`, reused
-//!    by later runs: remove it with `docker rm -f session-postgres-test`);
-//!
-//! and otherwise the test fails, saying how to provide one.
-#![allow(dead_code)]
+//! Shared test setup: scratch tables on the test server (found by
+//! `session_test_support::servers`: `DATABASE_URL`, else the local
+//! default, else a container), dropped when the test is done with them.
+#![allow(dead_code, unused_imports)]
 
-use std::net::{SocketAddr, TcpStream};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,68 +11,10 @@ use session_core::{
     SessionRecord, SessionStore, SessionSummary, StorageKey, StoreResult, Timestamp,
 };
 use session_postgres::{PostgresStore, PostgresStoreBuilder};
+pub use session_test_support::servers::postgres_url as database_url;
 
-/// The project's default test database.
-pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// The schema every scratch table of the tests lives in.
 pub const SCHEMA: &str = "session_postgres_test";
-
-const HOW_TO: &str = "no PostgreSQL server for the tests: set DATABASE_URL \
-    (e.g. postgres://postgres@127.0.0.1:5432/test), or run `eval \"$(scripts/services.sh)\"` \
-    from the workspace root to start a local one, or start a Docker engine for the \
-    testcontainers fallback";
-
-/// The URL of the test server (see the module docs). Panics with
-/// instructions when there is none.
-pub fn database_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(resolve_url).clone()
-}
-
-fn resolve_url() -> String {
-    if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
-        return url;
-    }
-    let local: SocketAddr = "127.0.0.1:5432".parse().unwrap();
-    if TcpStream::connect_timeout(&local, Duration::from_secs(1)).is_ok() {
-        return DEFAULT_URL.to_owned();
-    }
-    if docker_configured() {
-        // SyncRunner drives its own runtime: start it off the test's.
-        match std::thread::spawn(start_container).join() {
-            Ok(Ok(url)) => return url,
-            Ok(Err(e)) => panic!("{HOW_TO} (starting a PostgreSQL container failed: {e})"),
-            Err(_) => panic!("{HOW_TO} (starting a PostgreSQL container panicked)"),
-        }
-    }
-    panic!("{HOW_TO}");
-}
-
-fn docker_configured() -> bool {
-    std::env::var_os("DOCKER_HOST").is_some()
-        || std::path::Path::new("/var/run/docker.sock").exists()
-}
-
-fn start_container() -> Result<String, String> {
-    use testcontainers::runners::SyncRunner;
-    use testcontainers::{ImageExt, ReuseDirective};
-    use testcontainers_modules::postgres::Postgres;
-
-    let container = Postgres::default()
-        .with_host_auth()
-        .with_db_name("test")
-        .with_container_name("session-postgres-test")
-        .with_reuse(ReuseDirective::Always)
-        .start()
-        .map_err(|e| e.to_string())?;
-    let host = container.get_host().map_err(|e| e.to_string())?;
-    let port = container
-        .get_host_port_ipv4(5432)
-        .map_err(|e| e.to_string())?;
-    // Reused containers outlive this handle by design.
-    std::mem::forget(container);
-    Ok(format!("postgres://postgres@{host}:{port}/test"))
-}
 
 /// A builder for tests: the scratch schema, table `table`, small pool.
 pub fn builder(table: &str) -> PostgresStoreBuilder {
@@ -110,7 +41,7 @@ impl Scratch {
         let store = builder
             .connect(&database_url())
             .await
-            .unwrap_or_else(|e| panic!("{e}\n{HOW_TO}"));
+            .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"));
         store.migrate().await.expect("migrate");
         Self { store }
     }
