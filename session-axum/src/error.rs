@@ -9,7 +9,9 @@ use session_core::{SessionError, StoreError};
 /// As a response it never reveals details, and always says what the client
 /// can do (see [`Error::status`]); the details go to a `tracing` event for
 /// the operator. Handlers that want to answer differently match on
-/// [`Error::session_error`].
+/// [`Error::session_error`]. Neither the response, nor the event, nor the
+/// error's `Display`/`Debug` shows a session ID, storage key, token or
+/// credential (see [`session_core::redact`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -600,3 +600,52 @@ async fn a_logout_with_a_rotated_away_cookie_still_ends_the_session() {
         "the session outlived its logout"
     );
 }
+
+/// Logs in, stores a value and issues a token, then answers with the
+/// secrets (token, session ID, storage key) and, after a blank line, every
+/// `Debug`/`Display` rendering a handler could log.
+async fn renderings(session: Session) -> Result<String, Error> {
+    session.login("kim").await?;
+    session.insert("card", "S3CRETDATA").await?;
+    let token = session.issue_token("transfer").await?;
+    let (id, key, inner) = session
+        .with(|s| {
+            (
+                s.id().expose(),
+                s.storage_key().as_str().to_owned(),
+                format!("{s:?} {s:#?} {} {:?}", s.storage_key(), s.id()),
+            )
+        })
+        .await?;
+    let listed = session.list_sessions().await?;
+    Ok(format!(
+        "{}\n{id}\n{key}\n\n{session:?} {session:#?} {token:?} {token} {listed:?} {inner}",
+        token.expose()
+    ))
+}
+
+#[tokio::test]
+async fn no_rendering_of_a_session_shows_its_id_key_token_or_data() {
+    let app = app();
+    let router = Router::new()
+        .route("/renderings", post(renderings))
+        .layer(SessionLayer::new(
+            SessionManager::builder(Arc::clone(&app.store))
+                .clock(app.clock.clone())
+                .build(),
+        ));
+    let r = common::send(&router, "POST", "/renderings", None, "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let (secrets, shown) = r.body.split_once("\n\n").expect("two parts");
+    let secrets: Vec<&str> = secrets.lines().chain(["S3CRETDATA"]).collect();
+    assert_eq!(secrets.len(), 4);
+    // The cookie carries the ID the handler saw.
+    assert!(r.cookie().ends_with(secrets[1]), "{}", r.cookie());
+    for secret in secrets {
+        assert!(!shown.contains(secret), "{secret} shows in: {shown}");
+    }
+    assert!(
+        shown.contains("tag:"),
+        "the key is named by its tag: {shown}"
+    );
+}

@@ -4,7 +4,10 @@ use crate::store::StoreError;
 
 /// What can go wrong in a [`SessionManager`](crate::SessionManager) call.
 ///
-/// None of the variants carries a session ID, token or session data.
+/// None of the variants carries a session ID, token or session data, and
+/// no `Display`, `Debug` or `source()` in its chain shows a storage key
+/// (only its salted tag) or a credential (backends wrap driver errors in a
+/// [`RedactedError`](crate::redact::RedactedError)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {

@@ -3,9 +3,13 @@
 //! A [`StorageKey`] is a BLAKE3 hash of the [`SessionId`], optionally keyed
 //! by an application secret ([`KeyDeriver::with_secret`]). It is one-way: a
 //! dump of any store yields keys that cannot be turned back into cookies.
+//!
+//! A storage key still names a row of the store, so it is kept out of logs:
+//! its `Display` and `Debug` show a salted tag (see [`StorageKey`]), and
+//! only [`StorageKey::as_str`] gives the key itself, for the stores.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use zeroize::Zeroizing;
 
@@ -15,8 +19,40 @@ const UNKEYED_CONTEXT: &str = "session-core 2026-11 storage key v1";
 const SECRET_CONTEXT: &str = "session-core 2026-11 storage key secret v1";
 const AUDIT_CONTEXT: &str = "session-core 2026-11 audit salt v1";
 
+/// The salt of this process's tags: random, drawn on first use.
+fn process_salt() -> &'static [u8; 32] {
+    static SALT: OnceLock<[u8; 32]> = OnceLock::new();
+    SALT.get_or_init(|| {
+        let mut salt = [0u8; 32];
+        getrandom::fill(&mut salt).expect("the operating system CSPRNG failed");
+        salt
+    })
+}
+
+/// The first 64 bits of the keyed hash of `key` under `salt`, as hex.
+fn tag_of(salt: &[u8; 32], key: &str) -> String {
+    blake3::keyed_hash(salt, key.as_bytes()).to_hex()[..16].to_string()
+}
+
 /// The key under which a store keeps a session record: 64 lowercase hex
 /// characters, safe in Redis keys, SQL text columns and Memcached keys.
+///
+/// `Display` and `Debug` never show the key: they show `tag:` and 16 hex
+/// characters, a keyed BLAKE3 hash of the key under a random per-process
+/// salt. The tag is the same for a key throughout the process (so log lines
+/// about one session can be correlated, and it equals the
+/// [`SessionManager`](crate::SessionManager)'s default audit tag), but
+/// cannot be matched with a row of the store or across restarts. Stores
+/// build their keys from [`StorageKey::as_str`], never from `Display`.
+///
+/// ```
+/// use session_core::{KeyDeriver, SessionId};
+///
+/// let key = KeyDeriver::new().derive(&SessionId::generate());
+/// let shown = key.to_string();
+/// assert!(shown.starts_with("tag:") && shown.len() == 20);
+/// assert!(!format!("{key:?}").contains(key.as_str()));
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StorageKey(Arc<str>);
 
@@ -31,22 +67,30 @@ impl StorageKey {
         Self(Arc::from(s))
     }
 
-    /// The key as text.
+    /// The key itself, as the store keeps it: what stores build their
+    /// item keys and query parameters from. It names the session's row, so
+    /// do not log it (`Display` is the loggable tag).
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The salted per-process tag that `Display` shows (without `tag:`).
+    #[must_use]
+    pub fn tag(&self) -> String {
+        tag_of(process_salt(), &self.0)
     }
 }
 
 impl fmt::Debug for StorageKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StorageKey({})", &self.0)
+        write!(f, "StorageKey(tag:{})", self.tag())
     }
 }
 
 impl fmt::Display for StorageKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "tag:{}", self.tag())
     }
 }
 
@@ -117,6 +161,16 @@ pub struct AuditTagger {
 }
 
 impl AuditTagger {
+    /// A tagger with this process's random salt: its tags are the ones
+    /// [`StorageKey`]'s `Display` shows (after `tag:`), and differ across
+    /// restarts. The [`SessionManager`](crate::SessionManager)'s default.
+    #[must_use]
+    pub fn process() -> Self {
+        Self {
+            salt: Zeroizing::new(*process_salt()),
+        }
+    }
+
     /// A tagger with a fresh random salt (tags differ across restarts).
     #[must_use]
     pub fn random() -> Self {
@@ -137,8 +191,7 @@ impl AuditTagger {
     /// The tag for a session.
     #[must_use]
     pub fn tag(&self, key: &StorageKey) -> String {
-        let h = blake3::keyed_hash(&self.salt, key.as_str().as_bytes());
-        h.to_hex()[..16].to_string()
+        tag_of(&self.salt, key.as_str())
     }
 }
 
@@ -183,5 +236,44 @@ mod tests {
         assert!(!k.as_str().contains(&t1));
         let s = AuditTagger::with_salt(b"x");
         assert_eq!(s.tag(&k), AuditTagger::with_salt(b"x").tag(&k));
+        assert_eq!(
+            format!("tag:{}", AuditTagger::process().tag(&k)),
+            k.to_string()
+        );
+    }
+
+    #[test]
+    fn display_and_debug_show_a_stable_salted_tag_never_the_key() {
+        let k = KeyDeriver::new().derive(&SessionId::generate());
+        let other = KeyDeriver::new().derive(&SessionId::generate());
+        let shown = [
+            k.to_string(),
+            format!("{k:?}"),
+            format!("{:?}", Some(&k)),
+            format!("{k:#?}"),
+        ];
+        for s in &shown {
+            assert!(!s.contains(k.as_str()), "{s}");
+            // No 16-character window of the key either.
+            for w in k.as_str().as_bytes().windows(16) {
+                assert!(!s.contains(std::str::from_utf8(w).unwrap()), "{s}");
+            }
+        }
+        assert_eq!(shown[0], format!("tag:{}", k.tag()));
+        assert_eq!(shown[1], format!("StorageKey(tag:{})", k.tag()));
+        assert_eq!(shown[0].len(), 4 + 16);
+        assert_eq!(k.to_string(), k.clone().to_string(), "stable in a process");
+        assert_eq!(
+            StorageKey::from_stored(k.as_str()).to_string(),
+            shown[0],
+            "same key, same tag"
+        );
+        assert_ne!(other.to_string(), shown[0]);
+        // The tag is salted: not the unsalted hash of the key.
+        let unsalted = blake3::hash(k.as_str().as_bytes()).to_hex();
+        assert!(!shown[0].contains(&unsalted[..16]));
+        // A foreign (short) key is not shown either.
+        let short = StorageKey::from_stored("row-17");
+        assert!(!format!("{short} {short:?}").contains("row-17"));
     }
 }

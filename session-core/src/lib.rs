@@ -13,6 +13,7 @@
 //! - [`cookie`]: the session cookie's attributes and parsing.
 //! - [`clock`]: timestamps and the injectable clock.
 //! - [`memory`]: [`MemoryStore`], the embedded default store.
+//! - [`redact`]: credentials out of URLs, error messages and error chains.
 //! - `conformance` (feature `conformance`): the suite every backend runs.
 //!
 //! ```
@@ -50,6 +51,7 @@ pub mod manager;
 pub mod memory;
 pub mod policy;
 pub mod record;
+pub mod redact;
 pub mod session;
 pub mod store;
 pub mod token;

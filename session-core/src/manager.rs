@@ -128,7 +128,9 @@ impl SessionManagerBuilder {
         self
     }
 
-    /// Sets the salt of audit tags (default: random per process).
+    /// Sets the salt of audit tags (default: random per process, the salt
+    /// of [`StorageKey`]'s `Display` tags, so audit events and `tag:…` in
+    /// other log lines match).
     pub fn audit_salt(mut self, salt: &[u8]) -> Self {
         self.audit = Some(AuditTagger::with_salt(salt));
         self
@@ -148,7 +150,7 @@ impl SessionManagerBuilder {
                 config: self.config,
                 cookie: self.cookie,
                 keys: self.keys,
-                audit: self.audit.unwrap_or_else(AuditTagger::random),
+                audit: self.audit.unwrap_or_else(AuditTagger::process),
                 clock: self.clock,
             }),
         }

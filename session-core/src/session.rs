@@ -168,7 +168,8 @@ pub(crate) enum State {
 /// Values are read and written through serde ([`Session::get`],
 /// [`Session::insert`]); every write is tracked, so
 /// [`SessionManager::commit`](crate::SessionManager::commit) writes only
-/// when something changed. `Debug` shows neither the ID nor the data.
+/// when something changed. `Debug` shows neither the ID, nor the storage
+/// key (only its salted tag), nor the data, nor one-time tokens.
 pub struct Session {
     pub(crate) id: SessionId,
     pub(crate) key: StorageKey,
@@ -290,7 +291,9 @@ impl Session {
         self.id_changed
     }
 
-    /// The storage key (not a token; safe to log or show).
+    /// The storage key. Not a token, but it names the session's row in the
+    /// store: its `Display`/`Debug` is a salted tag, safe to log;
+    /// [`StorageKey::as_str`] is the key itself.
     #[must_use]
     pub fn storage_key(&self) -> &StorageKey {
         &self.key

@@ -20,7 +20,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// What can go wrong in a store operation.
 ///
 /// Messages never contain session data, keys of live sessions' IDs, or
-/// secrets; backends must keep it that way in the errors they wrap.
+/// secrets; backends must keep it that way in the errors they wrap: a
+/// driver error that may quote a connection URL goes in a
+/// [`RedactedError`](crate::redact::RedactedError), and storage keys are
+/// printed through their `Display` (a salted tag), never
+/// [`StorageKey::as_str`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {

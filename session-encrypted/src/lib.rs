@@ -9,6 +9,11 @@
 //!   docs give the stored layout and **what an attacker who can write to the
 //!   inner store can and cannot do**.
 //!
+//! Errors and `Debug` output never show key material (keys, rings and
+//! [`KeyError`]s are redacted), storage keys, or the inner store's
+//! credentials (the backends redact those, and this crate passes their
+//! errors on unchanged).
+//!
 //! Rotation is tested through the session manager on every backend
 //! (MemoryStore, Redis, Redis Cluster, PostgreSQL, Memcached), with racing
 //! requests on sessions written under the old key.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use memcache::Url;
+use session_core::redact::{redact_text, RedactedError, RedactedUrl};
 
 /// The largest record (encoded) the default configuration accepts: the
 /// server's default item size limit (`memcached -I 1m`) minus room for the
@@ -18,17 +19,23 @@ pub const DEFAULT_RECENT_READS: usize = 10_000;
 pub const MAX_NAMESPACE_LEN: usize = 64;
 
 /// A configuration the store cannot be built from.
+///
+/// Neither `Display` nor `Debug` (nor any error in the `source()` chain)
+/// shows a credential: URLs are shown with user and password replaced by
+/// `***` ([`RedactedUrl`]), and client errors are wrapped in a
+/// [`RedactedError`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// No server was given.
     #[error("no Memcached server given: pass at least one URL such as memcache://127.0.0.1:11211")]
     NoServers,
-    /// A server URL could not be parsed or uses an unsupported transport.
+    /// A server URL could not be parsed, uses an unsupported transport or
+    /// carries credentials (not supported).
     #[error("bad Memcached URL {url:?}: {reason}")]
     BadUrl {
-        /// The URL as given.
-        url: String,
+        /// The URL as given, credentials redacted.
+        url: RedactedUrl,
         /// What is wrong with it.
         reason: String,
     },
@@ -44,13 +51,15 @@ pub enum ConfigError {
     /// The client could not be set up (for example, a host name that does
     /// not resolve).
     #[error("cannot set up the Memcached client: {0}")]
-    Client(String),
+    Client(#[source] RedactedError),
 }
 
 /// Settings of a [`MemcachedStore`](crate::MemcachedStore); build one with
 /// [`MemcachedConfig::new`] and the `with_*` methods.
 ///
 /// Every field has a production-ready default except the server list.
+/// It keeps servers as `host:port` only (URLs with credentials are
+/// refused), so its `Debug` holds no secret.
 #[derive(Debug, Clone)]
 pub struct MemcachedConfig {
     pub(crate) servers: Vec<String>,
@@ -252,8 +261,8 @@ impl MemcachedConfig {
 /// `memcache://host:port[?...]` or `host:port` to `host:port`.
 fn parse_server(raw: &str) -> Result<String, ConfigError> {
     let bad = |reason: &str| ConfigError::BadUrl {
-        url: raw.to_owned(),
-        reason: reason.to_owned(),
+        url: RedactedUrl::new(raw),
+        reason: redact_text(reason),
     };
     let with_scheme = if raw.contains("://") {
         raw.to_owned()

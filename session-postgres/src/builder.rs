@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use session_core::redact::RedactedError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
@@ -208,10 +209,12 @@ impl PostgresStoreBuilder {
     /// # Errors
     ///
     /// [`SetupError`] for an invalid table name or setting, a malformed URL,
-    /// or a server that does not answer within the acquire timeout.
+    /// or a server that does not answer within the acquire timeout or
+    /// refuses the credentials. No error shows the URL's credentials.
     pub async fn connect(self, url: &str) -> Result<PostgresStore, SetupError> {
-        let options = PgConnectOptions::from_str(url).map_err(SetupError::InvalidUrl)?;
-        self.connect_with(options).await
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| SetupError::InvalidUrl(RedactedError::with_url_secrets(e, [url])))?;
+        self.connect_options(options, &[url]).await
     }
 
     /// Like [`connect`](Self::connect), with parsed connection options.
@@ -222,6 +225,16 @@ impl PostgresStoreBuilder {
     pub async fn connect_with(
         self,
         options: PgConnectOptions,
+    ) -> Result<PostgresStore, SetupError> {
+        self.connect_options(options, &[]).await
+    }
+
+    /// Connects the pool; `urls` are what the options were parsed from, so
+    /// that their secrets are removed from errors wherever quoted.
+    async fn connect_options(
+        self,
+        options: PgConnectOptions,
+        urls: &[&str],
     ) -> Result<PostgresStore, SetupError> {
         self.validate()?;
         if self.max_connections == 0 {
@@ -238,7 +251,7 @@ impl PostgresStoreBuilder {
             .test_before_acquire(self.test_before_acquire)
             .connect_with(options)
             .await
-            .map_err(SetupError::Connect)?;
+            .map_err(|e| SetupError::Connect(RedactedError::with_url_secrets(e, urls)))?;
         self.build(pool)
     }
 

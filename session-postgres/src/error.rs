@@ -6,15 +6,26 @@
 //! [`StoreError::Unavailable`]; everything else the server reports becomes
 //! [`StoreError::Backend`]. Messages never contain session data; they may
 //! name a storage key (a one-way hash) or the table.
+//!
+//! No error shows a credential: a [`SetupError`] holds the driver's error
+//! wrapped in a [`RedactedError`], so its `Display`, its `Debug` and every
+//! error in its `source()` chain show the URL's user and password (and
+//! parameters such as `password=` or `sslpassword=`) as `***`.
 
 use std::time::Duration;
 
+use session_core::redact::RedactedError;
 use session_core::StoreError;
 
 use crate::ident::IdentifierError;
 
 /// Building, connecting or migrating a [`PostgresStore`](crate::PostgresStore)
 /// failed.
+///
+/// The `sqlx::Error` behind `InvalidUrl`, `Connect`, `Migrate` and
+/// `MigrationFailed` is wrapped in a [`RedactedError`]: printing the error
+/// or its chain never shows a credential. [`RedactedError::get_ref`] gives
+/// the `sqlx::Error` for inspection (do not print it).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SetupError {
@@ -27,16 +38,16 @@ pub enum SetupError {
     /// The connection URL could not be parsed. (The URL itself is not
     /// repeated here: it may hold a password.)
     #[error("invalid PostgreSQL connection URL: {0}")]
-    InvalidUrl(#[source] sqlx::Error),
+    InvalidUrl(#[source] RedactedError),
     /// The first connection could not be established.
     #[error(
         "could not connect to PostgreSQL: {0} (check that the server is running and that the \
          URL, user and password are right)"
     )]
-    Connect(#[source] sqlx::Error),
+    Connect(#[source] RedactedError),
     /// Talking to the server while migrating failed.
     #[error("migrating the sessions table failed: {0}")]
-    Migrate(#[source] sqlx::Error),
+    Migrate(#[source] RedactedError),
     /// A migration's DDL was rejected (commonly: the role may not create
     /// tables or schemas). Nothing was changed.
     #[error(
@@ -50,8 +61,15 @@ pub enum SetupError {
         description: &'static str,
         /// The server's error.
         #[source]
-        source: sqlx::Error,
+        source: RedactedError,
     },
+}
+
+impl SetupError {
+    /// `Migrate` for a driver error met while migrating.
+    pub(crate) fn migrate(e: sqlx::Error) -> Self {
+        Self::Migrate(RedactedError::new(e))
+    }
 }
 
 /// The cause inside a [`StoreError::Unavailable`] or

@@ -21,6 +21,7 @@
 //! functions (`CREATE OR REPLACE`, so re-running it is harmless); see the
 //! [crate docs](crate#lifecycle-and-locking).
 
+use session_core::redact::RedactedError;
 use sqlx::{AssertSqlSafe, Executor, PgPool};
 
 use crate::error::SetupError;
@@ -352,7 +353,7 @@ pub(crate) async fn run(pool: &PgPool, table: &TableName) -> Result<u32, SetupEr
     let name = table.table().as_str();
     let schema = table.schema().map(|s| s.as_str());
 
-    let mut tx = pool.begin().await.map_err(SetupError::Migrate)?;
+    let mut tx = pool.begin().await.map_err(SetupError::migrate)?;
     sqlx::query(
         "SELECT pg_advisory_xact_lock(hashtextextended(\
          'session_postgres.migrate:' || coalesce($1, current_schema(), ''), 0))",
@@ -361,7 +362,7 @@ pub(crate) async fn run(pool: &PgPool, table: &TableName) -> Result<u32, SetupEr
     .persistent(false)
     .execute(&mut *tx)
     .await
-    .map_err(SetupError::Migrate)?;
+    .map_err(SetupError::migrate)?;
 
     if let Some(schema) = table.schema() {
         let exists: bool =
@@ -370,14 +371,14 @@ pub(crate) async fn run(pool: &PgPool, table: &TableName) -> Result<u32, SetupEr
                 .persistent(false)
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(SetupError::Migrate)?;
+                .map_err(SetupError::migrate)?;
         if !exists {
             tx.execute(AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS {}",
                 schema.quoted()
             )))
             .await
-            .map_err(SetupError::Migrate)?;
+            .map_err(SetupError::migrate)?;
         }
     }
 
@@ -386,7 +387,7 @@ pub(crate) async fn run(pool: &PgPool, table: &TableName) -> Result<u32, SetupEr
         .persistent(false)
         .fetch_one(&mut *tx)
         .await
-        .map_err(SetupError::Migrate)?;
+        .map_err(SetupError::migrate)?;
     if !has_bookkeeping {
         tx.execute(AssertSqlSafe(format!(
             "CREATE TABLE IF NOT EXISTS {bookkeeping} (\
@@ -397,7 +398,7 @@ pub(crate) async fn run(pool: &PgPool, table: &TableName) -> Result<u32, SetupEr
              PRIMARY KEY (table_name, version))"
         )))
         .await
-        .map_err(SetupError::Migrate)?;
+        .map_err(SetupError::migrate)?;
     }
 
     let applied: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(format!(
@@ -407,7 +408,7 @@ pub(crate) async fn run(pool: &PgPool, table: &TableName) -> Result<u32, SetupEr
     .persistent(false)
     .fetch_all(&mut *tx)
     .await
-    .map_err(SetupError::Migrate)?;
+    .map_err(SetupError::migrate)?;
 
     if let Some(newest) = applied
         .iter()
@@ -432,7 +433,7 @@ pub(crate) async fn run(pool: &PgPool, table: &TableName) -> Result<u32, SetupEr
                 .map_err(|source| SetupError::MigrationFailed {
                     version: m.version,
                     description: m.description,
-                    source,
+                    source: RedactedError::new(source),
                 })?;
         }
         sqlx::query(AssertSqlSafe(format!(
@@ -444,7 +445,7 @@ pub(crate) async fn run(pool: &PgPool, table: &TableName) -> Result<u32, SetupEr
         .persistent(false)
         .execute(&mut *tx)
         .await
-        .map_err(SetupError::Migrate)?;
+        .map_err(SetupError::migrate)?;
         tracing::info!(
             target: "session_postgres",
             table = %table,
@@ -454,7 +455,7 @@ pub(crate) async fn run(pool: &PgPool, table: &TableName) -> Result<u32, SetupEr
         );
         ran += 1;
     }
-    tx.commit().await.map_err(SetupError::Migrate)?;
+    tx.commit().await.map_err(SetupError::migrate)?;
     Ok(ran)
 }
 

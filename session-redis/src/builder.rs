@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
+use session_core::redact::RedactedError;
 
 use crate::connection::Conn;
 use crate::error::ConnectError;
@@ -119,16 +120,19 @@ impl RedisStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConnectError`] for a bad prefix or URL, or a server that does not
-    /// answer.
+    /// [`ConnectError`] for a bad prefix or URL, a server that does not
+    /// answer ([`ConnectError::Unavailable`], [`ConnectError::TimedOut`]) or
+    /// one that refuses us, a wrong password for instance
+    /// ([`ConnectError::Refused`]). No error shows the URL's credentials.
     pub async fn connect(self, url: &str) -> Result<RedisStore, ConnectError> {
         let prefix = KeyPrefix::new(&self.prefix)?;
-        let client = redis::Client::open(url).map_err(ConnectError::InvalidUrl)?;
+        let client = redis::Client::open(url)
+            .map_err(|e| ConnectError::InvalidUrl(RedactedError::with_url_secrets(e, [url])))?;
         let conn = self
-            .bounded_connect(ConnectionManager::new_with_config(
-                client,
-                self.manager_config(),
-            ))
+            .bounded_connect(
+                ConnectionManager::new_with_config(client, self.manager_config()),
+                &[url],
+            )
             .await?;
         Ok(self.finish(prefix, Conn::Single(conn)))
     }
@@ -144,9 +148,10 @@ impl RedisStoreBuilder {
     /// [`ConnectError`] for a bad prefix or URL.
     pub fn connect_lazy(self, url: &str) -> Result<RedisStore, ConnectError> {
         let prefix = KeyPrefix::new(&self.prefix)?;
-        let client = redis::Client::open(url).map_err(ConnectError::InvalidUrl)?;
+        let redacted = |e| RedactedError::with_url_secrets(e, [url]);
+        let client = redis::Client::open(url).map_err(|e| ConnectError::InvalidUrl(redacted(e)))?;
         let conn = ConnectionManager::new_lazy_with_config(client, self.manager_config())
-            .map_err(ConnectError::Refused)?;
+            .map_err(|e| ConnectError::Refused(redacted(e)))?;
         Ok(self.finish(prefix, Conn::Single(conn)))
     }
 
@@ -188,19 +193,24 @@ impl RedisStoreBuilder {
         if nodes.is_empty() {
             return Err(ConnectError::NoClusterNodes);
         }
-        let client = ClusterClient::builder(nodes)
+        let client = ClusterClient::builder(nodes.clone())
             .connection_timeout(self.connect_timeout)
             .response_timeout(self.operation_timeout)
             .retries(2)
             .build()
-            .map_err(ConnectError::InvalidUrl)?;
-        let conn = self.bounded_connect(client.get_async_connection()).await?;
+            .map_err(|e| ConnectError::InvalidUrl(RedactedError::with_url_secrets(e, &nodes)))?;
+        let conn = self
+            .bounded_connect(client.get_async_connection(), &nodes)
+            .await?;
         Ok(self.finish(prefix, Conn::Cluster(conn)))
     }
 
-    async fn bounded_connect<T>(
+    /// Runs a connection attempt to `urls` under the connect bound and
+    /// types its failure, credentials redacted.
+    async fn bounded_connect<T, S: AsRef<str>>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+        urls: &[S],
     ) -> Result<T, ConnectError> {
         // Room for the connection manager's own retries.
         let bound = self.connect_timeout.saturating_mul(3);
@@ -208,7 +218,12 @@ impl RedisStoreBuilder {
             .await
             .map_err(|_| ConnectError::TimedOut(bound))?
             .map_err(|e| {
-                if crate::error::is_unavailable(&e) {
+                // A refusal first: the client files a failed AUTH among the
+                // errors it reconnects after, which would read "unavailable".
+                let refused = crate::error::is_refusal(&e);
+                let unavailable = crate::error::is_unavailable(&e);
+                let e = RedactedError::with_url_secrets(e, urls);
+                if !refused && unavailable {
                     ConnectError::Unavailable(e)
                 } else {
                     ConnectError::Refused(e)

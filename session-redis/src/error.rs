@@ -5,15 +5,25 @@
 //! loading its data are [`StoreError::Unavailable`] (retry later; the store
 //! reconnects by itself). Any other error reply is [`StoreError::Backend`].
 //! Messages never contain keys, arguments or values.
+//!
+//! Nor credentials: a [`ConnectError`] holds the client's error wrapped in a
+//! [`RedactedError`], so its `Display`, its `Debug` and every error in its
+//! `source()` chain show the URL's user and password as `***`.
 
 use std::time::Duration;
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
+use session_core::redact::RedactedError;
 use session_core::StoreError;
 
 use crate::keys::InvalidPrefix;
 
 /// Why a [`crate::RedisStore`] could not be built.
+///
+/// The [`RedisError`] behind `InvalidUrl`, `Unavailable` and `Refused` is
+/// wrapped in a [`RedactedError`]: printing the error or its chain never
+/// shows a credential. [`RedactedError::get_ref`] gives the `RedisError`
+/// for inspection (do not print it).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
@@ -23,18 +33,18 @@ pub enum ConnectError {
     /// The URL could not be understood (expected `redis://host:port/db`,
     /// `rediss://…` or `redis+unix://…`).
     #[error("invalid Redis URL: {0}")]
-    InvalidUrl(#[source] RedisError),
+    InvalidUrl(#[source] RedactedError),
     /// No cluster URL was given.
     #[error("no Redis Cluster node URL given: pass at least one node URL")]
     NoClusterNodes,
     /// The server did not answer: check that it runs and that the URL,
     /// credentials and network are right.
     #[error("could not connect to Redis: {0}")]
-    Unavailable(#[source] RedisError),
+    Unavailable(#[source] RedactedError),
     /// The server answered but refused the connection (wrong password or
     /// user, unknown database, not a cluster node, ...).
     #[error("Redis refused the connection: {0}")]
-    Refused(#[source] RedisError),
+    Refused(#[source] RedactedError),
     /// The server did not answer within the connect timeout.
     #[error("could not connect to Redis within {0:?}")]
     TimedOut(Duration),
@@ -73,6 +83,28 @@ pub(crate) fn is_unavailable(e: &RedisError) -> bool {
                         | ServerErrorKind::ReadOnly
                 )
         )
+}
+
+/// Whether `e`, met while connecting, is the server refusing us rather than
+/// not answering: failed authentication (`AUTH` refused, `WRONGPASS`,
+/// `NOAUTH`), a missing permission, or a client configuration the server
+/// rejected. The client counts a failed authentication as a reason to
+/// reconnect, so [`is_unavailable`] alone would call it unavailable.
+///
+/// The cluster client reports a failure to reach any node as an I/O error
+/// whose detail is the last node's error as text; an authentication failure
+/// there is recognized by that text.
+pub(crate) fn is_refusal(e: &RedisError) -> bool {
+    const REFUSALS: [&str; 3] = ["AuthenticationFailed", "WRONGPASS", "NOAUTH"];
+    matches!(
+        e.kind(),
+        ErrorKind::AuthenticationFailed
+            | ErrorKind::InvalidClientConfig
+            | ErrorKind::Server(ServerErrorKind::NoPerm)
+    ) || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        || (e.kind() == ErrorKind::Io
+            && e.detail()
+                .is_some_and(|d| REFUSALS.iter().any(|r| d.contains(r))))
 }
 
 /// Whether `e` is a connection-level failure: the connection broke (broken
@@ -142,6 +174,36 @@ mod tests {
         )
             .into();
         assert!(matches!(store_error(wrong), StoreError::Backend(_)));
+    }
+
+    #[test]
+    fn failed_authentication_is_a_refusal_not_an_outage() {
+        let auth: RedisError = (
+            ErrorKind::AuthenticationFailed,
+            "Password authentication failed",
+        )
+            .into();
+        assert!(is_refusal(&auth));
+        assert!(
+            is_unavailable(&auth),
+            "the client retries it as a reconnect"
+        );
+        let io: RedisError = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
+        assert!(!is_refusal(&io));
+        let cluster: RedisError = (
+            ErrorKind::Io,
+            "Failed to create initial connections",
+            "Password authentication failed - AuthenticationFailed".to_owned(),
+        )
+            .into();
+        assert!(is_refusal(&cluster));
+        let cluster: RedisError = (
+            ErrorKind::Io,
+            "Failed to create initial connections",
+            "Connection refused (os error 111)".to_owned(),
+        )
+            .into();
+        assert!(!is_refusal(&cluster));
     }
 
     #[test]

@@ -155,7 +155,9 @@
 //! and `delete` are sent once more on a fresh connection after a
 //! connection-level failure, `create` and `update` only when nothing was
 //! sent (see [`RedisStoreBuilder::operation_timeout`]). Error messages never
-//! contain keys, user ids or data.
+//! contain keys, user ids or data, and no error, in its `Display`, `Debug`
+//! or `source()` chain, shows the credentials of a connection URL (see
+//! [`ConnectError`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

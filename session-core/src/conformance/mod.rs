@@ -48,6 +48,7 @@ use crate::store::{CreateOptions, Created, SessionStore, StoreError, StoreResult
 
 mod lifecycle;
 pub mod model;
+pub mod redaction;
 mod rules;
 mod slow;
 

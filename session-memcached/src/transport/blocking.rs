@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use memcache::exp::MetaClient;
+use session_core::redact::RedactedError;
 use session_core::{StoreError, StoreResult};
 use tokio::sync::Semaphore;
 
@@ -42,7 +43,7 @@ impl Blocking {
                 .max_idle(max_idle)
                 .max_connections(Some(config.max_in_flight))
                 .connect_multiple(config.servers.iter().map(String::as_str))
-                .map_err(|e| ConfigError::Client(e.to_string()))
+                .map_err(|e| ConfigError::Client(RedactedError::new(e)))
         };
         Ok(Self {
             client: client(config.max_idle)?,

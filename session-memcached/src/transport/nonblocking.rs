@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use memcache::exp::{AsyncMetaClient, MetaClient};
+use session_core::redact::RedactedError;
 use session_core::StoreResult;
 
 use super::{
@@ -31,7 +32,7 @@ impl Async {
                 .max_connections(Some(config.max_in_flight))
                 .connect_multiple_async(config.servers.iter().map(String::as_str))
                 .await
-                .map_err(|e| ConfigError::Client(e.to_string()))
+                .map_err(|e| ConfigError::Client(RedactedError::new(e)))
         };
         Ok(Self {
             client: client(config.max_idle).await?,
