@@ -4,7 +4,8 @@
 //! of CPU. Run on the unbounded blocking pool, a flood of failed logins
 //! starts one thread and one 19 MiB buffer per request in flight: hundreds
 //! of concurrent requests reach gigabytes. Here at most `workers` checks run
-//! at once (each worker reuses its memory), at most `queue` more wait, and
+//! at once, each worker reusing one block array
+//! ([`Scratch`](crate::users::Scratch)), at most `queue` more wait, and
 //! anything beyond is refused at once ([`Busy`], answered `503` with
 //! `Retry-After`), so memory stays bounded whatever the load.
 
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use crate::limits::{LoginThrottle, Refusal};
-use crate::users::Users;
+use crate::users::{Scratch, Users};
 
 /// Every worker is busy and the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +136,8 @@ impl Auth {
 }
 
 fn work(rx: &Mutex<Receiver<Job>>, users: &Users) {
+    // One block array per worker, reused by every check it runs.
+    let mut scratch = Scratch::default();
     loop {
         // The lock is held only while waiting for the next job.
         let job = match rx.lock() {
@@ -148,7 +151,7 @@ fn work(rx: &Mutex<Receiver<Job>>, users: &Users) {
         if job.reply.is_closed() {
             continue;
         }
-        let ok = users.verify(&job.name, &job.password);
+        let ok = users.verify_with(&mut scratch, &job.name, &job.password);
         let _ = job.reply.send(ok);
     }
 }
