@@ -50,6 +50,11 @@ pub async fn keys(session: Session) -> Result<String, Error> {
         .join("\n"))
 }
 
+/// This session's storage key.
+pub async fn key(session: Session) -> Result<String, Error> {
+    session.with(|s| s.storage_key().to_string()).await
+}
+
 /// Ends the session whose storage key is the body.
 pub async fn end(session: Session, key: String) -> Result<&'static str, Error> {
     session
@@ -120,6 +125,7 @@ pub fn routes() -> Router {
         .route("/logout-all", post(logout_all))
         .route("/list", get(list))
         .route("/keys", get(keys))
+        .route("/key", get(key))
         .route("/end", post(end))
         .route("/token", get(issue).post(consume))
         .route("/rotate", post(rotate))
