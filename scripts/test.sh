@@ -9,8 +9,8 @@ eval "$(scripts/services.sh)"
 cargo test --workspace --locked "$@"
 for backend in redis postgres memcached; do
   echo "== session-demo end-to-end tests on SESSION_BACKEND=$backend"
-  SESSION_BACKEND=$backend cargo test --locked -p session-demo --test flows --test policies
+  SESSION_BACKEND=$backend cargo test --locked -p session-demo --test flows --test policies --test hardening
 done
 echo "== session-demo end-to-end tests on SESSION_BACKEND=redis with SESSION_ENCRYPTION_KEY"
 SESSION_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64) SESSION_BACKEND=redis \
-  cargo test --locked -p session-demo --test flows --test policies
+  cargo test --locked -p session-demo --test flows --test policies --test hardening

@@ -34,6 +34,13 @@ impl Error {
         }
     }
 
+    /// Whether [`Session::end_session`](crate::Session::end_session) was
+    /// refused because the key names none of the user's sessions.
+    #[must_use]
+    pub fn is_not_your_session(&self) -> bool {
+        matches!(self, Self::Session(SessionError::NotYourSession))
+    }
+
     /// Whether login was refused by the per-user session limit.
     #[must_use]
     pub fn is_too_many_sessions(&self) -> bool {
@@ -48,6 +55,7 @@ impl Error {
     /// | [`SessionError::Conflict`] (the session kept changing) | `409` with `Retry-After` |
     /// | [`SessionError::TooManySessions`] | `403` |
     /// | [`SessionError::NotLoggedIn`], [`SessionError::SessionEnded`] | `401` |
+    /// | [`SessionError::NotYourSession`] (not one of the user's sessions) | `404` |
     /// | anything else (a corrupt value, a bug) | `500` |
     #[must_use]
     pub fn status(&self) -> StatusCode {
@@ -60,6 +68,7 @@ impl Error {
             Self::Session(SessionError::NotLoggedIn | SessionError::SessionEnded) => {
                 StatusCode::UNAUTHORIZED
             }
+            Self::Session(SessionError::NotYourSession) => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -139,5 +148,8 @@ mod tests {
             StatusCode::UNAUTHORIZED
         );
         assert!(Error::from(SessionError::TooManySessions { max: 1 }).is_too_many_sessions());
+        let not_yours = Error::from(SessionError::NotYourSession);
+        assert_eq!(not_yours.status(), StatusCode::NOT_FOUND);
+        assert!(not_yours.is_not_your_session());
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use session_core::cookie_crate::Cookie;
 use session_core::{
     CommitOutcome, OneTimeToken, SessionError, SessionId, SessionManager, SessionSummary,
-    StoreError,
+    StorageKey, StoreError,
 };
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
@@ -273,6 +273,33 @@ impl Session {
     pub async fn logout_everywhere(&self) -> Result<u64, Error> {
         let mut s = self.lock().await?;
         Ok(self.shared.manager.logout_everywhere(&mut s).await?)
+    }
+
+    /// Ends one of this user's sessions by its storage key (from
+    /// [`Session::list_sessions`], sent back by the client): a "sign out
+    /// that device" button. The target must be a live session of the user
+    /// this session is logged in as (see
+    /// [`SessionManager::end_user_session`], which explains why a racing
+    /// rotation or login can never make it end another user's session).
+    /// When `key` is this session's own key, it ends like
+    /// [`Session::logout`]: the response removes the cookie.
+    ///
+    /// Ending sessions is sensitive: ask for the password again before
+    /// calling this (ASVS 3.3.4).
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotYourSession`], answering `404`, when this session
+    /// is anonymous or `key` names no live session of its user (another
+    /// user's, unknown, ended or rotated away, not told apart); nothing is
+    /// ended. Store failures.
+    pub async fn end_session(&self, key: &StorageKey) -> Result<(), Error> {
+        let mut s = self.lock().await?;
+        let manager = &self.shared.manager;
+        if s.user_id().is_some() && !s.is_new() && !s.is_deleted() && s.storage_key() == key {
+            return Ok(manager.logout(&mut s).await?);
+        }
+        Ok(manager.end_user_session(&s, key).await?)
     }
 
     /// The live sessions of this session's user, oldest first, without IDs;

@@ -70,7 +70,8 @@
 //! (details go to a `tracing` event, never with session IDs): an
 //! unreachable or full store `503` with `Retry-After`, a conflict the
 //! handler surfaced (`update` out of attempts) `409` with `Retry-After`,
-//! the per-user limit `403`, no login or a session that ended `401`,
+//! the per-user limit `403`, no login or a session that ended `401`, a key
+//! that names none of the user's sessions (`Session::end_session`) `404`,
 //! anything else `500` (see [`Error::status`]). When the layer's own commit
 //! fails after the handler returned (store down, the session kept changing
 //! beyond the conflict policy), the handler's response is replaced by a

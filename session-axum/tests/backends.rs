@@ -2,8 +2,9 @@
 //! Redis (single server and cluster), PostgreSQL, Memcached, and encrypted
 //! Redis. Each runs the same HTTP scenarios: 50 parallel read-modify-write
 //! increments of one session, a late request carrying a rotated-away cookie,
-//! a flash message after logout, and a login that must reach the client
-//! although the handler then fails.
+//! a flash message after logout, a login that must reach the client
+//! although the handler then fails, and "end that session" refusing another
+//! user's sessions while they rotate.
 //!
 //! Servers come from `REDIS_URL`, `REDIS_CLUSTER_URLS`, `DATABASE_URL` and
 //! `MEMCACHED_URL` (default: the local ones `scripts/services.sh` starts); a
@@ -98,6 +99,7 @@ async fn scenarios(router: Router) {
     a_late_request_with_a_rotated_away_cookie_does_not_log_out(&router).await;
     a_flash_after_logout_lands_in_a_new_anonymous_session(&router).await;
     a_login_already_made_reaches_the_client_on_a_5xx(&router).await;
+    ending_a_session_needs_it_to_be_the_users_own(&router).await;
 }
 
 async fn fifty_parallel_increments_count_fifty(router: &Router) {
@@ -155,6 +157,62 @@ async fn a_login_already_made_reaches_the_client_on_a_5xx(router: &Router) {
     assert_eq!(
         send(router, "GET", "/read", Some(&c), "").await.body,
         "None Some(\"dave\")"
+    );
+}
+
+async fn ending_a_session_needs_it_to_be_the_users_own(router: &Router) {
+    let erin = send(router, "POST", "/login", None, "erin").await.cookie();
+    let mut erin2 = send(router, "POST", "/login", None, "erin").await.cookie();
+    let frank = send(router, "POST", "/login", None, "frank").await.cookie();
+    let frank2 = send(router, "POST", "/login", None, "frank").await.cookie();
+    let mut targets: Vec<String> = send(router, "GET", "/keys", Some(&erin), "")
+        .await
+        .body
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(targets.len(), 2);
+
+    // frank aims at every key erin's sessions had, while one of them keeps
+    // rotating: every call is refused, and erin stays logged in everywhere.
+    for _ in 0..5 {
+        let attacks: Vec<_> = targets
+            .iter()
+            .cycle()
+            .take(12)
+            .map(|k| {
+                let (router, frank, k) = (router.clone(), frank.clone(), k.clone());
+                tokio::spawn(async move { send(&router, "POST", "/end", Some(&frank), &k).await })
+            })
+            .collect();
+        erin2 = send(router, "POST", "/rotate", Some(&erin2), "")
+            .await
+            .cookie();
+        targets.push(send(router, "GET", "/key", Some(&erin2), "").await.body);
+        for a in attacks {
+            let r = a.await.unwrap();
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+        }
+    }
+    for c in [&erin, &erin2] {
+        assert_eq!(
+            send(router, "GET", "/read", Some(c), "").await.body,
+            "None Some(\"erin\")",
+            "one of erin's sessions was ended"
+        );
+    }
+
+    // frank ends his own other session.
+    let own = send(router, "GET", "/key", Some(&frank2), "").await.body;
+    let r = send(router, "POST", "/end", Some(&frank), &own).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        send(router, "GET", "/read", Some(&frank2), "").await.body,
+        "None None"
+    );
+    assert_eq!(
+        send(router, "GET", "/read", Some(&frank), "").await.body,
+        "None Some(\"frank\")"
     );
 }
 

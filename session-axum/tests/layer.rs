@@ -512,6 +512,62 @@ async fn logout_everywhere_and_listing() {
 }
 
 #[tokio::test]
+async fn end_session_ends_only_the_users_own_sessions() {
+    let app = app();
+    let a1 = send(&app, "POST", "/login", None, "alice").await.cookie();
+    app.clock.advance(Duration::from_secs(1)); // so the list's order is known
+    let a2 = send(&app, "POST", "/login", None, "alice").await.cookie();
+    let bob = send(&app, "POST", "/login", None, "bob").await.cookie();
+    let alice_keys = send(&app, "GET", "/keys", Some(&a1), "").await.body;
+    let alice_keys: Vec<&str> = alice_keys.lines().collect();
+    assert_eq!(alice_keys.len(), 2);
+    let bob_key = send(&app, "GET", "/keys", Some(&bob), "").await.body;
+
+    // Another user's key: 404 with a generic body, and bob stays logged in.
+    let r = send(&app, "POST", "/end", Some(&a1), &bob_key).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body, "Not Found");
+    assert!(r.set_cookie.is_empty());
+    // Anonymous callers and unknown keys answer the same.
+    let r = send(&app, "POST", "/end", None, &bob_key).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = send(&app, "POST", "/end", Some(&a1), &"f".repeat(64)).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::NOT_FOUND, "Not Found")
+    );
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&bob), "").await.body,
+        "None Some(\"bob\")"
+    );
+
+    // alice's first session ends her second one (the one created last).
+    let r = send(&app, "POST", "/end", Some(&a1), alice_keys[1]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.set_cookie.is_empty(), "the caller keeps its cookie");
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&a2), "").await.body,
+        "None None"
+    );
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&a1), "").await.body,
+        "None Some(\"alice\")"
+    );
+    // Ending it again: it is no longer hers to end.
+    let r = send(&app, "POST", "/end", Some(&a1), alice_keys[1]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Its own key ends it like a logout: the cookie is removed.
+    let r = send(&app, "POST", "/end", Some(&a1), alice_keys[0]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.set_cookie[0].contains("Max-Age=0"), "{:?}", r.set_cookie);
+    assert_eq!(
+        send(&app, "GET", "/read", Some(&a1), "").await.body,
+        "None None"
+    );
+}
+
+#[tokio::test]
 async fn one_time_tokens_work_exactly_once() {
     let app = app();
     let cookie = send(&app, "POST", "/login", None, "alice").await.cookie();

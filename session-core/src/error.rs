@@ -41,4 +41,12 @@ pub enum SessionError {
     /// The operation needs a logged-in session.
     #[error("the session is not logged in")]
     NotLoggedIn,
+    /// [`SessionManager::end_user_session`](crate::SessionManager::end_user_session)
+    /// refused: the calling session is not logged in, or the target key
+    /// names no live session of the caller's user (another user's session,
+    /// an unknown key, one that already ended or was rotated away). These
+    /// cases are deliberately not told apart, so the answer reveals nothing
+    /// about which keys exist. Nothing was ended.
+    #[error("no such session among the sessions of this user")]
+    NotYourSession,
 }

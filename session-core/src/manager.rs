@@ -810,8 +810,14 @@ impl SessionManager {
         Ok(n)
     }
 
-    /// Ends one session by its storage key (a "sign out that device"
-    /// button fed from [`SessionManager::list_user_sessions`]). Idempotent.
+    /// Ends one session by its storage key, **without any owner check**:
+    /// for administrators and internal clean-up. Idempotent.
+    ///
+    /// A "sign out that device" button fed from
+    /// [`SessionManager::list_user_sessions`] must use
+    /// [`SessionManager::end_user_session`] instead, which ends the session
+    /// only if it belongs to the requesting user: the key comes back from
+    /// the client and can name anyone's session.
     ///
     /// # Errors
     ///
@@ -819,6 +825,79 @@ impl SessionManager {
     pub async fn end_session(&self, key: &StorageKey) -> Result<(), SessionError> {
         self.inner.store.delete(key).await?;
         self.audit("ended", key, None);
+        Ok(())
+    }
+
+    /// Ends the session stored under `key` if, and only if, it is a live
+    /// session of the user `session` is logged in as: the "sign out that
+    /// device" of a session list (keys from
+    /// [`SessionManager::list_user_sessions`], sent back by the client).
+    ///
+    /// The target's owner is read from its own record (its `user_id`, fixed
+    /// when the record was created), so the check needs no index and one
+    /// store round trip. `key` may be the caller's own key: that session
+    /// then ends like any other (the handle finds it gone at its next
+    /// write or touch, and no cookie is sent); call [`SessionManager::logout`] instead to end the
+    /// current session with a removal cookie.
+    ///
+    /// # Under concurrency
+    ///
+    /// The check (load the target, compare owners) and the delete are two
+    /// store calls, and the target may change between them. It can never end
+    /// a session of another user, because of what the store contract lets
+    /// happen to a key in between:
+    ///
+    /// - **Rotation or re-login of the target** moves it to a new key;
+    ///   [`SessionStore::delete`] of the old key follows the move. A move
+    ///   never changes a logged-in record's user: `create_with` refuses to
+    ///   replace a record of one user by a record of another
+    ///   ([`StoreError::Conflict`]), and a login as *another* user on that
+    ///   browser does not move the session but deletes it and starts a new
+    ///   one under a fresh ID, which the old key does not lead to. So the
+    ///   delete reaches the checked session wherever it moved, or nothing.
+    /// - **Logout, eviction or expiry of the target**: the delete finds
+    ///   nothing, or a move marker to a session of the same user.
+    /// - **Reuse of the key**: keys are one-way hashes of 256-bit random IDs
+    ///   and a client-chosen ID is never adopted, so no other session is
+    ///   ever stored under a key that once held this one.
+    /// - **An anonymous target that logs in** (as any user) is refused: the
+    ///   check sees no owner, or, once moved, no live record under `key`.
+    ///
+    /// The worst a race can do is refuse: a target rotated just before the
+    /// check is "not yours" (the client lists the sessions again). The
+    /// caller's own logout racing this call does not widen it either: the
+    /// target still has to be a session of the caller's user.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotYourSession`] when `session` is not a stored,
+    /// logged-in session, or `key` names no live session of its user
+    /// (another user's, unknown, ended, rotated away or unreadable: not told
+    /// apart); nothing is ended. [`SessionError::Store`].
+    pub async fn end_user_session(
+        &self,
+        session: &Session,
+        key: &StorageKey,
+    ) -> Result<(), SessionError> {
+        let caller = match (&session.state, session.user_id.as_deref()) {
+            (State::Stored(_), Some(user)) => user,
+            _ => {
+                self.audit("end_refused", key, None);
+                return Err(SessionError::NotYourSession);
+            }
+        };
+        let now = self.now();
+        let owner = match self.inner.store.load(key).await {
+            Ok(Some(record)) if !record.is_expired_at(now) => record.user_id,
+            Ok(_) | Err(StoreError::Corrupt(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if owner.as_deref() != Some(caller) {
+            self.audit("end_refused", key, Some(caller));
+            return Err(SessionError::NotYourSession);
+        }
+        self.inner.store.delete(key).await?;
+        self.audit("ended", key, Some(caller));
         Ok(())
     }
 

@@ -5,21 +5,33 @@
 //! | `GET /` | login form |
 //! | `POST /login` | checks `username`/`password`, logs in with a fresh session ID |
 //! | `GET /profile` | greets the user, `401` otherwise |
-//! | `POST /logout` | ends this session, removes the cookie |
-//! | `POST /logout-all` | ends every session of the user |
-//! | `GET /sessions` | the user's sessions as JSON (no IDs) |
-//! | `GET /transfer` | a form carrying a one-time token |
+//! | `POST /logout` | ends this session, removes the cookie, clears site data |
+//! | `POST /logout-all` | with the `password` again: ends every session of the user |
+//! | `GET /sessions` | the user's sessions as JSON (storage keys, no IDs) |
+//! | `POST /sessions/end` | with `key` and the `password` again: ends one of the user's sessions |
+//! | `GET /transfer` | a page to start a transfer (no side effect) |
+//! | `POST /transfer/new` | issues a one-time token and answers the transfer form |
 //! | `POST /transfer` | succeeds once per token, `403` otherwise |
 //!
 //! Cross-site request forgery is stopped three ways: the session cookie is
 //! `SameSite=Lax` (browsers do not send it on cross-site POSTs), state-changing
 //! requests whose `Origin` or `Sec-Fetch-Site` reveal another site are
 //! refused with `403`, and the transfer needs the one-time token from the form.
+//! `GET` and `HEAD` change nothing (beyond keeping the session alive), so a
+//! cross-site link or image cannot cancel the user's open transfer form.
+//!
+//! Every password check (login, and the password asked again before "log
+//! out everywhere" or ending a session) goes through [`Auth`]: per-address
+//! and per-account throttles (`429` with `Retry-After`), then a bounded set
+//! of workers (`503` with `Retry-After` when they and their queue are full).
 
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{Form, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::extract::{ConnectInfo, Form, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -27,21 +39,36 @@ use axum::{Json, Router};
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 use serde::{Deserialize, Serialize};
 use session_axum::{Error, Session, SessionLayer};
-use session_core::{SessionManager, Timestamp};
+use session_core::{SessionManager, StorageKey, Timestamp};
 use time::format_description::well_known::Rfc3339;
 
-use crate::users::Users;
+use crate::limits::{retry_after_secs, Refusal};
+use crate::password::Auth;
 
 /// The purpose under which transfer tokens are issued.
 const TRANSFER: &str = "transfer";
 
+/// `Strict-Transport-Security` on every response: browsers use HTTPS only
+/// for this host (and its subdomains) for a year.
+pub const HSTS: &str = "max-age=31536000; includeSubDomains";
+
+/// `Clear-Site-Data` on logout: the browser drops this origin's cookies and
+/// storage.
+pub const CLEAR_SITE_DATA: &str = "\"cookies\", \"storage\"";
+
 #[derive(Clone)]
 struct AppState {
-    users: Arc<Users>,
+    auth: Arc<Auth>,
 }
 
-/// Builds the demo's router over `manager`, checking logins against `users`.
-pub fn router(manager: SessionManager, users: Arc<Users>) -> Router {
+/// Builds the demo's router over `manager`, checking passwords through
+/// `auth`.
+///
+/// Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: the per-address
+/// throttle needs the client's address (without it, every client counts as
+/// one).
+pub fn router(manager: SessionManager, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/", get(home))
         .route("/login", post(login))
@@ -49,8 +76,11 @@ pub fn router(manager: SessionManager, users: Arc<Users>) -> Router {
         .route("/logout", post(logout))
         .route("/logout-all", post(logout_all))
         .route("/sessions", get(sessions))
-        .route("/transfer", get(transfer_form).post(transfer))
-        .with_state(AppState { users })
+        .route("/sessions/end", post(end_session))
+        .route("/transfer", get(transfer_start).post(transfer))
+        .route("/transfer/new", post(transfer_form))
+        .fallback(not_found)
+        .with_state(AppState { auth })
         .layer(SessionLayer::new(manager))
         .layer(middleware::from_fn(protect))
 }
@@ -92,6 +122,53 @@ async fn protect(req: Request, next: Next) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static(HSTS),
+    );
+    res
+}
+
+/// The client's address, from the connection (not from headers a client
+/// can forge); unspecified when the router is served without connect info.
+struct ClientIp(IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
+        ))
+    }
+}
+
+/// The answer to a throttled or refused password check: `429` or `503`
+/// with `Retry-After`, the page built by `body` around the message.
+fn refused(refusal: Refusal, title: &str, body: impl Fn(&str) -> String) -> Response {
+    let (status, wait, message) = match refusal {
+        Refusal::TooMany(wait) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            wait,
+            "Too many password attempts",
+        ),
+        Refusal::Busy(wait) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            wait,
+            "Too many password checks at once",
+        ),
+    };
+    let secs = retry_after_secs(wait);
+    let mut res = page(
+        status,
+        title,
+        &body(&format!("{message}: try again in {secs} s.")),
+    );
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     res
 }
 
@@ -167,21 +244,24 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     session: Session,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, Error> {
-    let users = Arc::clone(&state.users);
-    let name = form.username.clone();
-    let ok = tokio::task::spawn_blocking(move || users.verify(&name, &form.password))
-        .await
-        .unwrap_or(false);
-    if !ok {
-        tracing::info!(target: "session_demo", "failed login");
-        return Ok(page(
-            StatusCode::UNAUTHORIZED,
-            "Log in",
-            &login_form(Some("Wrong username or password.")),
-        ));
+    match state.auth.check(ip, &form.username, &form.password).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(target: "session_demo", "failed login");
+            return Ok(page(
+                StatusCode::UNAUTHORIZED,
+                "Log in",
+                &login_form(Some("Wrong username or password.")),
+            ));
+        }
+        Err(refusal) => {
+            tracing::info!(target: "session_demo", %ip, ?refusal, "login attempt refused");
+            return Ok(refused(refusal, "Log in", |m| login_form(Some(m))));
+        }
     }
     match session.login(&form.username).await {
         Ok(()) => Ok(Redirect::to("/profile").into_response()),
@@ -194,6 +274,49 @@ async fn login(
         )),
         Err(e) => Err(e),
     }
+}
+
+/// Asks the logged-in user's password again before a sensitive change
+/// (ASVS 4.0.3 3.3.4): the user, or the response to send instead (`401`
+/// when not logged in, `403` for a missing or wrong password, `429`/`503`
+/// when throttled).
+async fn reauthenticate(
+    auth: &Auth,
+    ip: IpAddr,
+    session: &Session,
+    password: &str,
+) -> Result<Result<String, Response>, Error> {
+    let Some(user) = session.user_id().await? else {
+        return Ok(Err(not_logged_in()));
+    };
+    let wrong = || {
+        page(
+            StatusCode::FORBIDDEN,
+            "Password needed",
+            "<p id=\"message\">Enter your password again to do this. <a href=\"/profile\">Back</a></p>",
+        )
+    };
+    if password.is_empty() {
+        return Ok(Err(wrong()));
+    }
+    match auth.check(ip, &user, password).await {
+        Ok(true) => Ok(Ok(user)),
+        Ok(false) => {
+            tracing::info!(target: "session_demo", "wrong password on re-authentication");
+            Ok(Err(wrong()))
+        }
+        Err(refusal) => Ok(Err(refused(refusal, "Password needed", |m| {
+            format!("<p id=\"message\">{}</p>", text(m))
+        }))),
+    }
+}
+
+async fn not_found() -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "<p>No such page. <a href=\"/\">Home</a></p>",
+    )
 }
 
 fn not_logged_in() -> Response {
@@ -215,29 +338,103 @@ async fn profile(session: Session) -> Result<Response, Error> {
             "<p id=\"greeting\">Hello, {}!</p>\
              <p><a href=\"/sessions\">Your sessions</a> &middot; <a href=\"/transfer\">Transfer</a></p>\
              <form method=\"post\" action=\"/logout\"><button type=\"submit\" id=\"logout\">Log out</button></form>\
-             <form method=\"post\" action=\"/logout-all\"><button type=\"submit\" id=\"logout-all\">Log out everywhere</button></form>",
+             <form method=\"post\" action=\"/logout-all\">\
+             <label>Password <input name=\"password\" id=\"logout-all-password\" type=\"password\" autocomplete=\"current-password\" required></label>\
+             <button type=\"submit\" id=\"logout-all\">Log out everywhere</button></form>",
             text(&user)
         ),
     ))
 }
 
-async fn logout(session: Session) -> Result<Response, Error> {
-    session.logout().await?;
-    Ok(Redirect::to("/").into_response())
+/// A redirect to `/` that also tells the browser to drop this origin's
+/// cookies and storage.
+fn logged_out_redirect() -> Response {
+    let mut res = Redirect::to("/").into_response();
+    res.headers_mut().insert(
+        HeaderName::from_static("clear-site-data"),
+        HeaderValue::from_static(CLEAR_SITE_DATA),
+    );
+    res
 }
 
-async fn logout_all(session: Session) -> Result<Response, Error> {
-    if session.user_id().await?.is_none() {
-        return Ok(not_logged_in());
+async fn logout(session: Session) -> Result<Response, Error> {
+    session.logout().await?;
+    Ok(logged_out_redirect())
+}
+
+/// The password field of the forms that ask for it again.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PasswordForm {
+    password: String,
+}
+
+async fn logout_all(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    session: Session,
+    Form(form): Form<PasswordForm>,
+) -> Result<Response, Error> {
+    if let Err(res) = reauthenticate(&state.auth, ip, &session, &form.password).await? {
+        return Ok(res);
     }
     let ended = session.logout_everywhere().await?;
     tracing::info!(target: "session_demo", ended, "logged out everywhere");
-    Ok(Redirect::to("/").into_response())
+    Ok(logged_out_redirect())
+}
+
+/// The fields of `POST /sessions/end`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EndSessionForm {
+    key: String,
+    password: String,
+}
+
+/// Whether `key` looks like a storage key (64 lowercase hex characters),
+/// so junk never reaches the store.
+fn well_formed_key(key: &str) -> bool {
+    key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+async fn end_session(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    session: Session,
+    Form(form): Form<EndSessionForm>,
+) -> Result<Response, Error> {
+    if let Err(res) = reauthenticate(&state.auth, ip, &session, &form.password).await? {
+        return Ok(res);
+    }
+    let no_such_session = || {
+        page(
+            StatusCode::NOT_FOUND,
+            "No such session",
+            "<p id=\"message\">That is not one of your sessions (it may have ended already). <a href=\"/sessions\">Your sessions</a></p>",
+        )
+    };
+    if !well_formed_key(&form.key) {
+        return Ok(no_such_session());
+    }
+    let key = StorageKey::from_stored(&form.key);
+    let current = session.with(|s| s.storage_key() == &key).await?;
+    match session.end_session(&key).await {
+        Ok(()) if current => Ok(logged_out_redirect()),
+        Ok(()) => {
+            tracing::info!(target: "session_demo", "ended one of the user's other sessions");
+            Ok(Redirect::to("/sessions").into_response())
+        }
+        Err(e) if e.is_not_your_session() => Ok(no_such_session()),
+        Err(e) => Err(e),
+    }
 }
 
 /// One entry of `GET /sessions`.
 #[derive(Debug, Serialize)]
 struct SessionInfo {
+    /// The storage key (a one-way, keyed hash of the session ID: it cannot
+    /// be turned into a cookie), to name the session in `POST /sessions/end`.
+    key: String,
     created: String,
     last_seen: String,
     expires: String,
@@ -267,6 +464,7 @@ async fn sessions(session: Session) -> Result<Response, Error> {
         .await?
         .into_iter()
         .map(|s| SessionInfo {
+            key: s.key.as_str().to_owned(),
             created: rfc3339(s.created_at),
             last_seen: rfc3339(s.last_access),
             expires: rfc3339(s.expires_at()),
@@ -276,6 +474,23 @@ async fn sessions(session: Session) -> Result<Response, Error> {
     Ok(Json(SessionList { user, sessions }).into_response())
 }
 
+/// The transfer page: a button that starts a transfer. Safe: it issues no
+/// token and writes nothing, so a cross-site `GET` (a link, an image) cannot
+/// replace the token of a form the user has open.
+async fn transfer_start(session: Session) -> Result<Response, Error> {
+    if session.user_id().await?.is_none() {
+        return Ok(not_logged_in());
+    }
+    Ok(page(
+        StatusCode::OK,
+        "Transfer",
+        "<form method=\"post\" action=\"/transfer/new\">\
+         <button type=\"submit\" id=\"start\">Start a transfer</button></form>",
+    ))
+}
+
+/// Issues the one-time token (replacing any outstanding one) and answers
+/// the form carrying it. A `POST`, so only a same-site form can do it.
 async fn transfer_form(session: Session) -> Result<Response, Error> {
     if session.user_id().await?.is_none() {
         return Ok(not_logged_in());

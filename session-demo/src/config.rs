@@ -8,12 +8,17 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use session_core::{LimitStrategy, SessionConfig};
 
+use crate::limits::Rate;
+
 /// Serves the session demo over HTTPS.
 ///
 /// Environment: `SESSION_BACKEND` selects the session store (default
 /// `memory`); `DEMO_USERS` lists the users as `name:password,name:password`
 /// (when unset, a user `demo` with a random password is created and the
-/// password printed at start).
+/// password printed at start); `SESSION_DEMO_STORAGE_KEY_SECRET` keys the
+/// storage keys (at least 32 bytes; when unset, a random one is generated
+/// and a warning printed). Every option below can also be set from the
+/// environment variable it names.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "session-demo", version, about)]
 pub struct Config {
@@ -67,11 +72,72 @@ pub struct Config {
     #[arg(long, default_value_t = 12 * 60 * 60, value_name = "SECS")]
     pub absolute_timeout_secs: u64,
 
+    /// Password attempts allowed per client address (IPv6: per /64), as
+    /// `N/SECS`: a burst of N, refilled at N per SECS seconds. Over it,
+    /// `429` with `Retry-After`.
+    #[arg(
+        long,
+        env = "SESSION_DEMO_LOGIN_LIMIT_PER_IP",
+        default_value = "30/60",
+        value_name = "N/SECS"
+    )]
+    pub login_limit_per_ip: Rate,
+
+    /// Password attempts allowed per account name (as typed, known or
+    /// not), as `N/SECS`. Over it, `429` with `Retry-After`.
+    #[arg(
+        long,
+        env = "SESSION_DEMO_LOGIN_LIMIT_PER_ACCOUNT",
+        default_value = "10/600",
+        value_name = "N/SECS"
+    )]
+    pub login_limit_per_account: Rate,
+
+    /// Most client addresses, and most account names, the login throttles
+    /// keep track of; beyond it password checks answer `503` until entries
+    /// expire.
+    #[arg(
+        long,
+        env = "SESSION_DEMO_THROTTLE_MAX_KEYS",
+        default_value_t = NonZeroUsize::new(100_000).expect("non-zero"),
+        value_name = "N"
+    )]
+    pub throttle_max_keys: NonZeroUsize,
+
+    /// Password checks (Argon2id, 19 MiB each) running at once; default
+    /// twice the number of cores.
+    #[arg(long, env = "SESSION_DEMO_PASSWORD_WORKERS", value_name = "N")]
+    pub password_workers: Option<NonZeroUsize>,
+
+    /// Password checks waiting for a worker; beyond it `503` with
+    /// `Retry-After`.
+    #[arg(
+        long,
+        env = "SESSION_DEMO_PASSWORD_QUEUE",
+        default_value_t = 16,
+        value_name = "N"
+    )]
+    pub password_queue: usize,
+
     /// `name:password,...`; read from `DEMO_USERS` (not a flag, so
     /// passwords stay out of the process list).
     #[arg(skip = std::env::var("DEMO_USERS").ok())]
     pub users: Option<String>,
+
+    /// The secret keying storage keys (the hashes of session IDs the store
+    /// sees); read from `SESSION_DEMO_STORAGE_KEY_SECRET` (not a flag, so it
+    /// stays out of the process list). When unset, a random one is
+    /// generated at start (sessions then do not survive a restart) and a
+    /// warning printed.
+    #[arg(skip = std::env::var(STORAGE_KEY_SECRET_VAR).ok().filter(|v| !v.is_empty()))]
+    pub storage_key_secret: Option<String>,
 }
+
+/// The environment variable holding the storage-key secret.
+pub const STORAGE_KEY_SECRET_VAR: &str = "SESSION_DEMO_STORAGE_KEY_SECRET";
+
+/// The shortest storage-key secret accepted, in bytes.
+pub const MIN_STORAGE_KEY_SECRET_LEN: usize = 32;
 
 /// The `--on-limit` choices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,6 +186,33 @@ mod tests {
         assert_eq!(s.idle_timeout(), Duration::from_secs(1800));
         assert_eq!(s.touch_interval(), Duration::from_secs(60));
         assert_eq!(s.user_limit(), None);
+        assert_eq!(c.login_limit_per_ip.to_string(), "30/60");
+        assert_eq!(c.login_limit_per_account.to_string(), "10/600");
+        assert_eq!(c.throttle_max_keys.get(), 100_000);
+        assert_eq!(c.password_workers, None);
+        assert_eq!(c.password_queue, 16);
+    }
+
+    #[test]
+    fn login_limits_are_options() {
+        let c = Config::try_parse_from([
+            "session-demo",
+            "--login-limit-per-ip",
+            "5/10",
+            "--login-limit-per-account",
+            "2/3600",
+            "--password-workers",
+            "1",
+            "--password-queue",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.login_limit_per_ip.burst.get(), 5);
+        assert_eq!(c.login_limit_per_account.period, Duration::from_secs(3600));
+        assert_eq!(c.password_workers.map(NonZeroUsize::get), Some(1));
+        assert_eq!(c.password_queue, 0);
+        assert!(Config::try_parse_from(["session-demo", "--login-limit-per-ip", "5"]).is_err());
+        assert!(Config::try_parse_from(["session-demo", "--password-workers", "0"]).is_err());
     }
 
     #[test]

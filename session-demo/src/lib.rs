@@ -7,6 +7,8 @@
 //!
 //! - [`config`]: command-line options and environment variables.
 //! - [`users`]: the demo's user list, passwords kept as Argon2id hashes.
+//! - [`password`]: password checks on bounded workers, behind the throttles.
+//! - [`limits`]: per-address and per-account attempt throttles.
 //! - [`backend`]: picks the session store from `SESSION_BACKEND`.
 //! - [`tls`]: the rustls configuration, self-signed unless files are given.
 //! - [`app`]: the router: routes, pages and protective headers.
@@ -17,6 +19,8 @@
 pub mod app;
 pub mod backend;
 pub mod config;
+pub mod limits;
+pub mod password;
 pub mod server;
 pub mod tls;
 pub mod users;

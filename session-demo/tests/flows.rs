@@ -109,7 +109,9 @@ async fn logout_all_ends_every_session_of_the_user_only() {
     let a1 = s2.login("alice").await;
     let a2 = s2.login("alice").await;
     let b = s2.login("bob").await;
-    let r = s2.post("/logout-all", Some(&a1), &[]).await;
+    let r = s2
+        .post("/logout-all", Some(&a1), &[("password", "pw-alice")])
+        .await;
     assert_eq!(r.status, 303);
     assert!(r.removes_cookie());
     assert_eq!(s2.whoami(&a1).await, None);
@@ -119,8 +121,9 @@ async fn logout_all_ends_every_session_of_the_user_only() {
         "the other device is logged out too"
     );
     assert_eq!(s2.whoami(&b).await.as_deref(), Some("bob"));
-    assert_eq!(s2.post("/logout-all", Some(&a2), &[]).await.status, 401);
-    assert_eq!(s.post("/logout-all", None, &[]).await.status, 401);
+    let pw = [("password", "pw-alice")];
+    assert_eq!(s2.post("/logout-all", Some(&a2), &pw).await.status, 401);
+    assert_eq!(s.post("/logout-all", None, &pw).await.status, 401);
 }
 
 #[tokio::test]
@@ -161,7 +164,11 @@ async fn the_session_list_shows_times_but_no_ids() {
             .map(String::as_str)
             .collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["created", "current", "expires", "last_seen"]);
+        assert_eq!(keys, ["created", "current", "expires", "key", "last_seen"]);
+        // The storage key names the session without being its ID.
+        let key = entry["key"].as_str().unwrap();
+        assert_eq!(key.len(), 64);
+        assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
         for k in ["created", "expires", "last_seen"] {
             let t = entry[k].as_str().unwrap();
             assert!(t.len() >= 20 && t.contains('T'), "RFC 3339: {t}");
@@ -185,8 +192,9 @@ fn token_in(form: &str) -> String {
 async fn the_transfer_token_works_exactly_once() {
     let s = shared();
     assert_eq!(s.get("/transfer", None).await.status, 401);
+    assert_eq!(s.post("/transfer/new", None, &[]).await.status, 401);
     let cookie = s.login("alice").await;
-    let form = s.get("/transfer", Some(&cookie)).await;
+    let form = s.post("/transfer/new", Some(&cookie), &[]).await;
     assert_eq!(form.status, 200);
     assert_eq!(form.cache_control.as_deref(), Some("no-store"));
     let token = token_in(&form.body);
@@ -247,7 +255,7 @@ async fn the_transfer_token_works_exactly_once() {
 async fn concurrent_transfers_with_one_token_succeed_once() {
     let s = shared();
     let cookie = s.login("bob").await;
-    let token = token_in(&s.get("/transfer", Some(&cookie)).await.body);
+    let token = token_in(&s.post("/transfer/new", Some(&cookie), &[]).await.body);
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..6 {
         let (s, cookie, token) = (s.clone(), cookie.clone(), token.clone());

@@ -40,6 +40,29 @@ pub async fn list(session: Session) -> Result<String, Error> {
     Ok(session.list_sessions().await?.len().to_string())
 }
 
+/// The storage keys of this user's sessions, one per line, oldest first.
+pub async fn keys(session: Session) -> Result<String, Error> {
+    let list = session.list_sessions().await?;
+    Ok(list
+        .iter()
+        .map(|s| s.key.as_str())
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// This session's storage key.
+pub async fn key(session: Session) -> Result<String, Error> {
+    session.with(|s| s.storage_key().to_string()).await
+}
+
+/// Ends the session whose storage key is the body.
+pub async fn end(session: Session, key: String) -> Result<&'static str, Error> {
+    session
+        .end_session(&session_core::StorageKey::from_stored(&key))
+        .await?;
+    Ok("ended")
+}
+
 pub async fn issue(session: Session) -> Result<String, Error> {
     Ok(session.issue_token("transfer").await?.expose().to_owned())
 }
@@ -101,6 +124,9 @@ pub fn routes() -> Router {
         .route("/logout", post(logout))
         .route("/logout-all", post(logout_all))
         .route("/list", get(list))
+        .route("/keys", get(keys))
+        .route("/key", get(key))
+        .route("/end", post(end))
         .route("/token", get(issue).post(consume))
         .route("/rotate", post(rotate))
         .route("/fail", post(write_then_fail))

@@ -41,9 +41,24 @@ pub fn client(pem: &str) -> reqwest::Client {
         .unwrap()
 }
 
-/// Binds a demo with `args` (users from [`USERS`] unless `users` is None).
+/// Login throttles for the end-to-end tests: every test logs in many times
+/// from 127.0.0.1, in parallel, into one shared demo, so the defaults (30
+/// attempts per address and 10 per account) would refuse some of them. A
+/// test that is about the throttles passes its own `--login-limit-*`.
+pub const TEST_LIMITS: [&str; 4] = [
+    "--login-limit-per-ip",
+    "100000/1",
+    "--login-limit-per-account",
+    "100000/1",
+];
+
+/// Binds a demo with `args` (users from [`USERS`] unless `users` is None),
+/// with [`TEST_LIMITS`] unless `args` sets login limits itself.
 pub async fn bind(args: &[&str], users: Option<&str>) -> Demo {
     let mut argv = vec!["session-demo", "--listen", "127.0.0.1:0"];
+    if !args.iter().any(|a| a.starts_with("--login-limit")) {
+        argv.extend_from_slice(&TEST_LIMITS);
+    }
     argv.extend_from_slice(args);
     let mut config = Config::try_parse_from(argv).unwrap();
     config.users = users.map(str::to_owned);
@@ -93,6 +108,8 @@ pub struct Reply {
     pub set_cookie: Vec<String>,
     pub cache_control: Option<String>,
     pub location: Option<String>,
+    pub retry_after: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
     pub body: String,
 }
 
@@ -122,7 +139,7 @@ impl Reply {
 }
 
 impl Server {
-    async fn reply(res: reqwest::Response) -> Reply {
+    pub async fn reply(res: reqwest::Response) -> Reply {
         let h = res.headers();
         let get = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_owned());
         Reply {
@@ -134,6 +151,8 @@ impl Server {
                 .collect(),
             cache_control: get("cache-control"),
             location: get("location"),
+            retry_after: get("retry-after"),
+            headers: h.clone(),
             body: res.text().await.unwrap(),
         }
     }
