@@ -10,7 +10,7 @@ use serde::Serialize;
 use session_core::cookie_crate::Cookie;
 use session_core::{
     CommitOutcome, OneTimeToken, SessionError, SessionId, SessionManager, SessionSummary,
-    StorageKey, StoreError,
+    StorageKey, StoreError, TokenCheck,
 };
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
@@ -327,12 +327,13 @@ impl Session {
     }
 
     /// Checks `presented` against the token for `purpose` and consumes it:
-    /// `true` exactly once per issued token, even under concurrent requests.
+    /// [`TokenCheck::Accepted`] exactly once per issued token, even under
+    /// concurrent requests.
     ///
     /// # Errors
     ///
     /// Store failures; a conflict if the session keeps changing.
-    pub async fn consume_token(&self, purpose: &str, presented: &str) -> Result<bool, Error> {
+    pub async fn consume_token(&self, purpose: &str, presented: &str) -> Result<TokenCheck, Error> {
         let mut s = self.lock().await?;
         Ok(self
             .shared

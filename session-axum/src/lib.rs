@@ -80,7 +80,7 @@
 //! those, write to the session and call [`Session::commit`] inside the
 //! handler first, and act only once it succeeded.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod error;
 pub mod extract;
@@ -89,3 +89,5 @@ pub mod layer;
 pub use crate::error::Error;
 pub use crate::extract::Session;
 pub use crate::layer::{SessionLayer, SessionService};
+/// What a one-time token check answers ([`Session::consume_token`]).
+pub use session_core::TokenCheck;

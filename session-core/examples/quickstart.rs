@@ -41,10 +41,12 @@ async fn main() -> Result<(), SessionError> {
     manager.commit(&mut session).await?;
     let first = manager
         .consume_token(&mut session, "transfer", token.expose())
-        .await?;
+        .await?
+        .is_accepted();
     let replay = manager
         .consume_token(&mut session, "transfer", token.expose())
-        .await?;
+        .await?
+        .is_accepted();
     println!("transfer   -> first use accepted: {first}, replay accepted: {replay}");
 
     // POST /logout: the server forgets the session; the cookie is removed.

@@ -15,6 +15,7 @@ pub const MAX_SESSION_ID_CANDIDATES: usize = 4;
 
 /// How long the browser keeps the cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CookieLifetime {
     /// `Max-Age` runs to the session's absolute deadline (default). The
     /// server still enforces the idle timeout.

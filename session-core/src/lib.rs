@@ -37,7 +37,7 @@
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod clock;
 pub mod codec;
@@ -60,7 +60,9 @@ pub mod token;
 pub mod conformance;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use crate::cookie::{CookieLifetime, CookiePolicy, MAX_SESSION_ID_CANDIDATES};
+pub use crate::cookie::{
+    CookieLifetime, CookiePolicy, CookiePolicyBuilder, MAX_SESSION_ID_CANDIDATES,
+};
 pub use crate::error::SessionError;
 pub use crate::id::{InvalidSessionId, SessionId};
 pub use crate::key::{KeyDeriver, StorageKey};
@@ -69,14 +71,15 @@ pub use crate::manager::{
 };
 pub use crate::memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreFull, DEFAULT_MAX_SESSIONS};
 pub use crate::policy::{
-    ConfigError, ConflictPolicy, LimitStrategy, SessionConfig, UserSessionLimit,
+    ConfigError, ConflictPolicy, LimitStrategy, SessionConfig, SessionConfigBuilder,
+    UserSessionLimit,
 };
 pub use crate::record::{SessionRecord, SessionSummary};
 pub use crate::session::Session;
 pub use crate::store::{
     BoxError, CreateOptions, Created, Replaces, SessionStore, StoreError, StoreResult,
 };
-pub use crate::token::OneTimeToken;
+pub use crate::token::{OneTimeToken, TokenCheck};
 
 /// Re-export of the `cookie` crate version used in this API.
 pub use ::cookie as cookie_crate;

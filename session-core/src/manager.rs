@@ -24,7 +24,7 @@ use crate::policy::{ConflictPolicy, SessionConfig, UserSessionLimit};
 use crate::record::{SessionRecord, SessionSummary};
 use crate::session::{Field, Payload, Session, State};
 use crate::store::{CreateOptions, Created, Replaces, SessionStore, StoreError};
-use crate::token::{OneTimeToken, TokenEntry};
+use crate::token::{OneTimeToken, TokenCheck, TokenEntry};
 
 const AUDIT: &str = "session_core::audit";
 
@@ -105,6 +105,16 @@ pub struct SessionManagerBuilder {
     keys: KeyDeriver,
     audit: Option<AuditTagger>,
     clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SessionManagerBuilder {
+    /// The policies; the store, key secret and audit salt are left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionManagerBuilder")
+            .field("config", &self.config)
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SessionManagerBuilder {
@@ -938,35 +948,35 @@ impl SessionManager {
     }
 
     /// Verifies `presented` against the token issued for `purpose` in
-    /// constant time and consumes it. Returns `true` exactly once per
-    /// issued token, even when concurrent requests present it: the
+    /// constant time and consumes it. Returns [`TokenCheck::Accepted`]
+    /// exactly once per issued token, even when concurrent requests present it: the
     /// consumption is committed at once with a strict version check.
     ///
     /// # Errors
     ///
     /// [`SessionError::Store`]; [`SessionError::Conflict`] if the session
-    /// keeps changing under us.
+    /// keeps changing under us ([`UPDATE_MAX_ATTEMPTS`] tries).
     pub async fn consume_token(
         &self,
         session: &mut Session,
         purpose: &str,
         presented: &str,
-    ) -> Result<bool, SessionError> {
-        for _ in 0..8 {
+    ) -> Result<TokenCheck, SessionError> {
+        for _ in 0..UPDATE_MAX_ATTEMPTS {
             let now = self.now();
             let valid = session
                 .payload
                 .token(purpose)
                 .is_some_and(|e| e.accepts(presented, now));
             if !valid {
-                return Ok(false);
+                return Ok(TokenCheck::Rejected);
             }
             session.set_token(purpose, None);
             match self.try_write(session).await? {
-                Write::Done => return Ok(true),
+                Write::Done => return Ok(TokenCheck::Accepted),
                 Write::Gone => {
                     self.mark_gone(session);
-                    return Ok(false);
+                    return Ok(TokenCheck::Rejected);
                 }
                 Write::Conflict => {
                     // Forget our removal and look at the latest state: the
@@ -974,7 +984,7 @@ impl SessionManager {
                     session.changes.remove(&Field::Token(purpose.to_owned()));
                     if !self.refresh(session).await? {
                         self.mark_gone(session);
-                        return Ok(false);
+                        return Ok(TokenCheck::Rejected);
                     }
                 }
             }

@@ -31,6 +31,7 @@ pub struct UserSessionLimit {
 
 /// What `commit` does when another request saved the same session first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConflictPolicy {
     /// Return [`SessionError::Conflict`] and let the application decide.
     ///

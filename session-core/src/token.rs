@@ -15,6 +15,54 @@ use crate::clock::Timestamp;
 
 const TOKEN_CONTEXT: &str = "session-core 2026-11 one-time token v1";
 
+/// The answer of a one-time token check
+/// ([`SessionManager::consume_token`](crate::SessionManager::consume_token)).
+///
+/// It must be looked at: `consume_token(..).await?;` alone would let every
+/// request through, so the type is `#[must_use]` and carries no `bool`
+/// conversion that could be dropped silently.
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// # async fn f(m: &session_core::SessionManager, s: &mut session_core::Session) -> Result<(), session_core::SessionError> {
+/// m.consume_token(s, "transfer", "presented").await?; // the answer is dropped: refused
+/// # Ok(()) }
+/// ```
+///
+/// ```
+/// #![deny(unused_must_use)]
+/// # async fn f(m: &session_core::SessionManager, s: &mut session_core::Session) -> Result<(), session_core::SessionError> {
+/// if m.consume_token(s, "transfer", "presented").await?.is_rejected() {
+///     return Ok(()); // answer 403
+/// }
+/// # Ok(()) }
+/// ```
+#[must_use = "a token check that is not looked at lets every request through"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// The token was the one issued for the purpose, live, and this call
+    /// consumed it: go ahead with the operation. Exactly one check per
+    /// issued token answers this, however many race.
+    Accepted,
+    /// Wrong, expired, already used, never issued, or the session is gone:
+    /// refuse the operation.
+    Rejected,
+}
+
+impl TokenCheck {
+    /// Whether the operation may go ahead.
+    #[must_use]
+    pub fn is_accepted(self) -> bool {
+        self == Self::Accepted
+    }
+
+    /// Whether the operation must be refused.
+    #[must_use]
+    pub fn is_rejected(self) -> bool {
+        self == Self::Rejected
+    }
+}
+
 /// A freshly issued one-time token. Redacted in `Debug`/`Display`; put
 /// [`OneTimeToken::expose`] in the form that needs it.
 #[derive(Clone)]

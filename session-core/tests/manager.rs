@@ -431,28 +431,33 @@ async fn one_time_tokens_work_exactly_once() {
         .manager
         .consume_token(&mut r, "transfer", "wrong")
         .await
-        .unwrap());
+        .unwrap()
+        .is_accepted());
     assert!(!e
         .manager
         .consume_token(&mut r, "other", token.expose())
         .await
-        .unwrap());
+        .unwrap()
+        .is_accepted());
     assert!(e
         .manager
         .consume_token(&mut r, "transfer", token.expose())
         .await
-        .unwrap());
+        .unwrap()
+        .is_accepted());
     assert!(!e
         .manager
         .consume_token(&mut r, "transfer", token.expose())
         .await
-        .unwrap());
+        .unwrap()
+        .is_accepted());
     let mut again = e.manager.load(s.id()).await.unwrap().unwrap();
     assert!(
         !e.manager
             .consume_token(&mut again, "transfer", token.expose())
             .await
-            .unwrap(),
+            .unwrap()
+            .is_accepted(),
         "replay"
     );
 }
@@ -476,7 +481,8 @@ async fn concurrent_replays_of_a_token_succeed_once() {
             e.manager
                 .consume_token(c, "pay", token.expose())
                 .await
-                .unwrap(),
+                .unwrap()
+                .is_accepted(),
         );
     }
     assert_eq!(wins, 1);
@@ -495,7 +501,8 @@ async fn tokens_expire_and_do_not_survive_login() {
         !e.manager
             .consume_token(&mut r, "t", early.expose())
             .await
-            .unwrap(),
+            .unwrap()
+            .is_accepted(),
         "token crossed login"
     );
     let late = e.manager.issue_token(&mut r, "t");
@@ -506,7 +513,8 @@ async fn tokens_expire_and_do_not_survive_login() {
         !e.manager
             .consume_token(&mut r, "t", late.expose())
             .await
-            .unwrap(),
+            .unwrap()
+            .is_accepted(),
         "expired token"
     );
 }

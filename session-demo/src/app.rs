@@ -523,7 +523,11 @@ async fn transfer(session: Session, Form(form): Form<TransferForm>) -> Result<Re
     if session.user_id().await?.is_none() {
         return Ok(not_logged_in());
     }
-    if !session.consume_token(TRANSFER, &form.token).await? {
+    if !session
+        .consume_token(TRANSFER, &form.token)
+        .await?
+        .is_accepted()
+    {
         return Ok(page(
             StatusCode::FORBIDDEN,
             "Transfer refused",

@@ -14,7 +14,7 @@
 //! - [`app`]: the router: routes, pages and protective headers.
 //! - [`server`]: binds, prints what a newcomer needs, and serves.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod app;
 pub mod backend;

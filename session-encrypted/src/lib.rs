@@ -28,7 +28,7 @@
 //! # let _ = manager;
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -159,7 +159,7 @@
 //! again. No step makes a session live before the steps that make that
 //! safe, and nothing brings an ended record back.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod config;
 mod expiry;

@@ -107,7 +107,7 @@
 //! neither take the user lock nor follow moves: upgrade every instance
 //! before relying on these guarantees.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod builder;
 pub mod cleanup;

@@ -159,7 +159,7 @@
 //! or `source()` chain, shows the credentials of a connection URL (see
 //! [`ConnectError`]).
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod builder;
 pub mod codec;

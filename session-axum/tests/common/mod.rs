@@ -52,7 +52,7 @@ pub async fn keys(session: Session) -> Result<String, Error> {
 
 /// This session's storage key.
 pub async fn key(session: Session) -> Result<String, Error> {
-    session.with(|s| s.storage_key().to_string()).await
+    session.with(|s| s.storage_key().as_str().to_owned()).await
 }
 
 /// Ends the session whose storage key is the body.
@@ -68,11 +68,17 @@ pub async fn issue(session: Session) -> Result<String, Error> {
 }
 
 pub async fn consume(session: Session, token: String) -> Result<StatusCode, Error> {
-    Ok(if session.consume_token("transfer", &token).await? {
-        StatusCode::OK
-    } else {
-        StatusCode::FORBIDDEN
-    })
+    Ok(
+        if session
+            .consume_token("transfer", &token)
+            .await?
+            .is_accepted()
+        {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        },
+    )
 }
 
 pub async fn rotate(session: Session) -> Result<&'static str, Error> {

@@ -1197,7 +1197,8 @@ pub mod cases {
         assert!(manager
             .consume_token(&mut loaded, "op", token.expose())
             .await
-            .unwrap());
+            .unwrap()
+            .is_accepted());
         manager.commit(&mut loaded).await.unwrap();
         let stored = store
             .load(loaded.storage_key())
