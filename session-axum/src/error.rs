@@ -78,9 +78,9 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
-            tracing::error!(target: "session_axum", error = %self, status = status.as_u16(), "session operation failed");
+            tracing::error!(target: "session_axum", error = %session_core::ErrorChain(&self), status = status.as_u16(), "session operation failed");
         } else {
-            tracing::debug!(target: "session_axum", error = %self, "session operation refused");
+            tracing::debug!(target: "session_axum", error = %session_core::ErrorChain(&self), "session operation refused");
         }
         let body = status.canonical_reason().unwrap_or("Error");
         let mut res = (status, body).into_response();

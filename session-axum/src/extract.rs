@@ -84,7 +84,7 @@ impl Shared {
                 }
                 _ => CommitFailure::Internal,
             };
-            tracing::error!(target: "session_axum", error = %e, ?failure, "session commit failed");
+            tracing::error!(target: "session_axum", error = %session_core::ErrorChain(&e), ?failure, "session commit failed");
             finish.failure = Some(failure);
         }
         // Whatever happened to the response, a login, rotation or logout

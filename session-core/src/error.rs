@@ -50,3 +50,46 @@ pub enum SessionError {
     #[error("no such session among the sessions of this user")]
     NotYourSession,
 }
+
+/// Displays an error followed by every cause in its
+/// [`source()`](std::error::Error::source) chain, separated by `": "`.
+///
+/// The errors of this workspace say one thing each in their `Display` and
+/// leave the cause to `source()`, so that a chain printer (this one,
+/// `anyhow`'s `{:#}`, `eyre`'s reports) shows every cause exactly once. Log
+/// them with this (`error = %ErrorChain(&e)`), not with `Display` alone.
+/// The chain is at most 64 errors deep; deeper causes are cut.
+///
+/// ```
+/// use session_core::error::ErrorChain;
+/// use session_core::StoreError;
+///
+/// let e = StoreError::unavailable(std::io::Error::other("connection refused"));
+/// assert_eq!(e.to_string(), "session store unavailable");
+/// assert_eq!(ErrorChain(&e).to_string(), "session store unavailable: connection refused");
+/// ```
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        let mut depth = 1;
+        while let Some(e) = next {
+            if depth == 64 {
+                break;
+            }
+            write!(f, ": {e}")?;
+            next = e.source();
+            depth += 1;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}

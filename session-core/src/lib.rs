@@ -63,7 +63,7 @@ pub use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use crate::cookie::{
     CookieLifetime, CookiePolicy, CookiePolicyBuilder, MAX_SESSION_ID_CANDIDATES,
 };
-pub use crate::error::SessionError;
+pub use crate::error::{ErrorChain, SessionError};
 pub use crate::id::{InvalidSessionId, SessionId};
 pub use crate::key::{KeyDeriver, StorageKey};
 pub use crate::manager::{

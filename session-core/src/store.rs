@@ -64,10 +64,10 @@ pub enum StoreError {
     /// The backend could not be reached or did not answer in time. Check that
     /// the server is running and the URL is right; the store reconnects by
     /// itself.
-    #[error("session store unavailable: {0}")]
+    #[error("session store unavailable")]
     Unavailable(#[source] BoxError),
     /// The backend answered with an error.
-    #[error("session store backend error: {0}")]
+    #[error("session store backend error")]
     Backend(#[source] BoxError),
 }
 

@@ -47,7 +47,7 @@ pub enum BackendError {
     #[error("unknown SESSION_BACKEND {0:?}; expected one of: {KNOWN}")]
     Unknown(String),
     /// The backend failed to connect or initialise.
-    #[error("could not open the {backend} session store: {source}")]
+    #[error("could not open the {backend} session store")]
     Open {
         /// The backend name.
         backend: &'static str,
@@ -56,7 +56,7 @@ pub enum BackendError {
         source: session_core::BoxError,
     },
     /// `SESSION_ENCRYPTION_KEY` is set but unusable.
-    #[error("{ENCRYPTION_KEY_VAR}: {0}")]
+    #[error("{ENCRYPTION_KEY_VAR} is unusable")]
     Encryption(#[from] KeyError),
 }
 

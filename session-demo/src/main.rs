@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
     let demo = match Demo::bind(config).await {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("session-demo: {e}");
+            eprintln!("session-demo: {}", session_core::ErrorChain(&e));
             return ExitCode::from(2);
         }
     };
@@ -32,7 +32,10 @@ async fn main() -> ExitCode {
     match demo.serve().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("session-demo: server failed: {e}");
+            eprintln!(
+                "session-demo: server failed: {}",
+                session_core::ErrorChain(&e)
+            );
             ExitCode::FAILURE
         }
     }

@@ -31,7 +31,7 @@ pub enum StartupError {
     #[error(transparent)]
     Backend(#[from] BackendError),
     /// The timeouts or limits are inconsistent.
-    #[error("session options: {0}")]
+    #[error("session options")]
     Session(#[from] session_core::ConfigError),
     /// TLS could not be set up.
     #[error(transparent)]
@@ -43,10 +43,10 @@ pub enum StartupError {
     #[error("cannot generate a storage-key secret: {0}")]
     Random(String),
     /// The password workers could not be started.
-    #[error("cannot start the password workers: {0}")]
+    #[error("cannot start the password workers")]
     Workers(#[source] std::io::Error),
     /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source} (choose another with --listen)")]
+    #[error("cannot listen on {addr} (choose another with --listen)")]
     Bind {
         /// The address.
         addr: SocketAddr,

@@ -13,7 +13,7 @@ use rustls::ServerConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read or parsed.
-    #[error("cannot read {what} from {path}: {source}")]
+    #[error("cannot read {what} from {path}")]
     Pem {
         /// "certificate" or "private key".
         what: &'static str,
@@ -24,10 +24,10 @@ pub enum TlsError {
         source: rustls::pki_types::pem::Error,
     },
     /// The self-signed certificate could not be generated.
-    #[error("cannot generate a self-signed certificate: {0}")]
+    #[error("cannot generate a self-signed certificate")]
     Generate(#[from] rcgen::Error),
     /// rustls refused the certificate or key.
-    #[error("TLS configuration refused: {0}")]
+    #[error("TLS configuration refused")]
     Rustls(#[from] rustls::Error),
 }
 

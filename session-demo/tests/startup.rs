@@ -63,7 +63,11 @@ async fn startup_errors_say_what_to_fix() {
         argv.extend_from_slice(args);
         let mut config = Config::try_parse_from(argv).unwrap();
         config.users = users.map(str::to_owned);
-        async move { Demo::bind(config).await.unwrap_err().to_string() }
+        async move {
+            let e = Demo::bind(config).await.unwrap_err();
+            // What main prints: the message and every cause.
+            session_core::ErrorChain(&e).to_string()
+        }
     };
     let e = err(&["--backend", "cassandra"], Some("a:b")).await;
     assert!(e.contains("unknown SESSION_BACKEND \"cassandra\""), "{e}");

@@ -50,7 +50,7 @@ pub enum ConfigError {
     BadSetting(&'static str),
     /// The client could not be set up (for example, a host name that does
     /// not resolve).
-    #[error("cannot set up the Memcached client: {0}")]
+    #[error("cannot set up the Memcached client")]
     Client(#[source] RedactedError),
 }
 

@@ -104,7 +104,7 @@ async fn run(store: Weak<Inner>, period: Duration, mut stopped: watch::Receiver<
                 Err(error) => {
                     tracing::warn!(
                         target: "session_postgres",
-                        %error,
+                        error = %session_core::ErrorChain(&error),
                         "deleting expired sessions failed; retrying next period"
                     );
                     break;

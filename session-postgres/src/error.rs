@@ -30,29 +30,29 @@ use crate::ident::IdentifierError;
 #[non_exhaustive]
 pub enum SetupError {
     /// The configured table or schema name is not a plain identifier.
-    #[error("invalid session table configuration: {0}")]
+    #[error("invalid session table configuration")]
     InvalidName(#[from] IdentifierError),
     /// A configuration value is out of range.
     #[error("invalid session store configuration: {0}")]
     InvalidConfig(&'static str),
     /// The connection URL could not be parsed. (The URL itself is not
     /// repeated here: it may hold a password.)
-    #[error("invalid PostgreSQL connection URL: {0}")]
+    #[error("invalid PostgreSQL connection URL")]
     InvalidUrl(#[source] RedactedError),
     /// The first connection could not be established.
     #[error(
-        "could not connect to PostgreSQL: {0} (check that the server is running and that the \
-         URL, user and password are right)"
+        "could not connect to PostgreSQL (check that the server is running and that the URL, \
+         user and password are right)"
     )]
     Connect(#[source] RedactedError),
     /// Talking to the server while migrating failed.
-    #[error("migrating the sessions table failed: {0}")]
+    #[error("migrating the sessions table failed")]
     Migrate(#[source] RedactedError),
     /// A migration's DDL was rejected (commonly: the role may not create
     /// tables or schemas). Nothing was changed.
     #[error(
-        "migration {version} ({description}) failed, nothing was changed: {source} (the role \
-         needs CREATE on the schema, or run migrate() once with a role that has it)"
+        "migration {version} ({description}) failed, nothing was changed (the role needs \
+         CREATE on the schema, or run migrate() once with a role that has it)"
     )]
     MigrationFailed {
         /// The version that failed.
@@ -79,7 +79,7 @@ impl SetupError {
 #[non_exhaustive]
 pub enum PgError {
     /// The driver or the server reported an error.
-    #[error("PostgreSQL {op} failed: {source}")]
+    #[error("PostgreSQL {op} failed")]
     Driver {
         /// The store operation (`"load"`, `"update"`, ...).
         op: &'static str,

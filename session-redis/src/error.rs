@@ -32,18 +32,18 @@ pub enum ConnectError {
     InvalidPrefix(#[from] InvalidPrefix),
     /// The URL could not be understood (expected `redis://host:port/db`,
     /// `rediss://…` or `redis+unix://…`).
-    #[error("invalid Redis URL: {0}")]
+    #[error("invalid Redis URL")]
     InvalidUrl(#[source] RedactedError),
     /// No cluster URL was given.
     #[error("no Redis Cluster node URL given: pass at least one node URL")]
     NoClusterNodes,
     /// The server did not answer: check that it runs and that the URL,
     /// credentials and network are right.
-    #[error("could not connect to Redis: {0}")]
+    #[error("could not connect to Redis")]
     Unavailable(#[source] RedactedError),
     /// The server answered but refused the connection (wrong password or
     /// user, unknown database, not a cluster node, ...).
-    #[error("Redis refused the connection: {0}")]
+    #[error("Redis refused the connection")]
     Refused(#[source] RedactedError),
     /// The server did not answer within the connect timeout.
     #[error("could not connect to Redis within {0:?}")]

@@ -36,6 +36,7 @@ pub fn error_renderings(err: &(dyn Error + 'static)) -> Vec<String> {
 /// When a secret shows, naming the rendering that showed it.
 #[track_caller]
 pub fn assert_error_hides(err: &(dyn Error + 'static), secrets: &[&str]) {
+    assert_each_cause_once(err);
     for shown in error_renderings(err) {
         for secret in secrets {
             assert!(
@@ -61,5 +62,25 @@ pub fn assert_debug_hides(value: &dyn Debug, secrets: &[&str]) {
                 "a credential shows in a Debug rendering: {shown}"
             );
         }
+    }
+}
+
+/// Panics if `err` repeats its cause in its own `Display`: the cause
+/// belongs to `source()` only, or a chain printer (such as
+/// [`ErrorChain`](crate::ErrorChain)) shows it twice ("unavailable:
+/// refused: refused"). Only `err` itself is checked: the errors of client
+/// crates further down the chain follow their own conventions.
+///
+/// # Panics
+///
+/// When `err`'s `Display` contains its source's `Display`.
+#[track_caller]
+pub fn assert_each_cause_once(err: &(dyn Error + 'static)) {
+    if let Some(source) = err.source() {
+        let (shown, cause) = (err.to_string(), source.to_string());
+        assert!(
+            cause.is_empty() || !shown.contains(&cause),
+            "an error repeats its cause in its message: {shown:?} already contains {cause:?}"
+        );
     }
 }
