@@ -91,3 +91,7 @@ pub use crate::extract::Session;
 pub use crate::layer::{SessionLayer, SessionService};
 /// What a one-time token check answers ([`Session::consume_token`]).
 pub use session_core::TokenCheck;
+
+/// Re-export of session-core, whose manager, policies and stores a
+/// service configures this layer with.
+pub use session_core;

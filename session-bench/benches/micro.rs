@@ -73,10 +73,7 @@ fn encryption(c: &mut Criterion) {
                 b.iter(|| {
                     rt.block_on(async {
                         let v = version.get();
-                        let next = SessionRecord {
-                            version: v + 1,
-                            ..r.clone()
-                        };
+                        let next = r.clone().with_version(v + 1);
                         store.update(&key, v, &next).await.unwrap();
                         version.set(v + 1);
                         store.load(&key).await.unwrap().unwrap()

@@ -15,6 +15,7 @@ use crate::store::StoreError;
 /// into it (and `session-encrypted` turns it into ciphertext). The metadata is
 /// what stores need to expire, index and version the record.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionRecord {
     /// The serialized session data. Stores must round-trip it byte for byte.
     pub data: Bytes,
@@ -37,6 +38,79 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// A record of `data` for `user_id` (`None`: anonymous), created (and
+    /// last used) at `created_at`, live until the earlier deadline, at
+    /// version 1. Set the other fields with the `with_*` methods; the struct
+    /// is `#[non_exhaustive]`, so fields added later get a default here
+    /// instead of breaking every backend that builds records.
+    #[must_use]
+    pub fn new(
+        data: impl Into<Bytes>,
+        user_id: Option<String>,
+        created_at: Timestamp,
+        idle_deadline: Timestamp,
+        absolute_deadline: Timestamp,
+    ) -> Self {
+        Self {
+            data: data.into(),
+            user_id,
+            created_at,
+            last_access: created_at,
+            idle_deadline,
+            absolute_deadline,
+            version: 1,
+        }
+    }
+
+    /// This record with other data.
+    #[must_use]
+    pub fn with_data(mut self, data: impl Into<Bytes>) -> Self {
+        self.data = data.into();
+        self
+    }
+
+    /// This record bound to another user (`None`: anonymous).
+    #[must_use]
+    pub fn with_user_id(mut self, user_id: Option<String>) -> Self {
+        self.user_id = user_id;
+        self
+    }
+
+    /// This record with another creation time.
+    #[must_use]
+    pub fn with_created_at(mut self, created_at: Timestamp) -> Self {
+        self.created_at = created_at;
+        self
+    }
+
+    /// This record with another last access.
+    #[must_use]
+    pub fn with_last_access(mut self, last_access: Timestamp) -> Self {
+        self.last_access = last_access;
+        self
+    }
+
+    /// This record with another idle deadline.
+    #[must_use]
+    pub fn with_idle_deadline(mut self, idle_deadline: Timestamp) -> Self {
+        self.idle_deadline = idle_deadline;
+        self
+    }
+
+    /// This record with another absolute deadline.
+    #[must_use]
+    pub fn with_absolute_deadline(mut self, absolute_deadline: Timestamp) -> Self {
+        self.absolute_deadline = absolute_deadline;
+        self
+    }
+
+    /// This record at another version.
+    #[must_use]
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
+    }
+
     /// The instant the record stops being loadable: the earlier deadline.
     #[must_use]
     pub fn expires_at(&self) -> Timestamp {

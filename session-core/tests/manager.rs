@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use session_core::{
     Clock, CommitOutcome, ConflictPolicy, LimitStrategy, ManualClock, MemoryStore, SessionConfig,
-    SessionError, SessionManager, SessionRecord, SessionStore, Timestamp,
+    SessionError, SessionManager, SessionStore, Timestamp,
 };
 
 const MIN: Duration = Duration::from_secs(60);
@@ -257,11 +257,9 @@ async fn unreadable_data_is_no_session() {
     s.insert("a", &1).unwrap();
     e.manager.commit(&mut s).await.unwrap();
     let rec = e.store.load(s.storage_key()).await.unwrap().unwrap();
-    let garbage = SessionRecord {
-        data: Bytes::from_static(b"\xff\x00not json"),
-        version: 2,
-        ..rec
-    };
+    let garbage = rec
+        .with_data(Bytes::from_static(b"\xff\x00not json"))
+        .with_version(2);
     e.store.update(s.storage_key(), 1, &garbage).await.unwrap();
     assert!(e.manager.load(s.id()).await.unwrap().is_none());
 }

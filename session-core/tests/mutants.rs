@@ -270,12 +270,11 @@ impl SessionStore for Mutant {
         match self.bug {
             Bug::TouchBumpsVersion => {
                 let c = self.inner.load(key).await?.ok_or(StoreError::NotFound)?;
-                let next = SessionRecord {
-                    last_access,
-                    idle_deadline: idle,
-                    version: c.version + 1,
-                    ..c.clone()
-                };
+                let next = c
+                    .clone()
+                    .with_last_access(last_access)
+                    .with_idle_deadline(idle)
+                    .with_version(c.version + 1);
                 self.inner.update(key, c.version, &next).await
             }
             Bug::TouchResurrects => match self.inner.touch(key, last_access, idle).await {
@@ -283,11 +282,7 @@ impl SessionStore for Mutant {
                     let old = self.written.lock().unwrap().get(key).cloned();
                     match old {
                         Some(r) => {
-                            let r = SessionRecord {
-                                last_access,
-                                idle_deadline: idle,
-                                ..r
-                            };
+                            let r = r.with_last_access(last_access).with_idle_deadline(idle);
                             self.inner.create(key, &r).await
                         }
                         None => Err(StoreError::NotFound),

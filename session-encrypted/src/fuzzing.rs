@@ -45,11 +45,10 @@ pub fn seal_format_1<S: SessionStore>(
         )
         .expect("AES-GCM accepts messages of this size");
     out.extend_from_slice(&tag);
-    SessionRecord {
-        data: Bytes::from(out),
-        user_id: record.user_id.as_deref().map(|u| ring.user_tag(u)),
-        ..record.clone()
-    }
+    record
+        .clone()
+        .with_data(Bytes::from(out))
+        .with_user_id(record.user_id.as_deref().map(|u| ring.user_tag(u)))
 }
 
 /// The fixed instant the harness runs at.
@@ -109,14 +108,16 @@ fn live(mut r: SessionRecord) -> SessionRecord {
 }
 
 fn record_from(bytes: &[u8]) -> SessionRecord {
-    SessionRecord::decode(bytes).unwrap_or_else(|_| SessionRecord {
-        data: Bytes::copy_from_slice(bytes),
-        user_id: None,
-        created_at: Timestamp::from_unix_millis(NOW_MS),
-        last_access: Timestamp::from_unix_millis(NOW_MS),
-        idle_deadline: Timestamp::from_unix_millis(0),
-        absolute_deadline: Timestamp::from_unix_millis(0),
-        version: 1,
+    SessionRecord::decode(bytes).unwrap_or_else(|_| {
+        SessionRecord::new(
+            Bytes::copy_from_slice(bytes),
+            None,
+            Timestamp::from_unix_millis(NOW_MS),
+            Timestamp::from_unix_millis(0),
+            Timestamp::from_unix_millis(0),
+        )
+        .with_last_access(Timestamp::from_unix_millis(NOW_MS))
+        .with_version(1)
     })
 }
 
@@ -159,15 +160,15 @@ fn sealed_plaintext(rest: &[u8]) {
     } else {
         FORMAT_V1
     };
-    let mut stored = SessionRecord {
-        data: Bytes::new(),
-        user_id: None,
-        created_at: created,
-        last_access: now,
-        idle_deadline: now.saturating_add(Duration::from_secs(3600)),
-        absolute_deadline: absolute,
-        version: 1,
-    };
+    let mut stored = SessionRecord::new(
+        Bytes::new(),
+        None,
+        created,
+        now.saturating_add(Duration::from_secs(3600)),
+        absolute,
+    )
+    .with_last_access(now)
+    .with_version(1);
     let nonce_bytes = [tag_choice; NONCE_LEN];
     let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + 16);
     out.push(format);

@@ -165,11 +165,10 @@ impl<S: SessionStore> EncryptedStore<S> {
             .encrypt_inout_detached(&nonce, &aad, (&mut out[HEADER_LEN..]).into())
             .expect("AES-GCM accepts messages of this size");
         out.extend_from_slice(&tag);
-        SessionRecord {
-            data: Bytes::from(out),
-            user_id: record.user_id.as_deref().map(|u| self.ring.user_tag(u)),
-            ..record.clone()
-        }
+        record
+            .clone()
+            .with_data(Bytes::from(out))
+            .with_user_id(record.user_id.as_deref().map(|u| self.ring.user_tag(u)))
     }
 
     fn open(&self, key: &StorageKey, stored: SessionRecord) -> StoreResult<Opened> {
@@ -223,11 +222,9 @@ impl<S: SessionStore> EncryptedStore<S> {
             .map_err(corrupt)?;
         Ok(Opened {
             stale: format != FORMAT_V2 || key_id != self.ring.primary_id(),
-            record: SessionRecord {
-                data: Bytes::copy_from_slice(&rest[user_len..]),
-                user_id,
-                ..stored
-            },
+            record: stored
+                .with_data(Bytes::copy_from_slice(&rest[user_len..]))
+                .with_user_id(user_id),
         })
     }
 
@@ -263,10 +260,7 @@ impl<S: SessionStore> EncryptedStore<S> {
         key: &StorageKey,
         opened: SessionRecord,
     ) -> StoreResult<Option<SessionRecord>> {
-        let next = SessionRecord {
-            version: opened.version.wrapping_add(1),
-            ..opened.clone()
-        };
+        let next = opened.clone().with_version(opened.version.wrapping_add(1));
         match self
             .inner
             .update(key, opened.version, &self.seal(key, &next))

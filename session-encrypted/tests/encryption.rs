@@ -42,10 +42,7 @@ async fn flipping_any_byte_of_the_stored_data_is_rejected() {
         for bit in [0x01u8, 0x80] {
             let mut data = original.data.to_vec();
             data[i] ^= bit;
-            let tampered = SessionRecord {
-                data: Bytes::from(data),
-                ..original.clone()
-            };
+            let tampered = original.clone().with_data(Bytes::from(data));
             replace_raw(&inner, &key, &tampered).await;
             let err = store.load(&key).await.unwrap_err();
             assert!(matches!(err, StoreError::Corrupt(_)), "byte {i}: {err:?}");
@@ -57,10 +54,7 @@ async fn flipping_any_byte_of_the_stored_data_is_rejected() {
     }
     // Every truncation too.
     for n in 0..original.data.len() {
-        let tampered = SessionRecord {
-            data: original.data.slice(..n),
-            ..original.clone()
-        };
+        let tampered = original.clone().with_data(original.data.slice(..n));
         replace_raw(&inner, &key, &tampered).await;
         assert!(
             matches!(store.load(&key).await, Err(StoreError::Corrupt(_))),
@@ -84,25 +78,21 @@ async fn extending_the_lifetime_or_changing_the_user_tag_is_rejected() {
     let inner = MemoryStore::new();
     let store = EncryptedStore::new(inner.clone(), ring(1, &EncryptionKey::generate()));
     let key = StorageKey::from_stored("k-meta");
-    let rec = SessionRecord {
-        data: Bytes::from_static(b"payload"),
-        user_id: Some("alice".into()),
-        created_at: session_core::Timestamp::now(),
-        last_access: session_core::Timestamp::now(),
-        idle_deadline: session_core::Timestamp::now()
-            .saturating_add(std::time::Duration::from_secs(60)),
-        absolute_deadline: session_core::Timestamp::now()
-            .saturating_add(std::time::Duration::from_secs(120)),
-        version: 1,
-    };
+    let rec = SessionRecord::new(
+        Bytes::from_static(b"payload"),
+        Some("alice".into()),
+        session_core::Timestamp::now(),
+        session_core::Timestamp::now().saturating_add(std::time::Duration::from_secs(60)),
+        session_core::Timestamp::now().saturating_add(std::time::Duration::from_secs(120)),
+    )
+    .with_last_access(session_core::Timestamp::now())
+    .with_version(1);
     store.create(&key, &rec).await.unwrap();
     let raw = inner.load(&key).await.unwrap().unwrap();
-    let longer = SessionRecord {
-        absolute_deadline: raw
-            .absolute_deadline
+    let longer = raw.clone().with_absolute_deadline(
+        raw.absolute_deadline
             .saturating_add(std::time::Duration::from_secs(3600)),
-        ..raw.clone()
-    };
+    );
     replace_raw(&inner, &key, &longer).await;
     assert!(matches!(
         store.load(&key).await,
@@ -112,21 +102,12 @@ async fn extending_the_lifetime_or_changing_the_user_tag_is_rejected() {
     let bob_tag = {
         let probe = StorageKey::from_stored("k-bob");
         store
-            .create(
-                &probe,
-                &SessionRecord {
-                    user_id: Some("bob".into()),
-                    ..rec.clone()
-                },
-            )
+            .create(&probe, &rec.clone().with_user_id(Some("bob".into())))
             .await
             .unwrap();
         inner.load(&probe).await.unwrap().unwrap().user_id
     };
-    let other_user = SessionRecord {
-        user_id: bob_tag,
-        ..raw.clone()
-    };
+    let other_user = raw.clone().with_user_id(bob_tag);
     assert_ne!(other_user.user_id, raw.user_id);
     replace_raw(&inner, &key, &other_user).await;
     assert!(matches!(
@@ -262,11 +243,10 @@ async fn an_older_ciphertext_put_back_under_a_later_version_is_rejected() {
     // The attacker writes the old ciphertext with the current version (or
     // any later one): it no longer opens, and the token stays used.
     for version in [current.version, current.version + 1] {
-        let spliced = SessionRecord {
-            data: with_token.data.clone(),
-            version,
-            ..current.clone()
-        };
+        let spliced = current
+            .clone()
+            .with_data(with_token.data.clone())
+            .with_version(version);
         replace_raw(&inner, s.storage_key(), &spliced).await;
         match store.load(s.storage_key()).await {
             Err(StoreError::Corrupt(why)) => assert!(why.contains("authentication failed")),

@@ -28,15 +28,15 @@ fn key() -> StorageKey {
 
 fn record() -> SessionRecord {
     let now = Timestamp::now();
-    SessionRecord {
-        data: Bytes::from_static(b"{}"),
-        user_id: None,
-        created_at: now,
-        last_access: now,
-        idle_deadline: now.saturating_add(Duration::from_secs(60)),
-        absolute_deadline: now.saturating_add(Duration::from_secs(600)),
-        version: 1,
-    }
+    SessionRecord::new(
+        Bytes::from_static(b"{}"),
+        None,
+        now,
+        now.saturating_add(Duration::from_secs(60)),
+        now.saturating_add(Duration::from_secs(600)),
+    )
+    .with_last_access(now)
+    .with_version(1)
 }
 
 /// Every operation's error through `store` hides `secrets`.

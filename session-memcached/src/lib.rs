@@ -175,3 +175,7 @@ pub use crate::config::{
     ConfigError, MemcachedConfig, DEFAULT_MAX_ITEM_SIZE, DEFAULT_RECENT_READS,
 };
 pub use crate::store::MemcachedStore;
+
+/// Re-export of the memcache crate version this crate is built on, for
+/// inspecting the client errors inside store errors without version skew.
+pub use memcache;

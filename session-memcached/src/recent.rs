@@ -83,15 +83,15 @@ mod tests {
     use bytes::Bytes;
 
     fn record(version: u64) -> SessionRecord {
-        SessionRecord {
-            data: Bytes::from_static(b"x"),
-            user_id: Some("ada".into()),
-            created_at: Timestamp::from_unix_millis(1),
-            last_access: Timestamp::from_unix_millis(2),
-            idle_deadline: Timestamp::from_unix_millis(30),
-            absolute_deadline: Timestamp::from_unix_millis(40),
-            version,
-        }
+        SessionRecord::new(
+            Bytes::from_static(b"x"),
+            Some("ada".into()),
+            Timestamp::from_unix_millis(1),
+            Timestamp::from_unix_millis(30),
+            Timestamp::from_unix_millis(40),
+        )
+        .with_last_access(Timestamp::from_unix_millis(2))
+        .with_version(version)
     }
 
     fn key(c: char) -> StorageKey {

@@ -322,10 +322,7 @@ impl MemcachedStore {
         if seen.version != expected_version || seen.expires_at <= now || extends_index {
             return Ok(None);
         }
-        let next = SessionRecord {
-            user_id: seen.user_id,
-            ..record.clone()
-        };
+        let next = record.clone().with_user_id(seen.user_id);
         let value = next.encode();
         self.check_size(value.len())?;
         let size = value.len();
@@ -442,10 +439,7 @@ impl SessionStore for MemcachedStore {
             if current.version != expected_version {
                 return Err(StoreError::Conflict);
             }
-            Ok(SessionRecord {
-                user_id: current.user_id.clone(),
-                ..record.clone()
-            })
+            Ok(record.clone().with_user_id(current.user_id.clone()))
         })
         .await
     }
@@ -459,11 +453,10 @@ impl SessionStore for MemcachedStore {
         self.inner.recent.forget(key);
         let touch = || {
             self.modify(key, |current| {
-                Ok(SessionRecord {
-                    last_access,
-                    idle_deadline,
-                    ..current.clone()
-                })
+                Ok(current
+                    .clone()
+                    .with_last_access(last_access)
+                    .with_idle_deadline(idle_deadline))
             })
         };
         match touch().await {

@@ -263,15 +263,15 @@ mod tests {
 
     #[test]
     fn records_and_markers_are_told_apart() {
-        let record = SessionRecord {
-            data: Bytes::from_static(&[MARKER_FORMAT, 0]),
-            user_id: None,
-            created_at: at(1),
-            last_access: at(1),
-            idle_deadline: at(100),
-            absolute_deadline: at(200),
-            version: 3,
-        };
+        let record = SessionRecord::new(
+            Bytes::from_static(&[MARKER_FORMAT, 0]),
+            None,
+            at(1),
+            at(100),
+            at(200),
+        )
+        .with_last_access(at(1))
+        .with_version(3);
         let stored = Stored::decode(&record.encode()).unwrap();
         assert_eq!(stored, Stored::Record(record.clone()));
         assert_eq!(stored.clone().live(at(99)), Some(record));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use memcache::exp::MetaClient;
 use session_core::conformance::record;
 use session_core::store::CreateOptions;
-use session_core::{SessionRecord, SessionStore, StoreError};
+use session_core::{SessionStore, StoreError};
 use session_memcached::{MemcachedConfig, MemcachedStore};
 
 use session_test_support::storage_key as key;
@@ -49,10 +49,7 @@ async fn rotation_leaves_a_moved_marker_that_loads_as_nothing() {
         .expect("the old key holds a marker");
     assert_eq!(item[0], 0xA7, "marker format byte");
     assert!(store.load(&old).await.unwrap().is_none());
-    let next = SessionRecord {
-        version: 2,
-        ..loaded
-    };
+    let next = loaded.with_version(2);
     let err = store.update(&old, 1, &next).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
     assert_eq!(store.load(&new).await.unwrap().unwrap().version, 1);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use session_core::conformance::record;
-use session_core::{SessionRecord, SessionStore, StoreError};
+use session_core::{SessionStore, StoreError};
 use session_memcached::{MemcachedConfig, MemcachedStore};
 
 const DAY: u64 = 24 * 3600 * 1000;
@@ -56,11 +56,10 @@ async fn oversize_update_keeps_the_old_record() {
     let k = key();
     let rec = record(None, b"small", 60_000, 120_000);
     store.create(&k, &rec).await.unwrap();
-    let big = SessionRecord {
-        data: Bytes::from(vec![1; 65 * 1024]),
-        version: 2,
-        ..rec.clone()
-    };
+    let big = rec
+        .clone()
+        .with_data(Bytes::from(vec![1; 65 * 1024]))
+        .with_version(2);
     let err = store.update(&k, 1, &big).await.unwrap_err();
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err:?}");
     assert_eq!(store.load(&k).await.unwrap().unwrap(), rec);

@@ -39,15 +39,15 @@ fn key(c: char) -> StorageKey {
 fn rec(base: Timestamp, user: Option<&str>, data: u8, age_s: i64) -> SessionRecord {
     let at = |ms: i64| Timestamp::from_unix_millis(base.as_unix_millis() + ms);
     let created = at(-1_000 * age_s - 10_000);
-    SessionRecord {
-        data: Bytes::from(vec![data]),
-        user_id: user.map(str::to_owned),
-        created_at: created,
-        last_access: created,
-        idle_deadline: at(HOUR_MS),
-        absolute_deadline: at(3 * HOUR_MS),
-        version: 1,
-    }
+    SessionRecord::new(
+        Bytes::from(vec![data]),
+        user.map(str::to_owned),
+        created,
+        at(HOUR_MS),
+        at(3 * HOUR_MS),
+    )
+    .with_last_access(created)
+    .with_version(1)
 }
 
 fn limit(max: usize, strategy: LimitStrategy) -> CreateOptions {

@@ -55,11 +55,9 @@ fn store(url: &str, namespace: &str, recent_reads: usize) -> MemcachedStore {
 }
 
 fn next(rec: &SessionRecord, data: &'static [u8]) -> SessionRecord {
-    SessionRecord {
-        data: Bytes::from_static(data),
-        version: rec.version + 1,
-        ..rec.clone()
-    }
+    rec.clone()
+        .with_data(Bytes::from_static(data))
+        .with_version(rec.version + 1)
 }
 
 /// Loads then updates `n` fresh sessions; returns the server's `cmd_get`

@@ -425,14 +425,16 @@ impl SessionStore for PostgresStore {
             })
             .await?;
         Ok(row.map(
-            |(data, version, user_id, created, last_access, idle, absolute)| SessionRecord {
-                data: Bytes::from(data),
-                user_id,
-                created_at: from_db(created),
-                last_access: from_db(last_access),
-                idle_deadline: from_db(idle),
-                absolute_deadline: from_db(absolute),
-                version: version.cast_unsigned(),
+            |(data, version, user_id, created, last_access, idle, absolute)| {
+                SessionRecord::new(
+                    Bytes::from(data),
+                    user_id,
+                    from_db(created),
+                    from_db(idle),
+                    from_db(absolute),
+                )
+                .with_last_access(from_db(last_access))
+                .with_version(version.cast_unsigned())
             },
         ))
     }

@@ -49,11 +49,10 @@ fn counter(r: &SessionRecord) -> u64 {
 /// One load + compare-and-set increment of the counter under `k`.
 async fn increment(store: &dyn SessionStore, k: &StorageKey) -> Result<(), StoreError> {
     let cur = store.load(k).await?.ok_or(StoreError::NotFound)?;
-    let next = SessionRecord {
-        data: (counter(&cur) + 1).to_be_bytes().to_vec().into(),
-        version: cur.version + 1,
-        ..cur.clone()
-    };
+    let next = cur
+        .clone()
+        .with_data((counter(&cur) + 1).to_be_bytes().to_vec())
+        .with_version(cur.version + 1);
     store.update(k, cur.version, &next).await
 }
 
@@ -117,11 +116,10 @@ async fn terminated_backends_fail_typed_and_the_store_recovers() {
                     let loaded = t.load(&k).await;
                     let result = match loaded {
                         Ok(Some(cur)) => {
-                            let next = SessionRecord {
-                                data: (counter(&cur) + 1).to_be_bytes().to_vec().into(),
-                                version: cur.version + 1,
-                                ..cur.clone()
-                            };
+                            let next = cur
+                                .clone()
+                                .with_data((counter(&cur) + 1).to_be_bytes().to_vec())
+                                .with_version(cur.version + 1);
                             t.update(&k, cur.version, &next)
                                 .await
                                 .map_err(|e| (e, true))

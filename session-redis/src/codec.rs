@@ -298,15 +298,15 @@ mod tests {
     }
 
     fn sample(user: Option<&str>, data: &'static [u8]) -> SessionRecord {
-        SessionRecord {
-            data: Bytes::from_static(data),
-            user_id: user.map(str::to_owned),
-            created_at: Timestamp::from_unix_millis(1),
-            last_access: Timestamp::from_unix_millis(2),
-            idle_deadline: Timestamp::from_unix_millis(3),
-            absolute_deadline: Timestamp::from_unix_millis(4),
-            version: 9,
-        }
+        SessionRecord::new(
+            Bytes::from_static(data),
+            user.map(str::to_owned),
+            Timestamp::from_unix_millis(1),
+            Timestamp::from_unix_millis(3),
+            Timestamp::from_unix_millis(4),
+        )
+        .with_last_access(Timestamp::from_unix_millis(2))
+        .with_version(9)
     }
 
     #[test]

@@ -176,3 +176,8 @@ pub use crate::builder::{
 pub use crate::error::{ConnectError, OperationTimedOut};
 pub use crate::keys::{InvalidPrefix, KeyPrefix};
 pub use crate::store::{RedisStore, UserIdChanged, CLUSTER_INDEX_GRACE};
+
+/// Re-export of the redis crate version this crate is built on, for
+/// inspecting the client errors inside [`ConnectError`] and
+/// [`StoreError`](session_core::StoreError) sources without version skew.
+pub use redis;

@@ -1334,15 +1334,15 @@ mod tests {
 
     fn record(user: Option<&str>, expires_in: i64) -> SessionRecord {
         let now = Timestamp::now().as_unix_millis();
-        SessionRecord {
-            data: Bytes::from_static(b"data"),
-            user_id: user.map(str::to_owned),
-            created_at: Timestamp::from_unix_millis(now),
-            last_access: Timestamp::from_unix_millis(now),
-            idle_deadline: Timestamp::from_unix_millis(now + expires_in),
-            absolute_deadline: Timestamp::from_unix_millis(now + 2 * expires_in.abs()),
-            version: 1,
-        }
+        SessionRecord::new(
+            Bytes::from_static(b"data"),
+            user.map(str::to_owned),
+            Timestamp::from_unix_millis(now),
+            Timestamp::from_unix_millis(now + expires_in),
+            Timestamp::from_unix_millis(now + 2 * expires_in.abs()),
+        )
+        .with_last_access(Timestamp::from_unix_millis(now))
+        .with_version(1)
     }
 
     fn header(r: &SessionRecord) -> Vec<u8> {

@@ -84,15 +84,15 @@ use session_test_support::storage_key as key;
 
 fn record(user: Option<&str>, data: &[u8], version: u64) -> SessionRecord {
     let now = Timestamp::now();
-    SessionRecord {
-        data: Bytes::copy_from_slice(data),
-        user_id: user.map(str::to_owned),
-        created_at: now,
-        last_access: now,
-        idle_deadline: now.saturating_add(Duration::from_secs(3600)),
-        absolute_deadline: now.saturating_add(Duration::from_secs(7200)),
-        version,
-    }
+    SessionRecord::new(
+        Bytes::copy_from_slice(data),
+        user.map(str::to_owned),
+        now,
+        now.saturating_add(Duration::from_secs(3600)),
+        now.saturating_add(Duration::from_secs(7200)),
+    )
+    .with_last_access(now)
+    .with_version(version)
 }
 
 async fn store_on(server: &Server) -> RedisStore {

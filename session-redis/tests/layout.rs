@@ -96,10 +96,7 @@ async fn update_later_absolute_deadline_extends_index<C: ConnectionLike + Send>(
     store.create(&k, &rec).await.unwrap();
     let ik = p.index_key(b"abs");
     assert!(pttl(raw, &ik).await < 80_000);
-    let next = SessionRecord {
-        version: 2,
-        ..record(Some("abs"), b"y", 3_600_000, 7_200_000)
-    };
+    let next = (record(Some("abs"), b"y", 3_600_000, 7_200_000)).with_version(2);
     store.update(&k, 1, &next).await.unwrap();
     assert!(pttl(raw, &ik).await > 7_200_000, "index TTL not extended");
     assert_eq!(store.list_user("abs").await.unwrap().len(), 1);
@@ -111,10 +108,7 @@ async fn update_refuses_to_change_the_user(store: &RedisStore) {
         .create(&k, &record(Some("owner"), b"x", 60_000, 60_000))
         .await
         .unwrap();
-    let other = SessionRecord {
-        version: 2,
-        ..record(Some("intruder"), b"y", 60_000, 60_000)
-    };
+    let other = (record(Some("intruder"), b"y", 60_000, 60_000)).with_version(2);
     let err = store.update(&k, 1, &other).await.unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
     let got = store.load(&k).await.unwrap().unwrap();
@@ -287,18 +281,13 @@ async fn extreme_deadlines<C: ConnectionLike + Send>(store: &RedisStore, raw: &m
     let p = prefix(store);
     let far = Timestamp::from_unix_millis(i64::MAX);
     let k = key();
-    let forever = SessionRecord {
-        idle_deadline: far,
-        absolute_deadline: far,
-        ..record(Some("far"), b"x", 0, 0)
-    };
+    let forever = (record(Some("far"), b"x", 0, 0))
+        .with_idle_deadline(far)
+        .with_absolute_deadline(far);
     store.create(&k, &forever).await.unwrap();
     assert!(pttl(raw, &p.session_key(&k)).await > 3_000_000_000_000);
     store.touch(&k, Timestamp::now(), far).await.unwrap();
-    let next = SessionRecord {
-        version: 2,
-        ..forever.clone()
-    };
+    let next = forever.clone().with_version(2);
     store.update(&k, 1, &next).await.unwrap();
     assert_eq!(store.load(&k).await.unwrap().unwrap(), next);
 
@@ -316,11 +305,9 @@ async fn extreme_deadlines<C: ConnectionLike + Send>(store: &RedisStore, raw: &m
 
     let born_dead = key();
     let past = Timestamp::from_unix_millis(-5);
-    let dead = SessionRecord {
-        idle_deadline: past,
-        absolute_deadline: past,
-        ..record(Some("far"), b"x", 0, 0)
-    };
+    let dead = (record(Some("far"), b"x", 0, 0))
+        .with_idle_deadline(past)
+        .with_absolute_deadline(past);
     store.create(&born_dead, &dead).await.unwrap();
     assert!(get(raw, &p.session_key(&born_dead)).await.is_none());
     assert!(store.load(&born_dead).await.unwrap().is_none());
@@ -417,15 +404,15 @@ async fn scripts_read_the_record_layout_core_writes() {
     let name = format!("{}:probe", common::unique("layout"));
     let now = 1_700_000_000_000i64;
     for user in [None, Some(""), Some("Zoë {tag}: with spaces")] {
-        let r = SessionRecord {
-            data: bytes::Bytes::from_static(b"\x00payload\xff"),
-            user_id: user.map(str::to_owned),
-            created_at: Timestamp::from_unix_millis(now - 3_000),
-            last_access: Timestamp::from_unix_millis(now - 1_000),
-            idle_deadline: Timestamp::from_unix_millis(now + 60_000),
-            absolute_deadline: Timestamp::from_unix_millis(now + 3_600_000),
-            version: 0x0102_0304_0506_0708,
-        };
+        let r = SessionRecord::new(
+            bytes::Bytes::from_static(b"\x00payload\xff"),
+            user.map(str::to_owned),
+            Timestamp::from_unix_millis(now - 3_000),
+            Timestamp::from_unix_millis(now + 60_000),
+            Timestamp::from_unix_millis(now + 3_600_000),
+        )
+        .with_last_access(Timestamp::from_unix_millis(now - 1_000))
+        .with_version(0x0102_0304_0506_0708);
         let () = redis::cmd("SET")
             .arg(&name)
             .arg(r.encode())

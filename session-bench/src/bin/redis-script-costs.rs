@@ -43,15 +43,15 @@ return 1";
 
 fn record(version: u64, size: usize) -> SessionRecord {
     let now = Timestamp::now();
-    SessionRecord {
-        data: Bytes::from(vec![b'x'; size]),
-        user_id: None,
-        created_at: now,
-        last_access: now,
-        idle_deadline: now.saturating_add(Duration::from_secs(600)),
-        absolute_deadline: now.saturating_add(Duration::from_secs(3600)),
-        version,
-    }
+    SessionRecord::new(
+        Bytes::from(vec![b'x'; size]),
+        None,
+        now,
+        now.saturating_add(Duration::from_secs(600)),
+        now.saturating_add(Duration::from_secs(3600)),
+    )
+    .with_last_access(now)
+    .with_version(version)
 }
 
 /// `usec_per_call` of each listed command since the last reset, summed.

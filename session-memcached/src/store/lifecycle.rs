@@ -1346,15 +1346,15 @@ mod tests {
     }
 
     fn live(created: i64) -> Status {
-        let r = SessionRecord {
-            data: Bytes::new(),
-            user_id: Some("u".into()),
-            created_at: at(created),
-            last_access: at(created),
-            idle_deadline: at(1_000),
-            absolute_deadline: at(2_000),
-            version: 1,
-        };
+        let r = SessionRecord::new(
+            Bytes::new(),
+            Some("u".into()),
+            at(created),
+            at(1_000),
+            at(2_000),
+        )
+        .with_last_access(at(created))
+        .with_version(1);
         Status::Live(r, 7)
     }
 
