@@ -52,6 +52,10 @@ pub enum ConfigError {
     /// not resolve).
     #[error("cannot set up the Memcached client")]
     Client(#[source] RedactedError),
+    /// [`MemcachedStoreBuilder::connect`](crate::MemcachedStoreBuilder::connect):
+    /// a server did not answer. Check that it runs at the URL given.
+    #[error("a Memcached server does not answer")]
+    Unavailable(#[source] session_core::StoreError),
 }
 
 /// Settings of a [`MemcachedStore`](crate::MemcachedStore); build one with

@@ -1,5 +1,7 @@
 //! A Memcached backend for [`session_core`]: [`MemcachedStore`].
 //!
+//! - [`builder`]: [`MemcachedStoreBuilder`], the builder shape every backend
+//!   shares.
 //! - [`config`]: servers, namespace, item size limit, timeouts, concurrency.
 //! - [`store`]: [`MemcachedStore`], the [`SessionStore`](session_core::SessionStore).
 //! - `transport` (private): the Memcached primitives, run on Tokio's blocking
@@ -14,12 +16,14 @@
 //!
 //! ```no_run
 //! use session_core::SessionManager;
-//! use session_memcached::{MemcachedConfig, MemcachedStore};
+//! use session_memcached::MemcachedStore;
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = MemcachedConfig::new(["memcache://10.0.0.1:11211,memcache://10.0.0.2:11211"])?
-//!     .with_namespace("myapp")?;
-//! let manager = SessionManager::new(MemcachedStore::new(config)?);
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemcachedStore::builder()
+//!     .namespace("myapp")
+//!     .connect("memcache://10.0.0.1:11211,memcache://10.0.0.2:11211")
+//!     .await?;
+//! let manager = SessionManager::new(store);
 //! # let _ = manager; Ok(()) }
 //! ```
 //!
@@ -161,6 +165,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod builder;
 pub mod config;
 mod expiry;
 pub mod fuzzing;
@@ -171,6 +176,7 @@ pub mod store;
 mod tombstone;
 mod transport;
 
+pub use crate::builder::MemcachedStoreBuilder;
 pub use crate::config::{
     ConfigError, MemcachedConfig, DEFAULT_MAX_ITEM_SIZE, DEFAULT_RECENT_READS,
 };

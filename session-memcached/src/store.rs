@@ -69,6 +69,12 @@ impl std::fmt::Debug for MemcachedStore {
 }
 
 impl MemcachedStore {
+    /// A builder with the default settings: `.connect(urls).await` checks
+    /// the servers, `.connect_lazy(urls)` does not.
+    pub fn builder() -> crate::MemcachedStoreBuilder {
+        crate::MemcachedStoreBuilder::default()
+    }
+
     /// A store on the servers in `urls` (comma-separated
     /// `memcache://host:port` URLs) with the default settings.
     ///

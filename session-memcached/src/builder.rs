@@ -1,0 +1,187 @@
+//! [`MemcachedStoreBuilder`]: the same builder shape as every other backend
+//! (`XStore::builder()` … `.connect(url).await` or `.connect_lazy(url)`),
+//! with the shared option names.
+
+use std::time::Duration;
+
+use crate::config::{ConfigError, MemcachedConfig};
+use crate::store::MemcachedStore;
+
+/// Builder for [`MemcachedStore`]; start with [`MemcachedStore::builder`].
+///
+/// Every setting has a production-ready default (those of
+/// [`MemcachedConfig`]); the setters cannot fail, and the values are checked
+/// when the store is built.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use session_memcached::MemcachedStore;
+///
+/// let store = MemcachedStore::builder()
+///     .namespace("myapp")
+///     .operation_timeout(Duration::from_millis(500))
+///     .connect("memcache://10.0.0.1:11211,memcache://10.0.0.2:11211")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct MemcachedStoreBuilder {
+    namespace: Option<String>,
+    operation_timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    max_record_size: Option<usize>,
+    max_in_flight: Option<usize>,
+    max_idle: Option<usize>,
+    cas_retries: Option<u32>,
+    index_grace: Option<Duration>,
+    recent_reads: Option<usize>,
+    #[cfg(feature = "async")]
+    tokio_transport: bool,
+}
+
+impl MemcachedStoreBuilder {
+    /// Prefix of every key the store writes (default `session`); see
+    /// [`MemcachedConfig::with_namespace`].
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// How long one request may take (default 1 s); see
+    /// [`MemcachedConfig::with_io_timeout`].
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = Some(timeout);
+        self
+    }
+
+    /// How long connecting may take (default 1 s); see
+    /// [`MemcachedConfig::with_connect_timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// The largest encoded record (header, user id and data) the store
+    /// writes, in bytes; see [`MemcachedConfig::with_max_item_size`].
+    pub fn max_record_size(mut self, bytes: usize) -> Self {
+        self.max_record_size = Some(bytes);
+        self
+    }
+
+    /// How many calls may run at once (default 64); see
+    /// [`MemcachedConfig::with_max_in_flight`].
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = Some(n);
+        self
+    }
+
+    /// Idle connections kept per server (default 16).
+    pub fn max_idle(mut self, n: usize) -> Self {
+        self.max_idle = Some(n);
+        self
+    }
+
+    /// Compare-and-set retries on a contended item (default 64); see
+    /// [`MemcachedConfig::with_cas_retries`].
+    pub fn cas_retries(mut self, n: u32) -> Self {
+        self.cas_retries = Some(n);
+        self
+    }
+
+    /// How long a creation in flight is waited for (default 60 s); see
+    /// [`MemcachedConfig::with_index_grace`].
+    pub fn index_grace(mut self, grace: Duration) -> Self {
+        self.index_grace = Some(grace);
+        self
+    }
+
+    /// Recent loads remembered (default 10,000); see
+    /// [`MemcachedConfig::with_recent_reads`].
+    pub fn recent_reads(mut self, entries: usize) -> Self {
+        self.recent_reads = Some(entries);
+        self
+    }
+
+    /// Uses the `memcache` crate's Tokio client instead of blocking calls
+    /// on Tokio's blocking pool (feature `async`; default off). Only
+    /// [`connect`](Self::connect) builds it.
+    #[cfg(feature = "async")]
+    pub fn tokio_transport(mut self, on: bool) -> Self {
+        self.tokio_transport = on;
+        self
+    }
+
+    /// The configuration these settings make for `servers` (comma-separated
+    /// `memcache://host:port` URLs).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for a malformed URL, a bad namespace or a setting out
+    /// of range.
+    pub fn config(&self, servers: &str) -> Result<MemcachedConfig, ConfigError> {
+        let mut c = MemcachedConfig::new([servers])?;
+        if let Some(ns) = &self.namespace {
+            c = c.with_namespace(ns)?;
+        }
+        if let Some(t) = self.operation_timeout {
+            c = c.with_io_timeout(t);
+        }
+        if let Some(t) = self.connect_timeout {
+            c = c.with_connect_timeout(t);
+        }
+        if let Some(n) = self.max_record_size {
+            c = c.with_max_item_size(n);
+        }
+        if let Some(n) = self.max_in_flight {
+            c = c.with_max_in_flight(n)?;
+        }
+        if let Some(n) = self.max_idle {
+            c = c.with_max_idle(n);
+        }
+        if let Some(n) = self.cas_retries {
+            c = c.with_cas_retries(n);
+        }
+        if let Some(g) = self.index_grace {
+            c = c.with_index_grace(g);
+        }
+        if let Some(n) = self.recent_reads {
+            c = c.with_recent_reads(n);
+        }
+        Ok(c)
+    }
+
+    /// Builds the store and checks that every server answers.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for a bad setting or URL, and
+    /// [`ConfigError::Unavailable`] when a server does not answer within the
+    /// timeouts.
+    pub async fn connect(self, servers: &str) -> Result<MemcachedStore, ConfigError> {
+        let config = self.config(servers)?;
+        #[cfg(feature = "async")]
+        let store = if self.tokio_transport {
+            MemcachedStore::new_async(config).await?
+        } else {
+            MemcachedStore::new(config)?
+        };
+        #[cfg(not(feature = "async"))]
+        let store = MemcachedStore::new(config)?;
+        store.ping().await.map_err(ConfigError::Unavailable)?;
+        Ok(store)
+    }
+
+    /// Builds the store without contacting a server: an unreachable server
+    /// shows up as [`StoreError::Unavailable`](session_core::StoreError) on
+    /// the first operation. Always on the blocking-pool transport.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for a bad setting or URL, or a host that does not
+    /// resolve.
+    pub fn connect_lazy(self, servers: &str) -> Result<MemcachedStore, ConfigError> {
+        MemcachedStore::new(self.config(servers)?)
+    }
+}

@@ -1,0 +1,93 @@
+//! `MemcachedStore::builder()`: the builder shape every backend shares
+//! (`connect(url).await` checks the servers, `connect_lazy(url)` does not),
+//! against a real server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use session_core::conformance::record;
+use session_core::{SessionStore, StoreError};
+use session_memcached::{ConfigError, MemcachedStore};
+use session_test_support::process::spare_port;
+use session_test_support::{storage_key, unique};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_checks_the_server_and_applies_the_settings() {
+    let url = common::url();
+    let builder = MemcachedStore::builder()
+        .namespace(unique("builder"))
+        .max_record_size(4096)
+        .operation_timeout(Duration::from_millis(500));
+    let config = builder.config(&url).unwrap();
+    assert_eq!(config.max_item_size(), 4096);
+    assert!(config.namespace().starts_with("t_builder_"));
+    let store = builder.connect(&url).await.unwrap();
+    let k = storage_key();
+    store
+        .create(&k, &record(Some("u"), b"x", 60_000, 3_600_000))
+        .await
+        .unwrap();
+    assert_eq!(&store.load(&k).await.unwrap().unwrap().data[..], b"x");
+    let big = record(None, &[7; 8192], 60_000, 3_600_000);
+    assert!(matches!(
+        store.create(&storage_key(), &big).await,
+        Err(StoreError::TooLarge { limit: 4096, .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_fails_promptly_where_nothing_answers_and_lazy_does_not() {
+    let nowhere = format!("memcache://127.0.0.1:{}", spare_port());
+    let builder = MemcachedStore::builder()
+        .connect_timeout(Duration::from_millis(300))
+        .operation_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let err = builder.clone().connect(&nowhere).await.unwrap_err();
+    assert!(matches!(err, ConfigError::Unavailable(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let lazy = builder.connect_lazy(&nowhere).unwrap();
+    assert!(matches!(
+        lazy.load(&storage_key()).await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn bad_settings_fail_at_build_time() {
+    let url = common::url();
+    let err = MemcachedStore::builder()
+        .namespace("has space")
+        .connect_lazy(&url)
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::BadNamespace(_)), "{err:?}");
+    let err = MemcachedStore::builder()
+        .max_in_flight(0)
+        .connect_lazy(&url)
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::BadSetting(_)), "{err:?}");
+    let err = MemcachedStore::builder().connect_lazy("").unwrap_err();
+    assert!(matches!(err, ConfigError::NoServers), "{err:?}");
+}
+
+#[cfg(feature = "async")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokio_transport_is_built_by_connect() {
+    let url = common::url();
+    let store = MemcachedStore::builder()
+        .namespace(unique("builder_tokio"))
+        .tokio_transport(true)
+        .connect(&url)
+        .await
+        .unwrap();
+    let k = storage_key();
+    store
+        .create(&k, &record(None, b"t", 60_000, 3_600_000))
+        .await
+        .unwrap();
+    assert!(store.load(&k).await.unwrap().is_some());
+}
