@@ -20,9 +20,9 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// Default [`PostgresStoreBuilder::cleanup_batch_size`].
 pub const DEFAULT_CLEANUP_BATCH_SIZE: u32 = 1_000;
-/// Default [`PostgresStoreBuilder::max_record_bytes`]: 4 MiB.
+/// Default [`PostgresStoreBuilder::max_record_size`]: 4 MiB.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 << 20;
-/// Largest accepted [`PostgresStoreBuilder::max_record_bytes`]: PostgreSQL
+/// Largest accepted [`PostgresStoreBuilder::max_record_size`]: PostgreSQL
 /// cannot store a `bytea` value of 1 GiB or more.
 pub const MAX_RECORD_BYTES_LIMIT: usize = (1 << 30) - 1024;
 
@@ -178,8 +178,8 @@ impl PostgresStoreBuilder {
     /// until the [acquire timeout](Self::acquire_timeout)).
     ///
     /// [`StoreError::Unavailable`]: session_core::StoreError::Unavailable
-    pub fn operation_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.operation_timeout = timeout;
+    pub fn operation_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.operation_timeout = timeout.into();
         self
     }
 
@@ -192,13 +192,31 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// Largest `data` accepted by `create` and `update`; larger records are
-    /// refused with [`StoreError::TooLarge`]. Default: 4 MiB.
+    /// Largest record accepted by `create` and `update`, counted as on every
+    /// backend: the encoded record (its fixed header of
+    /// [`HEADER_LEN`](session_core::codec::layout::HEADER_LEN) bytes, the user
+    /// id and the data). Larger records are refused with
+    /// [`StoreError::TooLarge`] and nothing is written. Default: 4 MiB.
     ///
     /// [`StoreError::TooLarge`]: session_core::StoreError::TooLarge
-    pub fn max_record_bytes(mut self, bytes: usize) -> Self {
+    pub fn max_record_size(mut self, bytes: usize) -> Self {
         self.max_record_bytes = bytes;
         self
+    }
+
+    /// The former name of [`max_record_size`](Self::max_record_size).
+    #[deprecated(
+        note = "use max_record_size, which counts the encoded record as every backend does"
+    )]
+    pub fn max_record_bytes(self, bytes: usize) -> Self {
+        self.max_record_size(bytes)
+    }
+
+    /// How long connecting may take: sqlx bounds connecting by the
+    /// [acquire timeout](Self::acquire_timeout), which this sets (the
+    /// shared option name of every backend's builder).
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.acquire_timeout(timeout)
     }
 
     /// Connects a new pool to `url` (`postgres://user:password@host/db`,
@@ -215,6 +233,35 @@ impl PostgresStoreBuilder {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| SetupError::InvalidUrl(RedactedError::with_url_secrets(e, [url])))?;
         self.connect_options(options, &[url]).await
+    }
+
+    /// Builds the store on a pool that connects on first use: no server is
+    /// contacted here, and an unreachable one shows up as
+    /// [`StoreError::Unavailable`](session_core::StoreError::Unavailable) on
+    /// the first call (within the acquire timeout). Does not migrate.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError`] for an invalid table name or setting, or a malformed
+    /// URL (shown without its credentials).
+    pub fn connect_lazy(self, url: &str) -> Result<PostgresStore, SetupError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| SetupError::InvalidUrl(RedactedError::with_url_secrets(e, [url])))?;
+        self.validate()?;
+        if self.max_connections == 0 {
+            return Err(SetupError::InvalidConfig(
+                "max_connections must be at least 1",
+            ));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .min_connections(self.min_connections.min(self.max_connections))
+            .acquire_timeout(self.acquire_timeout)
+            .idle_timeout(self.idle_timeout)
+            .max_lifetime(self.max_lifetime)
+            .test_before_acquire(self.test_before_acquire)
+            .connect_lazy_with(options);
+        self.build(pool)
     }
 
     /// Like [`connect`](Self::connect), with parsed connection options.
@@ -315,7 +362,7 @@ mod tests {
             Err(SetupError::InvalidConfig(_))
         ));
         assert!(matches!(
-            PostgresStoreBuilder::new().max_record_bytes(0).validate(),
+            PostgresStoreBuilder::new().max_record_size(0).validate(),
             Err(SetupError::InvalidConfig(_))
         ));
         assert!(matches!(

@@ -197,11 +197,13 @@ mod tests {
     #[test]
     fn messages_name_the_operation() {
         let e = store_error("update", sqlx::Error::PoolTimedOut);
-        let msg = e.to_string();
+        // One sentence per link; the chain names the kind and the operation.
+        let msg = session_core::ErrorChain(&e).to_string();
         assert!(
             msg.contains("unavailable") && msg.contains("update"),
             "{msg}"
         );
+        session_core::conformance::redaction::assert_each_cause_once(&e);
         let source = std::error::Error::source(&e).unwrap();
         assert!(source.downcast_ref::<PgError>().is_some());
     }

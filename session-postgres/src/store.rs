@@ -217,10 +217,14 @@ impl Inner {
         Err(last.unwrap_or(sqlx::Error::PoolTimedOut))
     }
 
+    /// The limit counts the encoded record, as on every backend.
     fn check_size(&self, record: &SessionRecord) -> StoreResult<()> {
-        if record.data.len() > self.max_record_bytes {
+        let size = session_core::codec::layout::HEADER_LEN
+            + record.user_id.as_deref().map_or(0, str::len)
+            + record.data.len();
+        if size > self.max_record_bytes {
             return Err(StoreError::TooLarge {
-                size: record.data.len(),
+                size,
                 limit: self.max_record_bytes,
             });
         }

@@ -296,11 +296,13 @@ async fn cleanup_task_ends_with_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_records_are_refused_and_nothing_is_written() {
-    let t = Scratch::with(common::builder(&unique("big")).max_record_bytes(1024)).await;
+    let t = Scratch::with(common::builder(&unique("big")).max_record_size(1024)).await;
     let s = &t.store;
     let k = key();
+    // The limit counts the encoded record: header, user id and data.
+    let header = session_core::codec::layout::HEADER_LEN;
     let err = s
-        .create(&k, &record(None, &[7; 1025], HOUR, HOUR))
+        .create(&k, &record(None, &vec![7; 1025 - header], HOUR, HOUR))
         .await
         .unwrap_err();
     assert!(
@@ -314,7 +316,7 @@ async fn oversized_records_are_refused_and_nothing_is_written() {
         "{err:?}"
     );
     assert!(s.load(&k).await.unwrap().is_none());
-    let ok = record(None, &[7; 1024], HOUR, HOUR);
+    let ok = record(None, &vec![7; 1024 - header], HOUR, HOUR);
     s.create(&k, &ok).await.unwrap();
     let mut next = record(None, &[8; 2048], HOUR, HOUR);
     next.version = 2;
@@ -712,4 +714,48 @@ async fn lifecycle_calls_refuse_other_isolation_levels() {
     assert!(rr.delete(&k).await.is_err());
     assert!(rr.delete_user(&user).await.is_err());
     rr.close().await;
+}
+
+/// The builder shape every backend shares: `connect_lazy` contacts no
+/// server (an unreachable one fails the first call, typed), `connect`
+/// checks it; `operation_timeout` takes a duration as on Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_lazy_contacts_no_server_until_the_first_call() {
+    let nowhere = format!(
+        "postgres://postgres@127.0.0.1:{}/test",
+        session_test_support::process::spare_port()
+    );
+    let builder = || {
+        PostgresStore::builder()
+            .connect_timeout(Duration::from_millis(300))
+            .operation_timeout(Duration::from_secs(1))
+    };
+    let lazy = builder()
+        .connect_lazy(&nowhere)
+        .expect("no connection made");
+    assert!(matches!(
+        lazy.load(&key()).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        builder().connect(&nowhere).await,
+        Err(session_postgres::SetupError::Connect(_))
+    ));
+    // On the real server, a lazily built store works once migrated.
+    let live = builder()
+        .schema(common::SCHEMA)
+        .table(unique("lazy"))
+        .connect_lazy(&common::database_url())
+        .unwrap();
+    live.migrate().await.unwrap();
+    let k = key();
+    live.create(&k, &record(None, b"lazy", HOUR, HOUR))
+        .await
+        .unwrap();
+    assert_eq!(&live.load(&k).await.unwrap().unwrap().data[..], b"lazy");
+    let drop = format!("DROP TABLE {}", live.table());
+    sqlx::query(sqlx::AssertSqlSafe(drop))
+        .execute(live.pool())
+        .await
+        .unwrap();
 }
