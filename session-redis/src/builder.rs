@@ -69,6 +69,13 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The same as [`prefix`](Self::prefix), under the option name every
+    /// backend's builder shares (`MemcachedStore::builder().namespace(..)`).
+    #[must_use]
+    pub fn namespace(self, namespace: impl Into<String>) -> Self {
+        self.prefix(namespace)
+    }
+
     /// The longest one operation may take, reconnects and retries included;
     /// past it the operation fails with
     /// [`StoreError::Unavailable`](session_core::StoreError::Unavailable).
@@ -241,5 +248,17 @@ impl RedisStoreBuilder {
             }),
             prefix,
         )
+    }
+}
+
+#[cfg(test)]
+mod shared_names {
+    use super::*;
+
+    #[test]
+    fn namespace_is_the_prefix() {
+        let a = RedisStoreBuilder::new().namespace("app_1");
+        assert_eq!(a.prefix, "app_1");
+        assert_eq!(a.prefix, RedisStoreBuilder::new().prefix("app_1").prefix);
     }
 }
