@@ -230,8 +230,7 @@ impl PostgresStoreBuilder {
     /// or a server that does not answer within the acquire timeout or
     /// refuses the credentials. No error shows the URL's credentials.
     pub async fn connect(self, url: &str) -> Result<PostgresStore, SetupError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| SetupError::InvalidUrl(RedactedError::with_url_secrets(e, [url])))?;
+        let options = parse_url(url)?;
         self.connect_options(options, &[url]).await
     }
 
@@ -245,22 +244,8 @@ impl PostgresStoreBuilder {
     /// [`SetupError`] for an invalid table name or setting, or a malformed
     /// URL (shown without its credentials).
     pub fn connect_lazy(self, url: &str) -> Result<PostgresStore, SetupError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| SetupError::InvalidUrl(RedactedError::with_url_secrets(e, [url])))?;
-        self.validate()?;
-        if self.max_connections == 0 {
-            return Err(SetupError::InvalidConfig(
-                "max_connections must be at least 1",
-            ));
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            .min_connections(self.min_connections.min(self.max_connections))
-            .acquire_timeout(self.acquire_timeout)
-            .idle_timeout(self.idle_timeout)
-            .max_lifetime(self.max_lifetime)
-            .test_before_acquire(self.test_before_acquire)
-            .connect_lazy_with(options);
+        let options = parse_url(url)?;
+        let pool = self.pool_options()?.connect_lazy_with(options);
         self.build(pool)
     }
 
@@ -276,6 +261,23 @@ impl PostgresStoreBuilder {
         self.connect_options(options, &[]).await
     }
 
+    /// The pool settings of this builder, once they are checked.
+    fn pool_options(&self) -> Result<PgPoolOptions, SetupError> {
+        self.validate()?;
+        if self.max_connections == 0 {
+            return Err(SetupError::InvalidConfig(
+                "max_connections must be at least 1",
+            ));
+        }
+        Ok(PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .min_connections(self.min_connections.min(self.max_connections))
+            .acquire_timeout(self.acquire_timeout)
+            .idle_timeout(self.idle_timeout)
+            .max_lifetime(self.max_lifetime)
+            .test_before_acquire(self.test_before_acquire))
+    }
+
     /// Connects the pool; `urls` are what the options were parsed from, so
     /// that their secrets are removed from errors wherever quoted.
     async fn connect_options(
@@ -283,19 +285,8 @@ impl PostgresStoreBuilder {
         options: PgConnectOptions,
         urls: &[&str],
     ) -> Result<PostgresStore, SetupError> {
-        self.validate()?;
-        if self.max_connections == 0 {
-            return Err(SetupError::InvalidConfig(
-                "max_connections must be at least 1",
-            ));
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            .min_connections(self.min_connections.min(self.max_connections))
-            .acquire_timeout(self.acquire_timeout)
-            .idle_timeout(self.idle_timeout)
-            .max_lifetime(self.max_lifetime)
-            .test_before_acquire(self.test_before_acquire)
+        let pool = self
+            .pool_options()?
             .connect_with(options)
             .await
             .map_err(|e| SetupError::Connect(RedactedError::with_url_secrets(e, urls)))?;
@@ -339,6 +330,12 @@ impl PostgresStoreBuilder {
         }
         Ok(table)
     }
+}
+
+/// Parses a connection URL; the error never shows its credentials.
+fn parse_url(url: &str) -> Result<PgConnectOptions, SetupError> {
+    PgConnectOptions::from_str(url)
+        .map_err(|e| SetupError::InvalidUrl(RedactedError::with_url_secrets(e, [url])))
 }
 
 #[cfg(test)]
