@@ -1,18 +1,20 @@
-//! Faults against a real PostgreSQL: the server terminates the pool's
-//! connections mid-traffic (`pg_terminate_backend`), and the network path
-//! to the server resets or black-holes every connection for a while. Calls
-//! must fail promptly with typed errors while the server is away, and the
-//! same store must work again afterwards. Every idle connection of the
-//! pool dies while the store is idle (terminated by the server, as in a
-//! restart): the first call afterwards must succeed.
+//! Faults only PostgreSQL has: the server terminates the pool's
+//! connections mid-traffic (`pg_terminate_backend`), and every idle
+//! connection of the pool dies while the store is idle (terminated by the
+//! server, as in a restart): calls fail typed, the first call afterwards
+//! succeeds. The network faults every backend shares (server stopped,
+//! frozen, restarted, connections reset on use) are the conformance
+//! suite's fault scenarios, run from `tests/conformance.rs`.
 
 mod common;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+type Call<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
 use std::time::{Duration, Instant};
 
 use common::{database_url, unique, Scratch};
@@ -20,8 +22,6 @@ use session_core::conformance::record;
 use session_core::{SessionRecord, SessionStore, StorageKey, StoreError};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::Connection;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 const HOUR: u64 = 3_600_000;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -290,131 +290,4 @@ async fn the_first_call_after_every_connection_died_succeeds() {
     }
     assert!(t.load(&k).await.unwrap().is_none());
     drop(admin);
-}
-
-/// What the proxy does with connections.
-const UP: u8 = 0;
-/// Close every connection at once (like a crashed or restarting server).
-const RESET: u8 = 1;
-/// Accept connections and never answer (like a partitioned network).
-const BLACKHOLE: u8 = 2;
-
-/// A TCP proxy in front of the real server, whose path can be broken.
-struct Proxy {
-    port: u16,
-    mode: Arc<AtomicU8>,
-    cut: watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(target: (String, u16)) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let mode = Arc::new(AtomicU8::new(UP));
-        let (cut, _) = watch::channel(0u64);
-        let (m, c) = (mode.clone(), cut.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut cut = c.subscribe();
-                match m.load(Ordering::SeqCst) {
-                    UP => {
-                        let target = target.clone();
-                        tokio::spawn(async move {
-                            let Ok(mut server) = TcpStream::connect(target).await else {
-                                return;
-                            };
-                            tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                                _ = cut.changed() => {}
-                            }
-                        });
-                    }
-                    RESET => drop(client),
-                    _ => {
-                        // Hold the socket open without a byte in either
-                        // direction until the path is repaired.
-                        tokio::spawn(async move {
-                            let _ = cut.changed().await;
-                            drop(client);
-                        });
-                    }
-                }
-            }
-        });
-        Self { port, mode, cut }
-    }
-
-    /// Breaks every open connection and treats new ones per `mode`.
-    fn fail(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-        self.cut.send_modify(|g| *g += 1);
-    }
-
-    fn repair(&self) {
-        self.mode.store(UP, Ordering::SeqCst);
-        self.cut.send_modify(|g| *g += 1);
-    }
-}
-
-type Call<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
-
-/// Every kind of call fails with `Unavailable`, each within [`PROMPT`].
-async fn assert_all_unavailable(store: &dyn SessionStore, k: &StorageKey, phase: &str) {
-    let mut next = record(None, &0u64.to_be_bytes(), HOUR, HOUR);
-    next.version = 2;
-    let now = session_core::Timestamp::now();
-    for (op, call) in [
-        (
-            "load",
-            Box::pin(async { store.load(k).await.map(drop) }) as Call<'_>,
-        ),
-        ("create", Box::pin(store.create(&key(), &next))),
-        ("update", Box::pin(store.update(k, 1, &next))),
-        ("touch", Box::pin(store.touch(k, now, now))),
-        (
-            "list_user",
-            Box::pin(async { store.list_user("u").await.map(drop) }),
-        ),
-        (
-            "delete_expired",
-            Box::pin(async { store.delete_expired().await.map(drop) }),
-        ),
-    ] {
-        let started = Instant::now();
-        let result = call.await;
-        let elapsed = started.elapsed();
-        eprintln!("{phase}: {op} failed after {elapsed:?}");
-        assert!(
-            matches!(result, Err(StoreError::Unavailable(_))),
-            "{phase}: {op} gave {result:?}"
-        );
-        assert!(elapsed < PROMPT, "{phase}: {op} took {elapsed:?}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_server_fails_promptly_and_the_store_recovers() {
-    let real = PgConnectOptions::from_str(&database_url()).unwrap();
-    let proxy = Proxy::start((real.get_host().to_owned(), real.get_port())).await;
-    let via_proxy = real.clone().host("127.0.0.1").port(proxy.port);
-    let t = scratch(&unique("proxy"), via_proxy).await;
-    let k = key();
-    t.create(&k, &record(Some("u"), &0u64.to_be_bytes(), HOUR, HOUR))
-        .await
-        .unwrap();
-    assert!(t.load(&k).await.unwrap().is_some());
-
-    proxy.fail(RESET);
-    assert_all_unavailable(&t, &k, "reset").await;
-    proxy.fail(BLACKHOLE);
-    assert_all_unavailable(&t, &k, "black hole").await;
-
-    proxy.repair();
-    assert_recovers(&t, &k, 20).await;
-    let r = t.load(&k).await.unwrap().expect("the session survived");
-    assert_eq!(counter(&r), 24);
-    assert_eq!(t.list_user("u").await.unwrap().len(), 1);
 }

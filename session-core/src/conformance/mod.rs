@@ -46,6 +46,7 @@ use crate::key::{KeyDeriver, StorageKey};
 use crate::record::{SessionRecord, SessionSummary};
 use crate::store::{CreateOptions, Created, SessionStore, StoreError, StoreResult};
 
+pub mod faults;
 mod lifecycle;
 pub mod model;
 pub mod redaction;

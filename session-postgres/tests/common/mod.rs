@@ -38,8 +38,14 @@ impl Scratch {
 
     /// A migrated scratch table configured by `builder`.
     pub async fn with(builder: PostgresStoreBuilder) -> Self {
+        Self::at(builder, &database_url()).await
+    }
+
+    /// A migrated scratch table configured by `builder`, on the server at
+    /// `url`.
+    pub async fn at(builder: PostgresStoreBuilder, url: &str) -> Self {
         let store = builder
-            .connect(&database_url())
+            .connect(url)
             .await
             .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"));
         store.migrate().await.expect("migrate");
