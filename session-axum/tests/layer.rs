@@ -3,114 +3,39 @@
 mod common;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use http::{header, Request, Response, StatusCode};
 use session_axum::{Error, Session, SessionLayer};
+use session_core::conformance::{CallCounter, HookedStore, Operation};
 use session_core::{
-    CreateOptions, Created, ManualClock, MemoryStore, SessionConfig, SessionManager, SessionRecord,
-    SessionStore, SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
+    ManualClock, MemoryStore, SessionConfig, SessionManager, StoreError, Timestamp,
 };
 use tower::ServiceExt;
 
 use common::Reply;
 
 /// MemoryStore with call counters and a switch that makes every call fail.
-struct CountingStore {
-    inner: MemoryStore,
-    /// The clock of the manager built over this store.
-    clock: Arc<ManualClock>,
-    loads: AtomicUsize,
-    writes: AtomicUsize,
-    touches: AtomicUsize,
-    others: AtomicUsize,
-    fail: AtomicBool,
+type CountingStore = HookedStore<MemoryStore, CallCounter>;
+
+fn counting(inner: MemoryStore) -> Arc<CountingStore> {
+    Arc::new(HookedStore::new(inner, CallCounter::new()))
 }
 
-impl CountingStore {
-    fn new(clock: Arc<ManualClock>) -> Self {
-        let mut store = Self::over(MemoryStore::with_clock(clock.clone()));
-        store.clock = clock;
-        store
-    }
-    fn over(inner: MemoryStore) -> Self {
-        Self {
-            clock: Arc::new(ManualClock::new(Timestamp::now())),
-            inner,
-            loads: AtomicUsize::new(0),
-            writes: AtomicUsize::new(0),
-            touches: AtomicUsize::new(0),
-            others: AtomicUsize::new(0),
-            fail: AtomicBool::new(false),
-        }
-    }
-    fn total(&self) -> usize {
-        self.loads.load(Ordering::SeqCst)
-            + self.writes.load(Ordering::SeqCst)
-            + self.touches.load(Ordering::SeqCst)
-            + self.others.load(Ordering::SeqCst)
-    }
-    fn check(&self, counter: &AtomicUsize) -> StoreResult<()> {
-        counter.fetch_add(1, Ordering::SeqCst);
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::unavailable(
-                "db-secret-host.internal:6379 refused",
-            ));
-        }
-        Ok(())
-    }
-}
+const WRITES: &[Operation] = &[Operation::Create, Operation::CreateWith, Operation::Update];
 
-#[async_trait]
-impl SessionStore for CountingStore {
-    async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
-        self.check(&self.writes)?;
-        self.inner.create(key, record).await
-    }
-    async fn create_with(
-        &self,
-        key: &StorageKey,
-        record: &SessionRecord,
-        options: &CreateOptions,
-    ) -> StoreResult<Created> {
-        self.check(&self.writes)?;
-        self.inner.create_with(key, record, options).await
-    }
-    async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
-        self.check(&self.loads)?;
-        self.inner.load(key).await
-    }
-    async fn update(&self, key: &StorageKey, v: u64, record: &SessionRecord) -> StoreResult<()> {
-        self.check(&self.writes)?;
-        self.inner.update(key, v, record).await
-    }
-    async fn touch(&self, key: &StorageKey, at: Timestamp, idle: Timestamp) -> StoreResult<()> {
-        self.check(&self.touches)?;
-        self.inner.touch(key, at, idle).await
-    }
-    async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
-        self.check(&self.others)?;
-        self.inner.delete(key).await
-    }
-    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
-        self.check(&self.others)?;
-        self.inner.list_user(user_id).await
-    }
-    async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
-        self.check(&self.others)?;
-        self.inner.delete_user(user_id).await
-    }
-    async fn delete_expired(&self) -> StoreResult<u64> {
-        self.check(&self.others)?;
-        self.inner.delete_expired().await
-    }
+/// Every call of `store` fails as unavailable (with a message naming a
+/// secret-looking host, which must never reach a response) while `on`.
+fn set_failing(store: &CountingStore, on: bool) {
+    store.hooks().fail_with(on.then(|| {
+        Arc::new(|_| StoreError::unavailable("db-secret-host.internal:6379 refused"))
+            as Arc<dyn Fn(Operation) -> StoreError + Send + Sync>
+    }));
 }
 
 struct App {
@@ -121,12 +46,11 @@ struct App {
 
 fn app() -> App {
     let clock = Arc::new(ManualClock::new(Timestamp::now()));
-    App::over(Arc::new(CountingStore::new(Arc::clone(&clock))))
+    App::over(counting(MemoryStore::with_clock(clock.clone())), clock)
 }
 
 impl App {
-    fn over(store: Arc<CountingStore>) -> App {
-        let clock = Arc::clone(&store.clock);
+    fn over(store: Arc<CountingStore>, clock: Arc<ManualClock>) -> App {
         let config = SessionConfig::builder()
             .idle_timeout(Duration::from_secs(600))
             .touch_interval(Duration::from_secs(60))
@@ -159,10 +83,10 @@ async fn send_raw(app: &App, method: &str, uri: &str, cookies: &[&[u8]], body: &
 async fn a_handler_that_ignores_the_session_costs_no_store_call() {
     let app = app();
     let first = send(&app, "POST", "/visit", None, "").await;
-    let calls = app.store.total();
+    let calls = app.store.hooks().total();
     let r = send(&app, "GET", "/static", Some(&first.cookie()), "").await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(app.store.total(), calls, "no store round trip");
+    assert_eq!(app.store.hooks().total(), calls, "no store round trip");
     assert!(r.set_cookie.is_empty());
     assert_eq!(r.cache_control, None, "does not depend on the session");
 }
@@ -173,7 +97,7 @@ async fn an_anonymous_read_stores_nothing_and_sets_no_cookie() {
     let r = send(&app, "GET", "/read", None, "").await;
     assert_eq!(r.body, "None None");
     assert!(r.set_cookie.is_empty());
-    assert_eq!(app.store.total(), 0);
+    assert_eq!(app.store.hooks().total(), 0);
     assert_eq!(r.cache_control.as_deref(), Some("no-store"));
 }
 
@@ -208,19 +132,19 @@ async fn a_write_sets_a_secure_cookie_and_later_requests_see_it() {
 async fn unchanged_sessions_are_not_written_and_touched_only_when_due() {
     let app = app();
     let cookie = send(&app, "POST", "/visit", None, "").await.cookie();
-    let writes = app.store.writes.load(Ordering::SeqCst);
+    let writes = app.store.hooks().calls_of(WRITES);
     send(&app, "GET", "/read", Some(&cookie), "").await;
-    assert_eq!(app.store.writes.load(Ordering::SeqCst), writes);
+    assert_eq!(app.store.hooks().calls_of(WRITES), writes);
     assert_eq!(
-        app.store.touches.load(Ordering::SeqCst),
+        app.store.hooks().calls(Operation::Touch),
         0,
         "touch not due yet"
     );
     app.clock.advance(Duration::from_secs(61));
     let r = send(&app, "GET", "/read", Some(&cookie), "").await;
     assert_eq!(r.body, "Some(1) None");
-    assert_eq!(app.store.touches.load(Ordering::SeqCst), 1);
-    assert_eq!(app.store.writes.load(Ordering::SeqCst), writes);
+    assert_eq!(app.store.hooks().calls(Operation::Touch), 1);
+    assert_eq!(app.store.hooks().calls_of(WRITES), writes);
 }
 
 #[tokio::test]
@@ -229,7 +153,7 @@ async fn nothing_is_committed_on_a_server_error() {
     let r = send(&app, "POST", "/fail", None, "").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.set_cookie.is_empty());
-    assert_eq!(app.store.writes.load(Ordering::SeqCst), 0);
+    assert_eq!(app.store.hooks().calls_of(WRITES), 0);
 
     let cookie = send(&app, "POST", "/visit", None, "").await.cookie();
     send(&app, "POST", "/fail", Some(&cookie), "").await;
@@ -260,7 +184,7 @@ async fn the_session_id_is_never_read_from_the_url() {
 async fn an_unreachable_store_answers_503_with_retry_after() {
     let app = app();
     let cookie = send(&app, "POST", "/visit", None, "").await.cookie();
-    app.store.fail.store(true, Ordering::SeqCst);
+    set_failing(&app.store, true);
     for (method, uri) in [("GET", "/read"), ("POST", "/visit"), ("POST", "/login")] {
         let r = send(&app, method, uri, Some(&cookie), "alice").await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
@@ -270,7 +194,7 @@ async fn an_unreachable_store_answers_503_with_retry_after() {
         assert_eq!(r.cache_control.as_deref(), Some("no-store"));
     }
     // Commit-time failure: the handler succeeded, the save did not.
-    app.store.fail.store(false, Ordering::SeqCst);
+    set_failing(&app.store, false);
     let fresh = send(&app, "GET", "/read", None, "").await;
     assert_eq!(fresh.status, StatusCode::OK);
 }
@@ -289,7 +213,7 @@ async fn a_commit_failure_replaces_the_response() {
                 async move {
                     let n: u64 = session.get("n").await?.unwrap_or(0);
                     session.insert("n", &(n + 1)).await?;
-                    store.fail.store(true, Ordering::SeqCst);
+                    set_failing(&store, true);
                     Ok::<_, Error>("handler says fine")
                 }
             }),
@@ -481,7 +405,10 @@ async fn fifty_parallel_increments_count_fifty_with_no_error() {
 #[tokio::test]
 async fn a_full_memory_store_answers_503() {
     let store = MemoryStore::builder().max_sessions(1).build();
-    let app = App::over(Arc::new(CountingStore::over(store)));
+    let app = App::over(
+        counting(store),
+        Arc::new(ManualClock::new(Timestamp::now())),
+    );
     send(&app, "POST", "/visit", None, "").await.cookie();
     let r = send(&app, "POST", "/visit", None, "").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -8,12 +8,14 @@ mod common;
 use common::{builder, database_url, Scratch};
 use session_core::conformance::faults::FaultTarget;
 
-session_core::conformance_suite!(|namespace: String| async move { Scratch::new(&namespace).await });
+session_core::conformance_suite!(|namespace: String| async move {
+    Scratch::new(&namespace).await.into_store()
+});
 
 session_core::fault_scenarios!(database_url(), |target: FaultTarget| async move {
     let builder = builder(target.namespace())
         .acquire_timeout(target.timeout())
         .connect_timeout(target.timeout())
         .operation_timeout(target.timeout());
-    Scratch::at(builder, target.url()).await
+    Scratch::at(builder, target.url()).await.into_store()
 });

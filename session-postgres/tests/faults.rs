@@ -185,7 +185,7 @@ async fn terminated_backends_fail_typed_and_the_store_recovers() {
         before >= tally.ok && before <= tally.ok + tally.unavailable_updates,
         "counter {before} does not match {tally:?}: an acknowledged update was lost"
     );
-    assert_recovers(&*t, &k, 20).await;
+    assert_recovers(&t.store, &k, 20).await;
     assert!(counter(&t.load(&k).await.unwrap().unwrap()) >= before + 24);
     drop(admin);
 }

@@ -46,14 +46,14 @@ use crate::key::{KeyDeriver, StorageKey};
 use crate::record::{SessionRecord, SessionSummary};
 use crate::store::{CreateOptions, Created, SessionStore, StoreError, StoreResult};
 
+pub mod decorators;
 pub mod faults;
 mod lifecycle;
 pub mod model;
 pub mod redaction;
 mod rules;
-mod slow;
 
-pub use slow::SlowStore;
+pub use decorators::{CallCounter, HookedStore, Operation, SlowStore, StoreHooks};
 
 type Factory = Arc<dyn Fn(String) -> BoxFuture<'static, Arc<dyn SessionStore>> + Send + Sync>;
 

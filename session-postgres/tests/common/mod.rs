@@ -5,11 +5,7 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use session_core::store::{CreateOptions, Created};
-use session_core::{
-    SessionRecord, SessionStore, SessionSummary, StorageKey, StoreResult, Timestamp,
-};
+use session_core::conformance::{HookedStore, StoreHooks};
 use session_postgres::{PostgresStore, PostgresStoreBuilder};
 pub use session_test_support::servers::postgres_url as database_url;
 
@@ -107,39 +103,21 @@ impl Drop for Scratch {
     }
 }
 
-#[async_trait]
-impl SessionStore for Scratch {
-    async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
-        self.store.create(key, record).await
+impl std::ops::Deref for Scratch {
+    type Target = PostgresStore;
+    fn deref(&self) -> &PostgresStore {
+        &self.store
     }
-    async fn create_with(
-        &self,
-        key: &StorageKey,
-        record: &SessionRecord,
-        options: &CreateOptions,
-    ) -> StoreResult<Created> {
-        self.store.create_with(key, record, options).await
-    }
-    async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
-        self.store.load(key).await
-    }
-    async fn update(&self, key: &StorageKey, v: u64, record: &SessionRecord) -> StoreResult<()> {
-        self.store.update(key, v, record).await
-    }
-    async fn touch(&self, key: &StorageKey, at: Timestamp, idle: Timestamp) -> StoreResult<()> {
-        self.store.touch(key, at, idle).await
-    }
-    async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
-        self.store.delete(key).await
-    }
-    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
-        self.store.list_user(user_id).await
-    }
-    async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
-        self.store.delete_user(user_id).await
-    }
-    async fn delete_expired(&self) -> StoreResult<u64> {
-        self.store.delete_expired().await
+}
+
+/// A scratch table lives as long as the store built over it: the
+/// conformance factories hand out `HookedStore<PostgresStore, Scratch>`.
+impl StoreHooks for Scratch {}
+
+impl Scratch {
+    /// This table's store, owning the table: dropped with the last clone.
+    pub fn into_store(self) -> HookedStore<PostgresStore, Scratch> {
+        HookedStore::new(self.store.clone(), self)
     }
 }
 
