@@ -1,11 +1,16 @@
-//! `EncryptedStore` over each real backend: the whole conformance suite, and
-//! a raw read of the backend that finds neither the plaintext nor the user.
+//! `EncryptedStore` over each real backend: the whole conformance suite, the
+//! fault scenarios (through a fault proxy in front of each server), and a
+//! raw read of the backend that finds neither the plaintext nor the user.
 //!
 //! Servers come from `REDIS_URL`, `DATABASE_URL` and `MEMCACHED_URL` (the
 //! defaults are the local ones `scripts/services.sh` starts); a missing
 //! server fails the test with instructions.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use session_core::conformance::faults::FaultTarget;
+use session_core::redact::redact_url;
 
 use session_core::{SessionManager, SessionStore};
 use session_encrypted::{EncryptedStore, EncryptionKey, KeyRing};
@@ -20,19 +25,33 @@ fn ring() -> KeyRing {
 }
 
 async fn redis(namespace: &str) -> RedisStore {
-    let url = servers::redis_url();
-    RedisStore::builder()
-        .prefix(format!("enc_{namespace}"))
-        .connect(&url)
+    redis_at(&servers::redis_url(), namespace, None).await
+}
+
+/// A Redis store on `url` (the test server, or a fault proxy in front of
+/// it) with an operation and connect timeout of `timeout`.
+async fn redis_at(url: &str, namespace: &str, timeout: Option<Duration>) -> RedisStore {
+    let mut builder = RedisStore::builder().namespace(format!("enc_{namespace}"));
+    if let Some(t) = timeout {
+        builder = builder.operation_timeout(t).connect_timeout(t);
+    }
+    builder
+        .connect(url)
         .await
-        .unwrap_or_else(|e| panic!("no Redis at {url}: {e}"))
+        .unwrap_or_else(|e| panic!("no Redis at {}: {e}", redact_url(url)))
 }
 
 const PG_SCHEMA: &str = "session_encrypted_test";
 
 async fn postgres(namespace: &str) -> PostgresStore {
+    postgres_at(&servers::postgres_url(), namespace, None).await
+}
+
+/// A PostgreSQL store on `url` (the test server, or a fault proxy in front
+/// of it) with acquire, connect and operation timeouts of `timeout`.
+async fn postgres_at(url: &str, namespace: &str, timeout: Option<Duration>) -> PostgresStore {
     static SCHEMA: OnceCell<()> = OnceCell::const_new();
-    let url = servers::postgres_url();
+    let url = url.to_owned();
     SCHEMA
         .get_or_init(|| async {
             // This binary owns the schema: start each run from an empty one.
@@ -51,15 +70,34 @@ async fn postgres(namespace: &str) -> PostgresStore {
             pool.close().await;
         })
         .await;
-    let store = PostgresStore::builder()
+    let mut builder = PostgresStore::builder()
         .schema(PG_SCHEMA)
         .table(namespace)
-        .max_connections(4)
+        .max_connections(4);
+    if let Some(t) = timeout {
+        builder = builder
+            .acquire_timeout(t)
+            .connect_timeout(t)
+            .operation_timeout(t);
+    }
+    let store = builder
         .connect(&url)
         .await
-        .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}"));
+        .unwrap_or_else(|e| panic!("no PostgreSQL at {}: {e}", redact_url(&url)));
     store.migrate().await.expect("migrate");
     store
+}
+
+/// A Memcached store on `url` (a fault proxy in front of the test server)
+/// with an operation and connect timeout of `timeout`.
+async fn memcached_at(url: &str, namespace: &str, timeout: Duration) -> MemcachedStore {
+    MemcachedStore::builder()
+        .namespace(format!("enc_{namespace}"))
+        .operation_timeout(timeout)
+        .connect_timeout(timeout)
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("no Memcached at {}: {e}", redact_url(url)))
 }
 
 fn memcached(namespace: &str) -> MemcachedStore {
@@ -74,12 +112,26 @@ mod over_redis {
     session_core::conformance_suite!(|ns: String| async move {
         super::EncryptedStore::new(super::redis(&ns).await, super::ring())
     });
+    session_core::fault_scenarios!(
+        super::servers::redis_url(),
+        |t: super::FaultTarget| async move {
+            let inner = super::redis_at(t.url(), t.namespace(), Some(t.timeout())).await;
+            super::EncryptedStore::new(inner, super::ring())
+        }
+    );
 }
 
 mod over_postgres {
     session_core::conformance_suite!(|ns: String| async move {
         super::EncryptedStore::new(super::postgres(&ns).await, super::ring())
     });
+    session_core::fault_scenarios!(
+        super::servers::postgres_url(),
+        |t: super::FaultTarget| async move {
+            let inner = super::postgres_at(t.url(), t.namespace(), Some(t.timeout())).await;
+            super::EncryptedStore::new(inner, super::ring())
+        }
+    );
 }
 
 mod over_memcached {
@@ -87,6 +139,13 @@ mod over_memcached {
     session_core::conformance_suite!(
         |ns: String| async move { super::EncryptedStore::new(super::memcached(&ns), super::ring()) },
         model = sequential
+    );
+    session_core::fault_scenarios!(
+        super::servers::memcached_url(),
+        |t: super::FaultTarget| async move {
+            let inner = super::memcached_at(t.url(), t.namespace(), t.timeout()).await;
+            super::EncryptedStore::new(inner, super::ring())
+        }
     );
 }
 
