@@ -14,6 +14,7 @@
 //! - [`clock`]: timestamps and the injectable clock.
 //! - [`memory`]: [`MemoryStore`], the embedded default store.
 //! - [`redact`]: credentials out of URLs, error messages and error chains.
+//! - [`retry`]: [`RetryPolicy`], the one rule for retrying lost compare-and-sets.
 //! - `conformance` (feature `conformance`): the suite every backend runs.
 //!
 //! ```
@@ -52,6 +53,7 @@ pub mod memory;
 pub mod policy;
 pub mod record;
 pub mod redact;
+pub mod retry;
 pub mod session;
 pub mod store;
 pub mod token;
@@ -67,7 +69,7 @@ pub use crate::error::{ErrorChain, SessionError};
 pub use crate::id::{InvalidSessionId, SessionId};
 pub use crate::key::{KeyDeriver, StorageKey};
 pub use crate::manager::{
-    CommitOutcome, SessionManager, SessionManagerBuilder, UPDATE_MAX_ATTEMPTS,
+    CommitOutcome, SessionManager, SessionManagerBuilder, UPDATE_MAX_ATTEMPTS, UPDATE_RETRY,
 };
 pub use crate::memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreFull, DEFAULT_MAX_SESSIONS};
 pub use crate::policy::{
@@ -75,6 +77,7 @@ pub use crate::policy::{
     UserSessionLimit,
 };
 pub use crate::record::{SessionRecord, SessionSummary};
+pub use crate::retry::RetryPolicy;
 pub use crate::session::Session;
 pub use crate::store::{
     BoxError, CreateOptions, Created, Replaces, SessionStore, StoreError, StoreResult,

@@ -20,26 +20,27 @@ use crate::cookie::CookiePolicy;
 use crate::error::SessionError;
 use crate::id::SessionId;
 use crate::key::{AuditTagger, KeyDeriver, StorageKey};
-use crate::policy::{ConflictPolicy, SessionConfig, UserSessionLimit};
+use crate::policy::{SessionConfig, UserSessionLimit};
 use crate::record::{SessionRecord, SessionSummary};
+use crate::retry::RetryPolicy;
 use crate::session::{Field, Payload, Session, State};
 use crate::store::{CreateOptions, Created, Replaces, SessionStore, StoreError};
 use crate::token::{OneTimeToken, TokenCheck, TokenEntry};
 
 const AUDIT: &str = "session_core::audit";
 
-/// Most write attempts of [`SessionManager::update_value`] before it gives
-/// up with [`SessionError::Conflict`].
-pub const UPDATE_MAX_ATTEMPTS: u32 = 32;
+/// Most write attempts of [`SessionManager::update_value`] and
+/// [`SessionManager::consume_token`] before they give up with
+/// [`SessionError::Conflict`].
+pub const UPDATE_MAX_ATTEMPTS: u32 = UPDATE_RETRY.max_attempts();
 
-/// Sleeps a random time in `[0, min(2^attempt, 64)]` ms ("full jitter"), so
-/// writers that collided spread out instead of colliding again.
-async fn backoff(attempt: u32) {
-    let cap_ms = 1u64 << attempt.min(6);
-    let r = getrandom::u64().unwrap_or(0);
-    let micros = r % (cap_ms * 1_000 + 1);
-    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
-}
+/// The retry policy of [`SessionManager::update_value`] and
+/// [`SessionManager::consume_token`]: [`UPDATE_MAX_ATTEMPTS`] attempts, a
+/// full-jitter backoff from 1 ms doubling to 64 ms.
+pub const UPDATE_RETRY: RetryPolicy = RetryPolicy::new(32).with_backoff(
+    std::time::Duration::from_millis(1),
+    std::time::Duration::from_millis(64),
+);
 
 /// What [`SessionManager::commit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,17 +380,16 @@ impl SessionManager {
             _ => {}
         }
         let was_new = session.is_new();
-        let max_attempts = match self.inner.config.conflict {
-            ConflictPolicy::Fail => 1,
-            ConflictPolicy::MergeChanges { max_attempts } => max_attempts,
-        };
+        let retry = self.inner.config.conflict.retry_policy();
         let mut attempt = 1;
         loop {
             match self.try_write(session).await? {
                 Write::Done if was_new => return Ok(CommitOutcome::Created),
                 Write::Done => return Ok(CommitOutcome::Updated),
                 Write::Gone => return Ok(self.mark_gone(session)),
-                Write::Conflict if attempt >= max_attempts => return Err(SessionError::Conflict),
+                Write::Conflict if !retry.allows_another(attempt) => {
+                    return Err(SessionError::Conflict)
+                }
                 Write::Conflict => {
                     attempt += 1;
                     if !self.refresh(session).await? {
@@ -441,7 +441,7 @@ impl SessionManager {
         T: Serialize + DeserializeOwned,
         F: FnMut(Option<T>) -> Option<T>,
     {
-        for attempt in 0..UPDATE_MAX_ATTEMPTS {
+        for attempt in 0..UPDATE_RETRY.max_attempts() {
             if session.state == State::Deleted {
                 return Err(SessionError::SessionEnded);
             }
@@ -464,7 +464,7 @@ impl SessionManager {
                         self.mark_gone(session);
                         return Err(SessionError::SessionEnded);
                     }
-                    backoff(attempt).await;
+                    UPDATE_RETRY.backoff(attempt).await;
                 }
             }
         }
@@ -619,10 +619,7 @@ impl SessionManager {
         limit: Option<UserSessionLimit>,
         prepare: impl Fn(&mut Session),
     ) -> Result<Created, SessionError> {
-        let max_attempts = match self.inner.config.conflict {
-            ConflictPolicy::Fail => 1,
-            ConflictPolicy::MergeChanges { max_attempts } => max_attempts.max(1),
-        };
+        let retry = self.inner.config.conflict.retry_policy();
         let (mut conflicts, mut collisions) = (0, 0);
         loop {
             prepare(session);
@@ -661,7 +658,7 @@ impl SessionManager {
                 }
                 Err(StoreError::Conflict) => {
                     conflicts += 1;
-                    if conflicts >= max_attempts {
+                    if !retry.allows_another(conflicts) {
                         return Err(SessionError::Conflict);
                     }
                     if !self.refresh(session).await? {
@@ -962,7 +959,10 @@ impl SessionManager {
         purpose: &str,
         presented: &str,
     ) -> Result<TokenCheck, SessionError> {
-        for _ in 0..UPDATE_MAX_ATTEMPTS {
+        for attempt in 0..UPDATE_RETRY.max_attempts() {
+            if attempt > 0 {
+                UPDATE_RETRY.backoff(attempt - 1).await;
+            }
             let now = self.now();
             let valid = session
                 .payload

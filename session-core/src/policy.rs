@@ -46,6 +46,20 @@ pub enum ConflictPolicy {
     },
 }
 
+impl ConflictPolicy {
+    /// The [`RetryPolicy`](crate::RetryPolicy) this policy gives a commit
+    /// or a rotation: one attempt for [`Fail`](Self::Fail), `max_attempts`
+    /// for [`MergeChanges`](Self::MergeChanges); no wait in between (the
+    /// reload before each retry already spaces writers out).
+    #[must_use]
+    pub const fn retry_policy(&self) -> crate::RetryPolicy {
+        match self {
+            Self::Fail => crate::RetryPolicy::new(1),
+            Self::MergeChanges { max_attempts } => crate::RetryPolicy::new(*max_attempts),
+        }
+    }
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
