@@ -364,7 +364,7 @@ impl SessionManager {
     /// changed, otherwise touches it if the touch interval has passed,
     /// otherwise does nothing.
     ///
-    /// On a version conflict the configured [`ConflictPolicy`] applies.
+    /// On a version conflict the configured [`ConflictPolicy`](crate::ConflictPolicy) applies.
     ///
     /// # Errors
     ///

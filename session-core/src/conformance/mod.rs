@@ -1,17 +1,39 @@
 //! The public conformance suite for [`SessionStore`] implementations
 //! (feature `conformance`).
 //!
-//! A backend author runs every case from their own crate's tests with one
-//! macro call, which expands into one `#[tokio::test]` per case so a failure
-//! names its case:
+//! A backend's whole test file is two macro calls and a line that finds
+//! the server. Each macro expands into one `#[tokio::test]` per case, so a
+//! failure names its case:
 //!
 //! ```text
 //! // tests/conformance.rs of a backend crate; needs `tokio` (macros,
 //! // rt-multi-thread) as a dev-dependency.
+//! use session_core::conformance::faults::FaultTarget;
+//!
+//! fn server_url() -> String {
+//!     std::env::var("MYSTORE_URL").unwrap_or_else(|_| "mystore://127.0.0.1:7000".into())
+//! }
+//!
+//! // The store contract.
 //! session_core::conformance_suite!(|namespace: String| async move {
-//!     MyStore::connect(&url).await.unwrap().with_prefix(&namespace)
+//!     MyStore::connect(&server_url()).await.unwrap().with_prefix(&namespace)
+//! });
+//!
+//! // The same store with its server stopped, restarted, frozen and its
+//! // connections reset under racing requests (see [`faults`]).
+//! session_core::fault_scenarios!(server_url(), |target: FaultTarget| async move {
+//!     MyStore::builder()
+//!         .namespace(target.namespace())
+//!         .operation_timeout(target.timeout())
+//!         .connect(target.url())
+//!         .await
+//!         .unwrap()
 //! });
 //! ```
+//!
+//! Test stores with something extra (a delay, call counts, a failure
+//! switch, a table dropped with the store) are [`HookedStore`]s with
+//! [`StoreHooks`], not hand-written forwarding stores.
 //!
 //! The factory receives a namespace (`[a-z0-9_]`, at most 24 characters,
 //! unique per case) and returns a store; stores built with different
