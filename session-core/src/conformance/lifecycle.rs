@@ -1001,17 +1001,17 @@ async fn rotation_race(h: Harness, ending: Ending) {
     }
 }
 
-/// `rotate` racing `logout` (see [`rotation_race`]).
+/// `rotate` racing `logout` (see `rotation_race`).
 pub async fn manager_rotate_racing_logout_ends_the_session(h: Harness) {
     rotation_race(h, Ending::Logout).await;
 }
 
-/// `rotate` racing `logout_everywhere` (see [`rotation_race`]).
+/// `rotate` racing `logout_everywhere` (see `rotation_race`).
 pub async fn manager_rotate_racing_logout_everywhere_ends_the_session(h: Harness) {
     rotation_race(h, Ending::LogoutEverywhere).await;
 }
 
-/// `rotate` racing `end_session` by storage key (see [`rotation_race`]).
+/// `rotate` racing `end_session` by storage key (see `rotation_race`).
 pub async fn manager_rotate_racing_end_session_ends_the_session(h: Harness) {
     rotation_race(h, Ending::EndSession).await;
 }
