@@ -1,5 +1,6 @@
 //! [`Blocking`]: the blocking meta client on Tokio's blocking pool.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -9,8 +10,9 @@ use session_core::{StoreError, StoreResult};
 use tokio::sync::Semaphore;
 
 use super::{
-    delete_op, get_op, item, log_retry, map_error, merge_retried, outcome, retry_on_fresh,
-    retry_positions, set_op, store_outcome, Item, Mode, Outcome, Transport,
+    connection_broke, delete_op, get_op, item, log_retry, map_error, merge_retried, outcome,
+    retry_on_fresh, retry_positions, set_op, store_outcome, Item, Mode, Outcome, Renewing,
+    Transport,
 };
 use crate::config::{ConfigError, MemcachedConfig};
 
@@ -18,7 +20,9 @@ use crate::config::{ConfigError, MemcachedConfig};
 /// `max_in_flight` calls at once.
 #[derive(Clone)]
 pub(crate) struct Blocking {
-    client: MetaClient,
+    /// The pooled client, replaced when one of its connections breaks.
+    client: Arc<Renewing<MetaClient>>,
+    config: Arc<MemcachedConfig>,
     /// The same servers without a pool (no idle connection kept): every
     /// request on it dials. For the one retry after a connection failure.
     fresh: MetaClient,
@@ -36,20 +40,24 @@ impl std::fmt::Debug for Blocking {
 impl Blocking {
     /// Builds the client; connections are dialed lazily.
     pub(crate) fn new(config: &MemcachedConfig) -> Result<Self, ConfigError> {
-        let client = |max_idle| {
-            MetaClient::builder()
-                .io_timeout(Some(config.io_timeout))
-                .connect_timeout(Some(config.connect_timeout))
-                .max_idle(max_idle)
-                .max_connections(Some(config.max_in_flight))
-                .connect_multiple(config.servers.iter().map(String::as_str))
-                .map_err(|e| ConfigError::Client(RedactedError::new(e)))
-        };
         Ok(Self {
-            client: client(config.max_idle)?,
-            fresh: client(0)?,
+            client: Arc::new(Renewing::new(Self::client(config, config.max_idle)?)),
+            fresh: Self::client(config, 0)?,
+            config: Arc::new(config.clone()),
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
         })
+    }
+
+    /// A client for `config`'s servers keeping at most `max_idle` idle
+    /// connections per server.
+    fn client(config: &MemcachedConfig, max_idle: usize) -> Result<MetaClient, ConfigError> {
+        MetaClient::builder()
+            .io_timeout(Some(config.io_timeout))
+            .connect_timeout(Some(config.connect_timeout))
+            .max_idle(max_idle)
+            .max_connections(Some(config.max_in_flight))
+            .connect_multiple(config.servers.iter().map(String::as_str))
+            .map_err(|e| ConfigError::Client(RedactedError::new(e)))
     }
 
     /// Runs `f` on the pooled client, and once more on the fresh one when
@@ -59,30 +67,50 @@ impl Blocking {
         T: Send + 'static,
         F: Fn(&MetaClient) -> Result<T, memcache::exp::Error> + Send + 'static,
     {
-        self.run_with(move |client, fresh| match f(client) {
+        self.run_with(move |client, fresh, broke| match f(client) {
             Err(e) if retry_on_fresh(&e) => {
+                broke.store(true, Ordering::Relaxed);
                 log_retry(op, &e);
                 f(fresh)
             }
-            other => other,
+            Err(e) => {
+                if connection_broke(&e) {
+                    broke.store(true, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+            ok => ok,
         })
         .await
     }
 
     /// Runs `f` with the pooled and the fresh client on the blocking pool.
+    /// `f` sets the flag when a pooled connection broke; the pool is then
+    /// replaced (see [`Renewing`]).
     async fn run_with<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&MetaClient, &MetaClient) -> Result<T, memcache::exp::Error> + Send + 'static,
+        F: FnOnce(&MetaClient, &MetaClient, &AtomicBool) -> Result<T, memcache::exp::Error>
+            + Send
+            + 'static,
     {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
             .map_err(StoreError::backend)?;
-        let (client, fresh) = (self.client.clone(), self.fresh.clone());
+        let (generation, client) = self.client.get();
+        let fresh = self.fresh.clone();
+        let (pool, config) = (Arc::clone(&self.client), Arc::clone(&self.config));
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            f(&client, &fresh)
+            let broke = AtomicBool::new(false);
+            let result = f(&client, &fresh, &broke);
+            if broke.load(Ordering::Relaxed) {
+                if let Ok(renewed) = Self::client(&config, config.max_idle) {
+                    pool.renew(generation, renewed);
+                }
+            }
+            result
         })
         .await
         .map_err(|e| StoreError::backend(format!("memcached call did not complete: {e}")))?;
@@ -101,8 +129,10 @@ impl Transport for Blocking {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.run_with(move |c, fresh| {
-            let first = c.run_many(keys.iter().map(|k| get_op(k)))?;
+        self.run_with(move |c, fresh, broke| {
+            let first = c.run_many(keys.iter().map(|k| get_op(k)));
+            note_broken(&first, broke);
+            let first = first?;
             let again = retry_positions("get_many", &first);
             let retried = if again.is_empty() {
                 Vec::new()
@@ -137,9 +167,11 @@ impl Transport for Blocking {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.run_with(move |c, fresh| {
+        self.run_with(move |c, fresh, broke| {
             let op = |(k, v, exp, mode): &(String, Vec<u8>, u32, Mode)| set_op(k, v, *exp, *mode);
-            let first = c.run_many(items.iter().map(op))?;
+            let first = c.run_many(items.iter().map(op));
+            note_broken(&first, broke);
+            let first = first?;
             let again = retry_positions("store_many", &first);
             let retried = if again.is_empty() {
                 Vec::new()
@@ -163,5 +195,22 @@ impl Transport for Blocking {
 
     async fn ping(&self) -> StoreResult<()> {
         self.run("ping", MetaClient::noop).await
+    }
+}
+
+/// Sets `broke` when a batch, or any answer in it, failed on a broken
+/// connection.
+fn note_broken<T>(
+    batch: &Result<Vec<Result<T, memcache::exp::Error>>, memcache::exp::Error>,
+    broke: &AtomicBool,
+) {
+    let any = match batch {
+        Err(e) => connection_broke(e),
+        Ok(answers) => answers
+            .iter()
+            .any(|r| r.as_ref().is_err_and(connection_broke)),
+    };
+    if any {
+        broke.store(true, Ordering::Relaxed);
     }
 }

@@ -172,6 +172,60 @@ pub(crate) fn retry_on_fresh(e: &memcache::exp::Error) -> bool {
     matches!(e, memcache::exp::Error::Io(io) if is_connection_level(io.kind()))
 }
 
+/// Whether a request failed because its connection broke (reset, closed,
+/// aborted), whether or not it was written: the other idle connections of
+/// the same pool are then suspect too (a restarted server, a load balancer
+/// or NAT that forgot its connections), and the pool is replaced.
+pub(crate) fn connection_broke(e: &memcache::exp::Error) -> bool {
+    use memcache::exp::Error as E;
+    match e {
+        E::Io(io) => is_connection_level(io.kind()),
+        E::Ambiguous { source, .. } => connection_broke(source),
+        _ => false,
+    }
+}
+
+/// A pooled client replaced, pool and all, when one of its connections
+/// turns out dead: after a server restart, or a path that forgot its
+/// connections, every idle connection of the old pool is as dead as the one
+/// that failed, and each would cost a later request its first attempt (a
+/// write's first attempt cannot be repeated). Each client carries a
+/// generation, so racing requests that all saw the same pool fail replace
+/// it once.
+#[derive(Debug)]
+pub(crate) struct Renewing<C> {
+    current: std::sync::RwLock<(u64, C)>,
+}
+
+impl<C: Clone> Renewing<C> {
+    pub(crate) fn new(client: C) -> Self {
+        Self {
+            current: std::sync::RwLock::new((0, client)),
+        }
+    }
+
+    /// The current client and its generation.
+    pub(crate) fn get(&self) -> (u64, C) {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the client of `generation` with `fresh`; a no-op when
+    /// another request already replaced it.
+    pub(crate) fn renew(&self, generation: u64, fresh: C) {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.0 == generation {
+            *current = (generation + 1, fresh);
+            tracing::debug!(target: "session_memcached", generation, "a pooled connection broke; the idle pool is replaced");
+        }
+    }
+}
+
 /// Whether `kind` says the connection broke or could not be made.
 pub(crate) fn is_connection_level(kind: std::io::ErrorKind) -> bool {
     use std::io::ErrorKind as K;
@@ -284,6 +338,25 @@ mod tests {
         assert!(!lost_reply(&map_error(E::Io(IoError::from(
             ErrorKind::ConnectionReset
         )))));
+    }
+
+    #[test]
+    fn a_pool_is_renewed_once_per_generation() {
+        let pool = Renewing::new("first");
+        let (generation, client) = pool.get();
+        assert_eq!(client, "first");
+        pool.renew(generation, "second");
+        pool.renew(generation, "third");
+        assert_eq!(pool.get(), (generation + 1, "second"));
+        assert!(connection_broke(&E::Ambiguous {
+            key: b"k".to_vec(),
+            source: Box::new(E::Io(IoError::from(ErrorKind::ConnectionReset))),
+        }));
+        assert!(connection_broke(&E::Io(IoError::from(
+            ErrorKind::UnexpectedEof
+        ))));
+        assert!(!connection_broke(&E::Timeout { key: b"k".to_vec() }));
+        assert!(!connection_broke(&E::Server("busy".into())));
     }
 
     #[test]

@@ -6,15 +6,18 @@ use session_core::redact::RedactedError;
 use session_core::StoreResult;
 
 use super::{
-    delete_op, get_op, item, log_retry, map_error, merge_retried, outcome, retry_on_fresh,
-    retry_positions, set_op, store_outcome, Item, Mode, Outcome, Transport,
+    connection_broke, delete_op, get_op, item, log_retry, map_error, merge_retried, outcome,
+    retry_on_fresh, retry_positions, set_op, store_outcome, Item, Mode, Outcome, Renewing,
+    Transport,
 };
 use crate::config::{ConfigError, MemcachedConfig};
 
 /// The Tokio meta client: no thread hop per call.
 #[derive(Clone)]
 pub(crate) struct Async {
-    client: AsyncMetaClient,
+    /// The pooled client, replaced when one of its connections breaks.
+    client: std::sync::Arc<Renewing<AsyncMetaClient>>,
+    config: std::sync::Arc<MemcachedConfig>,
     /// The same servers without a pool (no idle connection kept): every
     /// request on it dials. For the one retry after a connection failure.
     fresh: AsyncMetaClient,
@@ -24,35 +27,83 @@ impl Async {
     /// Builds the client (resolving addresses); connections are dialed
     /// lazily.
     pub(crate) async fn new(config: &MemcachedConfig) -> Result<Self, ConfigError> {
-        let client = |max_idle| async move {
-            MetaClient::builder()
-                .io_timeout(Some(config.io_timeout))
-                .connect_timeout(Some(config.connect_timeout))
-                .max_idle(max_idle)
-                .max_connections(Some(config.max_in_flight))
-                .connect_multiple_async(config.servers.iter().map(String::as_str))
-                .await
-                .map_err(|e| ConfigError::Client(RedactedError::new(e)))
-        };
         Ok(Self {
-            client: client(config.max_idle).await?,
-            fresh: client(0).await?,
+            client: std::sync::Arc::new(Renewing::new(
+                Self::client(config, config.max_idle).await?,
+            )),
+            fresh: Self::client(config, 0).await?,
+            config: std::sync::Arc::new(config.clone()),
         })
+    }
+
+    /// A client for `config`'s servers keeping at most `max_idle` idle
+    /// connections per server.
+    async fn client(
+        config: &MemcachedConfig,
+        max_idle: usize,
+    ) -> Result<AsyncMetaClient, ConfigError> {
+        MetaClient::builder()
+            .io_timeout(Some(config.io_timeout))
+            .connect_timeout(Some(config.connect_timeout))
+            .max_idle(max_idle)
+            .max_connections(Some(config.max_in_flight))
+            .connect_multiple_async(config.servers.iter().map(String::as_str))
+            .await
+            .map_err(|e| ConfigError::Client(RedactedError::new(e)))
+    }
+
+    /// Replaces the pool of `generation` when `broke` (see [`Renewing`]).
+    async fn renew_if(&self, generation: u64, broke: bool) {
+        if broke {
+            if let Ok(fresh) = Self::client(&self.config, self.config.max_idle).await {
+                self.client.renew(generation, fresh);
+            }
+        }
+    }
+
+    /// Runs a batch on the pooled client, replacing the pool when the batch
+    /// or any answer in it failed on a broken connection.
+    async fn run_batch<'a, T, F, Fut>(
+        &'a self,
+        f: F,
+    ) -> Result<Vec<Result<T, memcache::exp::Error>>, memcache::exp::Error>
+    where
+        F: FnOnce(AsyncMetaClient) -> Fut,
+        Fut: std::future::Future<
+            Output = Result<Vec<Result<T, memcache::exp::Error>>, memcache::exp::Error>,
+        >,
+    {
+        let (generation, client) = self.client.get();
+        let batch = f(client).await;
+        let broke = match &batch {
+            Err(e) => connection_broke(e),
+            Ok(answers) => answers
+                .iter()
+                .any(|r| r.as_ref().is_err_and(connection_broke)),
+        };
+        self.renew_if(generation, broke).await;
+        batch
     }
 
     /// Runs `f` on the pooled client, and once more on the fresh one when
     /// it failed in a way [`retry_on_fresh`] allows.
     async fn run<'a, T, F, Fut>(&'a self, op: &'static str, f: F) -> Result<T, memcache::exp::Error>
     where
-        F: Fn(&'a AsyncMetaClient) -> Fut,
+        F: Fn(AsyncMetaClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, memcache::exp::Error>>,
     {
-        match f(&self.client).await {
-            Err(e) if retry_on_fresh(&e) => {
-                log_retry(op, &e);
-                f(&self.fresh).await
+        let (generation, client) = self.client.get();
+        match f(client).await {
+            Err(e) => {
+                self.renew_if(generation, connection_broke(&e)).await;
+                if retry_on_fresh(&e) {
+                    log_retry(op, &e);
+                    f(self.fresh.clone()).await
+                } else {
+                    Err(e)
+                }
             }
-            other => other,
+            ok => ok,
         }
     }
 }
@@ -61,7 +112,10 @@ impl Async {
 impl Transport for Async {
     async fn get(&self, key: String) -> StoreResult<Option<Item>> {
         let r = self
-            .run("get", |c| c.run(get_op(&key)))
+            .run("get", |c| {
+                let key = &key;
+                async move { c.run(get_op(key)).await }
+            })
             .await
             .map_err(map_error)?;
         Ok(item(&r))
@@ -72,8 +126,10 @@ impl Transport for Async {
             return Ok(Vec::new());
         }
         let first = self
-            .client
-            .run_many(keys.iter().map(|k| get_op(k)))
+            .run_batch(|c| {
+                let keys = &keys;
+                async move { c.run_many(keys.iter().map(|k| get_op(k))).await }
+            })
             .await
             .map_err(map_error)?;
         let rerun = retry_positions("get_many", &first);
@@ -99,8 +155,11 @@ impl Transport for Async {
         mode: Mode,
     ) -> StoreResult<Outcome> {
         store_outcome(
-            self.run("store", |c| c.run(set_op(&key, &value, exptime, mode)))
-                .await,
+            self.run("store", |c| {
+                let (key, value) = (&key, &value);
+                async move { c.run(set_op(key, value, exptime, mode)).await }
+            })
+            .await,
         )
         .map_err(map_error)
     }
@@ -114,8 +173,10 @@ impl Transport for Async {
         }
         let op = |(k, v, exp, mode): &(String, Vec<u8>, u32, Mode)| set_op(k, v, *exp, *mode);
         let first = self
-            .client
-            .run_many(items.iter().map(op))
+            .run_batch(|c| {
+                let items = &items;
+                async move { c.run_many(items.iter().map(op)).await }
+            })
             .await
             .map_err(map_error)?;
         let rerun = retry_positions("store_many", &first);
@@ -135,14 +196,17 @@ impl Transport for Async {
 
     async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome> {
         let r = self
-            .run("delete", |c| c.run(delete_op(&key, cas)))
+            .run("delete", |c| {
+                let key = &key;
+                async move { c.run(delete_op(key, cas)).await }
+            })
             .await
             .map_err(map_error)?;
         Ok(outcome(r.status))
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.run("ping", AsyncMetaClient::noop)
+        self.run("ping", |c| async move { c.noop().await })
             .await
             .map_err(map_error)
     }
