@@ -77,7 +77,7 @@ pub use crate::policy::{
 pub use crate::record::{SessionRecord, SessionSummary};
 pub use crate::session::Session;
 pub use crate::store::{
-    BoxError, CreateOptions, Created, Replaces, SessionStore, StoreError, StoreResult,
+    BoxError, CreateOptions, Created, Replaces, SessionStore, StoreError, StoreResult, TimedOut,
 };
 pub use crate::token::{OneTimeToken, TokenCheck};
 
