@@ -78,7 +78,9 @@ impl RedisStoreBuilder {
 
     /// The longest one operation may take, reconnects and retries included;
     /// past it the operation fails with
-    /// [`StoreError::Unavailable`](session_core::StoreError::Unavailable).
+    /// [`StoreError::timed_out`](session_core::StoreError::timed_out) (an
+    /// `Unavailable` for which
+    /// [`is_timeout`](session_core::StoreError::is_timeout) is true).
     /// On a cluster, also the per-request response timeout of each node's
     /// connection (the cluster client uses it to route and retry).
     ///

@@ -148,7 +148,10 @@
 //! ([`redis::aio::ConnectionManager`], or the cluster client). Every
 //! operation is bounded by the operation timeout; an unreachable, timed out
 //! or loading server yields
-//! [`StoreError::Unavailable`](session_core::StoreError::Unavailable), other
+//! [`StoreError::Unavailable`](session_core::StoreError::Unavailable) (an
+//! operation that ran out of the operation timeout has a
+//! [`TimedOut`](session_core::TimedOut) source and
+//! [`is_timeout`](session_core::StoreError::is_timeout)), other
 //! error replies [`StoreError::Backend`](session_core::StoreError::Backend).
 //! Once the server is back, the same store works again, and the first
 //! call does not fail on a connection that died meanwhile: reads, `touch`
@@ -173,7 +176,9 @@ pub mod store;
 pub use crate::builder::{
     RedisStoreBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECORD_SIZE, DEFAULT_OPERATION_TIMEOUT,
 };
-pub use crate::error::{ConnectError, OperationTimedOut};
+#[allow(deprecated)]
+pub use crate::error::OperationTimedOut;
+pub use crate::error::ConnectError;
 pub use crate::keys::{InvalidPrefix, KeyPrefix};
 pub use crate::store::{RedisStore, UserIdChanged, CLUSTER_INDEX_GRACE};
 
