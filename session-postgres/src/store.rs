@@ -184,7 +184,7 @@ impl Inner {
             None => attempt.await,
             Some(timeout) => match tokio::time::timeout(timeout, attempt).await {
                 Ok(result) => result,
-                Err(_) => return Err(StoreError::unavailable(PgError::Timeout { op, timeout })),
+                Err(_) => return Err(StoreError::timed_out(op, timeout)),
             },
         };
         result.map_err(|e| store_error(op, e))
