@@ -150,8 +150,10 @@ impl MemcachedConfig {
     }
 
     /// How long one request (write plus answer) may take before it fails
-    /// with [`StoreError::Unavailable`](session_core::StoreError::Unavailable)
-    /// (default 1 s).
+    /// with [`StoreError::timed_out`](session_core::StoreError::timed_out)
+    /// (an `Unavailable` for which
+    /// [`is_timeout`](session_core::StoreError::is_timeout) is true, naming
+    /// the request and this timeout, never the key) (default 1 s).
     ///
     /// What is retried: a request that fails at the connection level
     /// (broken pipe, connection reset, refused or closed; not a timeout,

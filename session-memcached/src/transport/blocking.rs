@@ -1,6 +1,7 @@
 //! [`Blocking`]: the blocking meta client on Tokio's blocking pool.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use memcache::exp::MetaClient;
@@ -23,6 +24,8 @@ pub(crate) struct Blocking {
     /// request on it dials. For the one retry after a connection failure.
     fresh: MetaClient,
     permits: Arc<Semaphore>,
+    /// The exchange deadline, for [`map_error`].
+    io_timeout: Duration,
 }
 
 impl std::fmt::Debug for Blocking {
@@ -49,6 +52,7 @@ impl Blocking {
             client: client(config.max_idle)?,
             fresh: client(0)?,
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
+            io_timeout: config.io_timeout,
         })
     }
 
@@ -59,7 +63,7 @@ impl Blocking {
         T: Send + 'static,
         F: Fn(&MetaClient) -> Result<T, memcache::exp::Error> + Send + 'static,
     {
-        self.run_with(move |client, fresh| match f(client) {
+        self.run_with(op, move |client, fresh| match f(client) {
             Err(e) if retry_on_fresh(&e) => {
                 log_retry(op, &e);
                 f(fresh)
@@ -69,8 +73,9 @@ impl Blocking {
         .await
     }
 
-    /// Runs `f` with the pooled and the fresh client on the blocking pool.
-    async fn run_with<T, F>(&self, f: F) -> StoreResult<T>
+    /// Runs `f`, the request `op`, with the pooled and the fresh client on
+    /// the blocking pool.
+    async fn run_with<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&MetaClient, &MetaClient) -> Result<T, memcache::exp::Error> + Send + 'static,
@@ -86,7 +91,7 @@ impl Blocking {
         })
         .await
         .map_err(|e| StoreError::backend(format!("memcached call did not complete: {e}")))?;
-        result.map_err(map_error)
+        result.map_err(map_error(op, self.io_timeout))
     }
 }
 
@@ -101,7 +106,7 @@ impl Transport for Blocking {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.run_with(move |c, fresh| {
+        self.run_with("get_many", move |c, fresh| {
             let first = c.run_many(keys.iter().map(|k| get_op(k)))?;
             let again = retry_positions("get_many", &first);
             let retried = if again.is_empty() {
@@ -137,7 +142,7 @@ impl Transport for Blocking {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.run_with(move |c, fresh| {
+        self.run_with("store_many", move |c, fresh| {
             let op = |(k, v, exp, mode): &(String, Vec<u8>, u32, Mode)| set_op(k, v, *exp, *mode);
             let first = c.run_many(items.iter().map(op))?;
             let again = retry_positions("store_many", &first);

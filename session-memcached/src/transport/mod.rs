@@ -18,6 +18,8 @@
 //! deadline, reports add/CAS outcomes as values, and spreads keys over
 //! several servers by rendezvous hashing.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use memcache::exp::{Delete, Get, Meta, MutationResult, MutationStatus, Set, SetMode};
 use session_core::{StoreError, StoreResult};
@@ -240,13 +242,29 @@ pub(crate) fn merge_retried<T>(
     first
 }
 
-/// Maps a client error onto the store's error kinds: anything that means
-/// "the server did not answer" is [`StoreError::Unavailable`]. Messages
-/// name at most an item key, which is a hash (never a session id).
-pub(crate) fn map_error(e: memcache::exp::Error) -> StoreError {
+/// Maps the client errors of request `op` onto the store's error kinds:
+/// anything that means "the server did not answer" is
+/// [`StoreError::Unavailable`].
+///
+/// A request that ran out of its deadline (a `Timeout`, or an `Ambiguous`
+/// outcome because of one: written, then no answer in time) is
+/// [`StoreError::timed_out`]`(op, io_timeout)`, the timeout every store
+/// reports, which names no key: the client's own timeout error quotes the
+/// item key, and keys are not shown. The client bounds each exchange by the
+/// I/O timeout (a connection attempt by the connect timeout, which it
+/// reports the same way), so `io_timeout` is the limit given. Other
+/// messages name at most an item key, which is a hash (never a session id).
+pub(crate) fn map_error(
+    op: &'static str,
+    io_timeout: Duration,
+) -> impl Fn(memcache::exp::Error) -> StoreError + Copy {
     use memcache::exp::Error as E;
-    match e {
-        E::Io(_) | E::Timeout { .. } | E::Ambiguous { .. } => StoreError::unavailable(e),
+    move |e| match e {
+        E::Timeout { .. } => StoreError::timed_out(op, io_timeout),
+        E::Ambiguous { ref source, .. } if matches!(**source, E::Timeout { .. }) => {
+            StoreError::timed_out(op, io_timeout)
+        }
+        E::Io(_) | E::Ambiguous { .. } => StoreError::unavailable(e),
         other => StoreError::backend(other),
     }
 }
@@ -275,6 +293,7 @@ mod tests {
             source: Box::new(E::Io(IoError::from(ErrorKind::ConnectionReset))),
         };
         assert!(!retry_on_fresh(&lost()));
+        let map_error = map_error("test", Duration::from_secs(1));
         assert!(lost_reply(&map_error(lost())));
         let slow = E::Ambiguous {
             key: b"k".to_vec(),
@@ -284,6 +303,33 @@ mod tests {
         assert!(!lost_reply(&map_error(E::Io(IoError::from(
             ErrorKind::ConnectionReset
         )))));
+    }
+
+    #[test]
+    fn timeouts_are_the_shared_timeout_and_name_no_key() {
+        let key = b"secret-item-key".to_vec();
+        let map_error = map_error("get", Duration::from_millis(300));
+        let written = E::Ambiguous {
+            key: key.clone(),
+            source: Box::new(E::Timeout { key: key.clone() }),
+        };
+        for e in [E::Timeout { key: key.clone() }, written] {
+            let e = map_error(e);
+            assert!(e.is_timeout(), "{e:?}");
+            let StoreError::Unavailable(source) = &e else {
+                panic!("{e:?}");
+            };
+            let t = source.downcast_ref::<session_core::TimedOut>().unwrap();
+            assert_eq!(
+                (t.operation(), t.after()),
+                ("get", Duration::from_millis(300))
+            );
+            let shown = format!("{e:?} {}", session_core::ErrorChain(&e));
+            assert!(!shown.contains("secret-item-key"), "{shown}");
+        }
+        let reset = map_error(E::Io(IoError::from(ErrorKind::ConnectionReset)));
+        assert!(matches!(reset, StoreError::Unavailable(_)) && !reset.is_timeout());
+        assert!(!map_error(E::Server("busy".into())).is_timeout());
     }
 
     #[test]

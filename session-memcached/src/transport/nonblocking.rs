@@ -1,5 +1,7 @@
 //! `Async`: the `memcache` crate's Tokio meta client (feature `async`).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use memcache::exp::{AsyncMetaClient, MetaClient};
 use session_core::redact::RedactedError;
@@ -18,6 +20,8 @@ pub(crate) struct Async {
     /// The same servers without a pool (no idle connection kept): every
     /// request on it dials. For the one retry after a connection failure.
     fresh: AsyncMetaClient,
+    /// The exchange deadline, for [`map_error`].
+    io_timeout: Duration,
 }
 
 impl Async {
@@ -37,6 +41,7 @@ impl Async {
         Ok(Self {
             client: client(config.max_idle).await?,
             fresh: client(0).await?,
+            io_timeout: config.io_timeout,
         })
     }
 
@@ -63,7 +68,7 @@ impl Transport for Async {
         let r = self
             .run("get", |c| c.run(get_op(&key)))
             .await
-            .map_err(map_error)?;
+            .map_err(map_error("get", self.io_timeout))?;
         Ok(item(&r))
     }
 
@@ -75,7 +80,7 @@ impl Transport for Async {
             .client
             .run_many(keys.iter().map(|k| get_op(k)))
             .await
-            .map_err(map_error)?;
+            .map_err(map_error("get_many", self.io_timeout))?;
         let rerun = retry_positions("get_many", &first);
         let again = if rerun.is_empty() {
             Vec::new()
@@ -83,11 +88,14 @@ impl Transport for Async {
             self.fresh
                 .run_many(rerun.iter().map(|&i| get_op(&keys[i])))
                 .await
-                .map_err(map_error)?
+                .map_err(map_error("get_many", self.io_timeout))?
         };
         merge_retried(first, &rerun, again)
             .into_iter()
-            .map(|r| r.map(|r| item(&r)).map_err(map_error))
+            .map(|r| {
+                r.map(|r| item(&r))
+                    .map_err(map_error("get_many", self.io_timeout))
+            })
             .collect()
     }
 
@@ -102,7 +110,7 @@ impl Transport for Async {
             self.run("store", |c| c.run(set_op(&key, &value, exptime, mode)))
                 .await,
         )
-        .map_err(map_error)
+        .map_err(map_error("store", self.io_timeout))
     }
 
     async fn store_many(
@@ -117,7 +125,7 @@ impl Transport for Async {
             .client
             .run_many(items.iter().map(op))
             .await
-            .map_err(map_error)?;
+            .map_err(map_error("store_many", self.io_timeout))?;
         let rerun = retry_positions("store_many", &first);
         let again = if rerun.is_empty() {
             Vec::new()
@@ -125,11 +133,11 @@ impl Transport for Async {
             self.fresh
                 .run_many(rerun.iter().map(|&i| op(&items[i])))
                 .await
-                .map_err(map_error)?
+                .map_err(map_error("store_many", self.io_timeout))?
         };
         merge_retried(first, &rerun, again)
             .into_iter()
-            .map(|r| store_outcome(r).map_err(map_error))
+            .map(|r| store_outcome(r).map_err(map_error("store_many", self.io_timeout)))
             .collect()
     }
 
@@ -137,13 +145,13 @@ impl Transport for Async {
         let r = self
             .run("delete", |c| c.run(delete_op(&key, cas)))
             .await
-            .map_err(map_error)?;
+            .map_err(map_error("delete", self.io_timeout))?;
         Ok(outcome(r.status))
     }
 
     async fn ping(&self) -> StoreResult<()> {
         self.run("ping", AsyncMetaClient::noop)
             .await
-            .map_err(map_error)
+            .map_err(map_error("ping", self.io_timeout))
     }
 }
