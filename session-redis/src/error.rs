@@ -9,7 +9,7 @@
 //! [`StoreError::Backend`]. Messages never contain keys, arguments or
 //! values.
 //!
-//! Nor credentials: a [`ConnectError`] holds the client's error wrapped in a
+//! Nor credentials: a [`SetupError`] holds the client's error wrapped in a
 //! [`RedactedError`], so its `Display`, its `Debug` and every error in its
 //! `source()` chain show the URL's user and password as `***`.
 
@@ -29,7 +29,7 @@ use crate::keys::InvalidPrefix;
 /// for inspection (do not print it).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConnectError {
+pub enum SetupError {
     /// The key prefix is not acceptable.
     #[error(transparent)]
     InvalidPrefix(#[from] InvalidPrefix),
@@ -52,6 +52,11 @@ pub enum ConnectError {
     #[error("could not connect to Redis within {0:?}")]
     TimedOut(Duration),
 }
+
+/// The former name of [`SetupError`], the name every backend's setup
+/// error now has.
+#[deprecated(note = "renamed to SetupError")]
+pub type ConnectError = SetupError;
 
 /// An operation did not finish within the store's operation timeout: now
 /// the [`TimedOut`] every store reports (see [`StoreError::is_timeout`]).
@@ -209,6 +214,13 @@ mod tests {
         )
             .into();
         assert!(!is_refusal(&cluster));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn the_old_setup_error_name_still_names_it() {
+        let e: ConnectError = SetupError::NoClusterNodes;
+        assert!(matches!(e, ConnectError::NoClusterNodes));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! - [`scripts`]: the Lua scripts behind create, create_with, update, touch
 //!   and delete.
 //! - [`connection`]: single-server and cluster connections behind one type.
-//! - [`error`]: [`ConnectError`] and how Redis errors map to
+//! - [`error`]: [`SetupError`] and how Redis errors map to
 //!   [`StoreError`](session_core::StoreError).
 //!
 //! ```no_run
@@ -160,7 +160,7 @@
 //! sent (see [`RedisStoreBuilder::operation_timeout`]). Error messages never
 //! contain keys, user ids or data, and no error, in its `Display`, `Debug`
 //! or `source()` chain, shows the credentials of a connection URL (see
-//! [`ConnectError`]).
+//! [`SetupError`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
@@ -176,13 +176,13 @@ pub mod store;
 pub use crate::builder::{
     RedisStoreBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECORD_SIZE, DEFAULT_OPERATION_TIMEOUT,
 };
+pub use crate::error::SetupError;
 #[allow(deprecated)]
-pub use crate::error::OperationTimedOut;
-pub use crate::error::ConnectError;
+pub use crate::error::{ConnectError, OperationTimedOut};
 pub use crate::keys::{InvalidPrefix, KeyPrefix};
 pub use crate::store::{RedisStore, UserIdChanged, CLUSTER_INDEX_GRACE};
 
 /// Re-export of the redis crate version this crate is built on, for
-/// inspecting the client errors inside [`ConnectError`] and
+/// inspecting the client errors inside [`SetupError`] and
 /// [`StoreError`](session_core::StoreError) sources without version skew.
 pub use redis;

@@ -28,7 +28,7 @@ use session_core::{
 use crate::builder::RedisStoreBuilder;
 use crate::codec::{self, Stored, HEADER_LEN};
 use crate::connection::Conn;
-use crate::error::{is_connection_failure, is_never_sent, store_error, ConnectError};
+use crate::error::{is_connection_failure, is_never_sent, store_error, SetupError};
 use crate::keys::{InvalidPrefix, KeyPrefix};
 use crate::scripts::{self, create, delete, delete_if_user, lifecycle, update, Scripts};
 
@@ -160,7 +160,7 @@ impl RedisStore {
     /// # Errors
     ///
     /// See [`RedisStoreBuilder::connect`].
-    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+    pub async fn connect(url: &str) -> Result<Self, SetupError> {
         Self::builder().connect(url).await
     }
 
@@ -169,7 +169,7 @@ impl RedisStore {
     /// # Errors
     ///
     /// See [`RedisStoreBuilder::connect_cluster`].
-    pub async fn connect_cluster<I, S>(urls: I) -> Result<Self, ConnectError>
+    pub async fn connect_cluster<I, S>(urls: I) -> Result<Self, SetupError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
