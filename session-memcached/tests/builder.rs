@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use session_core::conformance::record;
 use session_core::{SessionStore, StoreError};
-use session_memcached::{ConfigError, MemcachedStore};
+use session_memcached::{MemcachedStore, SetupError};
 use session_test_support::process::spare_port;
 use session_test_support::{storage_key, unique};
 
@@ -44,7 +44,7 @@ async fn connect_fails_promptly_where_nothing_answers_and_lazy_does_not() {
         .operation_timeout(Duration::from_millis(300));
     let started = Instant::now();
     let err = builder.clone().connect(&nowhere).await.unwrap_err();
-    assert!(matches!(err, ConfigError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, SetupError::Unavailable(_)), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -64,14 +64,14 @@ async fn bad_settings_fail_at_build_time() {
         .namespace("has space")
         .connect_lazy(&url)
         .unwrap_err();
-    assert!(matches!(err, ConfigError::BadNamespace(_)), "{err:?}");
+    assert!(matches!(err, SetupError::BadNamespace(_)), "{err:?}");
     let err = MemcachedStore::builder()
         .max_in_flight(0)
         .connect_lazy(&url)
         .unwrap_err();
-    assert!(matches!(err, ConfigError::BadSetting(_)), "{err:?}");
+    assert!(matches!(err, SetupError::BadSetting(_)), "{err:?}");
     let err = MemcachedStore::builder().connect_lazy("").unwrap_err();
-    assert!(matches!(err, ConfigError::NoServers), "{err:?}");
+    assert!(matches!(err, SetupError::NoServers), "{err:?}");
 }
 
 #[cfg(feature = "async")]

@@ -13,7 +13,7 @@ use super::{
     delete_op, get_op, item, log_retry, map_error, merge_retried, outcome, retry_on_fresh,
     retry_positions, set_op, store_outcome, Item, Mode, Outcome, Transport,
 };
-use crate::config::{ConfigError, MemcachedConfig};
+use crate::config::{MemcachedConfig, SetupError};
 
 /// The blocking meta client, run on Tokio's blocking pool with at most
 /// `max_in_flight` calls at once.
@@ -38,7 +38,7 @@ impl std::fmt::Debug for Blocking {
 
 impl Blocking {
     /// Builds the client; connections are dialed lazily.
-    pub(crate) fn new(config: &MemcachedConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn new(config: &MemcachedConfig) -> Result<Self, SetupError> {
         let client = |max_idle| {
             MetaClient::builder()
                 .io_timeout(Some(config.io_timeout))
@@ -46,7 +46,7 @@ impl Blocking {
                 .max_idle(max_idle)
                 .max_connections(Some(config.max_in_flight))
                 .connect_multiple(config.servers.iter().map(String::as_str))
-                .map_err(|e| ConfigError::Client(RedactedError::new(e)))
+                .map_err(|e| SetupError::Client(RedactedError::new(e)))
         };
         Ok(Self {
             client: client(config.max_idle)?,

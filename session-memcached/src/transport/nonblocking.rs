@@ -11,7 +11,7 @@ use super::{
     delete_op, get_op, item, log_retry, map_error, merge_retried, outcome, retry_on_fresh,
     retry_positions, set_op, store_outcome, Item, Mode, Outcome, Transport,
 };
-use crate::config::{ConfigError, MemcachedConfig};
+use crate::config::{MemcachedConfig, SetupError};
 
 /// The Tokio meta client: no thread hop per call.
 #[derive(Clone)]
@@ -27,7 +27,7 @@ pub(crate) struct Async {
 impl Async {
     /// Builds the client (resolving addresses); connections are dialed
     /// lazily.
-    pub(crate) async fn new(config: &MemcachedConfig) -> Result<Self, ConfigError> {
+    pub(crate) async fn new(config: &MemcachedConfig) -> Result<Self, SetupError> {
         let client = |max_idle| async move {
             MetaClient::builder()
                 .io_timeout(Some(config.io_timeout))
@@ -36,7 +36,7 @@ impl Async {
                 .max_connections(Some(config.max_in_flight))
                 .connect_multiple_async(config.servers.iter().map(String::as_str))
                 .await
-                .map_err(|e| ConfigError::Client(RedactedError::new(e)))
+                .map_err(|e| SetupError::Client(RedactedError::new(e)))
         };
         Ok(Self {
             client: client(config.max_idle).await?,
