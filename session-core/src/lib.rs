@@ -13,6 +13,8 @@
 //! - [`cookie`]: the session cookie's attributes and parsing.
 //! - [`clock`]: timestamps and the injectable clock.
 //! - [`memory`]: [`MemoryStore`], the embedded default store.
+//! - [`expiry`]: [`ExpiryTask`], the background deletion of expired
+//!   sessions every store's `spawn_*` method returns.
 //! - [`redact`]: credentials out of URLs, error messages and error chains.
 //! - `conformance` (feature `conformance`): the suite every backend runs.
 //!
@@ -43,6 +45,7 @@ pub mod clock;
 pub mod codec;
 pub mod cookie;
 pub mod error;
+pub mod expiry;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod id;
@@ -64,6 +67,7 @@ pub use crate::cookie::{
     CookieLifetime, CookiePolicy, CookiePolicyBuilder, MAX_SESSION_ID_CANDIDATES,
 };
 pub use crate::error::{ErrorChain, SessionError};
+pub use crate::expiry::ExpiryTask;
 pub use crate::id::{InvalidSessionId, SessionId};
 pub use crate::key::{KeyDeriver, StorageKey};
 pub use crate::manager::{
