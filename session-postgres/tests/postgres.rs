@@ -260,9 +260,9 @@ async fn cleanup_task_deletes_expired_rows_and_stops() {
     .await;
     assert!(s.load(&live).await.unwrap().is_some());
     assert!(!task.is_finished());
-    tokio::time::timeout(Duration::from_secs(10), task.stop())
+    tokio::time::timeout(Duration::from_secs(10), task.shutdown())
         .await
-        .expect("stop() did not return");
+        .expect("shutdown() did not return");
 
     // Stopped means stopped: new expired rows stay.
     s.create(&key(), &expired(99)).await.unwrap();
