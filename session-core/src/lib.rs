@@ -13,6 +13,8 @@
 //! - [`cookie`]: the session cookie's attributes and parsing.
 //! - [`clock`]: timestamps and the injectable clock.
 //! - [`memory`]: [`MemoryStore`], the embedded default store.
+//! - [`expiry`]: [`ExpiryTask`], the background deletion of expired
+//!   sessions every store's `spawn_*` method returns.
 //! - [`redact`]: credentials out of URLs, error messages and error chains.
 //! - [`retry`]: [`RetryPolicy`], the one rule for retrying lost compare-and-sets.
 //! - `conformance` (feature `conformance`): the suite every backend runs.
@@ -44,6 +46,7 @@ pub mod clock;
 pub mod codec;
 pub mod cookie;
 pub mod error;
+pub mod expiry;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod id;
@@ -66,6 +69,7 @@ pub use crate::cookie::{
     CookieLifetime, CookiePolicy, CookiePolicyBuilder, MAX_SESSION_ID_CANDIDATES,
 };
 pub use crate::error::{ErrorChain, SessionError};
+pub use crate::expiry::ExpiryTask;
 pub use crate::id::{InvalidSessionId, SessionId};
 pub use crate::key::{KeyDeriver, StorageKey};
 pub use crate::manager::{
@@ -80,7 +84,7 @@ pub use crate::record::{SessionRecord, SessionSummary};
 pub use crate::retry::RetryPolicy;
 pub use crate::session::Session;
 pub use crate::store::{
-    BoxError, CreateOptions, Created, Replaces, SessionStore, StoreError, StoreResult,
+    BoxError, CreateOptions, Created, Replaces, SessionStore, StoreError, StoreResult, TimedOut,
 };
 pub use crate::token::{OneTimeToken, TokenCheck};
 

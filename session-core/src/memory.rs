@@ -25,7 +25,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,6 +33,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::expiry::{Batch, ExpiryTask};
 use crate::key::StorageKey;
 use crate::policy::LimitStrategy;
 use crate::record::{SessionRecord, SessionSummary};
@@ -194,31 +195,27 @@ impl MemoryStore {
         self.inner.records.is_empty()
     }
 
-    /// Spawns a task on the current Tokio runtime that calls
-    /// [`SessionStore::delete_expired`] every `period`.
+    /// Spawns an [`ExpiryTask`] on the current Tokio runtime that removes
+    /// expired records (and rotation markers), as
+    /// [`SessionStore::delete_expired`] does, every `period` (at least
+    /// [`MIN_PERIOD`](crate::expiry::MIN_PERIOD)).
     ///
     /// The task holds only a weak reference: it ends by itself once every
-    /// clone of the store is dropped, and at once when the returned handle
-    /// is dropped or [`Sweeper::stop`] is called.
+    /// clone of the store is dropped, and when the returned handle is
+    /// dropped or [`ExpiryTask::shutdown`] is called. A sweep takes the
+    /// lifecycle lock only to drop the index entries of what it removed, so
+    /// it runs alongside requests.
     ///
     /// # Panics
     ///
     /// Outside a Tokio runtime.
     #[must_use = "the sweeper stops when its handle is dropped"]
-    pub fn spawn_sweeper(&self, period: Duration) -> Sweeper {
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(inner) = weak.upgrade() else { break };
-                let removed = MemoryStore { inner }.sweep(false);
-                tracing::debug!(target: "session_core::memory", removed, "swept expired sessions");
-            }
-        });
-        Sweeper { task: Some(task) }
+    pub fn spawn_sweeper(&self, period: Duration) -> ExpiryTask {
+        ExpiryTask::spawn_batches(
+            Arc::downgrade(&self.inner),
+            period,
+            |inner: Arc<Inner>| async move { Ok(Batch::last(MemoryStore { inner }.sweep(false))) },
+        )
     }
 
     fn now(&self) -> Timestamp {
@@ -518,38 +515,10 @@ impl MemoryStore {
     }
 }
 
-/// Handle of the background sweeper; dropping it stops the task.
-#[derive(Debug)]
-pub struct Sweeper {
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Sweeper {
-    /// Stops the sweeper and waits for the task to end.
-    pub async fn stop(mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-
-    /// Whether the task has ended (for example because the store was
-    /// dropped).
-    #[must_use]
-    pub fn is_finished(&self) -> bool {
-        self.task
-            .as_ref()
-            .is_none_or(tokio::task::JoinHandle::is_finished)
-    }
-}
-
-impl Drop for Sweeper {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
-}
+/// The former type of [`MemoryStore::spawn_sweeper`]'s handle: now the
+/// [`ExpiryTask`] every store's background deletion shares.
+#[deprecated(note = "MemoryStore::spawn_sweeper returns a session_core::ExpiryTask")]
+pub type Sweeper = ExpiryTask;
 
 #[async_trait]
 impl SessionStore for MemoryStore {
@@ -835,7 +804,7 @@ mod tests {
     async fn dropping_the_handle_stops_the_sweeper() {
         let store = MemoryStore::new();
         let sweeper = store.spawn_sweeper(Duration::from_millis(5));
-        sweeper.stop().await;
+        sweeper.shutdown().await;
         assert_eq!(Arc::strong_count(&store.inner), 1);
     }
 }

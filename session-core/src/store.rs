@@ -6,6 +6,7 @@
 //! (`conformance` feature) checks every rule written here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -64,6 +65,10 @@ pub enum StoreError {
     /// The backend could not be reached or did not answer in time. Check that
     /// the server is running and the URL is right; the store reconnects by
     /// itself.
+    ///
+    /// When the store's operation timeout ran out, the source is a
+    /// [`TimedOut`] (see [`StoreError::is_timeout`]); otherwise it is the
+    /// backend's own error.
     #[error("session store unavailable")]
     Unavailable(#[source] BoxError),
     /// The backend answered with an error.
@@ -80,6 +85,102 @@ impl StoreError {
     /// Wraps a backend error.
     pub fn backend(e: impl Into<BoxError>) -> Self {
         Self::Backend(e.into())
+    }
+
+    /// [`StoreError::Unavailable`] with a [`TimedOut`] as its source: the
+    /// store's `operation` (a short name such as `"load"`) did not finish
+    /// within its operation timeout `after`.
+    ///
+    /// Every backend of this workspace reports its operation timeout this
+    /// way; other backends should too, so that callers can tell a timeout
+    /// with [`StoreError::is_timeout`] whatever the store.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use session_core::StoreError;
+    ///
+    /// let e = StoreError::timed_out("load", Duration::from_millis(250));
+    /// assert!(e.is_timeout());
+    /// assert!(matches!(e, StoreError::Unavailable(_)));
+    /// ```
+    #[must_use]
+    pub fn timed_out(operation: &'static str, after: Duration) -> Self {
+        Self::Unavailable(Box::new(TimedOut { operation, after }))
+    }
+
+    /// Whether this is [`StoreError::Unavailable`] because the store's
+    /// operation timeout ran out: its source is a [`TimedOut`].
+    ///
+    /// Such an operation may still have been applied by the server (a write
+    /// that was sent before the time ran out). Other connectivity failures
+    /// (a refused or broken connection) are `Unavailable` too, but not
+    /// timeouts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use session_core::{StoreError, TimedOut};
+    ///
+    /// let e = StoreError::timed_out("update", Duration::from_secs(2));
+    /// assert!(e.is_timeout());
+    /// if let StoreError::Unavailable(source) = &e {
+    ///     let t = source.downcast_ref::<TimedOut>().unwrap();
+    ///     assert_eq!((t.operation(), t.after()), ("update", Duration::from_secs(2)));
+    /// }
+    /// let refused = StoreError::unavailable(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+    /// assert!(!refused.is_timeout());
+    /// ```
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Unavailable(source) if source.is::<TimedOut>())
+    }
+}
+
+/// A store operation did not finish within the store's operation timeout.
+///
+/// The source of a [`StoreError::Unavailable`], made by
+/// [`StoreError::timed_out`] and recognized by [`StoreError::is_timeout`];
+/// every backend of this workspace reports its operation timeout this way.
+/// It holds the operation's name (`"load"`, `"create_with"`, or the
+/// backend's request name; static text, never a key or a value) and the
+/// timeout that ran out ([`Duration`], as configured on the store).
+///
+/// Its `Display` is one sentence naming both, with no cause (there is
+/// none: the time simply ran out), e.g. `the session store did not answer
+/// within 250 ms (operation: load)`. Durations of whole milliseconds are
+/// shown in milliseconds, others as [`Duration`]'s `Debug` (`1.5ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the session store did not answer within {} (operation: {operation})", Millis(*.after))]
+pub struct TimedOut {
+    operation: &'static str,
+    after: Duration,
+}
+
+impl TimedOut {
+    /// The timeout that ran out.
+    #[must_use]
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+
+    /// The operation that did not finish: a store method (`"load"`,
+    /// `"delete_user"`, ...) or the backend's request name.
+    #[must_use]
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+}
+
+/// A duration in whole milliseconds when it is one (`250 ms`), else as
+/// `Debug` shows it.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.subsec_nanos().is_multiple_of(1_000_000) {
+            write!(f, "{} ms", self.0.as_millis())
+        } else {
+            write!(f, "{:?}", self.0)
+        }
     }
 }
 
@@ -348,3 +449,62 @@ macro_rules! forward_store {
 }
 
 forward_store!(Arc<S>, Box<S>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_is_unavailable_and_says_after_how_long() {
+        let e = StoreError::timed_out("load", Duration::from_millis(250));
+        assert!(e.is_timeout());
+        let StoreError::Unavailable(source) = &e else {
+            panic!("{e:?}");
+        };
+        let t = source
+            .downcast_ref::<TimedOut>()
+            .expect("a TimedOut source");
+        assert_eq!(t.after(), Duration::from_millis(250));
+        assert_eq!(t.operation(), "load");
+        assert_eq!(
+            t.to_string(),
+            "the session store did not answer within 250 ms (operation: load)"
+        );
+        // One sentence, no cause of its own.
+        assert!(std::error::Error::source(t).is_none());
+        assert_eq!(
+            crate::ErrorChain(&e).to_string(),
+            "session store unavailable: the session store did not answer within 250 ms (operation: load)"
+        );
+        let odd = StoreError::timed_out("touch", Duration::from_micros(1_500));
+        assert!(odd.to_string().contains("unavailable"));
+        assert!(
+            crate::ErrorChain(&odd).to_string().contains("within 1.5ms"),
+            "{}",
+            crate::ErrorChain(&odd)
+        );
+        assert!(
+            crate::ErrorChain(&StoreError::timed_out("x", Duration::from_secs(2)))
+                .to_string()
+                .contains("within 2000 ms")
+        );
+    }
+
+    #[test]
+    fn other_errors_are_not_timeouts() {
+        let io = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(!StoreError::unavailable(io).is_timeout());
+        let backend = StoreError::backend(TimedOut {
+            operation: "load",
+            after: Duration::from_secs(1),
+        });
+        assert!(!backend.is_timeout(), "only Unavailable carries a timeout");
+        for e in [
+            StoreError::NotFound,
+            StoreError::Conflict,
+            StoreError::AlreadyExists,
+        ] {
+            assert!(!e.is_timeout());
+        }
+    }
+}

@@ -11,11 +11,10 @@
 //! `SESSION_ENCRYPTION_KEY` is one base64 AES-256 key (`openssl rand -base64
 //! 32`), or `id:key,id:key` with the primary first to rotate keys.
 
-use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use session_core::{MemoryStore, SessionStore};
+use session_core::{ExpiryTask, MemoryStore, SessionStore};
 use session_encrypted::{EncryptedStore, KeyError, KeyRing};
 
 /// Environment variable holding the encryption key ring.
@@ -27,9 +26,9 @@ pub struct Backend {
     pub store: Arc<dyn SessionStore>,
     /// Whether records are encrypted at rest.
     pub encrypted: bool,
-    /// Background work tied to the store (sweeper or clean-up task); it
-    /// stops when the backend is dropped.
-    _guard: Option<Box<dyn Any + Send + Sync>>,
+    /// The store's expiry task (memory sweeper, PostgreSQL clean-up), if
+    /// it needs one; it stops when the backend is dropped.
+    _expiry: Option<ExpiryTask>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -93,51 +92,50 @@ pub async fn open(name: &str, namespace: &str) -> Result<Backend, BackendError> 
         _ => None,
     };
     let name = name.trim().to_ascii_lowercase();
-    let (store, guard): (Arc<dyn SessionStore>, Option<Box<dyn Any + Send + Sync>>) =
-        match name.as_str() {
-            "memory" => {
-                let store = MemoryStore::new();
-                let sweeper = store.spawn_sweeper(Duration::from_secs(60));
-                (Arc::new(store), Some(Box::new(sweeper)))
-            }
-            "redis" => {
-                let url = env_or("REDIS_URL", "redis://127.0.0.1:6379");
-                let store = session_redis::RedisStore::builder()
-                    .prefix(namespace)
-                    .connect(&url)
-                    .await
-                    .map_err(|e| open_err("redis")(e.into()))?;
-                (Arc::new(store), None)
-            }
-            "postgres" => {
-                let url = env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
-                let store = session_postgres::PostgresStore::builder()
-                    .table(namespace)
-                    .connect(&url)
-                    .await
-                    .map_err(|e| open_err("postgres")(e.into()))?;
-                store
-                    .migrate()
-                    .await
-                    .map_err(|e| open_err("postgres")(e.into()))?;
-                let cleanup = store.spawn_cleanup(Duration::from_secs(60));
-                (Arc::new(store), Some(Box::new(cleanup)))
-            }
-            "memcached" => {
-                let url = env_or("MEMCACHED_URL", "memcache://127.0.0.1:11211");
-                let config = session_memcached::MemcachedConfig::new([url.as_str()])
-                    .and_then(|c| c.with_namespace(namespace))
-                    .map_err(|e| open_err("memcached")(e.into()))?;
-                let store = session_memcached::MemcachedStore::new(config)
-                    .map_err(|e| open_err("memcached")(e.into()))?;
-                store
-                    .ping()
-                    .await
-                    .map_err(|e| open_err("memcached")(e.into()))?;
-                (Arc::new(store), None)
-            }
-            _ => return Err(BackendError::Unknown(name)),
-        };
+    let (store, expiry): (Arc<dyn SessionStore>, Option<ExpiryTask>) = match name.as_str() {
+        "memory" => {
+            let store = MemoryStore::new();
+            let sweeper = store.spawn_sweeper(Duration::from_secs(60));
+            (Arc::new(store), Some(sweeper))
+        }
+        "redis" => {
+            let url = env_or("REDIS_URL", "redis://127.0.0.1:6379");
+            let store = session_redis::RedisStore::builder()
+                .prefix(namespace)
+                .connect(&url)
+                .await
+                .map_err(|e| open_err("redis")(e.into()))?;
+            (Arc::new(store), None)
+        }
+        "postgres" => {
+            let url = env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test");
+            let store = session_postgres::PostgresStore::builder()
+                .table(namespace)
+                .connect(&url)
+                .await
+                .map_err(|e| open_err("postgres")(e.into()))?;
+            store
+                .migrate()
+                .await
+                .map_err(|e| open_err("postgres")(e.into()))?;
+            let cleanup = store.spawn_cleanup(Duration::from_secs(60));
+            (Arc::new(store), Some(cleanup))
+        }
+        "memcached" => {
+            let url = env_or("MEMCACHED_URL", "memcache://127.0.0.1:11211");
+            let config = session_memcached::MemcachedConfig::new([url.as_str()])
+                .and_then(|c| c.with_namespace(namespace))
+                .map_err(|e| open_err("memcached")(e.into()))?;
+            let store = session_memcached::MemcachedStore::new(config)
+                .map_err(|e| open_err("memcached")(e.into()))?;
+            store
+                .ping()
+                .await
+                .map_err(|e| open_err("memcached")(e.into()))?;
+            (Arc::new(store), None)
+        }
+        _ => return Err(BackendError::Unknown(name)),
+    };
     let encrypted = ring.is_some();
     let store = match ring {
         Some(ring) => Arc::new(EncryptedStore::new(store, ring)) as Arc<dyn SessionStore>,
@@ -146,7 +144,7 @@ pub async fn open(name: &str, namespace: &str) -> Result<Backend, BackendError> 
     Ok(Backend {
         store,
         encrypted,
-        _guard: guard,
+        _expiry: expiry,
     })
 }
 

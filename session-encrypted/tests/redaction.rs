@@ -127,7 +127,7 @@ async fn redis_credentials_never_show_through_the_encrypted_store() {
     let wrong = format!("redis://:S3CRETPW@{host}");
     let err = builder().connect(&wrong).await.expect_err("wrong password");
     assert!(
-        matches!(err, session_redis::ConnectError::Refused(_)),
+        matches!(err, session_redis::SetupError::Refused(_)),
         "{err:?}"
     );
     assert_error_hides(&err, &[PW]);

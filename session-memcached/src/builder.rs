@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::{ConfigError, MemcachedConfig};
+use crate::config::{MemcachedConfig, SetupError};
 use crate::store::MemcachedStore;
 
 /// Builder for [`MemcachedStore`]; start with [`MemcachedStore::builder`].
@@ -118,9 +118,9 @@ impl MemcachedStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for a malformed URL, a bad namespace or a setting out
+    /// [`SetupError`] for a malformed URL, a bad namespace or a setting out
     /// of range.
-    pub fn config(&self, servers: &str) -> Result<MemcachedConfig, ConfigError> {
+    pub fn config(&self, servers: &str) -> Result<MemcachedConfig, SetupError> {
         let mut c = MemcachedConfig::new([servers])?;
         if let Some(ns) = &self.namespace {
             c = c.with_namespace(ns)?;
@@ -156,10 +156,10 @@ impl MemcachedStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for a bad setting or URL, and
-    /// [`ConfigError::Unavailable`] when a server does not answer within the
+    /// [`SetupError`] for a bad setting or URL, and
+    /// [`SetupError::Unavailable`] when a server does not answer within the
     /// timeouts.
-    pub async fn connect(self, servers: &str) -> Result<MemcachedStore, ConfigError> {
+    pub async fn connect(self, servers: &str) -> Result<MemcachedStore, SetupError> {
         let config = self.config(servers)?;
         #[cfg(feature = "async")]
         let store = if self.tokio_transport {
@@ -169,7 +169,7 @@ impl MemcachedStoreBuilder {
         };
         #[cfg(not(feature = "async"))]
         let store = MemcachedStore::new(config)?;
-        store.ping().await.map_err(ConfigError::Unavailable)?;
+        store.ping().await.map_err(SetupError::Unavailable)?;
         Ok(store)
     }
 
@@ -179,9 +179,9 @@ impl MemcachedStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for a bad setting or URL, or a host that does not
+    /// [`SetupError`] for a bad setting or URL, or a host that does not
     /// resolve.
-    pub fn connect_lazy(self, servers: &str) -> Result<MemcachedStore, ConfigError> {
+    pub fn connect_lazy(self, servers: &str) -> Result<MemcachedStore, SetupError> {
         MemcachedStore::new(self.config(servers)?)
     }
 }

@@ -18,7 +18,11 @@ pub const DEFAULT_RECENT_READS: usize = 10_000;
 /// 250-byte limit.
 pub const MAX_NAMESPACE_LEN: usize = 64;
 
-/// A configuration the store cannot be built from.
+/// Why a [`MemcachedStore`](crate::MemcachedStore) could not be built or
+/// connected: a configuration it cannot be built from, or (from
+/// [`MemcachedStoreBuilder::connect`](crate::MemcachedStoreBuilder::connect))
+/// a server that does not answer. Every backend's setup error has this
+/// name.
 ///
 /// Neither `Display` nor `Debug` (nor any error in the `source()` chain)
 /// shows a credential: URLs are shown with user and password replaced by
@@ -26,7 +30,7 @@ pub const MAX_NAMESPACE_LEN: usize = 64;
 /// [`RedactedError`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum SetupError {
     /// No server was given.
     #[error("no Memcached server given: pass at least one URL such as memcache://127.0.0.1:11211")]
     NoServers,
@@ -58,6 +62,11 @@ pub enum ConfigError {
     Unavailable(#[source] session_core::StoreError),
 }
 
+/// The former name of [`SetupError`]. (Not to be confused with
+/// `session_core::ConfigError`, the session policy's validation error.)
+#[deprecated(note = "renamed to SetupError")]
+pub type ConfigError = SetupError;
+
 /// Settings of a [`MemcachedStore`](crate::MemcachedStore); build one with
 /// [`MemcachedConfig::new`] and the `with_*` methods.
 ///
@@ -87,8 +96,8 @@ impl MemcachedConfig {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::NoServers`] or [`ConfigError::BadUrl`].
-    pub fn new<I, S>(servers: I) -> Result<Self, ConfigError>
+    /// [`SetupError::NoServers`] or [`SetupError::BadUrl`].
+    pub fn new<I, S>(servers: I) -> Result<Self, SetupError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -102,7 +111,7 @@ impl MemcachedConfig {
             }
         }
         if parsed.is_empty() {
-            return Err(ConfigError::NoServers);
+            return Err(SetupError::NoServers);
         }
         Ok(Self {
             servers: parsed,
@@ -123,16 +132,16 @@ impl MemcachedConfig {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::BadNamespace`] unless `namespace` is 1 to 64 of
+    /// [`SetupError::BadNamespace`] unless `namespace` is 1 to 64 of
     /// `[A-Za-z0-9_.-]`.
-    pub fn with_namespace(mut self, namespace: &str) -> Result<Self, ConfigError> {
+    pub fn with_namespace(mut self, namespace: &str) -> Result<Self, SetupError> {
         let ok = !namespace.is_empty()
             && namespace.len() <= MAX_NAMESPACE_LEN
             && namespace
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
         if !ok {
-            return Err(ConfigError::BadNamespace(namespace.to_owned()));
+            return Err(SetupError::BadNamespace(namespace.to_owned()));
         }
         self.namespace = namespace.to_owned();
         Ok(self)
@@ -150,8 +159,10 @@ impl MemcachedConfig {
     }
 
     /// How long one request (write plus answer) may take before it fails
-    /// with [`StoreError::Unavailable`](session_core::StoreError::Unavailable)
-    /// (default 1 s).
+    /// with [`StoreError::timed_out`](session_core::StoreError::timed_out)
+    /// (an `Unavailable` for which
+    /// [`is_timeout`](session_core::StoreError::is_timeout) is true, naming
+    /// the request and this timeout, never the key) (default 1 s).
     ///
     /// What is retried: a request that fails at the connection level
     /// (broken pipe, connection reset, refused or closed; not a timeout,
@@ -186,10 +197,10 @@ impl MemcachedConfig {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::BadSetting`] for zero.
-    pub fn with_max_in_flight(mut self, n: usize) -> Result<Self, ConfigError> {
+    /// [`SetupError::BadSetting`] for zero.
+    pub fn with_max_in_flight(mut self, n: usize) -> Result<Self, SetupError> {
         if n == 0 {
-            return Err(ConfigError::BadSetting("max_in_flight must be at least 1"));
+            return Err(SetupError::BadSetting("max_in_flight must be at least 1"));
         }
         self.max_in_flight = n;
         Ok(self)
@@ -263,8 +274,8 @@ impl MemcachedConfig {
 }
 
 /// `memcache://host:port[?...]` or `host:port` to `host:port`.
-fn parse_server(raw: &str) -> Result<String, ConfigError> {
-    let bad = |reason: &str| ConfigError::BadUrl {
+fn parse_server(raw: &str) -> Result<String, SetupError> {
+    let bad = |reason: &str| SetupError::BadUrl {
         url: RedactedUrl::new(raw),
         reason: redact_text(reason),
     };
@@ -313,20 +324,27 @@ mod tests {
     fn rejects_bad_urls() {
         assert!(matches!(
             MemcachedConfig::new(Vec::<String>::new()),
-            Err(ConfigError::NoServers)
+            Err(SetupError::NoServers)
         ));
         assert!(matches!(
             MemcachedConfig::new(["redis://x:1"]),
-            Err(ConfigError::BadUrl { .. })
+            Err(SetupError::BadUrl { .. })
         ));
         assert!(matches!(
             MemcachedConfig::new(["memcache://u:p@x:1"]),
-            Err(ConfigError::BadUrl { .. })
+            Err(SetupError::BadUrl { .. })
         ));
         assert!(matches!(
             MemcachedConfig::new([" , "]),
-            Err(ConfigError::NoServers)
+            Err(SetupError::NoServers)
         ));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn the_old_setup_error_name_still_names_it() {
+        let e: ConfigError = MemcachedConfig::new(Vec::<String>::new()).unwrap_err();
+        assert!(matches!(e, ConfigError::NoServers));
     }
 
     #[test]

@@ -177,9 +177,9 @@ mod tombstone;
 mod transport;
 
 pub use crate::builder::MemcachedStoreBuilder;
-pub use crate::config::{
-    ConfigError, MemcachedConfig, DEFAULT_MAX_ITEM_SIZE, DEFAULT_RECENT_READS,
-};
+#[allow(deprecated)]
+pub use crate::config::ConfigError;
+pub use crate::config::{MemcachedConfig, SetupError, DEFAULT_MAX_ITEM_SIZE, DEFAULT_RECENT_READS};
 pub use crate::store::MemcachedStore;
 
 /// Re-export of the memcache crate version this crate is built on, for

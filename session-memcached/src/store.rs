@@ -9,7 +9,7 @@ use session_core::{
     SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
 };
 
-use crate::config::{ConfigError, MemcachedConfig};
+use crate::config::{MemcachedConfig, SetupError};
 use crate::expiry::exptime;
 use crate::index::{Entry, UserItem};
 use crate::keys::Keys;
@@ -84,8 +84,8 @@ impl MemcachedStore {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for a malformed URL or a host that does not resolve.
-    pub fn connect(urls: &str) -> Result<Self, ConfigError> {
+    /// [`SetupError`] for a malformed URL or a host that does not resolve.
+    pub fn connect(urls: &str) -> Result<Self, SetupError> {
         Self::new(MemcachedConfig::new([urls])?)
     }
 
@@ -93,8 +93,8 @@ impl MemcachedStore {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Client`] if a server address does not resolve.
-    pub fn new(config: MemcachedConfig) -> Result<Self, ConfigError> {
+    /// [`SetupError::Client`] if a server address does not resolve.
+    pub fn new(config: MemcachedConfig) -> Result<Self, SetupError> {
         let transport = Blocking::new(&config)?;
         Ok(Self::with_transport(Box::new(transport), config))
     }
@@ -105,9 +105,9 @@ impl MemcachedStore {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Client`] if a server address does not resolve.
+    /// [`SetupError::Client`] if a server address does not resolve.
     #[cfg(feature = "async")]
-    pub async fn new_async(config: MemcachedConfig) -> Result<Self, ConfigError> {
+    pub async fn new_async(config: MemcachedConfig) -> Result<Self, SetupError> {
         let transport = crate::transport::Async::new(&config).await?;
         Ok(Self::with_transport(Box::new(transport), config))
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use session_core::conformance::record;
 use session_core::{SessionStore, StoreError};
-use session_memcached::{ConfigError, MemcachedStore};
+use session_memcached::{MemcachedStore, SetupError};
 use session_test_support::process::spare_port;
 use session_test_support::{storage_key, unique};
 
@@ -44,7 +44,7 @@ async fn connect_fails_promptly_where_nothing_answers_and_lazy_does_not() {
         .operation_timeout(Duration::from_millis(300));
     let started = Instant::now();
     let err = builder.clone().connect(&nowhere).await.unwrap_err();
-    assert!(matches!(err, ConfigError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, SetupError::Unavailable(_)), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -64,14 +64,14 @@ async fn bad_settings_fail_at_build_time() {
         .namespace("has space")
         .connect_lazy(&url)
         .unwrap_err();
-    assert!(matches!(err, ConfigError::BadNamespace(_)), "{err:?}");
+    assert!(matches!(err, SetupError::BadNamespace(_)), "{err:?}");
     let err = MemcachedStore::builder()
         .max_in_flight(0)
         .connect_lazy(&url)
         .unwrap_err();
-    assert!(matches!(err, ConfigError::BadSetting(_)), "{err:?}");
+    assert!(matches!(err, SetupError::BadSetting(_)), "{err:?}");
     let err = MemcachedStore::builder().connect_lazy("").unwrap_err();
-    assert!(matches!(err, ConfigError::NoServers), "{err:?}");
+    assert!(matches!(err, SetupError::NoServers), "{err:?}");
 }
 
 #[cfg(feature = "async")]
@@ -90,4 +90,41 @@ async fn the_tokio_transport_is_built_by_connect() {
         .await
         .unwrap();
     assert!(store.load(&k).await.unwrap().is_some());
+}
+
+/// A server that accepts connections and never answers: a call fails once
+/// the operation (I/O) timeout runs out, with the timeout every store
+/// reports, on either transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_nobody_answers_is_a_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("memcache://{}", silent.local_addr().unwrap());
+    let accepted = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let limit = Duration::from_millis(300);
+    let config = MemcachedStore::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_timeout(limit)
+        .config(&url)
+        .unwrap();
+    let stores = [
+        ("blocking", MemcachedStore::new(config.clone()).unwrap()),
+        ("tokio", MemcachedStore::new_async(config).await.unwrap()),
+    ];
+    for (transport, store) in stores {
+        let started = Instant::now();
+        let err = store.load(&storage_key()).await.unwrap_err();
+        assert!(err.is_timeout(), "{transport}: {err:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{transport}");
+        let StoreError::Unavailable(source) = &err else {
+            panic!("{err:?}");
+        };
+        let timed_out = source.downcast_ref::<session_core::TimedOut>().unwrap();
+        assert_eq!(timed_out.after(), limit, "{transport}");
+    }
+    accepted.abort();
 }

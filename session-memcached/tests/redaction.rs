@@ -1,4 +1,4 @@
-//! Credentials in server URLs never show: not in a [`ConfigError`]'s
+//! Credentials in server URLs never show: not in a [`SetupError`]'s
 //! `Display` or `Debug`, not in its `source()` chain, not in the `Debug` of
 //! a configuration or store, not in the errors of a store that cannot reach
 //! its server.
@@ -11,11 +11,11 @@ mod common;
 use std::time::Duration;
 
 use session_core::conformance::redaction::{assert_debug_hides, assert_error_hides};
-use session_memcached::{ConfigError, MemcachedConfig, MemcachedStore};
+use session_memcached::{MemcachedConfig, MemcachedStore, SetupError};
 
 const PW: &str = "S3CRETPW";
 
-fn config_error(urls: &[&str]) -> ConfigError {
+fn setup_error(urls: &[&str]) -> SetupError {
     MemcachedConfig::new(urls).expect_err("refused")
 }
 
@@ -28,8 +28,8 @@ fn malformed_urls_are_refused_without_their_credentials() {
         "redis://u:S3CRETPW@127.0.0.1:6379",
         "u:S3CRETPW@127.0.0.1:notaport",
     ] {
-        let err = config_error(&[url]);
-        assert!(matches!(err, ConfigError::BadUrl { .. }), "{err:?}");
+        let err = setup_error(&[url]);
+        assert!(matches!(err, SetupError::BadUrl { .. }), "{err:?}");
         assert_error_hides(&err, &[PW]);
         let err = MemcachedStore::connect(url).expect_err("refused");
         assert_error_hides(&err, &[PW]);
@@ -44,8 +44,8 @@ fn urls_with_credentials_are_refused_without_them() {
         "u:S3CRETPW@127.0.0.1:1",
         "memcache://u:S3CRET%50W@127.0.0.1:1",
     ] {
-        let err = config_error(&["memcache://127.0.0.1:11211", url]);
-        assert!(matches!(err, ConfigError::BadUrl { .. }), "{err:?}");
+        let err = setup_error(&["memcache://127.0.0.1:11211", url]);
+        assert!(matches!(err, SetupError::BadUrl { .. }), "{err:?}");
         assert_error_hides(&err, &[PW, "S3CRET"]);
         // The message still says which server and why.
         let shown = err.to_string();
@@ -54,7 +54,7 @@ fn urls_with_credentials_are_refused_without_them() {
             "{shown}"
         );
         // The same URL in a comma-separated list.
-        let err = config_error(&[&format!("memcache://127.0.0.1:11211,{url}")]);
+        let err = setup_error(&[&format!("memcache://127.0.0.1:11211,{url}")]);
         assert_error_hides(&err, &[PW, "S3CRET"]);
     }
 }
@@ -84,7 +84,7 @@ async fn a_host_that_does_not_resolve_is_a_redacted_client_error() {
         .expect("well-formed");
     match MemcachedStore::new(config.clone()) {
         Err(err) => {
-            assert!(matches!(err, ConfigError::Client(_)), "{err:?}");
+            assert!(matches!(err, SetupError::Client(_)), "{err:?}");
             assert_error_hides(&err, &[PW]);
         }
         Ok(store) => assert_error_hides(&store.ping().await.expect_err("unresolvable"), &[PW]),

@@ -155,8 +155,9 @@ impl PostgresStoreBuilder {
 
     /// Upper bound on one operation (one statement, including waiting for a
     /// connection and the retry below), after which it fails with
-    /// [`StoreError::Unavailable`]; `None` waits as long as the driver does.
-    /// Default: 5 s.
+    /// [`StoreError::timed_out`] (an [`StoreError::Unavailable`] for which
+    /// [`StoreError::is_timeout`] is true); `None` waits as long as the
+    /// driver does. Default: 5 s.
     ///
     /// What is retried, within this bound: when a statement fails because
     /// its connection was dead (closed, reset or ended by the server: a
@@ -178,6 +179,8 @@ impl PostgresStoreBuilder {
     /// until the [acquire timeout](Self::acquire_timeout)).
     ///
     /// [`StoreError::Unavailable`]: session_core::StoreError::Unavailable
+    /// [`StoreError::timed_out`]: session_core::StoreError::timed_out
+    /// [`StoreError::is_timeout`]: session_core::StoreError::is_timeout
     pub fn operation_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.operation_timeout = timeout.into();
         self

@@ -3,8 +3,11 @@
 //!
 //! Connectivity problems (the server is down, restarting, terminated our
 //! connection, or did not answer in time) become
-//! [`StoreError::Unavailable`]; everything else the server reports becomes
-//! [`StoreError::Backend`]. Messages never contain session data; they may
+//! [`StoreError::Unavailable`]: an operation that ran out of the operation
+//! timeout is [`StoreError::timed_out`] (a
+//! [`TimedOut`](session_core::TimedOut) source, see
+//! [`StoreError::is_timeout`]), the others have a [`PgError`] source.
+//! Everything else the server reports becomes [`StoreError::Backend`]. Messages never contain session data; they may
 //! name a storage key (a one-way hash) or the table.
 //!
 //! No error shows a credential: a [`SetupError`] holds the driver's error
@@ -87,8 +90,15 @@ pub enum PgError {
         #[source]
         source: sqlx::Error,
     },
-    /// The operation did not complete within the configured
-    /// [operation timeout](crate::PostgresStoreBuilder::operation_timeout).
+    /// No longer produced: an operation that does not complete within the
+    /// configured
+    /// [operation timeout](crate::PostgresStoreBuilder::operation_timeout)
+    /// is [`StoreError::timed_out`], a
+    /// [`TimedOut`](session_core::TimedOut) source, as on every backend
+    /// (test it with [`StoreError::is_timeout`]).
+    #[deprecated(
+        note = "timeouts are session_core::TimedOut on every backend; test them with StoreError::is_timeout"
+    )]
     #[error("PostgreSQL {op} did not complete within {timeout:?}")]
     Timeout {
         /// The store operation.

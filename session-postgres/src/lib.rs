@@ -8,7 +8,8 @@
 //!   clean-up batch size, record size limit.
 //! - [`migrate`]: the embedded, versioned schema, applied by
 //!   [`PostgresStore::migrate`] in one locked transaction.
-//! - [`cleanup`]: [`CleanupTask`], the background deletion of expired rows.
+//! - [`cleanup`]: the background deletion of expired rows, in batches, by a
+//!   [`session_core::ExpiryTask`].
 //! - [`ident`]: validated table and schema names (no SQL injection through
 //!   configuration).
 //! - [`error`]: [`SetupError`] and the [`PgError`] inside store errors.
@@ -27,7 +28,7 @@
 //! let cleanup = store.spawn_cleanup(Duration::from_secs(300));
 //! let manager = SessionManager::new(store);
 //! // ... serve requests with `manager` ...
-//! cleanup.stop().await;
+//! cleanup.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!
@@ -118,6 +119,7 @@ mod sql;
 pub mod store;
 
 pub use crate::builder::PostgresStoreBuilder;
+#[allow(deprecated)]
 pub use crate::cleanup::CleanupTask;
 pub use crate::error::{PgError, SetupError};
 pub use crate::ident::{Identifier, IdentifierError, TableName};

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use session_core::expiry::Batch;
 use session_core::store::{CreateOptions, Created};
 use session_core::{
-    LimitStrategy, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError,
+    ExpiryTask, LimitStrategy, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError,
     StoreResult, Timestamp,
 };
 use sqlx::pool::PoolConnection;
@@ -16,7 +17,7 @@ use sqlx::{AssertSqlSafe, PgPool, Postgres};
 use time::OffsetDateTime;
 
 use crate::builder::PostgresStoreBuilder;
-use crate::cleanup::CleanupTask;
+use crate::cleanup;
 use crate::error::{is_dead_connection, store_error, PgError, SetupError};
 use crate::ident::TableName;
 use crate::migrate;
@@ -43,7 +44,7 @@ use crate::sql::Statements;
 /// let cleanup = store.spawn_cleanup(Duration::from_secs(300));
 /// let manager = SessionManager::new(store);
 /// // ... serve requests ...
-/// cleanup.stop().await;
+/// cleanup.shutdown().await;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -133,20 +134,25 @@ impl PostgresStore {
         migrate::run(&self.inner.pool, &self.inner.table).await
     }
 
-    /// Spawns a task on the current Tokio runtime that deletes expired rows
-    /// every `period` (at least 10 ms), in batches.
+    /// Spawns an [`ExpiryTask`] on the current Tokio runtime that deletes
+    /// expired rows every `period` (at least
+    /// [`MIN_CLEANUP_PERIOD`](crate::cleanup::MIN_CLEANUP_PERIOD), 10 ms),
+    /// in batches of
+    /// [`cleanup_batch_size`](PostgresStoreBuilder::cleanup_batch_size)
+    /// rows, one statement each, until a batch comes back short. A failed
+    /// batch is logged and retried next period.
     ///
     /// Several instances may each run one: batches skip rows another
     /// instance is deleting. The task ends once every clone of the store is
     /// dropped, and after its current batch when the returned handle is
-    /// dropped or [`CleanupTask::stop`] is called.
+    /// dropped or [`ExpiryTask::shutdown`] is called.
     ///
     /// # Panics
     ///
     /// Outside a Tokio runtime.
     #[must_use = "the clean-up task stops when its handle is dropped"]
-    pub fn spawn_cleanup(&self, period: Duration) -> CleanupTask {
-        CleanupTask::spawn(Arc::downgrade(&self.inner), period)
+    pub fn spawn_cleanup(&self, period: Duration) -> ExpiryTask {
+        cleanup::spawn(Arc::downgrade(&self.inner), period)
     }
 
     /// Closes the pool: in-flight operations finish, later ones fail with
@@ -184,7 +190,7 @@ impl Inner {
             None => attempt.await,
             Some(timeout) => match tokio::time::timeout(timeout, attempt).await {
                 Ok(result) => result,
-                Err(_) => return Err(StoreError::unavailable(PgError::Timeout { op, timeout })),
+                Err(_) => return Err(StoreError::timed_out(op, timeout)),
             },
         };
         result.map_err(|e| store_error(op, e))
@@ -232,7 +238,9 @@ impl Inner {
     }
 
     /// Deletes one batch of expired rows and one of expired move entries
-    /// (one statement).
+    /// (one statement). The batch counts the rows only (move entries are
+    /// not sessions); it is partial when either came back full, so another
+    /// may find more.
     pub(crate) async fn delete_expired_batch(&self) -> StoreResult<Batch> {
         let sql = &self.sql.delete_expired;
         let batch = i64::from(self.cleanup_batch_size);
@@ -244,20 +252,13 @@ impl Inner {
                     .await
             })
             .await?;
-        Ok(Batch {
-            removed: records.cast_unsigned(),
-            more: records >= batch || moves >= batch,
+        let removed = records.cast_unsigned();
+        Ok(if records >= batch || moves >= batch {
+            Batch::partial(removed)
+        } else {
+            Batch::last(removed)
         })
     }
-}
-
-/// What one clean-up batch did.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Batch {
-    /// Expired records removed (move entries are not counted).
-    pub removed: u64,
-    /// Whether a batch came back full, so another may find more.
-    pub more: bool,
 }
 
 /// Earliest instant stored exactly: 0001-01-01T00:00:00Z.
@@ -590,8 +591,8 @@ impl SessionStore for PostgresStore {
         let mut total = 0;
         loop {
             let batch = inner.delete_expired_batch().await?;
-            total += batch.removed;
-            if !batch.more {
+            total += batch.removed();
+            if !batch.has_more() {
                 return Ok(total);
             }
             tokio::task::yield_now().await;

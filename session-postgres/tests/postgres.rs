@@ -260,9 +260,9 @@ async fn cleanup_task_deletes_expired_rows_and_stops() {
     .await;
     assert!(s.load(&live).await.unwrap().is_some());
     assert!(!task.is_finished());
-    tokio::time::timeout(Duration::from_secs(10), task.stop())
+    tokio::time::timeout(Duration::from_secs(10), task.shutdown())
         .await
-        .expect("stop() did not return");
+        .expect("shutdown() did not return");
 
     // Stopped means stopped: new expired rows stay.
     s.create(&key(), &expired(99)).await.unwrap();
@@ -758,4 +758,32 @@ async fn connect_lazy_contacts_no_server_until_the_first_call() {
         .execute(live.pool())
         .await
         .unwrap();
+}
+
+/// A statement that waits longer than the operation timeout (here on a
+/// table lock another transaction holds) fails with the timeout every
+/// store reports: `Unavailable` with a `TimedOut` source naming the
+/// operation and the timeout. The store works again once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_past_the_operation_timeout_is_a_timeout() {
+    let limit = Duration::from_millis(300);
+    let t = Scratch::with(common::builder(&unique("slow")).operation_timeout(limit)).await;
+    let s = &t.store;
+    let k = key();
+    s.create(&k, &record(None, b"x", HOUR, HOUR)).await.unwrap();
+    let mut tx = s.pool().begin().await.unwrap();
+    let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", s.table());
+    sqlx::query(sqlx::AssertSqlSafe(lock))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = s.load(&k).await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    let StoreError::Unavailable(source) = &err else {
+        panic!("{err:?}");
+    };
+    let timed_out = source.downcast_ref::<session_core::TimedOut>().unwrap();
+    assert_eq!((timed_out.operation(), timed_out.after()), ("load", limit));
+    tx.rollback().await.unwrap();
+    assert!(s.load(&k).await.unwrap().is_some());
 }

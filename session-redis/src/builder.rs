@@ -9,7 +9,7 @@ use redis::cluster::ClusterClient;
 use session_core::redact::RedactedError;
 
 use crate::connection::Conn;
-use crate::error::ConnectError;
+use crate::error::SetupError;
 use crate::keys::{KeyPrefix, DEFAULT_PREFIX};
 use crate::scripts::Scripts;
 use crate::store::{RedisStore, Shared};
@@ -24,7 +24,7 @@ pub const DEFAULT_MAX_RECORD_SIZE: usize = 4 * 1024 * 1024;
 /// Configures and connects a [`RedisStore`].
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), session_redis::ConnectError> {
+/// # async fn demo() -> Result<(), session_redis::SetupError> {
 /// use std::time::Duration;
 /// let store = session_redis::RedisStore::builder()
 ///     .prefix("myapp")
@@ -78,7 +78,9 @@ impl RedisStoreBuilder {
 
     /// The longest one operation may take, reconnects and retries included;
     /// past it the operation fails with
-    /// [`StoreError::Unavailable`](session_core::StoreError::Unavailable).
+    /// [`StoreError::timed_out`](session_core::StoreError::timed_out) (an
+    /// `Unavailable` for which
+    /// [`is_timeout`](session_core::StoreError::is_timeout) is true).
     /// On a cluster, also the per-request response timeout of each node's
     /// connection (the cluster client uses it to route and retry).
     ///
@@ -127,14 +129,14 @@ impl RedisStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConnectError`] for a bad prefix or URL, a server that does not
-    /// answer ([`ConnectError::Unavailable`], [`ConnectError::TimedOut`]) or
+    /// [`SetupError`] for a bad prefix or URL, a server that does not
+    /// answer ([`SetupError::Unavailable`], [`SetupError::TimedOut`]) or
     /// one that refuses us, a wrong password for instance
-    /// ([`ConnectError::Refused`]). No error shows the URL's credentials.
-    pub async fn connect(self, url: &str) -> Result<RedisStore, ConnectError> {
+    /// ([`SetupError::Refused`]). No error shows the URL's credentials.
+    pub async fn connect(self, url: &str) -> Result<RedisStore, SetupError> {
         let prefix = KeyPrefix::new(&self.prefix)?;
         let client = redis::Client::open(url)
-            .map_err(|e| ConnectError::InvalidUrl(RedactedError::with_url_secrets(e, [url])))?;
+            .map_err(|e| SetupError::InvalidUrl(RedactedError::with_url_secrets(e, [url])))?;
         let conn = self
             .bounded_connect(
                 ConnectionManager::new_with_config(client, self.manager_config()),
@@ -152,13 +154,13 @@ impl RedisStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConnectError`] for a bad prefix or URL.
-    pub fn connect_lazy(self, url: &str) -> Result<RedisStore, ConnectError> {
+    /// [`SetupError`] for a bad prefix or URL.
+    pub fn connect_lazy(self, url: &str) -> Result<RedisStore, SetupError> {
         let prefix = KeyPrefix::new(&self.prefix)?;
         let redacted = |e| RedactedError::with_url_secrets(e, [url]);
-        let client = redis::Client::open(url).map_err(|e| ConnectError::InvalidUrl(redacted(e)))?;
+        let client = redis::Client::open(url).map_err(|e| SetupError::InvalidUrl(redacted(e)))?;
         let conn = ConnectionManager::new_lazy_with_config(client, self.manager_config())
-            .map_err(|e| ConnectError::Refused(redacted(e)))?;
+            .map_err(|e| SetupError::Refused(redacted(e)))?;
         Ok(self.finish(prefix, Conn::Single(conn)))
     }
 
@@ -188,9 +190,9 @@ impl RedisStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConnectError`] for a bad prefix or URL, no URL at all, or a cluster
+    /// [`SetupError`] for a bad prefix or URL, no URL at all, or a cluster
     /// that does not answer.
-    pub async fn connect_cluster<I, S>(self, urls: I) -> Result<RedisStore, ConnectError>
+    pub async fn connect_cluster<I, S>(self, urls: I) -> Result<RedisStore, SetupError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -198,14 +200,14 @@ impl RedisStoreBuilder {
         let prefix = KeyPrefix::new(&self.prefix)?;
         let nodes: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
         if nodes.is_empty() {
-            return Err(ConnectError::NoClusterNodes);
+            return Err(SetupError::NoClusterNodes);
         }
         let client = ClusterClient::builder(nodes.clone())
             .connection_timeout(self.connect_timeout)
             .response_timeout(self.operation_timeout)
             .retries(2)
             .build()
-            .map_err(|e| ConnectError::InvalidUrl(RedactedError::with_url_secrets(e, &nodes)))?;
+            .map_err(|e| SetupError::InvalidUrl(RedactedError::with_url_secrets(e, &nodes)))?;
         let conn = self
             .bounded_connect(client.get_async_connection(), &nodes)
             .await?;
@@ -218,12 +220,12 @@ impl RedisStoreBuilder {
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
         urls: &[S],
-    ) -> Result<T, ConnectError> {
+    ) -> Result<T, SetupError> {
         // Room for the connection manager's own retries.
         let bound = self.connect_timeout.saturating_mul(3);
         tokio::time::timeout(bound, fut)
             .await
-            .map_err(|_| ConnectError::TimedOut(bound))?
+            .map_err(|_| SetupError::TimedOut(bound))?
             .map_err(|e| {
                 // A refusal first: the client files a failed AUTH among the
                 // errors it reconnects after, which would read "unavailable".
@@ -231,9 +233,9 @@ impl RedisStoreBuilder {
                 let unavailable = crate::error::is_unavailable(&e);
                 let e = RedactedError::with_url_secrets(e, urls);
                 if !refused && unavailable {
-                    ConnectError::Unavailable(e)
+                    SetupError::Unavailable(e)
                 } else {
-                    ConnectError::Refused(e)
+                    SetupError::Refused(e)
                 }
             })
     }

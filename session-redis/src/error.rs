@@ -3,10 +3,13 @@
 //!
 //! Connection failures, timeouts, a cluster that is down or a server still
 //! loading its data are [`StoreError::Unavailable`] (retry later; the store
-//! reconnects by itself). Any other error reply is [`StoreError::Backend`].
-//! Messages never contain keys, arguments or values.
+//! reconnects by itself). An operation that runs out of the operation
+//! timeout is [`StoreError::timed_out`] (a [`TimedOut`] source, see
+//! [`StoreError::is_timeout`]). Any other error reply is
+//! [`StoreError::Backend`]. Messages never contain keys, arguments or
+//! values.
 //!
-//! Nor credentials: a [`ConnectError`] holds the client's error wrapped in a
+//! Nor credentials: a [`SetupError`] holds the client's error wrapped in a
 //! [`RedactedError`], so its `Display`, its `Debug` and every error in its
 //! `source()` chain show the URL's user and password as `***`.
 
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 use session_core::redact::RedactedError;
-use session_core::StoreError;
+use session_core::{StoreError, TimedOut};
 
 use crate::keys::InvalidPrefix;
 
@@ -26,7 +29,7 @@ use crate::keys::InvalidPrefix;
 /// for inspection (do not print it).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConnectError {
+pub enum SetupError {
     /// The key prefix is not acceptable.
     #[error(transparent)]
     InvalidPrefix(#[from] InvalidPrefix),
@@ -50,10 +53,17 @@ pub enum ConnectError {
     TimedOut(Duration),
 }
 
-/// An operation did not finish within the store's operation timeout.
-#[derive(Debug, thiserror::Error)]
-#[error("Redis did not answer within {0:?}; is the server up and reachable?")]
-pub struct OperationTimedOut(pub Duration);
+/// The former name of [`SetupError`], the name every backend's setup
+/// error now has.
+#[deprecated(note = "renamed to SetupError")]
+pub type ConnectError = SetupError;
+
+/// An operation did not finish within the store's operation timeout: now
+/// the [`TimedOut`] every store reports (see [`StoreError::is_timeout`]).
+#[deprecated(
+    note = "timeouts are session_core::TimedOut on every backend; test them with StoreError::is_timeout"
+)]
+pub type OperationTimedOut = TimedOut;
 
 /// Maps a Redis error onto the store contract.
 pub(crate) fn store_error(e: RedisError) -> StoreError {
@@ -207,8 +217,21 @@ mod tests {
     }
 
     #[test]
-    fn timeout_message_says_what_to_check() {
-        let msg = OperationTimedOut(Duration::from_millis(250)).to_string();
-        assert!(msg.contains("250ms") && msg.contains("server up"), "{msg}");
+    #[allow(deprecated)]
+    fn the_old_setup_error_name_still_names_it() {
+        let e: ConnectError = SetupError::NoClusterNodes;
+        assert!(matches!(e, ConnectError::NoClusterNodes));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn the_old_timeout_name_is_the_shared_type() {
+        let e = StoreError::timed_out("load", Duration::from_millis(250));
+        assert!(e.is_timeout());
+        let StoreError::Unavailable(source) = &e else {
+            panic!("{e:?}");
+        };
+        let t = source.downcast_ref::<OperationTimedOut>().unwrap();
+        assert_eq!(t.after(), Duration::from_millis(250));
     }
 }

@@ -9,7 +9,7 @@
 //! - [`scripts`]: the Lua scripts behind create, create_with, update, touch
 //!   and delete.
 //! - [`connection`]: single-server and cluster connections behind one type.
-//! - [`error`]: [`ConnectError`] and how Redis errors map to
+//! - [`error`]: [`SetupError`] and how Redis errors map to
 //!   [`StoreError`](session_core::StoreError).
 //!
 //! ```no_run
@@ -148,7 +148,10 @@
 //! ([`redis::aio::ConnectionManager`], or the cluster client). Every
 //! operation is bounded by the operation timeout; an unreachable, timed out
 //! or loading server yields
-//! [`StoreError::Unavailable`](session_core::StoreError::Unavailable), other
+//! [`StoreError::Unavailable`](session_core::StoreError::Unavailable) (an
+//! operation that ran out of the operation timeout has a
+//! [`TimedOut`](session_core::TimedOut) source and
+//! [`is_timeout`](session_core::StoreError::is_timeout)), other
 //! error replies [`StoreError::Backend`](session_core::StoreError::Backend).
 //! Once the server is back, the same store works again, and the first
 //! call does not fail on a connection that died meanwhile: reads, `touch`
@@ -157,7 +160,7 @@
 //! sent (see [`RedisStoreBuilder::operation_timeout`]). Error messages never
 //! contain keys, user ids or data, and no error, in its `Display`, `Debug`
 //! or `source()` chain, shows the credentials of a connection URL (see
-//! [`ConnectError`]).
+//! [`SetupError`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
@@ -173,11 +176,13 @@ pub mod store;
 pub use crate::builder::{
     RedisStoreBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECORD_SIZE, DEFAULT_OPERATION_TIMEOUT,
 };
+pub use crate::error::SetupError;
+#[allow(deprecated)]
 pub use crate::error::{ConnectError, OperationTimedOut};
 pub use crate::keys::{InvalidPrefix, KeyPrefix};
 pub use crate::store::{RedisStore, UserIdChanged, CLUSTER_INDEX_GRACE};
 
 /// Re-export of the redis crate version this crate is built on, for
-/// inspecting the client errors inside [`ConnectError`] and
+/// inspecting the client errors inside [`SetupError`] and
 /// [`StoreError`](session_core::StoreError) sources without version skew.
 pub use redis;

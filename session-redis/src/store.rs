@@ -28,9 +28,7 @@ use session_core::{
 use crate::builder::RedisStoreBuilder;
 use crate::codec::{self, Stored, HEADER_LEN};
 use crate::connection::Conn;
-use crate::error::{
-    is_connection_failure, is_never_sent, store_error, ConnectError, OperationTimedOut,
-};
+use crate::error::{is_connection_failure, is_never_sent, store_error, SetupError};
 use crate::keys::{InvalidPrefix, KeyPrefix};
 use crate::scripts::{self, create, delete, delete_if_user, lifecycle, update, Scripts};
 
@@ -162,7 +160,7 @@ impl RedisStore {
     /// # Errors
     ///
     /// See [`RedisStoreBuilder::connect`].
-    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
+    pub async fn connect(url: &str) -> Result<Self, SetupError> {
         Self::builder().connect(url).await
     }
 
@@ -171,7 +169,7 @@ impl RedisStore {
     /// # Errors
     ///
     /// See [`RedisStoreBuilder::connect_cluster`].
-    pub async fn connect_cluster<I, S>(urls: I) -> Result<Self, ConnectError>
+    pub async fn connect_cluster<I, S>(urls: I) -> Result<Self, SetupError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -248,12 +246,17 @@ impl RedisStore {
         }
     }
 
-    /// Runs `fut` under the operation timeout, mapping errors.
-    async fn bounded<T>(&self, fut: impl Future<Output = RedisResult<T>>) -> StoreResult<T> {
+    /// Runs `fut`, the store operation `op`, under the operation timeout,
+    /// mapping errors (a timeout is [`StoreError::timed_out`]).
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> StoreResult<T> {
         let limit = self.shared.operation_timeout;
         match tokio::time::timeout(limit, fut).await {
             Ok(r) => r.map_err(store_error),
-            Err(_) => Err(StoreError::unavailable(OperationTimedOut(limit))),
+            Err(_) => Err(StoreError::timed_out(op, limit)),
         }
     }
 
@@ -333,12 +336,16 @@ impl RedisStore {
             .await
     }
 
-    /// Runs `fut` under the operation timeout.
-    async fn within<T>(&self, fut: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    /// Runs `fut`, the store operation `op`, under the operation timeout.
+    async fn within<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
         let limit = self.shared.operation_timeout;
         tokio::time::timeout(limit, fut)
             .await
-            .unwrap_or_else(|_| Err(StoreError::unavailable(OperationTimedOut(limit))))
+            .unwrap_or_else(|_| Err(StoreError::timed_out(op, limit)))
     }
 
     /// The first `len` bytes under each of `keys`' session keys, read
@@ -488,10 +495,13 @@ impl RedisStore {
             .arg(&head)
             .arg(record.created_at.as_unix_millis());
         let (code, evicted): (i64, Vec<String>) = self
-            .bounded(self.retrying("create_with", Retry::NeverSent, |mut conn| {
-                let cmd = &cmd;
-                async move { scripts::run(script, cmd, &mut conn).await }
-            }))
+            .bounded(
+                "create_with",
+                self.retrying("create_with", Retry::NeverSent, |mut conn| {
+                    let cmd = &cmd;
+                    async move { scripts::run(script, cmd, &mut conn).await }
+                }),
+            )
             .await?;
         match code {
             lifecycle::DONE => Ok(Created::with_evicted(
@@ -529,7 +539,7 @@ impl RedisStore {
             .map(|l| l.max.get());
         let replaced = options.replaces.as_ref();
         let conn = self.conn();
-        self.within(async {
+        self.within("create_with", async {
             // 1. The new key's index entry (with the entries already there,
             //    for RejectNew) and, for a rotation, a check that the new
             //    key is free. Under RejectNew, a pending marker goes under
@@ -1003,18 +1013,21 @@ impl SessionStore for RedisStore {
         // Insert-only: sent again only if nothing was sent (the index
         // entry a first attempt may have added is refreshed, not doubled).
         let stored: i64 = self
-            .bounded(self.retrying("create", Retry::NeverSent, |mut conn| {
-                let (index, cmd) = (&index, &cmd);
-                async move {
-                    if let (Some(index), true, true) = (index, cluster, ttl > 0) {
-                        // Index first: a failure between the two writes
-                        // leaves a stale entry, never an unindexed session.
-                        self.index_add(&mut conn, index, key, now, index_ttl)
-                            .await?;
+            .bounded(
+                "create",
+                self.retrying("create", Retry::NeverSent, |mut conn| {
+                    let (index, cmd) = (&index, &cmd);
+                    async move {
+                        if let (Some(index), true, true) = (index, cluster, ttl > 0) {
+                            // Index first: a failure between the two writes
+                            // leaves a stale entry, never an unindexed session.
+                            self.index_add(&mut conn, index, key, now, index_ttl)
+                                .await?;
+                        }
+                        scripts::run(script, cmd, &mut conn).await
                     }
-                    scripts::run(script, cmd, &mut conn).await
-                }
-            }))
+                }),
+            )
             .await?;
         match stored {
             create::STORED => Ok(()),
@@ -1046,10 +1059,13 @@ impl SessionStore for RedisStore {
         let session_key = self.prefix.session_key(key);
         let cmd = get(&session_key);
         let value: Option<Vec<u8>> = self
-            .bounded(self.retrying("load", Retry::Idempotent, |mut conn| {
-                let cmd = &cmd;
-                async move { cmd.query_async(&mut conn).await }
-            }))
+            .bounded(
+                "load",
+                self.retrying("load", Retry::Idempotent, |mut conn| {
+                    let cmd = &cmd;
+                    async move { cmd.query_async(&mut conn).await }
+                }),
+            )
             .await?;
         let Some(value) = value else {
             return Ok(None);
@@ -1109,22 +1125,25 @@ impl SessionStore for RedisStore {
         // script answers NEEDS_INDEX without writing, the index entry is
         // refreshed, not doubled.)
         let code = self
-            .bounded(self.retrying("update", Retry::NeverSent, |mut conn| {
-                let (index, command) = (&index, &command);
-                async move {
-                    let code: i64 = scripts::run(script, &command(false), &mut conn).await?;
-                    match (index, code) {
-                        (Some(index), update::NEEDS_INDEX) => {
-                            // The absolute deadline moved later: make the
-                            // index outlive it before the session does.
-                            self.index_add(&mut conn, index, key, now, index_ttl)
-                                .await?;
-                            scripts::run(script, &command(true), &mut conn).await
+            .bounded(
+                "update",
+                self.retrying("update", Retry::NeverSent, |mut conn| {
+                    let (index, command) = (&index, &command);
+                    async move {
+                        let code: i64 = scripts::run(script, &command(false), &mut conn).await?;
+                        match (index, code) {
+                            (Some(index), update::NEEDS_INDEX) => {
+                                // The absolute deadline moved later: make the
+                                // index outlive it before the session does.
+                                self.index_add(&mut conn, index, key, now, index_ttl)
+                                    .await?;
+                                scripts::run(script, &command(true), &mut conn).await
+                            }
+                            _ => Ok(code),
                         }
-                        _ => Ok(code),
                     }
-                }
-            }))
+                }),
+            )
             .await?;
         match code {
             update::STORED => Ok(()),
@@ -1155,10 +1174,13 @@ impl SessionStore for RedisStore {
         // Sets absolute values: a repeat after an applied first attempt
         // writes the same bytes and answers the same.
         let touched: i64 = self
-            .bounded(self.retrying("touch", Retry::Idempotent, |mut conn| {
-                let cmd = &cmd;
-                async move { scripts::run(script, cmd, &mut conn).await }
-            }))
+            .bounded(
+                "touch",
+                self.retrying("touch", Retry::Idempotent, |mut conn| {
+                    let cmd = &cmd;
+                    async move { scripts::run(script, cmd, &mut conn).await }
+                }),
+            )
             .await?;
         if touched == 1 {
             Ok(())
@@ -1172,6 +1194,7 @@ impl SessionStore for RedisStore {
         // first attempt left) and succeeds; an index entry a first attempt
         // did not get to is a stale entry, which readers prune.
         self.bounded(
+            "delete",
             self.retrying("delete", Retry::Idempotent, |mut conn| async move {
                 self.delete_from(&mut conn, key.clone(), 0).await
             }),
@@ -1185,69 +1208,73 @@ impl SessionStore for RedisStore {
         let header_end = HEADER_LEN - 1 + user_id.len();
         // Reads, then a `ZREM` of entries whose sessions are gone, which a
         // repeat cannot make wrong: the whole call is retried.
-        self.bounded(self.retrying("list_user", Retry::Idempotent, |mut conn| {
-            let index = &index;
-            async move {
-                let (entries, headers) = if self.is_cluster() {
-                    // Index and sessions live on different slots: read the
-                    // index, then the sessions (a session moving meanwhile
-                    // may be missed by this one listing).
-                    let entries = Self::index_entries(&mut conn, index).await?;
-                    let reads = entries.iter().map(|(member, _)| {
-                        let session_key = self.prefix.session_key(&StorageKey::from_stored(member));
-                        let mut conn = conn.clone();
-                        async move {
-                            redis::cmd("GETRANGE")
-                                .arg(session_key)
-                                .arg(0)
-                                .arg(header_end)
-                                .query_async::<Vec<u8>>(&mut conn)
-                                .await
+        self.bounded(
+            "list_user",
+            self.retrying("list_user", Retry::Idempotent, |mut conn| {
+                let index = &index;
+                async move {
+                    let (entries, headers) = if self.is_cluster() {
+                        // Index and sessions live on different slots: read the
+                        // index, then the sessions (a session moving meanwhile
+                        // may be missed by this one listing).
+                        let entries = Self::index_entries(&mut conn, index).await?;
+                        let reads = entries.iter().map(|(member, _)| {
+                            let session_key =
+                                self.prefix.session_key(&StorageKey::from_stored(member));
+                            let mut conn = conn.clone();
+                            async move {
+                                redis::cmd("GETRANGE")
+                                    .arg(session_key)
+                                    .arg(0)
+                                    .arg(header_end)
+                                    .query_async::<Vec<u8>>(&mut conn)
+                                    .await
+                            }
+                        });
+                        let headers = join_all(reads).await;
+                        (entries, headers)
+                    } else {
+                        // One script: the index and every header as of one
+                        // instant, so a rotation is seen before or after, whole.
+                        let script = &self.scripts().list_user;
+                        let head = self.prefix.session_key_head();
+                        let mut cmd = scripts::evalsha(script, 1, index.len() + head.len());
+                        cmd.arg(index).arg(&head).arg(header_end);
+                        let flat: Vec<Vec<u8>> = scripts::run(script, &cmd, &mut conn).await?;
+                        let mut entries = Vec::with_capacity(flat.len() / 3);
+                        let mut headers = Vec::with_capacity(flat.len() / 3);
+                        for triple in flat.chunks_exact(3) {
+                            let member = String::from_utf8_lossy(&triple[0]).into_owned();
+                            let score = std::str::from_utf8(&triple[1])
+                                .ok()
+                                .and_then(|s| s.parse::<f64>().ok())
+                                .unwrap_or(0.0);
+                            entries.push((member, score));
+                            headers.push(Ok(triple[2].clone()));
                         }
-                    });
-                    let headers = join_all(reads).await;
-                    (entries, headers)
-                } else {
-                    // One script: the index and every header as of one
-                    // instant, so a rotation is seen before or after, whole.
-                    let script = &self.scripts().list_user;
-                    let head = self.prefix.session_key_head();
-                    let mut cmd = scripts::evalsha(script, 1, index.len() + head.len());
-                    cmd.arg(index).arg(&head).arg(header_end);
-                    let flat: Vec<Vec<u8>> = scripts::run(script, &cmd, &mut conn).await?;
-                    let mut entries = Vec::with_capacity(flat.len() / 3);
-                    let mut headers = Vec::with_capacity(flat.len() / 3);
-                    for triple in flat.chunks_exact(3) {
-                        let member = String::from_utf8_lossy(&triple[0]).into_owned();
-                        let score = std::str::from_utf8(&triple[1])
-                            .ok()
-                            .and_then(|s| s.parse::<f64>().ok())
-                            .unwrap_or(0.0);
-                        entries.push((member, score));
-                        headers.push(Ok(triple[2].clone()));
-                    }
-                    (entries, headers)
-                };
-                let now = Timestamp::now();
-                let mut live = Vec::new();
-                let mut stale = Vec::new();
-                for ((member, written_at), header) in entries.iter().zip(headers) {
-                    let key = StorageKey::from_stored(member);
-                    match Entry::classify(&header?, &key, user_id, now) {
-                        Entry::Live(summary) => live.push(summary),
-                        Entry::Missing if self.prunable(*written_at, now) => {
-                            stale.push(member.as_str());
+                        (entries, headers)
+                    };
+                    let now = Timestamp::now();
+                    let mut live = Vec::new();
+                    let mut stale = Vec::new();
+                    for ((member, written_at), header) in entries.iter().zip(headers) {
+                        let key = StorageKey::from_stored(member);
+                        match Entry::classify(&header?, &key, user_id, now) {
+                            Entry::Live(summary) => live.push(summary),
+                            Entry::Missing if self.prunable(*written_at, now) => {
+                                stale.push(member.as_str());
+                            }
+                            // An expired record still in Redis keeps its entry until
+                            // Redis evicts it: an application server whose clock lags
+                            // ours may still see it live and touch it.
+                            Entry::Expired | Entry::Missing | Entry::Foreign => {}
                         }
-                        // An expired record still in Redis keeps its entry until
-                        // Redis evicts it: an application server whose clock lags
-                        // ours may still see it live and touch it.
-                        Entry::Expired | Entry::Missing | Entry::Foreign => {}
                     }
+                    self.unindex(&mut conn, index, &stale).await?;
+                    Ok(live)
                 }
-                self.unindex(&mut conn, index, &stale).await?;
-                Ok(live)
-            }
-        }))
+            }),
+        )
         .await
     }
 
@@ -1256,7 +1283,7 @@ impl SessionStore for RedisStore {
         let segment = codec::user_segment(Some(user_id));
         let cluster = self.is_cluster();
         let mut conn = self.conn();
-        self.bounded(async {
+        self.bounded("delete_user", async {
             // Only the index read is retried: once a session is deleted, a
             // repeat would no longer count it.
             let entries = self
@@ -1394,5 +1421,36 @@ mod tests {
             500 + INDEX_SLACK_MS
         );
         assert_eq!(index_ttl_ms(Timestamp::from_unix_millis(i64::MIN), now), 1);
+    }
+
+    /// A server that accepts connections and never answers: every call
+    /// fails once the operation timeout runs out, with the timeout every
+    /// store reports.
+    #[tokio::test]
+    async fn an_operation_nobody_answers_is_a_timeout() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", silent.local_addr().unwrap());
+        let accepted = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let limit = Duration::from_millis(200);
+        let store = RedisStore::builder()
+            .operation_timeout(limit)
+            .connect_timeout(Duration::from_secs(30))
+            .connect_lazy(&url)
+            .unwrap();
+        let err = store.load(&StorageKey::from_stored("k")).await.unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+        let StoreError::Unavailable(source) = &err else {
+            panic!("{err:?}");
+        };
+        let timed_out = source.downcast_ref::<session_core::TimedOut>().unwrap();
+        assert_eq!((timed_out.operation(), timed_out.after()), ("load", limit));
+        let err = store.delete_user("u").await.unwrap_err();
+        assert!(err.is_timeout(), "{err:?}");
+        accepted.abort();
     }
 }

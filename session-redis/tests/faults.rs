@@ -189,7 +189,7 @@ async fn connect_errors_are_typed_and_hide_credentials() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, session_redis::ConnectError::Unavailable(_)),
+        matches!(err, session_redis::SetupError::Unavailable(_)),
         "{err:?}"
     );
     assert!(!format!("{err} {err:?}").contains("hunter2"));
@@ -199,7 +199,7 @@ async fn connect_errors_are_typed_and_hide_credentials() {
     ] {
         let err = RedisStore::connect(bad).await.unwrap_err();
         assert!(
-            matches!(err, session_redis::ConnectError::InvalidUrl(_)),
+            matches!(err, session_redis::SetupError::InvalidUrl(_)),
             "{err:?}"
         );
         let shown = format!("{err} {err:?}");
@@ -211,14 +211,14 @@ async fn connect_errors_are_typed_and_hide_credentials() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, session_redis::ConnectError::InvalidPrefix(_)),
+        matches!(err, session_redis::SetupError::InvalidPrefix(_)),
         "{err:?}"
     );
     let err = RedisStore::connect_cluster(Vec::<String>::new())
         .await
         .unwrap_err();
     assert!(
-        matches!(err, session_redis::ConnectError::NoClusterNodes),
+        matches!(err, session_redis::SetupError::NoClusterNodes),
         "{err:?}"
     );
 }

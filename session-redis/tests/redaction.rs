@@ -1,7 +1,7 @@
-//! Credentials in connection URLs never show: not in a [`ConnectError`]'s
+//! Credentials in connection URLs never show: not in a [`SetupError`]'s
 //! `Display` or `Debug`, not in its `source()` chain, not in the `Debug`
 //! of the builder or the store, not in the errors of store operations. A
-//! server that refuses the password is [`ConnectError::Refused`], as the
+//! server that refuses the password is [`SetupError::Refused`], as the
 //! docs promise.
 //!
 //! The wrong-password cases send a password to the test server, which has
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use session_core::conformance::redaction::{assert_debug_hides, assert_error_hides};
 use session_core::{SessionStore, StorageKey};
-use session_redis::{ConnectError, RedisStore};
+use session_redis::{RedisStore, SetupError};
 
 const PW: &str = "S3CRETPW";
 
@@ -42,10 +42,10 @@ async fn malformed_urls_are_invalid_and_hide_the_password() {
         "u:S3CRETPW@127.0.0.1:6379",
     ] {
         let err = builder().connect(url).await.expect_err(url);
-        assert!(matches!(err, ConnectError::InvalidUrl(_)), "{url}: {err:?}");
+        assert!(matches!(err, SetupError::InvalidUrl(_)), "{url}: {err:?}");
         assert_error_hides(&err, &[PW, "S3CRET"]);
         let err = builder().connect_lazy(url).expect_err(url);
-        assert!(matches!(err, ConnectError::InvalidUrl(_)), "{url}: {err:?}");
+        assert!(matches!(err, SetupError::InvalidUrl(_)), "{url}: {err:?}");
         assert_error_hides(&err, &[PW, "S3CRET"]);
     }
     let err = builder()
@@ -55,7 +55,7 @@ async fn malformed_urls_are_invalid_and_hide_the_password() {
         ])
         .await
         .expect_err("malformed node");
-    assert!(matches!(err, ConnectError::InvalidUrl(_)), "{err:?}");
+    assert!(matches!(err, SetupError::InvalidUrl(_)), "{err:?}");
     assert_error_hides(&err, &[PW]);
 }
 
@@ -67,10 +67,7 @@ async fn an_unreachable_port_is_unavailable_and_hides_the_password() {
     ] {
         let err = builder().connect(url).await.expect_err(url);
         assert!(
-            matches!(
-                err,
-                ConnectError::Unavailable(_) | ConnectError::TimedOut(_)
-            ),
+            matches!(err, SetupError::Unavailable(_) | SetupError::TimedOut(_)),
             "{url}: {err:?}"
         );
         assert_error_hides(&err, &[PW]);
@@ -104,9 +101,9 @@ async fn a_wrong_password_is_refused_and_hidden() {
     for userinfo in [":S3CRETPW", "no_such_user_for_redaction:S3CRETPW"] {
         let url = with_userinfo(&url, userinfo);
         let err = builder().connect(&url).await.expect_err("wrong password");
-        assert!(matches!(err, ConnectError::Refused(_)), "{err:?}");
+        assert!(matches!(err, SetupError::Refused(_)), "{err:?}");
         assert_error_hides(&err, &[PW]);
-        let ConnectError::Refused(inner) = &err else {
+        let SetupError::Refused(inner) = &err else {
             unreachable!()
         };
         let redis = inner
@@ -135,7 +132,7 @@ async fn a_cluster_refusing_the_password_hides_it() {
         .connect_cluster(&nodes)
         .await
         .expect_err("wrong password");
-    assert!(matches!(err, ConnectError::Refused(_)), "{err:?}");
+    assert!(matches!(err, SetupError::Refused(_)), "{err:?}");
     assert_error_hides(&err, &[PW]);
 }
 

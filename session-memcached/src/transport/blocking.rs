@@ -14,7 +14,7 @@ use super::{
     retry_on_fresh, retry_positions, set_op, store_outcome, Item, Mode, Outcome, Renewing,
     Transport,
 };
-use crate::config::{ConfigError, MemcachedConfig};
+use crate::config::{MemcachedConfig, SetupError};
 
 /// The blocking meta client, run on Tokio's blocking pool with at most
 /// `max_in_flight` calls at once.
@@ -39,7 +39,7 @@ impl std::fmt::Debug for Blocking {
 
 impl Blocking {
     /// Builds the client; connections are dialed lazily.
-    pub(crate) fn new(config: &MemcachedConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn new(config: &MemcachedConfig) -> Result<Self, SetupError> {
         Ok(Self {
             client: Arc::new(Renewing::new(Self::client(config, config.max_idle)?)),
             fresh: Self::client(config, 0)?,
@@ -50,14 +50,14 @@ impl Blocking {
 
     /// A client for `config`'s servers keeping at most `max_idle` idle
     /// connections per server.
-    fn client(config: &MemcachedConfig, max_idle: usize) -> Result<MetaClient, ConfigError> {
+    fn client(config: &MemcachedConfig, max_idle: usize) -> Result<MetaClient, SetupError> {
         MetaClient::builder()
             .io_timeout(Some(config.io_timeout))
             .connect_timeout(Some(config.connect_timeout))
             .max_idle(max_idle)
             .max_connections(Some(config.max_in_flight))
             .connect_multiple(config.servers.iter().map(String::as_str))
-            .map_err(|e| ConfigError::Client(RedactedError::new(e)))
+            .map_err(|e| SetupError::Client(RedactedError::new(e)))
     }
 
     /// Runs `f` on the pooled client, and once more on the fresh one when
@@ -67,7 +67,7 @@ impl Blocking {
         T: Send + 'static,
         F: Fn(&MetaClient) -> Result<T, memcache::exp::Error> + Send + 'static,
     {
-        self.run_with(move |client, fresh, broke| match f(client) {
+        self.run_with(op, move |client, fresh, broke| match f(client) {
             Err(e) if retry_on_fresh(&e) => {
                 broke.store(true, Ordering::Relaxed);
                 log_retry(op, &e);
@@ -84,10 +84,11 @@ impl Blocking {
         .await
     }
 
-    /// Runs `f` with the pooled and the fresh client on the blocking pool.
+    /// Runs `f`, the request `op`, with the pooled and the fresh client on
+    /// the blocking pool.
     /// `f` sets the flag when a pooled connection broke; the pool is then
     /// replaced (see [`Renewing`]).
-    async fn run_with<T, F>(&self, f: F) -> StoreResult<T>
+    async fn run_with<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&MetaClient, &MetaClient, &AtomicBool) -> Result<T, memcache::exp::Error>
@@ -114,7 +115,7 @@ impl Blocking {
         })
         .await
         .map_err(|e| StoreError::backend(format!("memcached call did not complete: {e}")))?;
-        result.map_err(map_error)
+        result.map_err(map_error(op, self.config.io_timeout))
     }
 }
 
@@ -129,7 +130,7 @@ impl Transport for Blocking {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.run_with(move |c, fresh, broke| {
+        self.run_with("get_many", move |c, fresh, broke| {
             let first = c.run_many(keys.iter().map(|k| get_op(k)));
             note_broken(&first, broke);
             let first = first?;
@@ -167,7 +168,7 @@ impl Transport for Blocking {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        self.run_with(move |c, fresh, broke| {
+        self.run_with("store_many", move |c, fresh, broke| {
             let op = |(k, v, exp, mode): &(String, Vec<u8>, u32, Mode)| set_op(k, v, *exp, *mode);
             let first = c.run_many(items.iter().map(op));
             note_broken(&first, broke);

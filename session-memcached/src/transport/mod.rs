@@ -18,6 +18,8 @@
 //! deadline, reports add/CAS outcomes as values, and spreads keys over
 //! several servers by rendezvous hashing.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use memcache::exp::{Delete, Get, Meta, MutationResult, MutationStatus, Set, SetMode};
 use session_core::{StoreError, StoreResult};
@@ -249,7 +251,7 @@ pub(crate) fn lost_reply(e: &StoreError) -> bool {
     let StoreError::Unavailable(source) = e else {
         return false;
     };
-    match source.downcast_ref::<E>() {
+    match source.downcast_ref::<ClientError>().map(|c| &c.0) {
         Some(E::Ambiguous { source, .. }) => {
             matches!(&**source, E::Io(io) if is_connection_level(io.kind()))
         }
@@ -260,7 +262,7 @@ pub(crate) fn lost_reply(e: &StoreError) -> bool {
 /// Logs a retry (the error names the I/O failure; keys are hashes and are
 /// not logged).
 pub(crate) fn log_retry(op: &'static str, e: &memcache::exp::Error) {
-    tracing::debug!(target: "session_memcached", op, error = %e, "connection failed; retrying once on a fresh connection");
+    tracing::debug!(target: "session_memcached", op, error = %KeyFree(e), "connection failed; retrying once on a fresh connection");
 }
 
 /// The positions in a batch's answers that [`retry_on_fresh`] allows to
@@ -294,14 +296,72 @@ pub(crate) fn merge_retried<T>(
     first
 }
 
-/// Maps a client error onto the store's error kinds: anything that means
-/// "the server did not answer" is [`StoreError::Unavailable`]. Messages
-/// name at most an item key, which is a hash (never a session id).
-pub(crate) fn map_error(e: memcache::exp::Error) -> StoreError {
+/// Maps the client errors of request `op` onto the store's error kinds:
+/// anything that means "the server did not answer" is
+/// [`StoreError::Unavailable`].
+///
+/// A request that ran out of its deadline (a `Timeout`, or an `Ambiguous`
+/// outcome because of one: written, then no answer in time) is
+/// [`StoreError::timed_out`]`(op, io_timeout)`, the timeout every store
+/// reports, which names no key: the client's own timeout error quotes the
+/// item key, and keys are not shown. The client bounds each exchange by the
+/// I/O timeout (a connection attempt by the connect timeout, which it
+/// reports the same way), so `io_timeout` is the limit given. Other
+/// messages name at most an item key, which is a hash (never a session id).
+pub(crate) fn map_error(
+    op: &'static str,
+    io_timeout: Duration,
+) -> impl Fn(memcache::exp::Error) -> StoreError + Copy {
     use memcache::exp::Error as E;
-    match e {
-        E::Io(_) | E::Timeout { .. } | E::Ambiguous { .. } => StoreError::unavailable(e),
-        other => StoreError::backend(other),
+    move |e| match e {
+        E::Timeout { .. } => StoreError::timed_out(op, io_timeout),
+        E::Ambiguous { ref source, .. } if matches!(**source, E::Timeout { .. }) => {
+            StoreError::timed_out(op, io_timeout)
+        }
+        E::Io(_) | E::Ambiguous { .. } => StoreError::unavailable(ClientError(e)),
+        other => StoreError::backend(ClientError(other)),
+    }
+}
+
+/// A client error as the store shows it, in `Display` and `Debug` alike:
+/// the client's own messages quote the item key (the namespace and a
+/// storage-key hash), and storage keys are never shown.
+pub(crate) struct ClientError(pub(crate) memcache::exp::Error);
+
+impl ClientError {
+    fn describe(e: &memcache::exp::Error, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use memcache::exp::Error as E;
+        match e {
+            E::Timeout { .. } => f.write_str("the request timed out"),
+            E::Ambiguous { source, .. } => {
+                f.write_str("the request was written but its outcome is unknown: ")?;
+                Self::describe(source, f)
+            }
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Self::describe(&self.0, f)
+    }
+}
+
+impl std::fmt::Debug for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientError(\"{self}\")")
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Shows a client error without its item key (see [`ClientError`]).
+pub(crate) struct KeyFree<'a>(pub(crate) &'a memcache::exp::Error);
+
+impl std::fmt::Display for KeyFree<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        ClientError::describe(self.0, f)
     }
 }
 
@@ -329,6 +389,7 @@ mod tests {
             source: Box::new(E::Io(IoError::from(ErrorKind::ConnectionReset))),
         };
         assert!(!retry_on_fresh(&lost()));
+        let map_error = map_error("test", Duration::from_secs(1));
         assert!(lost_reply(&map_error(lost())));
         let slow = E::Ambiguous {
             key: b"k".to_vec(),
@@ -338,6 +399,25 @@ mod tests {
         assert!(!lost_reply(&map_error(E::Io(IoError::from(
             ErrorKind::ConnectionReset
         )))));
+    }
+
+    #[test]
+    fn client_errors_name_no_key() {
+        let key = b"ns:s:0123456789abcdef".to_vec();
+        let map_error = map_error("touch", Duration::from_secs(1));
+        for e in [
+            E::Ambiguous {
+                key: key.clone(),
+                source: Box::new(E::Io(IoError::from(ErrorKind::ConnectionReset))),
+            },
+            E::Io(IoError::from(ErrorKind::BrokenPipe)),
+            E::Server("out of memory".into()),
+        ] {
+            let e = map_error(e);
+            let shown = format!("{e:?} {}", session_core::ErrorChain(&e));
+            assert!(!shown.contains("0123456789abcdef"), "{shown}");
+            assert!(!shown.contains("48, 49, 50"), "key bytes: {shown}");
+        }
     }
 
     #[test]
@@ -357,6 +437,33 @@ mod tests {
         ))));
         assert!(!connection_broke(&E::Timeout { key: b"k".to_vec() }));
         assert!(!connection_broke(&E::Server("busy".into())));
+    }
+
+    #[test]
+    fn timeouts_are_the_shared_timeout_and_name_no_key() {
+        let key = b"secret-item-key".to_vec();
+        let map_error = map_error("get", Duration::from_millis(300));
+        let written = E::Ambiguous {
+            key: key.clone(),
+            source: Box::new(E::Timeout { key: key.clone() }),
+        };
+        for e in [E::Timeout { key: key.clone() }, written] {
+            let e = map_error(e);
+            assert!(e.is_timeout(), "{e:?}");
+            let StoreError::Unavailable(source) = &e else {
+                panic!("{e:?}");
+            };
+            let t = source.downcast_ref::<session_core::TimedOut>().unwrap();
+            assert_eq!(
+                (t.operation(), t.after()),
+                ("get", Duration::from_millis(300))
+            );
+            let shown = format!("{e:?} {}", session_core::ErrorChain(&e));
+            assert!(!shown.contains("secret-item-key"), "{shown}");
+        }
+        let reset = map_error(E::Io(IoError::from(ErrorKind::ConnectionReset)));
+        assert!(matches!(reset, StoreError::Unavailable(_)) && !reset.is_timeout());
+        assert!(!map_error(E::Server("busy".into())).is_timeout());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::{
     retry_on_fresh, retry_positions, set_op, store_outcome, Item, Mode, Outcome, Renewing,
     Transport,
 };
-use crate::config::{ConfigError, MemcachedConfig};
+use crate::config::{MemcachedConfig, SetupError};
 
 /// The Tokio meta client: no thread hop per call.
 #[derive(Clone)]
@@ -26,7 +26,7 @@ pub(crate) struct Async {
 impl Async {
     /// Builds the client (resolving addresses); connections are dialed
     /// lazily.
-    pub(crate) async fn new(config: &MemcachedConfig) -> Result<Self, ConfigError> {
+    pub(crate) async fn new(config: &MemcachedConfig) -> Result<Self, SetupError> {
         Ok(Self {
             client: std::sync::Arc::new(Renewing::new(
                 Self::client(config, config.max_idle).await?,
@@ -41,7 +41,7 @@ impl Async {
     async fn client(
         config: &MemcachedConfig,
         max_idle: usize,
-    ) -> Result<AsyncMetaClient, ConfigError> {
+    ) -> Result<AsyncMetaClient, SetupError> {
         MetaClient::builder()
             .io_timeout(Some(config.io_timeout))
             .connect_timeout(Some(config.connect_timeout))
@@ -49,7 +49,7 @@ impl Async {
             .max_connections(Some(config.max_in_flight))
             .connect_multiple_async(config.servers.iter().map(String::as_str))
             .await
-            .map_err(|e| ConfigError::Client(RedactedError::new(e)))
+            .map_err(|e| SetupError::Client(RedactedError::new(e)))
     }
 
     /// Replaces the pool of `generation` when `broke` (see [`Renewing`]).
@@ -63,8 +63,8 @@ impl Async {
 
     /// Runs a batch on the pooled client, replacing the pool when the batch
     /// or any answer in it failed on a broken connection.
-    async fn run_batch<'a, T, F, Fut>(
-        &'a self,
+    async fn run_batch<T, F, Fut>(
+        &self,
         f: F,
     ) -> Result<Vec<Result<T, memcache::exp::Error>>, memcache::exp::Error>
     where
@@ -87,7 +87,7 @@ impl Async {
 
     /// Runs `f` on the pooled client, and once more on the fresh one when
     /// it failed in a way [`retry_on_fresh`] allows.
-    async fn run<'a, T, F, Fut>(&'a self, op: &'static str, f: F) -> Result<T, memcache::exp::Error>
+    async fn run<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, memcache::exp::Error>
     where
         F: Fn(AsyncMetaClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, memcache::exp::Error>>,
@@ -117,7 +117,7 @@ impl Transport for Async {
                 async move { c.run(get_op(key)).await }
             })
             .await
-            .map_err(map_error)?;
+            .map_err(map_error("get", self.config.io_timeout))?;
         Ok(item(&r))
     }
 
@@ -131,7 +131,7 @@ impl Transport for Async {
                 async move { c.run_many(keys.iter().map(|k| get_op(k))).await }
             })
             .await
-            .map_err(map_error)?;
+            .map_err(map_error("get_many", self.config.io_timeout))?;
         let rerun = retry_positions("get_many", &first);
         let again = if rerun.is_empty() {
             Vec::new()
@@ -139,11 +139,14 @@ impl Transport for Async {
             self.fresh
                 .run_many(rerun.iter().map(|&i| get_op(&keys[i])))
                 .await
-                .map_err(map_error)?
+                .map_err(map_error("get_many", self.config.io_timeout))?
         };
         merge_retried(first, &rerun, again)
             .into_iter()
-            .map(|r| r.map(|r| item(&r)).map_err(map_error))
+            .map(|r| {
+                r.map(|r| item(&r))
+                    .map_err(map_error("get_many", self.config.io_timeout))
+            })
             .collect()
     }
 
@@ -161,7 +164,7 @@ impl Transport for Async {
             })
             .await,
         )
-        .map_err(map_error)
+        .map_err(map_error("store", self.config.io_timeout))
     }
 
     async fn store_many(
@@ -178,7 +181,7 @@ impl Transport for Async {
                 async move { c.run_many(items.iter().map(op)).await }
             })
             .await
-            .map_err(map_error)?;
+            .map_err(map_error("store_many", self.config.io_timeout))?;
         let rerun = retry_positions("store_many", &first);
         let again = if rerun.is_empty() {
             Vec::new()
@@ -186,11 +189,11 @@ impl Transport for Async {
             self.fresh
                 .run_many(rerun.iter().map(|&i| op(&items[i])))
                 .await
-                .map_err(map_error)?
+                .map_err(map_error("store_many", self.config.io_timeout))?
         };
         merge_retried(first, &rerun, again)
             .into_iter()
-            .map(|r| store_outcome(r).map_err(map_error))
+            .map(|r| store_outcome(r).map_err(map_error("store_many", self.config.io_timeout)))
             .collect()
     }
 
@@ -201,13 +204,13 @@ impl Transport for Async {
                 async move { c.run(delete_op(key, cas)).await }
             })
             .await
-            .map_err(map_error)?;
+            .map_err(map_error("delete", self.config.io_timeout))?;
         Ok(outcome(r.status))
     }
 
     async fn ping(&self) -> StoreResult<()> {
         self.run("ping", |c| async move { c.noop().await })
             .await
-            .map_err(map_error)
+            .map_err(map_error("ping", self.config.io_timeout))
     }
 }

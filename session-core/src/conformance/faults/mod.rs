@@ -264,11 +264,34 @@ async fn expect_unavailable<T: std::fmt::Debug>(
     may_skip_server: bool,
     call: impl Future<Output = Result<T, StoreError>>,
 ) {
+    expect_unavailable_hiding(what, phase, bound, may_skip_server, None, call).await;
+}
+
+/// [`expect_unavailable`], and the error (its `Debug` and its whole
+/// `source()` chain) must not show `hidden`, the storage key of the call.
+async fn expect_unavailable_hiding<T: std::fmt::Debug>(
+    what: &str,
+    phase: &str,
+    bound: Duration,
+    may_skip_server: bool,
+    hidden: Option<&crate::key::StorageKey>,
+    call: impl Future<Output = Result<T, StoreError>>,
+) {
     let started = Instant::now();
     let result = tokio::time::timeout(bound, call)
         .await
         .unwrap_or_else(|_| panic!("{phase}: {what} still had no answer after {bound:?}"));
     let elapsed = started.elapsed();
+    if let (Err(e), Some(key)) = (&result, hidden) {
+        let shown = format!("{e:?} {}", crate::error::ErrorChain(e));
+        let raw = key.as_str();
+        let as_bytes = format!("{:?}", &raw.as_bytes()[..8.min(raw.len())]);
+        let as_bytes = as_bytes.trim_start_matches('[').trim_end_matches(']');
+        assert!(
+            !shown.contains(raw) && !shown.contains(as_bytes),
+            "{phase}: the error of {what} shows the storage key"
+        );
+    }
     match result {
         Err(StoreError::Unavailable(_)) => {}
         Ok(_) if may_skip_server => {}
@@ -300,19 +323,23 @@ pub async fn assert_every_call_unavailable(
     let later = now.saturating_add(Duration::from_secs(600));
     let user = "fault-user";
     let next = live(Some(user), b"next").with_version(2);
-    expect_unavailable("load", phase, bound, false, store.load(known)).await;
+    let hide = Some(known);
+    expect_unavailable_hiding("load", phase, bound, false, hide, store.load(known)).await;
     expect_unavailable("create", phase, bound, false, store.create(&key(), &next)).await;
     let rotate = CreateOptions::default().replacing(known.clone(), 1);
-    expect_unavailable(
+    expect_unavailable_hiding(
         "create_with (rotation)",
         phase,
         bound,
         false,
+        hide,
         store.create_with(&key(), &next, &rotate),
     )
     .await;
-    expect_unavailable("update", phase, bound, false, store.update(known, 1, &next)).await;
-    expect_unavailable("touch", phase, bound, false, store.touch(known, now, later)).await;
+    let update = store.update(known, 1, &next);
+    expect_unavailable_hiding("update", phase, bound, false, hide, update).await;
+    let touch = store.touch(known, now, later);
+    expect_unavailable_hiding("touch", phase, bound, false, hide, touch).await;
     expect_unavailable("delete", phase, bound, false, store.delete(&key())).await;
     expect_unavailable("list_user", phase, bound, false, store.list_user(user)).await;
     expect_unavailable(
