@@ -6,7 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use session_core::store::{CreateOptions, Created};
 use session_core::{
-    SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError, StoreResult, Timestamp,
+    RetryPolicy, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError, StoreResult,
+    Timestamp,
 };
 
 use crate::config::{MemcachedConfig, SetupError};
@@ -52,7 +53,8 @@ struct Inner {
     transport: Box<dyn Transport>,
     keys: Keys,
     max_item_size: usize,
-    cas_retries: u32,
+    /// Attempts and backoff of every compare-and-set loop.
+    cas_retry: RetryPolicy,
     index_grace: Duration,
     servers: Vec<String>,
     recent: RecentReads,
@@ -118,7 +120,8 @@ impl MemcachedStore {
                 transport,
                 keys: Keys::new(&config.namespace),
                 max_item_size: config.max_item_size,
-                cas_retries: config.cas_retries,
+                cas_retry: RetryPolicy::new(config.cas_retries)
+                    .with_backoff(Duration::from_micros(100), Duration::from_micros(12_800)),
                 index_grace: config.index_grace,
                 recent: RecentReads::new(config.recent_reads),
                 servers: config.servers,
@@ -156,21 +159,16 @@ impl MemcachedStore {
     fn contended(&self, what: &str) -> StoreError {
         StoreError::backend(format!(
             "{what}: still contended after {} compare-and-set attempts",
-            self.inner.cas_retries
+            self.inner.cas_retry.max_attempts()
         ))
     }
 
     /// Waits a little before retrying a lost compare-and-set, so that
-    /// contending writers spread out: a random time up to a cap that
-    /// doubles per attempt from 100 µs to 12.8 ms ("full jitter").
-    async fn backoff(attempt: u32) {
-        if attempt == 0 {
-            tokio::task::yield_now().await;
-        } else {
-            let cap = 100u64 << attempt.min(7);
-            let micros = lifecycle::random_u64() % (cap + 1);
-            tokio::time::sleep(Duration::from_micros(micros)).await;
-        }
+    /// contending writers spread out: the store's [`RetryPolicy`], a random
+    /// time up to a cap that doubles per attempt from 100 µs to 12.8 ms
+    /// ("full jitter").
+    async fn backoff(&self, attempt: u32) {
+        self.inner.cas_retry.backoff(attempt).await;
     }
 
     /// Makes `key`'s entries in `user`'s index last until `record`'s
@@ -183,7 +181,7 @@ impl MemcachedStore {
     ) -> StoreResult<()> {
         let absolute_deadline = record.absolute_deadline;
         let ikey = self.inner.keys.user(user);
-        for attempt in 0..self.inner.cas_retries {
+        for attempt in 0..self.inner.cas_retry.max_attempts() {
             let now = Timestamp::now();
             let current = self.t().get(ikey.clone()).await?;
             let (mut item, mode) = match &current {
@@ -209,7 +207,7 @@ impl MemcachedStore {
             match self.t().store(ikey.clone(), value, exp, mode).await? {
                 Outcome::Applied => return Ok(()),
                 Outcome::TooLarge => return Err(self.too_large(size)),
-                _ => Self::backoff(attempt).await,
+                _ => self.backoff(attempt).await,
             }
         }
         Err(self.contended("adding to the user index"))
@@ -223,7 +221,7 @@ impl MemcachedStore {
         remove: impl Fn(&Entry) -> bool + Send + Sync,
     ) -> StoreResult<()> {
         let ikey = self.inner.keys.user(user);
-        for attempt in 0..self.inner.cas_retries {
+        for attempt in 0..self.inner.cas_retry.max_attempts() {
             let now = Timestamp::now();
             let Some(item) = self.t().get(ikey.clone()).await? else {
                 return Ok(());
@@ -252,7 +250,7 @@ impl MemcachedStore {
             };
             match outcome {
                 Outcome::Applied | Outcome::NotFound => return Ok(()),
-                _ => Self::backoff(attempt).await,
+                _ => self.backoff(attempt).await,
             }
         }
         Err(self.contended("removing from the user index"))
@@ -275,7 +273,7 @@ impl MemcachedStore {
         change: impl Fn(&SessionRecord) -> StoreResult<SessionRecord> + Send + Sync,
     ) -> StoreResult<()> {
         let skey = self.inner.keys.session(key);
-        for attempt in 0..self.inner.cas_retries {
+        for attempt in 0..self.inner.cas_retry.max_attempts() {
             let now = Timestamp::now();
             let Some((stored, item)) = self.read(key).await? else {
                 return Err(StoreError::NotFound);
@@ -302,7 +300,7 @@ impl MemcachedStore {
                 Outcome::Applied => return Ok(()),
                 Outcome::NotFound => return Err(StoreError::NotFound),
                 Outcome::TooLarge => return Err(self.too_large(next.encode().len())),
-                _ => Self::backoff(attempt).await,
+                _ => self.backoff(attempt).await,
             }
         }
         Err(self.contended("updating the session"))
@@ -358,7 +356,7 @@ impl MemcachedStore {
         value: Vec<u8>,
     ) -> StoreResult<()> {
         let skey = self.inner.keys.session(key);
-        for attempt in 0..self.inner.cas_retries {
+        for attempt in 0..self.inner.cas_retry.max_attempts() {
             let now = Timestamp::now();
             let exp = exptime(record.expires_at(), now);
             match self
@@ -388,7 +386,7 @@ impl MemcachedStore {
             {
                 Outcome::Applied => return Ok(()),
                 Outcome::TooLarge => return Err(self.too_large(value.len())),
-                _ => Self::backoff(attempt).await,
+                _ => self.backoff(attempt).await,
             }
         }
         Err(self.contended("creating the session"))

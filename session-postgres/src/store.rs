@@ -162,15 +162,26 @@ impl PostgresStore {
     }
 }
 
+/// Whether a statement may run twice with the same effect and answer: the
+/// only ones [`Inner::run`] retries after a dead connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Statement {
+    /// Reads, and writes that set absolute values or delete.
+    Idempotent,
+    /// Inserts and compare-and-set updates: a second run could answer
+    /// `AlreadyExists` or `Conflict` for the first run's own write.
+    NotIdempotent,
+}
+
 impl Inner {
     /// Runs one statement on a pooled connection, under the operation
-    /// timeout (which covers both attempts). When `retry` is set
-    /// (idempotent statements only) and the first attempt failed because
+    /// timeout (which covers both attempts). When the statement is
+    /// [`Statement::Idempotent`] and the first attempt failed because
     /// its connection was dead ([`is_dead_connection`]: closed, reset,
     /// terminated by the server; not an error the server answered the
     /// statement with, not a timeout), the statement runs exactly once more,
     /// on a connection from [`Inner::live_connection`].
-    async fn run<T, F, Fut>(&self, op: &'static str, retry: bool, f: F) -> StoreResult<T>
+    async fn run<T, F, Fut>(&self, op: &'static str, statement: Statement, f: F) -> StoreResult<T>
     where
         F: Fn(PoolConnection<Postgres>) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
@@ -178,7 +189,7 @@ impl Inner {
         let attempt = async {
             let conn = self.pool.acquire().await?;
             match f(conn).await {
-                Err(e) if retry && is_dead_connection(&e) => {
+                Err(e) if statement == Statement::Idempotent && is_dead_connection(&e) => {
                     // The driver's error: no URL, no password, no key.
                     tracing::debug!(target: "session_postgres", op, error = %e, "connection was dead; retrying once on a live connection");
                     f(self.live_connection().await?).await
@@ -245,12 +256,16 @@ impl Inner {
         let sql = &self.sql.delete_expired;
         let batch = i64::from(self.cleanup_batch_size);
         let (records, moves): (i64, i64) = self
-            .run("delete_expired", true, |mut conn| async move {
-                sqlx::query_as(AssertSqlSafe(sql.clone()))
-                    .bind(batch)
-                    .fetch_one(&mut *conn)
-                    .await
-            })
+            .run(
+                "delete_expired",
+                Statement::Idempotent,
+                |mut conn| async move {
+                    sqlx::query_as(AssertSqlSafe(sql.clone()))
+                        .bind(batch)
+                        .fetch_one(&mut *conn)
+                        .await
+                },
+            )
             .await?;
         let removed = records.cast_unsigned();
         Ok(if records >= batch || moves >= batch {
@@ -314,7 +329,7 @@ impl SessionStore for PostgresStore {
         }
         let sql = &inner.sql.create;
         let done = inner
-            .run("create", false, |mut conn| async move {
+            .run("create", Statement::NotIdempotent, |mut conn| async move {
                 sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
                     .bind(&record.data[..])
@@ -370,30 +385,34 @@ impl SessionStore for PostgresStore {
             .is_some_and(|l| matches!(l.strategy, LimitStrategy::EvictOldest));
         let sql = &inner.sql.create_with;
         let row: Option<(i32, Vec<String>)> = inner
-            .run("create_with", false, |mut conn| async move {
-                let result = sqlx::query_as(AssertSqlSafe(sql.clone()))
-                    .bind(key.as_str())
-                    .bind(&record.data[..])
-                    .bind(record.version.cast_signed())
-                    .bind(record.user_id.as_deref())
-                    .bind(to_db(record.created_at))
-                    .bind(to_db(record.last_access))
-                    .bind(to_db(record.idle_deadline))
-                    .bind(to_db(record.absolute_deadline))
-                    .bind(old.map(|r| r.key.as_str()))
-                    .bind(old.map(|r| r.version.cast_signed()))
-                    .bind(max)
-                    .bind(evict)
-                    .fetch_one(&mut *conn)
-                    .await;
-                match result {
-                    Ok(row) => Ok(Some(row)),
-                    // A plain create took the key after the function's
-                    // check; the function rolled everything back.
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
+            .run(
+                "create_with",
+                Statement::NotIdempotent,
+                |mut conn| async move {
+                    let result = sqlx::query_as(AssertSqlSafe(sql.clone()))
+                        .bind(key.as_str())
+                        .bind(&record.data[..])
+                        .bind(record.version.cast_signed())
+                        .bind(record.user_id.as_deref())
+                        .bind(to_db(record.created_at))
+                        .bind(to_db(record.last_access))
+                        .bind(to_db(record.idle_deadline))
+                        .bind(to_db(record.absolute_deadline))
+                        .bind(old.map(|r| r.key.as_str()))
+                        .bind(old.map(|r| r.version.cast_signed()))
+                        .bind(max)
+                        .bind(evict)
+                        .fetch_one(&mut *conn)
+                        .await;
+                    match result {
+                        Ok(row) => Ok(Some(row)),
+                        // A plain create took the key after the function's
+                        // check; the function rolled everything back.
+                        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                },
+            )
             .await?;
         let Some((result, evicted)) = row else {
             return Err(StoreError::AlreadyExists);
@@ -422,7 +441,7 @@ impl SessionStore for PostgresStore {
         let inner = &*self.inner;
         let sql = &inner.sql.load;
         let row: Option<RecordRow> = inner
-            .run("load", true, |mut conn| async move {
+            .run("load", Statement::Idempotent, |mut conn| async move {
                 sqlx::query_as(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
                     .fetch_optional(&mut *conn)
@@ -457,7 +476,7 @@ impl SessionStore for PostgresStore {
         }
         let sql = &inner.sql.update;
         let done = inner
-            .run("update", false, |mut conn| async move {
+            .run("update", Statement::NotIdempotent, |mut conn| async move {
                 sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
                     .bind(expected_version.cast_signed())
@@ -478,7 +497,7 @@ impl SessionStore for PostgresStore {
         // be a moment newer than the update; either answer was true then.)
         let sql = &inner.sql.live;
         let live = inner
-            .run("update", true, |mut conn| async move {
+            .run("update", Statement::Idempotent, |mut conn| async move {
                 sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
                     .fetch_optional(&mut *conn)
@@ -504,7 +523,7 @@ impl SessionStore for PostgresStore {
         let inner = &*self.inner;
         let sql = &inner.sql.touch;
         let done = inner
-            .run("touch", true, |mut conn| async move {
+            .run("touch", Statement::Idempotent, |mut conn| async move {
                 sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
                     .bind(to_db(last_access))
@@ -526,7 +545,7 @@ impl SessionStore for PostgresStore {
         let inner = &*self.inner;
         let sql = &inner.sql.delete;
         inner
-            .run("delete", true, |mut conn| async move {
+            .run("delete", Statement::Idempotent, |mut conn| async move {
                 sqlx::query(AssertSqlSafe(sql.clone()))
                     .bind(key.as_str())
                     .execute(&mut *conn)
@@ -543,7 +562,7 @@ impl SessionStore for PostgresStore {
         let inner = &*self.inner;
         let sql = &inner.sql.list_user;
         let rows: Vec<SummaryRow> = inner
-            .run("list_user", true, |mut conn| async move {
+            .run("list_user", Statement::Idempotent, |mut conn| async move {
                 sqlx::query_as(AssertSqlSafe(sql.clone()))
                     .bind(user_id)
                     .fetch_all(&mut *conn)
@@ -571,12 +590,16 @@ impl SessionStore for PostgresStore {
         let inner = &*self.inner;
         let sql = &inner.sql.delete_user;
         let live: i64 = inner
-            .run("delete_user", false, |mut conn| async move {
-                sqlx::query_scalar(AssertSqlSafe(sql.clone()))
-                    .bind(user_id)
-                    .fetch_one(&mut *conn)
-                    .await
-            })
+            .run(
+                "delete_user",
+                Statement::NotIdempotent,
+                |mut conn| async move {
+                    sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+                        .bind(user_id)
+                        .fetch_one(&mut *conn)
+                        .await
+                },
+            )
             .await?;
         Ok(live.cast_unsigned())
     }

@@ -223,7 +223,7 @@ impl MemcachedStore {
     /// How often the lifecycle loops on a contended index retry: they are
     /// where many logins of one user meet, so they get a larger budget.
     fn lifecycle_retries(&self) -> u32 {
-        self.inner.cas_retries.saturating_mul(4)
+        self.inner.cas_retry.max_attempts().saturating_mul(4)
     }
 
     /// Reads the sessions of `index`'s entries and classifies them.
@@ -444,7 +444,7 @@ impl MemcachedStore {
                                 return Ok(ending);
                             }
                             Outcome::NotFound => known = Some(None),
-                            _ => Self::backoff(attempt).await,
+                            _ => self.backoff(attempt).await,
                         }
                     }
                     Stored::Marker(Marker::Moved {
@@ -488,7 +488,7 @@ impl MemcachedStore {
                                 ending.cancelled = true;
                                 return Ok(ending);
                             }
-                            _ => Self::backoff(attempt).await,
+                            _ => self.backoff(attempt).await,
                         }
                     }
                 }
@@ -513,7 +513,7 @@ impl MemcachedStore {
     async fn prune_key(&self, user: &str, key: &StorageKey) -> StoreResult<()> {
         let ikey = self.inner.keys.user(user);
         let skey = self.inner.keys.session(key);
-        for attempt in 0..self.inner.cas_retries {
+        for attempt in 0..self.inner.cas_retry.max_attempts() {
             let mut items = self.t().get_many(vec![ikey.clone(), skey.clone()]).await?;
             let (Some(index_item), item) = (items.remove(0), items.remove(0)) else {
                 return Ok(());
@@ -546,7 +546,7 @@ impl MemcachedStore {
             };
             match outcome {
                 Outcome::Applied | Outcome::NotFound => return Ok(()),
-                _ => Self::backoff(attempt).await,
+                _ => self.backoff(attempt).await,
             }
         }
         Err(self.contended("removing from the user index"))
@@ -572,7 +572,7 @@ impl MemcachedStore {
             attempt += 1;
             let last = attempt >= self.lifecycle_retries();
             if !last && resolved.in_flight(&evicted, Timestamp::now()) {
-                Self::backoff(attempt).await;
+                self.backoff(attempt).await;
                 continue;
             }
             // The records were read after the index: if no decision (a
@@ -583,7 +583,7 @@ impl MemcachedStore {
             if last || now_item.is_some_and(|i| i.cas == index_item.cas) {
                 break resolved;
             }
-            Self::backoff(attempt).await;
+            self.backoff(attempt).await;
         };
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -654,7 +654,7 @@ impl MemcachedStore {
                     Outcome::Applied if closed.index.entries.is_empty() => return Ok(0),
                     Outcome::Applied => {}
                     _ => {
-                        Self::backoff(attempt).await;
+                        self.backoff(attempt).await;
                         continue;
                     }
                 }
@@ -668,7 +668,7 @@ impl MemcachedStore {
                 match self.t().delete(ikey.clone(), Some(item.cas)).await? {
                     // Closed by another call: it counts them.
                     Outcome::Applied | Outcome::NotFound => return Ok(deleted.unwrap_or(0)),
-                    _ => Self::backoff(attempt).await,
+                    _ => self.backoff(attempt).await,
                 }
             }
         }
@@ -739,11 +739,11 @@ impl MemcachedStore {
         record: &SessionRecord,
         options: &CreateOptions,
     ) -> StoreResult<Created> {
-        for attempt in 0..self.inner.cas_retries {
+        for attempt in 0..self.inner.cas_retry.max_attempts() {
             if let Some(created) = self.create_once(key, record, options).await? {
                 return Ok(created);
             }
-            Self::backoff(attempt).await;
+            self.backoff(attempt).await;
         }
         Err(self.contended("creating the session"))
     }
@@ -932,7 +932,7 @@ impl MemcachedStore {
                         indexed = stays;
                         break;
                     }
-                    Self::backoff(attempt).await;
+                    self.backoff(attempt).await;
                     attempt += 1;
                     index_item = self.t().get(ikey.clone()).await?;
                 }
@@ -1078,7 +1078,7 @@ impl MemcachedStore {
             let next = stored.live(Timestamp::now()).ok_or(StoreError::NotFound)?;
             check_replaceable(&next, version, record.user_id.as_deref())?;
             (current, cas) = (next, item.cas);
-            Self::backoff(attempt).await;
+            self.backoff(attempt).await;
         }
         Err(self.contended("moving the session"))
     }
@@ -1121,7 +1121,7 @@ impl MemcachedStore {
             let item = self.t().get(skey.clone()).await?;
             *slot = self.slot_after_loss(key, item, nonce, indexed).await?;
             if !matches!(slot, Slot::Cancelled) {
-                Self::backoff(attempt).await;
+                self.backoff(attempt).await;
             }
         }
         Err(self.contended("creating the session"))
@@ -1174,7 +1174,7 @@ impl MemcachedStore {
             };
             *slot = self.slot_after_loss(key, item, nonce, indexed).await?;
             if !matches!(slot, Slot::Cancelled) {
-                Self::backoff(attempt).await;
+                self.backoff(attempt).await;
             }
         }
         Err(self.contended("reserving the session key"))
@@ -1251,7 +1251,7 @@ impl MemcachedStore {
             if !reserved {
                 break;
             }
-            Self::backoff(attempt).await;
+            self.backoff(attempt).await;
             item = self.t().get(skey.clone()).await?;
         }
         Ok(item)
@@ -1277,7 +1277,7 @@ impl MemcachedStore {
         edit: impl Fn(&mut Vec<Entry>) -> bool + Send + Sync,
     ) -> StoreResult<()> {
         let ikey = self.inner.keys.user(user);
-        for attempt in 0..self.inner.cas_retries {
+        for attempt in 0..self.inner.cas_retry.max_attempts() {
             let now = Timestamp::now();
             let Some(item) = self.t().get(ikey.clone()).await? else {
                 return Ok(());
@@ -1302,7 +1302,7 @@ impl MemcachedStore {
             };
             match outcome {
                 Outcome::Applied | Outcome::NotFound => return Ok(()),
-                _ => Self::backoff(attempt).await,
+                _ => self.backoff(attempt).await,
             }
         }
         Err(self.contended("changing the user index"))
