@@ -276,7 +276,7 @@ impl Session {
     }
 
     /// Ends one of this user's sessions by its storage key (from
-    /// [`Session::list_sessions`], sent back by the client): a "sign out
+    /// [`Session::list_user_sessions`], sent back by the client): a "sign out
     /// that device" button. The target must be a live session of the user
     /// this session is logged in as (see
     /// [`SessionManager::end_user_session`], which explains why a racing
@@ -308,11 +308,21 @@ impl Session {
     /// # Errors
     ///
     /// Store failures.
-    pub async fn list_sessions(&self) -> Result<Vec<SessionSummary>, Error> {
+    pub async fn list_user_sessions(&self) -> Result<Vec<SessionSummary>, Error> {
         let Some(user) = self.user_id().await? else {
             return Ok(Vec::new());
         };
         Ok(self.shared.manager.list_user_sessions(&user).await?)
+    }
+
+    /// The old name of [`Session::list_user_sessions`].
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    #[deprecated(note = "renamed to list_user_sessions, the name the manager and the store use")]
+    pub async fn list_sessions(&self) -> Result<Vec<SessionSummary>, Error> {
+        self.list_user_sessions().await
     }
 
     /// Issues a one-time token for `purpose`, replacing any outstanding one;

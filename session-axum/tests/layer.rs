@@ -600,7 +600,7 @@ async fn renderings(session: Session) -> Result<String, Error> {
             )
         })
         .await?;
-    let listed = session.list_sessions().await?;
+    let listed = session.list_user_sessions().await?;
     Ok(format!(
         "{}\n{id}\n{key}\n\n{session:?} {session:#?} {token:?} {token} {listed:?} {inner}",
         token.expose()

@@ -921,7 +921,7 @@ impl SessionManager {
         let mut list: Vec<SessionSummary> = self
             .inner
             .store
-            .list_user(user_id)
+            .list_user_sessions(user_id)
             .await?
             .into_iter()
             .filter(|s| now < s.expires_at())

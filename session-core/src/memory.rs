@@ -8,7 +8,7 @@
 //!
 //! Reads, updates and touches go straight to the sharded map. Every call that
 //! changes which sessions exist or which user they are indexed under
-//! (`create`, `create_with`, `delete`, `delete_user`), and `list_user`,
+//! (`create`, `create_with`, `delete`, `delete_user`), and `list_user_sessions`,
 //! runs under one lifecycle lock, never held across an `.await` and held for
 //! microseconds (except when a full store sweeps to make room, at most once
 //! a second, which scans every record), so
@@ -603,7 +603,7 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+    async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
         // Under the lifecycle lock: a rotation is seen before or after,
         // whole, never as neither key.
         let _lock = self.lock();
@@ -692,7 +692,7 @@ mod tests {
         })
         .await
         .expect("sweeper never ran");
-        assert_eq!(store.list_user("u").await.unwrap().len(), 1);
+        assert_eq!(store.list_user_sessions("u").await.unwrap().len(), 1);
         assert_eq!(store.inner.users.get("u").unwrap().len(), 1);
         drop(store);
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -758,7 +758,7 @@ mod tests {
         store.create(&k("c"), &rec(50_000)).await.unwrap();
         assert!(store.load(&k("b")).await.unwrap().is_some());
         assert_eq!(store.len(), 2);
-        assert_eq!(store.list_user("u").await.unwrap().len(), 2);
+        assert_eq!(store.list_user_sessions("u").await.unwrap().len(), 2);
     }
 
     #[tokio::test]

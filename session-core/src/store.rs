@@ -401,7 +401,7 @@ pub trait SessionStore: Send + Sync + 'static {
     ///
     /// Never includes expired or deleted sessions; stores may prune stale
     /// index entries while listing.
-    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>>;
+    async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>>;
 
     /// Deletes every session of `user_id` and its index; returns how many
     /// live sessions were deleted. After it returns, none of them loads.
@@ -435,8 +435,8 @@ macro_rules! forward_store {
             async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
                 (**self).delete(key).await
             }
-            async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
-                (**self).list_user(user_id).await
+            async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+                (**self).list_user_sessions(user_id).await
             }
             async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
                 (**self).delete_user(user_id).await

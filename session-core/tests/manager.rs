@@ -594,7 +594,7 @@ async fn rotation_and_login_never_extend_an_expired_session() {
         .await
         .unwrap()
         .is_empty());
-    assert!(e.store.list_user("finn").await.unwrap().is_empty());
+    assert!(e.store.list_user_sessions("finn").await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -108,7 +108,7 @@ impl Mutant {
     async fn others(&self, user: &str, except: &[&StorageKey]) -> StoreResult<Vec<SessionSummary>> {
         Ok(self
             .inner
-            .list_user(user)
+            .list_user_sessions(user)
             .await?
             .into_iter()
             .filter(|s| !except.contains(&&s.key))
@@ -301,8 +301,8 @@ impl SessionStore for Mutant {
         self.inner.delete(key).await
     }
 
-    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
-        let mut list = self.inner.list_user(user_id).await?;
+    async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+        let mut list = self.inner.list_user_sessions(user_id).await?;
         match self.bug {
             Bug::ListDropsNewest if list.len() > 1 => {
                 list.sort_by_key(|s| s.created_at);

@@ -460,7 +460,7 @@ async fn sessions(session: Session) -> Result<Response, Error> {
     };
     let current = session.with(|s| s.storage_key().clone()).await?;
     let sessions = session
-        .list_sessions()
+        .list_user_sessions()
         .await?
         .into_iter()
         .map(|s| SessionInfo {

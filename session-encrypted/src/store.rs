@@ -365,8 +365,10 @@ impl<S: SessionStore> SessionStore for EncryptedStore<S> {
         self.inner.delete(key).await
     }
 
-    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
-        self.inner.list_user(&self.ring.user_tag(user_id)).await
+    async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+        self.inner
+            .list_user_sessions(&self.ring.user_tag(user_id))
+            .await
     }
 
     async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {

@@ -253,12 +253,12 @@ async fn raw_memcached_holds_neither_plaintext_nor_user() {
     let tag = raw.user_id.clone().expect("indexed under a tag");
     blobs.push(tag.clone().into_bytes());
     assert_eq!(
-        store.list_user(&tag).await.unwrap().len(),
+        store.list_user_sessions(&tag).await.unwrap().len(),
         1,
         "index lives under the tag"
     );
     assert!(
-        store.list_user(USER).await.unwrap().is_empty(),
+        store.list_user_sessions(USER).await.unwrap().is_empty(),
         "index under the real user id"
     );
     assert_clean("memcached", &blobs);

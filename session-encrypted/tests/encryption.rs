@@ -337,8 +337,8 @@ async fn the_backend_sees_neither_plaintext_nor_user_id() {
         !tag.contains("alice"),
         "user id in the backend index: {tag}"
     );
-    assert!(inner.list_user(user).await.unwrap().is_empty());
-    assert_eq!(inner.list_user(&tag).await.unwrap().len(), 1);
+    assert!(inner.list_user_sessions(user).await.unwrap().is_empty());
+    assert_eq!(inner.list_user_sessions(&tag).await.unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -46,7 +46,7 @@ async fn operations_hide<S: SessionStore>(store: &S, secrets: &[&str]) {
         store.load(&k).await.err(),
         store.create(&k, &record()).await.err(),
         store.update(&k, 1, &record()).await.err(),
-        store.list_user("kim").await.err(),
+        store.list_user_sessions("kim").await.err(),
     ];
     let mut failed = 0;
     for err in failures.into_iter().flatten() {

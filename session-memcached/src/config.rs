@@ -169,7 +169,7 @@ impl MemcachedConfig {
     /// not an error reply) in a way the client reports as not applied is
     /// sent exactly once more, on a connection dialed for it (the pooled
     /// ones may all have died with a server restart). That covers every
-    /// read (`load`, `list_user` and the reads inside every operation,
+    /// read (`load`, `list_user_sessions` and the reads inside every operation,
     /// which have no side effect) and any write that never left this
     /// process. A write that was sent in full before the connection broke
     /// may have been applied: `add` (create) and `cas` (update) are not

@@ -34,7 +34,7 @@
 //! hashed to it), and a full server evicts items it has not used lately.
 //! The application then sees "no session": the cookie no longer loads, the
 //! user is logged out and signs in again. A lost user index makes
-//! `list_user` / `delete_user` miss sessions that survived on other
+//! `list_user_sessions` / `delete_user` miss sessions that survived on other
 //! servers. While a server is unreachable, operations on its keys fail
 //! with [`StoreError::Unavailable`](session_core::StoreError::Unavailable)
 //! within the configured timeouts, and the store reconnects by itself.
@@ -62,7 +62,7 @@
 //!   *closes* the index with a `cas` (the sessions listed in that version
 //!   are the ones it ends and counts), ends them, then deletes the index.
 //!   A login that finds the index closed helps end those sessions and
-//!   starts a new index (it comes after the `delete_user`); `list_user`
+//!   starts a new index (it comes after the `delete_user`); `list_user_sessions`
 //!   lists nothing from a closed index.
 //! - **A session item decides that session's fate.** Records are ended
 //!   (by `delete`, `delete_user`, evictions) and retired by rotations only
@@ -133,7 +133,7 @@
 //!   rotation may fall between the read of its old key (still live) and
 //!   of its new one (written): the old key is read again after, where the
 //!   rotation has left its move marker, so the session counts once.
-//! - *`list_user`* lists the live records of the index's entries, minus
+//! - *`list_user_sessions`* lists the live records of the index's entries, minus
 //!   evicted ones, and reads the index again after the records: if a
 //!   decision changed it meanwhile (a login, a `delete_user` closing it),
 //!   it starts over, so it never lists half of what a `delete_user` ends.

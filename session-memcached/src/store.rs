@@ -31,7 +31,7 @@ mod lifecycle;
 ///   seconds, rounded up); `load` also checks the deadlines itself, so a
 ///   record is never returned after its deadline.
 /// - A per-user index item, changed with `gets`/`cas` retries, backs
-///   `list_user` and `delete_user`, and is where every login, rotation and
+///   `list_user_sessions` and `delete_user`, and is where every login, rotation and
 ///   eviction of a user's sessions is decided (`create_with`).
 /// - A rotation leaves a marker under the old key: it loads as nothing,
 ///   and `delete` follows it to the session's new key.
@@ -481,7 +481,7 @@ impl SessionStore for MemcachedStore {
         self.lifecycle_delete(key).await
     }
 
-    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+    async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
         self.lifecycle_list(user_id).await
     }
 

@@ -92,7 +92,7 @@ async fn restart_under_an_idle_store(kind: Kind) {
         w.await.unwrap().unwrap();
     }
 
-    for op in ["load", "list_user", "touch", "delete", "create"] {
+    for op in ["load", "list_user_sessions", "touch", "delete", "create"] {
         server.restart().await;
         if op != "create" {
             let seed = build(config.clone(), kind).await;
@@ -102,7 +102,10 @@ async fn restart_under_an_idle_store(kind: Kind) {
             "load" => store.load(&k).await.map(|r| {
                 assert_eq!(&r.expect("the seeded session").data[..], b"kept");
             }),
-            "list_user" => store.list_user(user).await.map(|l| assert_eq!(l.len(), 1)),
+            "list_user_sessions" => store
+                .list_user_sessions(user)
+                .await
+                .map(|l| assert_eq!(l.len(), 1)),
             "touch" => {
                 store
                     .touch(&k, session.last_access, session.idle_deadline)

@@ -81,7 +81,7 @@ async fn a_stalled_login_is_cancelled_after_the_grace_period() {
     tokio::task::spawn_blocking(move || client.delete(&ik).send().unwrap())
         .await
         .unwrap();
-    assert!(store.list_user(user).await.unwrap().is_empty());
+    assert!(store.list_user_sessions(user).await.unwrap().is_empty());
     // The late write of that login fails: the key holds an ended marker.
     let marker = raw_get(&url, item_key).await.expect("an ended marker");
     assert_eq!(marker[0], 0xA7);

@@ -47,7 +47,7 @@ async fn oversize_create_is_rejected_before_anything_is_written() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
     assert!(store.load(&k).await.unwrap().is_none());
-    assert!(store.list_user(&user).await.unwrap().is_empty());
+    assert!(store.list_user_sessions(&user).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -81,7 +81,7 @@ async fn server_refusal_is_too_large_and_writes_nothing() {
         .unwrap_err();
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err:?}");
     assert!(store.load(&k).await.unwrap().is_none());
-    assert!(store.list_user(&user).await.unwrap().is_empty());
+    assert!(store.list_user_sessions(&user).await.unwrap().is_empty());
     let small = key();
     store
         .create(&small, &record(None, b"ok", 60_000, 120_000))
@@ -101,7 +101,7 @@ async fn deadlines_beyond_thirty_days_survive() {
     store.create(&k, &rec).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(store.load(&k).await.unwrap().unwrap(), rec);
-    assert_eq!(store.list_user(&user).await.unwrap().len(), 1);
+    assert_eq!(store.list_user_sessions(&user).await.unwrap().len(), 1);
 }
 
 /// Concurrent logins of one user all land in the index.
@@ -128,7 +128,7 @@ async fn concurrent_logins_of_one_user_lose_no_index_entry() {
     }
     want.sort();
     let mut got: Vec<_> = store
-        .list_user(&user)
+        .list_user_sessions(&user)
         .await
         .unwrap()
         .into_iter()
@@ -137,7 +137,7 @@ async fn concurrent_logins_of_one_user_lose_no_index_entry() {
     got.sort();
     assert_eq!(got, want);
     assert_eq!(store.delete_user(&user).await.unwrap(), 32);
-    assert!(store.list_user(&user).await.unwrap().is_empty());
+    assert!(store.list_user_sessions(&user).await.unwrap().is_empty());
 }
 
 /// Entries whose session is gone are not listed and are pruned.
@@ -163,7 +163,7 @@ async fn listing_prunes_entries_of_missing_sessions() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2_200)).await;
     let listed: Vec<_> = store
-        .list_user(&user)
+        .list_user_sessions(&user)
         .await
         .unwrap()
         .into_iter()

@@ -63,7 +63,7 @@ fn evict(max: usize) -> CreateOptions {
 
 async fn listed(store: &MemcachedStore, user: &str) -> Vec<StorageKey> {
     let mut keys: Vec<StorageKey> = store
-        .list_user(user)
+        .list_user_sessions(user)
         .await
         .unwrap()
         .into_iter()
@@ -324,7 +324,7 @@ async fn a_finished_rotation_does_not_merge_its_old_key_with_a_new_session() {
     assert_eq!(s.delete_user(u).await.unwrap(), 3);
 }
 
-/// Found as `[ListUser u1, Create k1 (u1), DeleteUser u1]` returning
+/// Found as `[ListUserSessions u1, Create k1 (u1), DeleteUser u1]` returning
 /// `[Listed([k1]), Done, Count(2)]`, and `[create_with k2 (limit 1,
 /// evict), DeleteUser, ...]` returning `[Evicted([k3]), Count(2)]`:
 /// `delete_user` ended sessions over several rounds and added up what it
@@ -349,7 +349,7 @@ async fn delete_user_counts_the_sessions_of_one_moment() {
         };
         let list = {
             let s = s.clone();
-            tokio::spawn(async move { s.list_user(u).await })
+            tokio::spawn(async move { s.list_user_sessions(u).await })
         };
         let delete_user = {
             let s = s.clone();
@@ -527,7 +527,7 @@ async fn a_login_over_a_dead_record_stays_indexed_whatever_races_it() {
 }
 
 /// Found as: rotate anonymous k2 to k3 (u1), a login of u1 under k2
-/// refused with `UserLimitReached`, `delete k2`, then `list_user u1` still
+/// refused with `UserLimitReached`, `delete k2`, then `list_user_sessions u1` still
 /// listed k3. The refused login had reserved k2 (it held the move marker)
 /// and, giving it back, deleted the marker instead of restoring it, so the
 /// delete no longer reached k3.
@@ -558,7 +558,7 @@ async fn a_refused_login_puts_back_the_marker_it_held() {
     assert!(listed(&s, u).await.is_empty());
 }
 
-/// Found as `[Delete k3, ListUser u2, DeleteUser u2]` returning
+/// Found as `[Delete k3, ListUserSessions u2, DeleteUser u2]` returning
 /// `[Done, Listed([k2]), Count(2)]`: the listing read the index before
 /// `delete_user` closed it and the records while it was ending them, so it
 /// listed half of them. A listing now checks that the index is unchanged

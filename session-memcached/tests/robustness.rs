@@ -67,7 +67,7 @@ async fn garbage_index_item_is_a_typed_error() {
     .await
     .unwrap();
     for err in [
-        store.list_user(user).await.unwrap_err(),
+        store.list_user_sessions(user).await.unwrap_err(),
         store.delete_user(user).await.unwrap_err(),
     ] {
         assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
@@ -95,7 +95,7 @@ async fn foreign_storage_keys_work() {
         store.create(&key, &rec).await.unwrap();
         assert_eq!(store.load(&key).await.unwrap().unwrap(), rec);
     }
-    let listed = store.list_user("foreign-user").await.unwrap();
+    let listed = store.list_user_sessions("foreign-user").await.unwrap();
     assert_eq!(listed.len(), 4);
     assert!(listed.iter().any(|s| s.key.as_str() == "a b"));
     assert_eq!(store.delete_user("foreign-user").await.unwrap(), 4);

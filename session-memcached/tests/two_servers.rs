@@ -38,7 +38,10 @@ async fn sessions_are_spread_over_both_servers() {
     }
     assert!(on_a > 0 && on_b > 0, "keys not spread: {on_a} / {on_b}");
     // The index lives on one server but lists sessions from both.
-    assert_eq!(both.list_user(&user).await.unwrap().len(), keys.len());
+    assert_eq!(
+        both.list_user_sessions(&user).await.unwrap().len(),
+        keys.len()
+    );
     assert_eq!(both.delete_user(&user).await.unwrap(), keys.len() as u64);
     for k in &keys {
         assert!(both.load(k).await.unwrap().is_none());

@@ -165,7 +165,7 @@ impl PostgresStoreBuilder {
     /// error the server answered the statement with, not a timeout), it
     /// runs exactly once more, on a connection that has just answered a
     /// ping (pooled connections that do not answer are dropped, and the
-    /// pool opens a new one if none does). Retried: `load`, `list_user`,
+    /// pool opens a new one if none does). Retried: `load`, `list_user_sessions`,
     /// `touch` (sets absolute values), `delete`, `delete_expired`'s batches
     /// (a batch committed just before its connection died then goes
     /// uncounted, its rows are gone either way) and the read that tells

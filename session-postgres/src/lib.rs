@@ -92,10 +92,10 @@
 //!   with default options, which is `create`) takes no lock: it is one
 //!   `INSERT`, ordered before or after `delete_user` by the row's
 //!   visibility. The "index" is the `user_id` column itself, so a live row
-//!   is always listed by `list_user`.
+//!   is always listed by `list_user_sessions`.
 //!
 //! Statements that do not change which sessions exist (`load`, `update`,
-//! `touch`, `list_user`) take no advisory lock and stay single statements
+//! `touch`, `list_user_sessions`) take no advisory lock and stay single statements
 //! on the sessions table. Deadlocks need a cycle of row locks between a
 //! rotation or eviction and a `delete` whose move chain leads back into
 //! it; PostgreSQL would detect one and fail one call with

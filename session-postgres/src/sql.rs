@@ -43,7 +43,7 @@ pub(crate) struct Statements {
     /// `$1 key`: deletes the record and follows its moves.
     pub delete: Arc<str>,
     /// `$1 user_id`; summaries of the live sessions.
-    pub list_user: Arc<str>,
+    pub list_user_sessions: Arc<str>,
     /// `$1 user_id`; one `int8`: how many live sessions were deleted.
     pub delete_user: Arc<str>,
     /// `$1 batch size`; one row: expired records removed, expired move
@@ -101,7 +101,7 @@ impl Statements {
                 function(table, "create_with")
             )),
             delete: s(format!("SELECT {}($1)", function(table, "delete"))),
-            list_user: s(format!(
+            list_user_sessions: s(format!(
                 "SELECT key, created_at, last_access, idle_deadline, absolute_deadline \
                  FROM {t} WHERE user_id = $1 AND expires_at > now()"
             )),
@@ -137,7 +137,7 @@ mod tests {
             &s.update,
             &s.live,
             &s.touch,
-            &s.list_user,
+            &s.list_user_sessions,
             &s.delete_expired,
         ] {
             assert!(sql.contains(r#""auth"."web_sessions""#), "{sql}");
@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn reads_filter_on_server_time() {
         let s = Statements::new(&TableName::default());
-        for sql in [&s.load, &s.update, &s.live, &s.touch, &s.list_user] {
+        for sql in [&s.load, &s.update, &s.live, &s.touch, &s.list_user_sessions] {
             assert!(sql.contains("expires_at > now()"), "{sql}");
         }
         assert!(s.create.contains("WHERE s.expires_at <= now()"));

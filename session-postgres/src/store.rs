@@ -555,19 +555,23 @@ impl SessionStore for PostgresStore {
         Ok(())
     }
 
-    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+    async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
         if has_nul(user_id) {
             return Ok(Vec::new());
         }
         let inner = &*self.inner;
-        let sql = &inner.sql.list_user;
+        let sql = &inner.sql.list_user_sessions;
         let rows: Vec<SummaryRow> = inner
-            .run("list_user", Statement::Idempotent, |mut conn| async move {
-                sqlx::query_as(AssertSqlSafe(sql.clone()))
-                    .bind(user_id)
-                    .fetch_all(&mut *conn)
-                    .await
-            })
+            .run(
+                "list_user_sessions",
+                Statement::Idempotent,
+                |mut conn| async move {
+                    sqlx::query_as(AssertSqlSafe(sql.clone()))
+                        .bind(user_id)
+                        .fetch_all(&mut *conn)
+                        .await
+                },
+            )
             .await?;
         Ok(rows
             .into_iter()

@@ -269,9 +269,9 @@ async fn the_first_call_after_every_connection_died_succeeds() {
             }) as Call<'_>,
         ),
         (
-            "list_user",
+            "list_user_sessions",
             Box::pin(async {
-                assert_eq!(t.list_user("idle").await?.len(), 1);
+                assert_eq!(t.list_user_sessions("idle").await?.len(), 1);
                 Ok(())
             }),
         ),

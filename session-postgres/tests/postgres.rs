@@ -187,7 +187,7 @@ async fn expired_rows_stay_until_cleanup_but_never_show() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(t.expired_rows().await, 1, "the row should still be stored");
     assert!(s.load(&k).await.unwrap().is_none());
-    assert!(s.list_user(&user).await.unwrap().is_empty());
+    assert!(s.list_user_sessions(&user).await.unwrap().is_empty());
     assert!(matches!(
         s.touch(&k, Timestamp::now(), Timestamp::now()).await,
         Err(StoreError::NotFound)
@@ -209,7 +209,7 @@ async fn expired_rows_stay_until_cleanup_but_never_show() {
         .unwrap();
     let got = s.load(&k).await.unwrap().unwrap();
     assert_eq!((&got.data[..], got.user_id), (&b"new"[..], None));
-    assert!(s.list_user(&user).await.unwrap().is_empty());
+    assert!(s.list_user_sessions(&user).await.unwrap().is_empty());
     assert_eq!(t.rows().await, 1);
 }
 
@@ -233,7 +233,7 @@ async fn delete_expired_works_through_many_batches() {
     assert_eq!(s.delete_expired().await.unwrap(), 30);
     assert_eq!(t.rows().await, 5);
     assert_eq!(s.delete_expired().await.unwrap(), 0);
-    assert_eq!(s.list_user("u").await.unwrap().len(), 5);
+    assert_eq!(s.list_user_sessions("u").await.unwrap().len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +343,7 @@ async fn nul_characters_are_typed_errors_not_panics() {
         other => panic!("{other:?}"),
     }
     assert_eq!(t.rows().await, 0);
-    assert!(s.list_user("a\0b").await.unwrap().is_empty());
+    assert!(s.list_user_sessions("a\0b").await.unwrap().is_empty());
     assert_eq!(s.delete_user("a\0b").await.unwrap(), 0);
     let bad = StorageKey::from_stored("k\0");
     assert!(s.load(&bad).await.unwrap().is_none());
@@ -525,7 +525,7 @@ async fn upgrade_from_schema_version_1_keeps_sessions_and_cleanup() {
     let live = StorageKey::from_stored(&"a".repeat(64));
     let got = store.load(&live).await.unwrap().unwrap();
     assert_eq!((&got.data[..], got.version), (&b"live"[..], 3));
-    assert_eq!(store.list_user("u").await.unwrap().len(), 1);
+    assert_eq!(store.list_user_sessions("u").await.unwrap().len(), 1);
     assert_eq!(store.delete_expired().await.unwrap(), 1);
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND tablename = $2 \
@@ -623,7 +623,7 @@ async fn upgrade_from_schema_version_2_in_place_enables_the_lifecycle() {
     assert!(store.load(&new).await.unwrap().is_some());
     store.delete(&old).await.unwrap();
     assert!(store.load(&new).await.unwrap().is_none());
-    assert!(store.list_user("u2").await.unwrap().is_empty());
+    assert!(store.list_user_sessions("u2").await.unwrap().is_empty());
     drop_scratch(&pool, &name).await;
 }
 

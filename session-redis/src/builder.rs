@@ -89,7 +89,7 @@ impl RedisStoreBuilder {
     /// reply, not a timeout), the operation is sent exactly once more, on a
     /// fresh connection:
     ///
-    /// - `load`, `list_user`, `touch` and `delete` (reads, and writes that
+    /// - `load`, `list_user_sessions`, `touch` and `delete` (reads, and writes that
     ///   give the same state and answer when repeated), and the index read
     ///   that starts `delete_user`;
     /// - `create`, `update` and single-server `create_with` only when the

@@ -48,7 +48,7 @@
 //! deadline with `SETRANGE`, and the TTL) and `delete` are Lua scripts
 //! loaded once and called by SHA-1 (`EVALSHA`; reloaded by
 //! [`redis::Script`] after a restart or `SCRIPT FLUSH` drops them).
-//! `list_user` and `delete_user` read the index, visit the sessions
+//! `list_user_sessions` and `delete_user` read the index, visit the sessions
 //! concurrently (reading only headers), and prune entries whose sessions
 //! are gone. `delete` of a logged-in session takes two commands: the
 //! session's script returns its user, then the entry goes.
@@ -58,7 +58,7 @@
 //! (see [`codec`]): the fixed header with format byte 2, carrying the new
 //! storage key, with the old record's remaining life as its TTL. No script
 //! takes it for a live record, `load` returns `None` for it, and
-//! `list_user` and `delete_user` never count it. `delete` of a moved key
+//! `list_user_sessions` and `delete_user` never count it. `delete` of a moved key
 //! deletes the marker and follows it to where the session went, and on
 //! from there (at most 64 moves): inside its script on a single server, one
 //! script call per key on a cluster. `delete_user` follows a marker it
@@ -74,8 +74,8 @@
 //! index, whose keys it computes instead of declaring: a standalone server
 //! allows this, a cluster would not. A login (with a per-user limit, from
 //! an anonymous session) thus costs one round trip; before `create_with` it
-//! took a `list_user` (two), a `create` and a `delete` of the old session,
-//! plus a `list_user` and a `delete` per evicted session under
+//! took a `list_user_sessions` (two), a `create` and a `delete` of the old session,
+//! plus a `list_user_sessions` and a `delete` per evicted session under
 //! `EvictOldest`.
 //!
 //! **Cluster: ordered, not atomic.** The old record, the new record and the

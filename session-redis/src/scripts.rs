@@ -527,7 +527,7 @@ pub(crate) struct Scripts {
     pub(crate) create_with: Script,
     pub(crate) rotate: Script,
     pub(crate) drop_pending: Script,
-    pub(crate) list_user: Script,
+    pub(crate) list_user_sessions: Script,
     pub(crate) unindex_if_gone: Script,
 }
 
@@ -545,7 +545,7 @@ impl Scripts {
             create_with: script(CREATE_WITH),
             rotate: script(MOVE),
             drop_pending: script(DROP_PENDING),
-            list_user: script(LIST_USER),
+            list_user_sessions: script(LIST_USER),
             unindex_if_gone: script(UNINDEX_IF_GONE),
         }
     }

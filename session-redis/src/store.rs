@@ -7,7 +7,7 @@
 //! second command, to the index's slot), `create_with` is a sequence of
 //! single-slot steps (see the [crate docs](crate)), and `delete` follows
 //! moved markers one slot at a time. `delete` of a logged-in session
-//! removes the index entry after the session. `list_user` and
+//! removes the index entry after the session. `list_user_sessions` and
 //! `delete_user` read the index, then visit every listed session
 //! concurrently, then prune.
 
@@ -1203,14 +1203,14 @@ impl SessionStore for RedisStore {
         .map(drop)
     }
 
-    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+    async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
         let index = self.prefix.index_key(user_id.as_bytes());
         let header_end = HEADER_LEN - 1 + user_id.len();
         // Reads, then a `ZREM` of entries whose sessions are gone, which a
         // repeat cannot make wrong: the whole call is retried.
         self.bounded(
-            "list_user",
-            self.retrying("list_user", Retry::Idempotent, |mut conn| {
+            "list_user_sessions",
+            self.retrying("list_user_sessions", Retry::Idempotent, |mut conn| {
                 let index = &index;
                 async move {
                     let (entries, headers) = if self.is_cluster() {
@@ -1236,7 +1236,7 @@ impl SessionStore for RedisStore {
                     } else {
                         // One script: the index and every header as of one
                         // instant, so a rotation is seen before or after, whole.
-                        let script = &self.scripts().list_user;
+                        let script = &self.scripts().list_user_sessions;
                         let head = self.prefix.session_key_head();
                         let mut cmd = scripts::evalsha(script, 1, index.len() + head.len());
                         cmd.arg(index).arg(&head).arg(header_end);

@@ -99,7 +99,7 @@ async fn update_later_absolute_deadline_extends_index<C: ConnectionLike + Send>(
     let next = (record(Some("abs"), b"y", 3_600_000, 7_200_000)).with_version(2);
     store.update(&k, 1, &next).await.unwrap();
     assert!(pttl(raw, &ik).await > 7_200_000, "index TTL not extended");
-    assert_eq!(store.list_user("abs").await.unwrap().len(), 1);
+    assert_eq!(store.list_user_sessions("abs").await.unwrap().len(), 1);
 }
 
 async fn update_refuses_to_change_the_user(store: &RedisStore) {
@@ -116,7 +116,11 @@ async fn update_refuses_to_change_the_user(store: &RedisStore) {
         (got.user_id.as_deref(), &got.data[..]),
         (Some("owner"), &b"x"[..])
     );
-    assert!(store.list_user("intruder").await.unwrap().is_empty());
+    assert!(store
+        .list_user_sessions("intruder")
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn corrupt_values_are_typed_errors<C: ConnectionLike + Send>(
@@ -186,7 +190,7 @@ async fn index_entries_without_sessions<C: ConnectionLike + Send>(store: &RedisS
         .await
         .unwrap();
     let listed: Vec<_> = store
-        .list_user("crash")
+        .list_user_sessions("crash")
         .await
         .unwrap()
         .into_iter()
@@ -254,7 +258,7 @@ async fn rotation_leaves_a_moved_marker<C: ConnectionLike + Send>(store: &RedisS
     assert!((50_000..=60_000).contains(&ttl), "marker ttl {ttl}");
     assert!(store.load(&old).await.unwrap().is_none());
     let listed: Vec<_> = store
-        .list_user("mover")
+        .list_user_sessions("mover")
         .await
         .unwrap()
         .into_iter()
@@ -264,7 +268,7 @@ async fn rotation_leaves_a_moved_marker<C: ConnectionLike + Send>(store: &RedisS
     store.delete(&old).await.unwrap();
     assert!(get(raw, &p.session_key(&old)).await.is_none());
     assert!(get(raw, &p.session_key(&new)).await.is_none());
-    assert!(store.list_user("mover").await.unwrap().is_empty());
+    assert!(store.list_user_sessions("mover").await.unwrap().is_empty());
     let members: Vec<String> = redis::cmd("ZRANGE")
         .arg(p.index_key(b"mover"))
         .arg(0)
@@ -312,7 +316,7 @@ async fn extreme_deadlines<C: ConnectionLike + Send>(store: &RedisStore, raw: &m
     assert!(get(raw, &p.session_key(&born_dead)).await.is_none());
     assert!(store.load(&born_dead).await.unwrap().is_none());
     let listed: Vec<_> = store
-        .list_user("far")
+        .list_user_sessions("far")
         .await
         .unwrap()
         .into_iter()

@@ -37,12 +37,12 @@ pub async fn logout_all(session: Session) -> Result<String, Error> {
 }
 
 pub async fn list(session: Session) -> Result<String, Error> {
-    Ok(session.list_sessions().await?.len().to_string())
+    Ok(session.list_user_sessions().await?.len().to_string())
 }
 
 /// The storage keys of this user's sessions, one per line, oldest first.
 pub async fn keys(session: Session) -> Result<String, Error> {
-    let list = session.list_sessions().await?;
+    let list = session.list_user_sessions().await?;
     Ok(list
         .iter()
         .map(|s| s.key.as_str())

@@ -34,8 +34,8 @@ pub enum Operation {
     Touch,
     /// [`SessionStore::delete`].
     Delete,
-    /// [`SessionStore::list_user`].
-    ListUser,
+    /// [`SessionStore::list_user_sessions`].
+    ListUserSessions,
     /// [`SessionStore::delete_user`].
     DeleteUser,
     /// [`SessionStore::delete_expired`].
@@ -132,9 +132,12 @@ impl<S: SessionStore, H: StoreHooks> SessionStore for HookedStore<S, H> {
     async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
         self.around(Operation::Delete, self.inner.delete(key)).await
     }
-    async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
-        self.around(Operation::ListUser, self.inner.list_user(user_id))
-            .await
+    async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+        self.around(
+            Operation::ListUserSessions,
+            self.inner.list_user_sessions(user_id),
+        )
+        .await
     }
     async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
         self.around(Operation::DeleteUser, self.inner.delete_user(user_id))

@@ -96,7 +96,12 @@ async fn loads(store: &dyn SessionStore, key: &StorageKey) -> bool {
 }
 
 async fn listed(store: &dyn SessionStore, user: &str) -> Vec<StorageKey> {
-    keys_of(&store.list_user(user).await.expect("list_user failed"))
+    keys_of(
+        &store
+            .list_user_sessions(user)
+            .await
+            .expect("list_user_sessions failed"),
+    )
 }
 
 /// With default options `create_with` is `create`: stored, indexed, and

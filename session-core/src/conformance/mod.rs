@@ -825,7 +825,7 @@ pub mod cases {
             .await
             .unwrap();
         store.create(&h.key(), &live(None, b"4")).await.unwrap();
-        let mut list = store.list_user(&user).await.unwrap();
+        let mut list = store.list_user_sessions(&user).await.unwrap();
         list.sort_by(|a, b| a.key.cmp(&b.key));
         let mut want = vec![r1.summary(&k1), r2.summary(&k2)];
         want.sort_by(|a, b| a.key.cmp(&b.key));
@@ -835,7 +835,11 @@ pub mod cases {
     /// An unknown user has no sessions.
     pub async fn list_unknown_user_is_empty(h: Harness) {
         let store = h.store().await;
-        assert!(store.list_user(&h.user("nobody")).await.unwrap().is_empty());
+        assert!(store
+            .list_user_sessions(&h.user("nobody"))
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     /// 25 sessions of one user are all listed.
@@ -849,7 +853,7 @@ pub mod cases {
             keys.push(k);
         }
         assert_eq!(
-            keys_of(&store.list_user(&user).await.unwrap()),
+            keys_of(&store.list_user_sessions(&user).await.unwrap()),
             sorted(keys)
         );
     }
@@ -865,7 +869,7 @@ pub mod cases {
         manager.rotate(&mut s).await.unwrap();
         assert_ne!(&first, s.storage_key());
         assert_eq!(
-            keys_of(&store.list_user(&user).await.unwrap()),
+            keys_of(&store.list_user_sessions(&user).await.unwrap()),
             vec![s.storage_key().clone()]
         );
         assert!(
@@ -885,7 +889,7 @@ pub mod cases {
         manager.login(&mut b, &user).await.unwrap();
         manager.logout(&mut a).await.unwrap();
         assert_eq!(
-            keys_of(&store.list_user(&user).await.unwrap()),
+            keys_of(&store.list_user_sessions(&user).await.unwrap()),
             vec![b.storage_key().clone()]
         );
     }
@@ -901,9 +905,12 @@ pub mod cases {
             .await
             .unwrap();
         store.create(&long, &live(Some(&user), b"l")).await.unwrap();
-        assert_eq!(store.list_user(&user).await.unwrap().len(), 2);
+        assert_eq!(store.list_user_sessions(&user).await.unwrap().len(), 2);
         sleep_ms(1_000).await;
-        assert_eq!(keys_of(&store.list_user(&user).await.unwrap()), vec![long]);
+        assert_eq!(
+            keys_of(&store.list_user_sessions(&user).await.unwrap()),
+            vec![long]
+        );
     }
 
     /// With a limit of 2 and eviction, a third login ends the oldest.
@@ -928,7 +935,7 @@ pub mod cases {
             sleep_ms(5).await;
         }
         assert_eq!(
-            keys_of(&store.list_user(&user).await.unwrap()),
+            keys_of(&store.list_user_sessions(&user).await.unwrap()),
             sorted(keys[1..].to_vec())
         );
         assert!(
@@ -950,7 +957,10 @@ pub mod cases {
             ..rec
         };
         store.update(&key, 1, &next).await.unwrap();
-        assert_eq!(keys_of(&store.list_user(&user).await.unwrap()), vec![key]);
+        assert_eq!(
+            keys_of(&store.list_user_sessions(&user).await.unwrap()),
+            vec![key]
+        );
     }
 
     /// `delete_user` removes all of that user's sessions and no others.
@@ -966,11 +976,11 @@ pub mod cases {
         let anon = h.key();
         store.create(&anon, &live(None, b"n")).await.unwrap();
         assert_eq!(store.delete_user(&alice).await.unwrap(), 3);
-        assert!(store.list_user(&alice).await.unwrap().is_empty());
+        assert!(store.list_user_sessions(&alice).await.unwrap().is_empty());
         assert_eq!(store.delete_user(&alice).await.unwrap(), 0);
         assert!(store.load(&b).await.unwrap().is_some());
         assert!(store.load(&anon).await.unwrap().is_some());
-        assert_eq!(store.list_user(&bob).await.unwrap().len(), 1);
+        assert_eq!(store.list_user_sessions(&bob).await.unwrap().len(), 1);
     }
 
     /// After `delete_user` none of the user's sessions loads.
@@ -1004,10 +1014,14 @@ pub mod cases {
             store.create(&h.key(), &live(Some(id), b"x")).await.unwrap();
         }
         for id in &ids {
-            assert_eq!(store.list_user(id).await.unwrap().len(), 1, "user {id:?}");
+            assert_eq!(
+                store.list_user_sessions(id).await.unwrap().len(),
+                1,
+                "user {id:?}"
+            );
         }
         assert_eq!(store.delete_user(&ids[1]).await.unwrap(), 1);
-        assert_eq!(store.list_user(&ids[0]).await.unwrap().len(), 1);
+        assert_eq!(store.list_user_sessions(&ids[0]).await.unwrap().len(), 1);
     }
 
     async fn user_id_round_trip(h: Harness, user: String) {
@@ -1019,7 +1033,7 @@ pub mod cases {
             Some(user.as_str())
         );
         assert_eq!(
-            keys_of(&store.list_user(&user).await.unwrap()),
+            keys_of(&store.list_user_sessions(&user).await.unwrap()),
             vec![key.clone()]
         );
         assert_eq!(store.delete_user(&user).await.unwrap(), 1);
@@ -1056,7 +1070,7 @@ pub mod cases {
             "namespace b sees a's record"
         );
         assert!(
-            b.list_user(&user).await.unwrap().is_empty(),
+            b.list_user_sessions(&user).await.unwrap().is_empty(),
             "namespace b sees a's index"
         );
         b.create(&key, &live(Some(&user), b"in b"))
@@ -1064,7 +1078,7 @@ pub mod cases {
             .expect("b refused a key only a has");
         assert_eq!(b.delete_user(&user).await.unwrap(), 1);
         assert_eq!(&must_load(&*a, &key).await.data[..], b"in a");
-        assert_eq!(a.list_user(&user).await.unwrap().len(), 1);
+        assert_eq!(a.list_user_sessions(&user).await.unwrap().len(), 1);
     }
 
     /// `delete_expired` keeps live records (and may remove expired ones).
@@ -1085,7 +1099,10 @@ pub mod cases {
         store.delete_expired().await.unwrap();
         assert!(store.load(&dead).await.unwrap().is_none());
         assert_eq!(&must_load(&*store, &alive).await.data[..], b"a");
-        assert_eq!(keys_of(&store.list_user(&user).await.unwrap()), vec![alive]);
+        assert_eq!(
+            keys_of(&store.list_user_sessions(&user).await.unwrap()),
+            vec![alive]
+        );
     }
 
     /// The manager works end to end over this store.
@@ -1172,8 +1189,8 @@ pub mod cases {
             self.saw(key.as_str().as_bytes());
             self.inner.delete(key).await
         }
-        async fn list_user(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
-            self.inner.list_user(user_id).await
+        async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+            self.inner.list_user_sessions(user_id).await
         }
         async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
             self.inner.delete_user(user_id).await

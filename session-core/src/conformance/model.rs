@@ -77,8 +77,8 @@ pub enum Call {
         /// Key index.
         key: usize,
     },
-    /// `list_user`.
-    ListUser {
+    /// `list_user_sessions`.
+    ListUserSessions {
         /// User index.
         user: usize,
     },
@@ -146,7 +146,7 @@ fn call() -> impl Strategy<Value = Call> {
             .prop_map(|(key, expected, data)| Call::Update { key, expected, data }),
         1 => key.clone().prop_map(|key| Call::Touch { key }),
         2 => key.prop_map(|key| Call::Delete { key }),
-        2 => (0..USERS).prop_map(|user| Call::ListUser { user }),
+        2 => (0..USERS).prop_map(|user| Call::ListUserSessions { user }),
         1 => (0..USERS).prop_map(|user| Call::DeleteUser { user }),
     ]
 }
@@ -386,7 +386,7 @@ impl Model {
                 Outcome::Done
             }
             Call::Delete { .. } => unreachable!("deletes go through Model::step"),
-            Call::ListUser { user } => {
+            Call::ListUserSessions { user } => {
                 let mut keys: Vec<StorageKey> = self
                     .user_live(&u.users[*user], now)
                     .into_iter()
@@ -591,11 +591,13 @@ async fn run_call(store: &dyn SessionStore, u: &Universe, call: &Call) -> Outcom
                 .map(|()| Outcome::Done)
         }
         Call::Delete { key } => store.delete(&u.keys[*key]).await.map(|()| Outcome::Done),
-        Call::ListUser { user } => store.list_user(&u.users[*user]).await.map(|list| {
-            let mut keys: Vec<StorageKey> = list.into_iter().map(|s| s.key).collect();
-            keys.sort();
-            Outcome::Listed(keys)
-        }),
+        Call::ListUserSessions { user } => {
+            store.list_user_sessions(&u.users[*user]).await.map(|list| {
+                let mut keys: Vec<StorageKey> = list.into_iter().map(|s| s.key).collect();
+                keys.sort();
+                Outcome::Listed(keys)
+            })
+        }
         Call::DeleteUser { user } => store.delete_user(&u.users[*user]).await.map(Outcome::Count),
     };
     result.unwrap_or_else(|e| Outcome::Error(kind(&e)))

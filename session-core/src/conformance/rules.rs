@@ -124,7 +124,7 @@ pub async fn update_of_an_expired_record_is_not_found_at_any_version(h: Harness)
     }
 }
 
-/// `list_user` reflects `touch` and `update`: the fresh last access and
+/// `list_user_sessions` reflects `touch` and `update`: the fresh last access and
 /// deadlines, and the session stays listed after its original deadline.
 pub async fn list_user_reflects_touch_and_update(h: Harness) {
     let store = h.store().await;
@@ -136,7 +136,7 @@ pub async fn list_user_reflects_touch_and_update(h: Harness) {
     let idle = t.saturating_add(Duration::from_millis(HOUR));
     store.touch(&key, t, idle).await.unwrap();
     sleep_ms(1_000).await;
-    let listed = store.list_user(&user).await.unwrap();
+    let listed = store.list_user_sessions(&user).await.unwrap();
     assert_eq!(listed.len(), 1, "a touched session dropped out of the list");
     assert_eq!(listed[0].last_access, t);
     assert_eq!(listed[0].idle_deadline, idle);
@@ -151,7 +151,7 @@ pub async fn list_user_reflects_touch_and_update(h: Harness) {
         ..first.clone()
     };
     store.update(&key, 1, &next).await.unwrap();
-    let listed = store.list_user(&user).await.unwrap();
+    let listed = store.list_user_sessions(&user).await.unwrap();
     assert_eq!(listed, vec![next.summary(&key)]);
 }
 
@@ -193,7 +193,7 @@ pub async fn delete_user_is_exact_and_counts_live_sessions(h: Harness) {
             store.load(k).await.unwrap().is_some(),
             "deleting {user:?} deleted {other:?}'s session"
         );
-        assert_eq!(store.list_user(other).await.unwrap().len(), 1);
+        assert_eq!(store.list_user_sessions(other).await.unwrap().len(), 1);
     }
     assert_eq!(store.delete_user(&user).await.unwrap(), 0);
 }
@@ -266,10 +266,10 @@ pub async fn user_ids_up_to_1_kib_with_any_characters(h: Harness) {
         Some(user.as_str())
     );
     assert_eq!(
-        keys_of(&store.list_user(&user).await.unwrap()),
+        keys_of(&store.list_user_sessions(&user).await.unwrap()),
         vec![key.clone()]
     );
-    assert!(store.list_user(&base).await.unwrap().is_empty());
+    assert!(store.list_user_sessions(&base).await.unwrap().is_empty());
     assert_eq!(store.delete_user(&user).await.unwrap(), 1);
     assert!(store.load(&key).await.unwrap().is_none());
 }

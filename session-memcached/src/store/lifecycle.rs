@@ -1,5 +1,5 @@
 //! The calls that create, move and end sessions: `create_with`, `delete`,
-//! `delete_user`, and the index resolution `list_user` shares with them.
+//! `delete_user`, and the index resolution `list_user_sessions` shares with them.
 //! Why their steps are ordered as they are is in the crate documentation
 //! ("Lifecycle changes").
 
@@ -15,7 +15,7 @@ use crate::index::{Entry, Eviction, Index, UserItem};
 use crate::tombstone::{Marker, Stored};
 use crate::transport::{Item, Mode, Outcome};
 
-/// How long `list_user` waits for a rotation or an evicting login that
+/// How long `list_user_sessions` waits for a rotation or an evicting login that
 /// has written its index entry to write its record (a few round trips):
 /// entries older than this belong to a creation that stopped.
 const IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -552,7 +552,7 @@ impl MemcachedStore {
         Err(self.contended("removing from the user index"))
     }
 
-    /// `list_user`: the live sessions; dead entries are pruned. Waits
+    /// `list_user_sessions`: the live sessions; dead entries are pruned. Waits
     /// while a rotation or an evicting login is between its decision and
     /// its record, so that it lists the sessions before or after it.
     pub(super) async fn lifecycle_list(&self, user: &str) -> StoreResult<Vec<SessionSummary>> {

@@ -10,7 +10,7 @@
 //! - **Recovery by itself.** The same store instance works again once the
 //!   server is back, and the very first call after a restart (made on
 //!   connections the restart killed) succeeds where it can be retried
-//!   safely: reads, `touch`, `delete`, `list_user`, and a `create` that
+//!   safely: reads, `touch`, `delete`, `list_user_sessions`, and a `create` that
 //!   provably never reached the server.
 //! - **No acknowledged write is lost, none is invented.** Writers racing
 //!   through restarts end with each counter at least at the number of
@@ -341,7 +341,14 @@ pub async fn assert_every_call_unavailable(
     let touch = store.touch(known, now, later);
     expect_unavailable_hiding("touch", phase, bound, false, hide, touch).await;
     expect_unavailable("delete", phase, bound, false, store.delete(&key())).await;
-    expect_unavailable("list_user", phase, bound, false, store.list_user(user)).await;
+    expect_unavailable(
+        "list_user_sessions",
+        phase,
+        bound,
+        false,
+        store.list_user_sessions(user),
+    )
+    .await;
     expect_unavailable(
         "delete_user",
         phase,
@@ -492,7 +499,7 @@ pub mod scenarios {
     }
 
     /// The server restarts while the store is idle (every pooled
-    /// connection dies): the first `load`, `list_user`, `touch` and
+    /// connection dies): the first `load`, `list_user_sessions`, `touch` and
     /// `delete` after each restart succeed, each after its own restart; so
     /// does a `create` after an outage long enough for the store's
     /// reconnection attempts to give up.
@@ -531,9 +538,9 @@ pub mod scenarios {
         warm().await;
         faults.restart().await;
         let listed = store
-            .list_user(user)
+            .list_user_sessions(user)
             .await
-            .expect("the first list_user after a restart");
+            .expect("the first list_user_sessions after a restart");
         assert_eq!(listed.len(), 1);
 
         warm().await;
@@ -564,7 +571,14 @@ pub mod scenarios {
             .create(&k2, &live(Some(user), b"new"))
             .await
             .expect("the first create after the server came back");
-        assert_eq!(store.list_user(user).await.expect("list_user").len(), 1);
+        assert_eq!(
+            store
+                .list_user_sessions(user)
+                .await
+                .expect("list_user_sessions")
+                .len(),
+            1
+        );
     }
 
     /// The server freezes (connections open, no answer): every kind of
@@ -721,7 +735,7 @@ pub mod scenarios {
 
     /// Every idle connection of the store is forgotten by the path
     /// ([`FaultProxy::forget_connections`]: reset when next used, after the
-    /// request was written): the first `load`, `list_user`, `touch` and
+    /// request was written): the first `load`, `list_user_sessions`, `touch` and
     /// `delete` after each such reset succeed, each after its own.
     pub async fn fault_idle_connections_reset_on_use(h: FaultHarness) {
         let (store, proxy) = h.setup().await;
@@ -749,9 +763,9 @@ pub mod scenarios {
         warm().await;
         proxy.forget_connections();
         let listed = store
-            .list_user(user)
+            .list_user_sessions(user)
             .await
-            .expect("the first list_user on reset connections");
+            .expect("the first list_user_sessions on reset connections");
         assert_eq!(listed.len(), 1);
 
         warm().await;
@@ -800,7 +814,14 @@ pub mod scenarios {
             .touch(&k, now, now.saturating_add(Duration::from_secs(600)))
             .await
             .expect("touch after recovery");
-        assert_eq!(store.list_user(user).await.expect("list_user").len(), 1);
+        assert_eq!(
+            store
+                .list_user_sessions(user)
+                .await
+                .expect("list_user_sessions")
+                .len(),
+            1
+        );
         assert_eq!(store.delete_user(user).await.expect("delete_user"), 1);
         store.delete(known).await.expect("delete after recovery");
         store
