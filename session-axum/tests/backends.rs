@@ -17,12 +17,12 @@ use std::sync::Arc;
 use axum::Router;
 use http::StatusCode;
 use session_axum::SessionLayer;
+use session_core::redact::redact_url;
 use session_core::{MemoryStore, SessionManager, SessionStore};
 use session_encrypted::{EncryptedStore, EncryptionKey, KeyRing};
 use session_memcached::{MemcachedConfig, MemcachedStore};
 use session_postgres::PostgresStore;
 use session_redis::RedisStore;
-use tokio::sync::OnceCell;
 
 use common::send;
 
@@ -34,7 +34,7 @@ async fn redis() -> RedisStore {
         .prefix(unique("axum"))
         .connect(&url)
         .await
-        .unwrap_or_else(|e| panic!("no Redis at {url}: {e}"))
+        .unwrap_or_else(|e| panic!("no Redis at {}: {e}", redact_url(&url)))
 }
 
 async fn redis_cluster() -> RedisStore {
@@ -43,40 +43,26 @@ async fn redis_cluster() -> RedisStore {
         .prefix(unique("axum"))
         .connect_cluster(urls.clone())
         .await
-        .unwrap_or_else(|e| panic!("no Redis Cluster at {urls:?}: {e}"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "no Redis Cluster at {:?}: {e}",
+                urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>()
+            )
+        })
 }
 
 const PG_SCHEMA: &str = "session_axum_test";
 
 async fn postgres() -> PostgresStore {
-    static SCHEMA: OnceCell<()> = OnceCell::const_new();
     let url = servers::postgres_url();
-    SCHEMA
-        .get_or_init(|| async {
-            // This binary owns the schema: start each run from an empty one.
-            use session_postgres::sqlx;
-            let pool = sqlx::PgPool::connect(&url)
-                .await
-                .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}"));
-            for stmt in [
-                format!("DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"),
-                format!("CREATE SCHEMA {PG_SCHEMA}"),
-            ] {
-                sqlx::query(sqlx::AssertSqlSafe(stmt))
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-            }
-            pool.close().await;
-        })
-        .await;
+    session_test_support::postgres::fresh_schema(&url, PG_SCHEMA).await;
     let store = PostgresStore::builder()
         .schema(PG_SCHEMA)
         .table(unique("axum"))
         .max_connections(8)
         .connect(&url)
         .await
-        .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}"));
+        .unwrap_or_else(|e| panic!("no PostgreSQL at {}: {e}", redact_url(&url)));
     store.migrate().await.expect("migrate");
     store
 }

@@ -18,7 +18,6 @@ use session_memcached::{MemcachedConfig, MemcachedStore};
 use session_postgres::PostgresStore;
 use session_redis::RedisStore;
 use session_test_support::servers;
-use tokio::sync::OnceCell;
 
 fn ring() -> KeyRing {
     KeyRing::new(1, EncryptionKey::generate())
@@ -50,26 +49,8 @@ async fn postgres(namespace: &str) -> PostgresStore {
 /// A PostgreSQL store on `url` (the test server, or a fault proxy in front
 /// of it) with acquire, connect and operation timeouts of `timeout`.
 async fn postgres_at(url: &str, namespace: &str, timeout: Option<Duration>) -> PostgresStore {
-    static SCHEMA: OnceCell<()> = OnceCell::const_new();
     let url = url.to_owned();
-    SCHEMA
-        .get_or_init(|| async {
-            // This binary owns the schema: start each run from an empty one.
-            let pool = sqlx::PgPool::connect(&url)
-                .await
-                .unwrap_or_else(|e| panic!("no PostgreSQL at {url}: {e}"));
-            for stmt in [
-                format!("DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"),
-                format!("CREATE SCHEMA {PG_SCHEMA}"),
-            ] {
-                sqlx::query(sqlx::AssertSqlSafe(stmt))
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-            }
-            pool.close().await;
-        })
-        .await;
+    session_test_support::postgres::fresh_schema(&url, PG_SCHEMA).await;
     let mut builder = PostgresStore::builder()
         .schema(PG_SCHEMA)
         .table(namespace)

@@ -5,12 +5,14 @@
 //!   the message that says how to provide one when none answers.
 //! - [`names`]: unique names for a test's keys and tables, fresh storage
 //!   keys.
+//! - [`postgres`]: a fresh PostgreSQL schema per test binary.
 //! - [`process`]: spare ports, and waiting for a signalled server process to
 //!   stop, for fault tests that run a private server.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod names;
+pub mod postgres;
 pub mod process;
 pub mod servers;
 
