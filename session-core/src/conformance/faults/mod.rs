@@ -515,49 +515,7 @@ pub mod scenarios {
     ) {
         let user = "fault-restart";
         let k = key();
-        store
-            .create(&k, &live(Some(user), b"kept"))
-            .await
-            .expect("create before the restarts");
-        // Several pooled connections, all of which the restart kills.
-        let warm = || async {
-            let loads = (0..8).map(|_| store.load(&k));
-            for loaded in futures::future::join_all(loads).await {
-                loaded.expect("load before the restart");
-            }
-        };
-
-        warm().await;
-        faults.restart().await;
-        let loaded = store
-            .load(&k)
-            .await
-            .expect("the first load after a restart");
-        assert_eq!(&loaded.expect("the session").data[..], b"kept");
-
-        warm().await;
-        faults.restart().await;
-        let listed = store
-            .list_user_sessions(user)
-            .await
-            .expect("the first list_user_sessions after a restart");
-        assert_eq!(listed.len(), 1);
-
-        warm().await;
-        faults.restart().await;
-        let now = crate::clock::Timestamp::now();
-        store
-            .touch(&k, now, now.saturating_add(Duration::from_secs(600)))
-            .await
-            .expect("the first touch after a restart");
-
-        warm().await;
-        faults.restart().await;
-        store
-            .delete(&k)
-            .await
-            .expect("the first delete after a restart");
-        assert!(store.load(&k).await.expect("load").is_none());
+        first_calls_after_each(store, user, &k, "a restart", || faults.restart()).await;
 
         // Down long enough for reconnection attempts to give up, then back:
         // the insert-only create must go through on the first call.
@@ -742,47 +700,64 @@ pub mod scenarios {
         let store = &*store;
         let user = "fault-forgotten";
         let k = key();
+        first_calls_after_each(store, user, &k, "a reset of every connection", || async {
+            proxy.forget_connections();
+        })
+        .await;
+    }
+
+    /// Creates a session for `user` under `k`, then four times: several
+    /// pooled connections in use, `fault`, and the first `load`, then
+    /// `list_user_sessions`, `touch`, `delete` after it must succeed. Ends
+    /// with the session deleted.
+    async fn first_calls_after_each<F, Fut>(
+        store: &dyn SessionStore,
+        user: &str,
+        k: &crate::key::StorageKey,
+        what: &str,
+        fault: F,
+    ) where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ()>,
+    {
         store
-            .create(&k, &live(Some(user), b"kept"))
+            .create(k, &live(Some(user), b"kept"))
             .await
-            .expect("create before the resets");
+            .expect("create before the faults");
+        // Several pooled connections, all of which the fault breaks.
         let warm = || async {
-            let loads = (0..8).map(|_| store.load(&k));
+            let loads = (0..8).map(|_| store.load(k));
             for loaded in futures::future::join_all(loads).await {
-                loaded.expect("load before the reset");
+                loaded.expect("load before the fault");
             }
         };
+
         warm().await;
-        proxy.forget_connections();
-        let loaded = store
-            .load(&k)
-            .await
-            .expect("the first load on reset connections");
+        fault().await;
+        let loaded = store.load(k).await;
+        let loaded = loaded.unwrap_or_else(|e| panic!("the first load after {what}: {e:?}"));
         assert_eq!(&loaded.expect("the session").data[..], b"kept");
 
         warm().await;
-        proxy.forget_connections();
-        let listed = store
-            .list_user_sessions(user)
-            .await
-            .expect("the first list_user_sessions on reset connections");
+        fault().await;
+        let listed = store.list_user_sessions(user).await;
+        let listed =
+            listed.unwrap_or_else(|e| panic!("the first list_user_sessions after {what}: {e:?}"));
         assert_eq!(listed.len(), 1);
 
         warm().await;
-        proxy.forget_connections();
+        fault().await;
         let now = crate::clock::Timestamp::now();
-        store
-            .touch(&k, now, now.saturating_add(Duration::from_secs(600)))
-            .await
-            .expect("the first touch on reset connections");
+        let touched = store
+            .touch(k, now, now.saturating_add(Duration::from_secs(600)))
+            .await;
+        touched.unwrap_or_else(|e| panic!("the first touch after {what}: {e:?}"));
 
         warm().await;
-        proxy.forget_connections();
-        store
-            .delete(&k)
-            .await
-            .expect("the first delete on reset connections");
-        assert!(store.load(&k).await.expect("load").is_none());
+        fault().await;
+        let deleted = store.delete(k).await;
+        deleted.unwrap_or_else(|e| panic!("the first delete after {what}: {e:?}"));
+        assert!(store.load(k).await.expect("load").is_none());
     }
 
     /// Every kind of call succeeds (the store has recovered).
