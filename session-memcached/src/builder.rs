@@ -170,6 +170,10 @@ impl MemcachedStoreBuilder {
         #[cfg(not(feature = "async"))]
         let store = MemcachedStore::new(config)?;
         store.ping().await.map_err(SetupError::Unavailable)?;
+        store
+            .read_server_limits()
+            .await
+            .map_err(SetupError::Unavailable)?;
         Ok(store)
     }
 

@@ -171,6 +171,7 @@ mod expiry;
 pub mod fuzzing;
 mod index;
 mod keys;
+mod limits;
 mod recent;
 pub mod store;
 mod tombstone;

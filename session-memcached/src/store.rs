@@ -1,5 +1,6 @@
 //! [`MemcachedStore`]: the [`SessionStore`] over Memcached.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +53,13 @@ pub struct MemcachedStore {
 struct Inner {
     transport: Box<dyn Transport>,
     keys: Keys,
-    max_item_size: usize,
+    /// The largest record written, in bytes: the configured limit until
+    /// the servers' own limits are known, then the smaller of the two.
+    max_item_size: AtomicUsize,
+    /// Set once every server's item size limit has been read.
+    server_limits: tokio::sync::OnceCell<()>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
     /// Attempts and backoff of every compare-and-set loop.
     cas_retry: RetryPolicy,
     index_grace: Duration,
@@ -65,7 +72,7 @@ impl std::fmt::Debug for MemcachedStore {
         f.debug_struct("MemcachedStore")
             .field("servers", &self.inner.servers)
             .field("keys", &self.inner.keys)
-            .field("max_item_size", &self.inner.max_item_size)
+            .field("max_item_size", &self.max_record_size())
             .finish_non_exhaustive()
     }
 }
@@ -119,7 +126,10 @@ impl MemcachedStore {
             inner: Arc::new(Inner {
                 transport,
                 keys: Keys::new(&config.namespace),
-                max_item_size: config.max_item_size,
+                max_item_size: AtomicUsize::new(config.max_item_size),
+                server_limits: tokio::sync::OnceCell::new(),
+                connect_timeout: config.connect_timeout,
+                io_timeout: config.io_timeout,
                 cas_retry: RetryPolicy::new(config.cas_retries)
                     .with_backoff(Duration::from_micros(100), Duration::from_micros(12_800)),
                 index_grace: config.index_grace,
@@ -142,17 +152,83 @@ impl MemcachedStore {
         &*self.inner.transport
     }
 
-    fn check_size(&self, size: usize) -> StoreResult<()> {
-        if size > self.inner.max_item_size {
+    /// The largest item this store writes, in bytes: the configured
+    /// [`max_record_size`](crate::MemcachedStoreBuilder::max_record_size),
+    /// lowered to the smallest server's item size limit (`-I`) minus 1 KiB
+    /// once the store has read it (at [`connect`](crate::MemcachedStoreBuilder::connect),
+    /// else before its first write).
+    pub fn max_record_size(&self) -> usize {
+        self.inner.max_item_size.load(Ordering::Relaxed)
+    }
+
+    /// Reads every server's item size limit (once per store; again after a
+    /// failure) and lowers [`max_record_size`](Self::max_record_size) to
+    /// fit the smallest.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when a server does not answer `stats
+    /// settings` within the timeouts.
+    pub async fn read_server_limits(&self) -> StoreResult<()> {
+        let inner = &self.inner;
+        inner
+            .server_limits
+            .get_or_try_init(|| async {
+                for server in &inner.servers {
+                    let max =
+                        crate::limits::item_size_max(server, inner.connect_timeout, inner.io_timeout)
+                            .await
+                            .map_err(StoreError::unavailable)?;
+                    let fits = max.saturating_sub(crate::limits::ITEM_OVERHEAD);
+                    let before = inner.max_item_size.fetch_min(fits, Ordering::Relaxed);
+                    if fits < before {
+                        tracing::info!(target: "session_memcached", server_item_size_max = max, record_limit = fits, "a server's item size limit (-I) is below the configured record limit; records are limited to fit it");
+                    }
+                }
+                Ok::<(), StoreError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Refuses a write of `size` bytes that a server would refuse (see
+    /// [`read_server_limits`](Self::read_server_limits)): Memcached deletes
+    /// the item a too-large write was replacing, so it must never be sent.
+    async fn check_size(&self, size: usize) -> StoreResult<()> {
+        self.read_server_limits().await?;
+        if size > self.max_record_size() {
             return Err(self.too_large(size));
         }
         Ok(())
     }
 
+    /// Every store command goes through here: a value the servers would
+    /// refuse is refused before it is sent (see [`check_size`](Self::check_size)).
+    async fn put(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        exptime: u32,
+        mode: Mode,
+    ) -> StoreResult<Outcome> {
+        self.check_size(value.len()).await?;
+        self.t().store(key, value, exptime, mode).await
+    }
+
+    /// [`put`](Self::put) for a batch: all or nothing is sent.
+    async fn put_many(
+        &self,
+        items: Vec<(String, Vec<u8>, u32, Mode)>,
+    ) -> StoreResult<Vec<Outcome>> {
+        let largest = items.iter().map(|(_, v, _, _)| v.len()).max().unwrap_or(0);
+        self.check_size(largest).await?;
+        self.t().store_many(items).await
+    }
+
     fn too_large(&self, size: usize) -> StoreError {
         StoreError::TooLarge {
             size,
-            limit: self.inner.max_item_size,
+            limit: self.max_record_size(),
         }
     }
 
@@ -202,9 +278,9 @@ impl MemcachedStore {
             );
             let value = item.encode();
             let size = value.len();
-            self.check_size(size)?;
+            self.check_size(size).await?;
             let exp = exptime(item.last_deadline().unwrap_or(absolute_deadline), now);
-            match self.t().store(ikey.clone(), value, exp, mode).await? {
+            match self.put(ikey.clone(), value, exp, mode).await? {
                 Outcome::Applied => return Ok(()),
                 Outcome::TooLarge => return Err(self.too_large(size)),
                 _ => self.backoff(attempt).await,
@@ -238,14 +314,13 @@ impl MemcachedStore {
             let outcome = match index.last_deadline() {
                 None => self.t().delete(ikey.clone(), Some(item.cas)).await?,
                 Some(last) => {
-                    self.t()
-                        .store(
-                            ikey.clone(),
-                            user_item.encode(),
-                            exptime(last, now),
-                            Mode::Cas(item.cas),
-                        )
-                        .await?
+                    self.put(
+                        ikey.clone(),
+                        user_item.encode(),
+                        exptime(last, now),
+                        Mode::Cas(item.cas),
+                    )
+                    .await?
                 }
             };
             match outcome {
@@ -284,7 +359,7 @@ impl MemcachedStore {
             };
             let next = change(&current)?;
             let value = next.encode();
-            self.check_size(value.len())?;
+            self.check_size(value.len()).await?;
             if let Some(user) = &current.user_id {
                 if next.absolute_deadline > current.absolute_deadline {
                     // The index item must live as long as the session.
@@ -293,8 +368,7 @@ impl MemcachedStore {
             }
             let exp = exptime(next.expires_at(), now);
             match self
-                .t()
-                .store(skey.clone(), value, exp, Mode::Cas(item.cas))
+                .put(skey.clone(), value, exp, Mode::Cas(item.cas))
                 .await?
             {
                 Outcome::Applied => return Ok(()),
@@ -328,16 +402,12 @@ impl MemcachedStore {
         }
         let next = record.clone().with_user_id(seen.user_id);
         let value = next.encode();
-        self.check_size(value.len())?;
+        self.check_size(value.len()).await?;
         let size = value.len();
         let exp = exptime(next.expires_at(), now);
         let skey = self.inner.keys.session(key);
         Ok(
-            match self
-                .t()
-                .store(skey, value, exp, Mode::Cas(seen.cas))
-                .await?
-            {
+            match self.put(skey, value, exp, Mode::Cas(seen.cas)).await? {
                 Outcome::Applied => Some(Ok(())),
                 Outcome::NotFound => Some(Err(StoreError::NotFound)),
                 Outcome::TooLarge => Some(Err(self.too_large(size))),
@@ -355,13 +425,13 @@ impl MemcachedStore {
         record: &SessionRecord,
         value: Vec<u8>,
     ) -> StoreResult<()> {
+        self.check_size(value.len()).await?;
         let skey = self.inner.keys.session(key);
         for attempt in 0..self.inner.cas_retry.max_attempts() {
             let now = Timestamp::now();
             let exp = exptime(record.expires_at(), now);
             match self
-                .t()
-                .store(skey.clone(), value.clone(), exp, Mode::Add)
+                .put(skey.clone(), value.clone(), exp, Mode::Add)
                 .await?
             {
                 Outcome::Applied => return Ok(()),
@@ -380,8 +450,7 @@ impl MemcachedStore {
                 return Err(StoreError::AlreadyExists);
             }
             match self
-                .t()
-                .store(skey.clone(), value.clone(), exp, Mode::Cas(item.cas))
+                .put(skey.clone(), value.clone(), exp, Mode::Cas(item.cas))
                 .await?
             {
                 Outcome::Applied => return Ok(()),

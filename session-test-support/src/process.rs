@@ -136,11 +136,19 @@ impl ServerProcess {
 
     /// A `memcached` on `port` with 64 MiB of memory.
     pub async fn memcached(port: u16) -> Self {
+        Self::memcached_with(port, &[]).await
+    }
+
+    /// [`ServerProcess::memcached`] with more options, such as `-I 64k`
+    /// (the item size limit; below 512 KiB it needs `-o slab_chunk_max=<at most
+    /// the limit>` too).
+    pub async fn memcached_with(port: u16, extra: &[&str]) -> Self {
         let port_arg = port.to_string();
         let mut args = vec!["-l", "127.0.0.1", "-p", &port_arg, "-U", "0", "-m", "64"];
         if is_root() {
             args.extend_from_slice(&["-u", "root"]);
         }
+        args.extend_from_slice(extra);
         Self::start("memcached", &args, port, (b"version\r\n", b"VERSION")).await
     }
 

@@ -369,7 +369,7 @@ impl MemcachedStore {
             })
             .collect();
         // A marker written over meanwhile is left as it is.
-        self.t().store_many(ends).await?;
+        self.put_many(ends).await?;
         Ok(ending)
     }
 
@@ -399,8 +399,7 @@ impl MemcachedStore {
                     };
                     let value = ended_marker(nonce, until);
                     match self
-                        .t()
-                        .store(skey.clone(), value, exptime(until, now), Mode::Add)
+                        .put(skey.clone(), value, exptime(until, now), Mode::Add)
                         .await?
                     {
                         Outcome::Applied => {
@@ -427,8 +426,7 @@ impl MemcachedStore {
                         let until = r.expires_at();
                         let value = ended_marker(random_u64(), until);
                         match self
-                            .t()
-                            .store(
+                            .put(
                                 skey.clone(),
                                 value,
                                 exptime(until, now),
@@ -480,8 +478,7 @@ impl MemcachedStore {
                         let value = ended_marker(nonce, until);
                         let exp = exptime(until, now);
                         match self
-                            .t()
-                            .store(skey.clone(), value, exp, Mode::Cas(item.cas))
+                            .put(skey.clone(), value, exp, Mode::Cas(item.cas))
                             .await?
                         {
                             Outcome::Applied => {
@@ -539,8 +536,7 @@ impl MemcachedStore {
                 Some(last) => {
                     let value = user_item.encode();
                     let exp = exptime(last, now);
-                    self.t()
-                        .store(ikey.clone(), value, exp, Mode::Cas(index_item.cas))
+                    self.put(ikey.clone(), value, exp, Mode::Cas(index_item.cas))
                         .await?
                 }
             };
@@ -645,8 +641,7 @@ impl MemcachedStore {
                     None => self.t().delete(ikey.clone(), Some(item.cas)).await?,
                     Some(last) => {
                         let value = closed.encode();
-                        self.t()
-                            .store(ikey.clone(), value, exptime(last, now), Mode::Cas(item.cas))
+                        self.put(ikey.clone(), value, exptime(last, now), Mode::Cas(item.cas))
                             .await?
                     }
                 };
@@ -712,7 +707,7 @@ impl MemcachedStore {
                 )
             })
             .collect();
-        let outcomes = self.t().store_many(ends).await?;
+        let outcomes = self.put_many(ends).await?;
         for (&(i, r, _), outcome) in live.iter().zip(outcomes) {
             self.inner.recent.forget(&entries[i].key);
             if outcome != Outcome::Applied {
@@ -759,7 +754,7 @@ impl MemcachedStore {
         options: &CreateOptions,
     ) -> StoreResult<Option<Created>> {
         let value = record.encode();
-        self.check_size(value.len())?;
+        self.check_size(value.len()).await?;
         let user = record.user_id.as_deref();
         if user.is_none() && options.replaces.is_none() {
             self.insert(key, record, value).await?;
@@ -919,10 +914,10 @@ impl MemcachedStore {
                         (None, Mode::Cas(cas)) => self.t().delete(ikey.clone(), Some(cas)).await?,
                         (Some(last), mode) => {
                             let value = decided.encode();
-                            self.check_size(value.len())?;
+                            self.check_size(value.len()).await?;
                             let size = value.len();
                             let exp = exptime(last, now);
-                            match self.t().store(ikey.clone(), value, exp, mode).await? {
+                            match self.put(ikey.clone(), value, exp, mode).await? {
                                 Outcome::TooLarge => return Err(self.too_large(size)),
                                 o => o,
                             }
@@ -1056,8 +1051,7 @@ impl MemcachedStore {
                 to_expires: record.expires_at(),
             };
             let outcome = self
-                .t()
-                .store(
+                .put(
                     skey.clone(),
                     marker.encode(),
                     exptime(until, now),
@@ -1096,6 +1090,10 @@ impl MemcachedStore {
         indexed: bool,
     ) -> StoreResult<()> {
         let skey = self.inner.keys.session(key);
+        if let Err(e) = self.check_size(value.len()).await {
+            self.release(key, slot).await;
+            return Err(e);
+        }
         for attempt in 0..self.lifecycle_retries() {
             let now = Timestamp::now();
             let exp = exptime(record.expires_at(), now);
@@ -1104,11 +1102,7 @@ impl MemcachedStore {
                 Slot::Dead(cas, _) | Slot::Reserved(cas, _) => Mode::Cas(cas),
                 Slot::Cancelled | Slot::Lost => return Ok(()),
             };
-            match self
-                .t()
-                .store(skey.clone(), value.to_vec(), exp, mode)
-                .await?
-            {
+            match self.put(skey.clone(), value.to_vec(), exp, mode).await? {
                 Outcome::Applied => return Ok(()),
                 Outcome::TooLarge => {
                     self.release(key, slot).await;
@@ -1161,7 +1155,7 @@ impl MemcachedStore {
             };
             let marker = Marker::Reserved { nonce, until }.encode();
             let exp = exptime(until, now);
-            let item = match self.t().store(skey.clone(), marker, exp, mode).await? {
+            let item = match self.put(skey.clone(), marker, exp, mode).await? {
                 Outcome::Applied => match self.t().get(skey.clone()).await? {
                     // The token of what was just written.
                     Some(item) if is_reserved_by(&item, nonce, now) => {
@@ -1225,7 +1219,7 @@ impl MemcachedStore {
             (now < until).then(|| (value.clone(), exptime(until, now)))
         });
         let released = match restore {
-            Some((value, exp)) => self.t().store(skey, value, exp, Mode::Cas(*cas)).await,
+            Some((value, exp)) => self.put(skey, value, exp, Mode::Cas(*cas)).await,
             None => self.t().delete(skey, Some(*cas)).await,
         };
         if let Err(e) = released {
@@ -1295,8 +1289,7 @@ impl MemcachedStore {
                 Some(last) => {
                     let exp = exptime(last, now);
                     let value = user_item.encode();
-                    self.t()
-                        .store(ikey.clone(), value, exp, Mode::Cas(item.cas))
+                    self.put(ikey.clone(), value, exp, Mode::Cas(item.cas))
                         .await?
                 }
             };
