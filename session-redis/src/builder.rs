@@ -139,11 +139,12 @@ impl RedisStoreBuilder {
             .map_err(|e| SetupError::InvalidUrl(RedactedError::with_url_secrets(e, [url])))?;
         let conn = self
             .bounded_connect(
-                ConnectionManager::new_with_config(client, self.manager_config()),
+                ConnectionManager::new_with_config(client.clone(), self.manager_config()),
                 &[url],
             )
             .await?;
-        Ok(self.finish(prefix, Conn::Single(conn)))
+        let reconnect = Some((client, self.manager_config()));
+        Ok(self.finish(prefix, Conn::Single(conn), reconnect))
     }
 
     /// Like [`connect`](Self::connect), but without waiting for the server:
@@ -159,9 +160,10 @@ impl RedisStoreBuilder {
         let prefix = KeyPrefix::new(&self.prefix)?;
         let redacted = |e| RedactedError::with_url_secrets(e, [url]);
         let client = redis::Client::open(url).map_err(|e| SetupError::InvalidUrl(redacted(e)))?;
-        let conn = ConnectionManager::new_lazy_with_config(client, self.manager_config())
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())
             .map_err(|e| SetupError::Refused(redacted(e)))?;
-        Ok(self.finish(prefix, Conn::Single(conn)))
+        let reconnect = Some((client, self.manager_config()));
+        Ok(self.finish(prefix, Conn::Single(conn), reconnect))
     }
 
     fn manager_config(&self) -> ConnectionManagerConfig {
@@ -211,7 +213,7 @@ impl RedisStoreBuilder {
         let conn = self
             .bounded_connect(client.get_async_connection(), &nodes)
             .await?;
-        Ok(self.finish(prefix, Conn::Cluster(conn)))
+        Ok(self.finish(prefix, Conn::Cluster(conn), None))
     }
 
     /// Runs a connection attempt to `urls` under the connect bound and
@@ -240,10 +242,16 @@ impl RedisStoreBuilder {
             })
     }
 
-    fn finish(self, prefix: KeyPrefix, conn: Conn) -> RedisStore {
+    fn finish(
+        self,
+        prefix: KeyPrefix,
+        conn: Conn,
+        reconnect: Option<(redis::Client, ConnectionManagerConfig)>,
+    ) -> RedisStore {
         RedisStore::from_parts(
             Arc::new(Shared {
-                conn,
+                conn: std::sync::RwLock::new((0, conn)),
+                reconnect,
                 scripts: Scripts::new(),
                 operation_timeout: self.operation_timeout,
                 max_record_size: self.max_record_size,

@@ -16,14 +16,6 @@ pub(crate) enum Conn {
     Cluster(ClusterConnection),
 }
 
-impl Conn {
-    /// Whether this is a cluster connection (keys of one operation may live
-    /// on different nodes).
-    pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
-    }
-}
-
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

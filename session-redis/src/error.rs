@@ -127,6 +127,20 @@ pub(crate) fn is_connection_failure(e: &RedisError) -> bool {
     (e.is_connection_dropped() || e.is_connection_refusal()) && !e.is_timeout()
 }
 
+/// Whether the server refused the command, without running it, because it
+/// is not a node that takes it now: a replica (`READONLY`), a node still
+/// loading its data (`LOADING`), a replica that lost its primary and
+/// serves no stale data (`MASTERDOWN`). The command was not applied, so it
+/// may be sent again on a new connection, whatever it is.
+pub(crate) fn is_wrong_node(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::ReadOnly | ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown
+        )
+    )
+}
+
 /// Whether `e` proves the command never reached a server: the connection it
 /// was to go out on could not be made. A command that failed on a broken
 /// connection may have been executed before the reply was lost (the client

@@ -28,7 +28,7 @@ use session_core::{
 use crate::builder::RedisStoreBuilder;
 use crate::codec::{self, Stored, HEADER_LEN};
 use crate::connection::Conn;
-use crate::error::{is_connection_failure, is_never_sent, store_error, SetupError};
+use crate::error::{is_connection_failure, is_never_sent, is_wrong_node, store_error, SetupError};
 use crate::keys::{InvalidPrefix, KeyPrefix};
 use crate::scripts::{self, create, delete, delete_if_user, lifecycle, update, Scripts};
 
@@ -49,7 +49,11 @@ const MARKER_TARGET_READ: usize = 256;
 
 /// What connections and scripts every prefix-view of a store shares.
 pub(crate) struct Shared {
-    pub(crate) conn: Conn,
+    /// The connection and its generation (see [`RedisStore::renew`]).
+    pub(crate) conn: std::sync::RwLock<(u64, Conn)>,
+    /// How to make a new single-server connection; `None` on a cluster,
+    /// whose client follows failovers itself.
+    pub(crate) reconnect: Option<(redis::Client, redis::aio::ConnectionManagerConfig)>,
     pub(crate) scripts: Scripts,
     pub(crate) operation_timeout: Duration,
     pub(crate) max_record_size: usize,
@@ -203,11 +207,50 @@ impl RedisStore {
     /// Whether this store talks to a Redis Cluster.
     #[must_use]
     pub fn is_cluster(&self) -> bool {
-        self.shared.conn.is_cluster()
+        self.shared.reconnect.is_none()
     }
 
     fn conn(&self) -> Conn {
-        self.shared.conn.clone()
+        self.conn_and_generation().1
+    }
+
+    fn conn_and_generation(&self) -> (u64, Conn) {
+        self.shared
+            .conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the single-server connection of `generation` with a new
+    /// one (made on first use), after the server behind the address
+    /// answered that it is the wrong node: a replica (`READONLY`), one still
+    /// loading its data (`LOADING`), or one that lost its primary
+    /// (`MASTERDOWN`). After a failover behind one endpoint (a managed
+    /// service, a Sentinel-aware proxy) the old connection still reaches
+    /// the demoted primary; a new one reaches the new primary. Racing
+    /// requests that saw the same connection fail replace it once. `false`
+    /// on a cluster, whose client follows failovers itself.
+    fn renew(&self, generation: u64) -> bool {
+        let Some((client, config)) = &self.shared.reconnect else {
+            return false;
+        };
+        let mut current = self
+            .shared
+            .conn
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.0 != generation {
+            return true;
+        }
+        match redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
+            Ok(fresh) => {
+                *current = (generation + 1, Conn::Single(fresh));
+                tracing::warn!(target: "session_redis", generation, "the server answered as a replica or a node without its data; reconnecting (a failover behind the endpoint?)");
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn scripts(&self) -> &Scripts {
@@ -236,7 +279,14 @@ impl RedisStore {
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        match attempt(self.conn()).await {
+        let (generation, conn) = self.conn_and_generation();
+        match attempt(conn).await {
+            // The node refused the command without running it: send it
+            // again, once, on a new connection.
+            Err(e) if is_wrong_node(&e) && self.renew(generation) => {
+                tracing::debug!(target: "session_redis", op, error = %e, "wrong node; retrying once on a new connection");
+                attempt(self.conn()).await
+            }
             Err(e) if retry.allows(&e) => {
                 // The error names the I/O failure only: no key, no URL.
                 tracing::debug!(target: "session_redis", op, error = %e, "connection failed; retrying once on a fresh connection");
@@ -1279,11 +1329,33 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
+        self.bounded("delete_user", async {
+            // A node that refused as the wrong one (a failover) ran none of
+            // the deletes: all of them go again on a new connection.
+            let (generation, conn) = self.conn_and_generation();
+            match self.delete_user_on(user_id, conn).await {
+                Err(e) if is_wrong_node(&e) && self.renew(generation) => {
+                    self.delete_user_on(user_id, self.conn()).await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    async fn delete_expired(&self) -> StoreResult<u64> {
+        // Redis expires session keys itself; index readers prune entries.
+        Ok(0)
+    }
+}
+
+impl RedisStore {
+    /// [`SessionStore::delete_user`] on `conn`.
+    async fn delete_user_on(&self, user_id: &str, mut conn: Conn) -> RedisResult<u64> {
         let index = self.prefix.index_key(user_id.as_bytes());
         let segment = codec::user_segment(Some(user_id));
         let cluster = self.is_cluster();
-        let mut conn = self.conn();
-        self.bounded("delete_user", async {
+        {
             // Only the index read is retried: once a session is deleted, a
             // repeat would no longer count it.
             let entries = self
@@ -1344,13 +1416,7 @@ impl SessionStore for RedisStore {
             // concurrent login stays with its session.
             self.unindex(&mut conn, &index, &gone).await?;
             Ok(ended.len() as u64)
-        })
-        .await
-    }
-
-    async fn delete_expired(&self) -> StoreResult<u64> {
-        // Redis expires session keys itself; index readers prune entries.
-        Ok(0)
+        }
     }
 }
 

@@ -54,6 +54,7 @@ pub struct FaultProxy {
     /// Whether the listening socket is open.
     listening: watch::Receiver<bool>,
     connections: Arc<AtomicUsize>,
+    upstream: Arc<std::sync::RwLock<String>>,
 }
 
 /// How long [`FaultProxy`] waits for its own sockets to open or close.
@@ -68,7 +69,7 @@ impl FaultProxy {
     ///
     /// The loopback listener could not be bound.
     pub async fn start(upstream: impl Into<String>) -> std::io::Result<Self> {
-        let upstream = upstream.into();
+        let upstream = Arc::new(std::sync::RwLock::new(upstream.into()));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (state, states) = watch::channel(State {
@@ -78,6 +79,7 @@ impl FaultProxy {
         });
         let (listening_tx, listening) = watch::channel(true);
         let connections = Arc::new(AtomicUsize::new(0));
+        let upstream_for_loop = Arc::clone(&upstream);
         tokio::spawn(accept_loop(
             listener,
             addr,
@@ -91,12 +93,25 @@ impl FaultProxy {
             state,
             listening,
             connections,
+            upstream: upstream_for_loop,
         })
     }
 
     /// The proxy's address: point the store at this instead of the server.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Points connections accepted from now on at `upstream` (`host:port`);
+    /// open ones stay with the server they reached. This is a failover
+    /// behind one endpoint, as a managed service or a Sentinel-aware proxy
+    /// presents it: new connections reach the new primary, old ones the
+    /// demoted one.
+    pub fn set_upstream(&self, upstream: impl Into<String>) {
+        *self
+            .upstream
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = upstream.into();
     }
 
     /// How many proxied connections are open right now.
@@ -195,7 +210,7 @@ fn rebind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn accept_loop(
     first: TcpListener,
     addr: SocketAddr,
-    upstream: String,
+    upstream: Arc<std::sync::RwLock<String>>,
     mut states: watch::Receiver<State>,
     listening: watch::Sender<bool>,
     connections: Arc<AtomicUsize>,
@@ -236,8 +251,11 @@ async fn accept_loop(
                     accepted = l.accept() => {
                         if let Ok((client, _)) = accepted {
                             connections.fetch_add(1, Ordering::SeqCst);
-                            let (states, connections, upstream) =
-                                (states.clone(), connections.clone(), upstream.clone());
+                            let upstream = upstream
+                                .read()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .clone();
+                            let (states, connections) = (states.clone(), connections.clone());
                             tokio::spawn(async move {
                                 proxy_connection(client, upstream, states, state).await;
                                 connections.fetch_sub(1, Ordering::SeqCst);
