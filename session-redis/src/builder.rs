@@ -39,6 +39,7 @@ pub struct RedisStoreBuilder {
     operation_timeout: Duration,
     connect_timeout: Duration,
     max_record_size: usize,
+    allow_eviction: bool,
 }
 
 impl Default for RedisStoreBuilder {
@@ -48,6 +49,7 @@ impl Default for RedisStoreBuilder {
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_record_size: DEFAULT_MAX_RECORD_SIZE,
+            allow_eviction: false,
         }
     }
 }
@@ -124,6 +126,19 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Accepts a server that may evict keys under memory pressure (a
+    /// `maxmemory` limit with a `maxmemory-policy` other than
+    /// `noeviction`). Off by default: [`connect`](Self::connect) then
+    /// refuses such a server with [`SetupError::ServerSetting`], because an
+    /// evicted user index makes "log out everywhere" miss live sessions,
+    /// and an evicted session logs its user out. Turn it on only where
+    /// both are acceptable.
+    #[must_use]
+    pub fn allow_eviction(mut self, allow: bool) -> Self {
+        self.allow_eviction = allow;
+        self
+    }
+
     /// Connects to a single server, e.g. `redis://127.0.0.1:6379/0` or
     /// `rediss://user:pass@host:6380`.
     ///
@@ -143,8 +158,51 @@ impl RedisStoreBuilder {
                 &[url],
             )
             .await?;
+        let mut conn = conn;
+        self.check_eviction_policy(&mut conn).await?;
         let reconnect = Some((client, self.manager_config()));
         Ok(self.finish(prefix, Conn::Single(conn), reconnect))
+    }
+
+    /// Refuses a server that may evict keys (see
+    /// [`allow_eviction`](Self::allow_eviction)). A server that does not
+    /// let us read its configuration (`CONFIG` renamed or forbidden, as on
+    /// some managed services) is accepted with a warning.
+    async fn check_eviction_policy(&self, conn: &mut ConnectionManager) -> Result<(), SetupError> {
+        async fn config_get(
+            conn: &mut ConnectionManager,
+            name: &str,
+        ) -> redis::RedisResult<String> {
+            let pair: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(conn)
+                .await?;
+            Ok(pair.into_iter().nth(1).unwrap_or_default())
+        }
+        let read = async {
+            let maxmemory = config_get(conn, "maxmemory").await?;
+            let policy = config_get(conn, "maxmemory-policy").await?;
+            Ok::<_, redis::RedisError>((maxmemory, policy))
+        };
+        let (maxmemory, policy) = match tokio::time::timeout(self.connect_timeout, read).await {
+            Ok(Ok(settings)) => settings,
+            _ => {
+                tracing::warn!(target: "session_redis", "could not read maxmemory / maxmemory-policy (CONFIG GET); make sure the server never evicts session keys (maxmemory-policy noeviction)");
+                return Ok(());
+            }
+        };
+        if maxmemory.trim() == "0" || policy == "noeviction" || self.allow_eviction {
+            if policy != "noeviction" && maxmemory.trim() != "0" {
+                tracing::warn!(target: "session_redis", policy = %policy, "the server may evict session keys under memory pressure (allowed by allow_eviction)");
+            }
+            return Ok(());
+        }
+        Err(SetupError::ServerSetting {
+            setting: "maxmemory-policy",
+            value: policy,
+            required: "noeviction",
+        })
     }
 
     /// Like [`connect`](Self::connect), but without waiting for the server:

@@ -51,6 +51,18 @@ pub enum SetupError {
     /// The server did not answer within the connect timeout.
     #[error("could not connect to Redis within {0:?}")]
     TimedOut(Duration),
+    /// The server is configured in a way this store cannot keep its
+    /// guarantees on: change `setting` to `required` (or see the builder's
+    /// options, such as `allow_eviction`).
+    #[error("Redis setting {setting} is {value:?}; this store needs {required}")]
+    ServerSetting {
+        /// The server setting (`CONFIG GET` name).
+        setting: &'static str,
+        /// Its value on the server.
+        value: String,
+        /// The value the store needs.
+        required: &'static str,
+    },
 }
 
 /// The former name of [`SetupError`], the name every backend's setup
