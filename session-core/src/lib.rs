@@ -12,6 +12,7 @@
 //! - [`token`]: one-time tokens for sensitive operations.
 //! - [`cookie`]: the session cookie's attributes and parsing.
 //! - [`clock`]: timestamps and the injectable clock.
+//! - [`skew`]: [`ClockSkew`], a server's clock measured against the application's.
 //! - [`memory`]: [`MemoryStore`], the embedded default store.
 //! - [`expiry`]: [`ExpiryTask`], the background deletion of expired
 //!   sessions every store's `spawn_*` method returns.
@@ -58,6 +59,7 @@ pub mod record;
 pub mod redact;
 pub mod retry;
 pub mod session;
+pub mod skew;
 pub mod store;
 pub mod token;
 
@@ -83,6 +85,7 @@ pub use crate::policy::{
 pub use crate::record::{SessionRecord, SessionSummary};
 pub use crate::retry::RetryPolicy;
 pub use crate::session::Session;
+pub use crate::skew::{ClockSkew, DEFAULT_MAX_CLOCK_SKEW};
 pub use crate::store::{
     BoxError, CreateOptions, Created, Replaces, SessionStore, StoreError, StoreResult, TimedOut,
 };

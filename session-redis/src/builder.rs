@@ -40,6 +40,7 @@ pub struct RedisStoreBuilder {
     connect_timeout: Duration,
     max_record_size: usize,
     allow_eviction: bool,
+    max_clock_skew: Duration,
 }
 
 impl Default for RedisStoreBuilder {
@@ -50,6 +51,7 @@ impl Default for RedisStoreBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_record_size: DEFAULT_MAX_RECORD_SIZE,
             allow_eviction: false,
+            max_clock_skew: session_core::DEFAULT_MAX_CLOCK_SKEW,
         }
     }
 }
@@ -126,6 +128,16 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The clock skew between this application and the server past which
+    /// the store logs a warning (default
+    /// [`DEFAULT_MAX_CLOCK_SKEW`](session_core::DEFAULT_MAX_CLOCK_SKEW),
+    /// 2 s); see [`RedisStore::measure_clock_skew`].
+    #[must_use]
+    pub fn max_clock_skew(mut self, bound: Duration) -> Self {
+        self.max_clock_skew = bound;
+        self
+    }
+
     /// Accepts a server that may evict keys under memory pressure (a
     /// `maxmemory` limit with a `maxmemory-policy` other than
     /// `noeviction`). Off by default: [`connect`](Self::connect) then
@@ -161,7 +173,11 @@ impl RedisStoreBuilder {
         let mut conn = conn;
         self.check_eviction_policy(&mut conn).await?;
         let reconnect = Some((client, self.manager_config()));
-        Ok(self.finish(prefix, Conn::Single(conn), reconnect))
+        let store = self.finish(prefix, Conn::Single(conn), reconnect);
+        // Information only: a server that does not answer TIME now will be
+        // measured again on use.
+        let _ = store.measure_clock_skew().await;
+        Ok(store)
     }
 
     /// Refuses a server that may evict keys (see
@@ -271,7 +287,9 @@ impl RedisStoreBuilder {
         let conn = self
             .bounded_connect(client.get_async_connection(), &nodes)
             .await?;
-        Ok(self.finish(prefix, Conn::Cluster(conn), None))
+        let store = self.finish(prefix, Conn::Cluster(conn), None);
+        let _ = store.measure_clock_skew().await;
+        Ok(store)
     }
 
     /// Runs a connection attempt to `urls` under the connect bound and
@@ -313,6 +331,9 @@ impl RedisStoreBuilder {
                 scripts: Scripts::new(),
                 operation_timeout: self.operation_timeout,
                 max_record_size: self.max_record_size,
+                max_clock_skew: self.max_clock_skew,
+                clock_skew: std::sync::Mutex::new(None),
+                measuring_skew: std::sync::atomic::AtomicBool::new(false),
             }),
             prefix,
         )

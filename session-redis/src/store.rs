@@ -21,7 +21,7 @@ use futures_util::future::join_all;
 use redis::RedisResult;
 use session_core::store::{newest_first, CreateOptions, Created};
 use session_core::{
-    LimitStrategy, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError,
+    ClockSkew, LimitStrategy, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError,
     StoreResult, Timestamp,
 };
 
@@ -57,7 +57,16 @@ pub(crate) struct Shared {
     pub(crate) scripts: Scripts,
     pub(crate) operation_timeout: Duration,
     pub(crate) max_record_size: usize,
+    /// The bound past which a measured clock skew is logged.
+    pub(crate) max_clock_skew: Duration,
+    /// The last clock skew measurement, and whether one is under way.
+    pub(crate) clock_skew: std::sync::Mutex<Option<ClockSkew>>,
+    pub(crate) measuring_skew: std::sync::atomic::AtomicBool,
 }
+
+/// How old the last clock skew measurement may get before a `load`
+/// starts a new one in the background.
+const CLOCK_SKEW_RECHECK: Duration = Duration::from_secs(600);
 
 /// A session store in Redis, on a single server or a Redis Cluster.
 ///
@@ -212,6 +221,69 @@ impl RedisStore {
 
     fn conn(&self) -> Conn {
         self.conn_and_generation().1
+    }
+
+    /// The last measurement of the server's clock against this
+    /// application's (made at `connect`, then again in the background every
+    /// 10 minutes of use), or `None` before the first.
+    #[must_use]
+    pub fn clock_skew(&self) -> Option<ClockSkew> {
+        *self
+            .shared
+            .clock_skew
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Measures the server's clock (`TIME`) against this application's
+    /// now, keeps the result for [`clock_skew`](Self::clock_skew), and logs
+    /// a warning when it exceeds the builder's `max_clock_skew` (default
+    /// 2 s). The scripts judge liveness by the application's clock and
+    /// Redis expires keys by its own, so a skew ends sessions early or
+    /// keeps their keys too long. Never fails an operation: skew is
+    /// information.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the server does not answer within
+    /// the operation timeout.
+    pub async fn measure_clock_skew(&self) -> StoreResult<ClockSkew> {
+        self.bounded("measure_clock_skew", async {
+            let mut conn = self.conn();
+            let before = Timestamp::now();
+            let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+            let after = Timestamp::now();
+            let server = Timestamp::from_unix_millis(
+                secs.saturating_mul(1000).saturating_add(micros / 1000),
+            );
+            Ok(ClockSkew::from_round_trip(before, server, after))
+        })
+        .await
+        .inspect(|skew| {
+            skew.warn_if_exceeds("redis", self.shared.max_clock_skew);
+            *self
+                .shared
+                .clock_skew
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(*skew);
+        })
+    }
+
+    /// Starts a background measurement when the last one is older than
+    /// [`CLOCK_SKEW_RECHECK`] (at most one at a time).
+    fn recheck_clock_skew(&self) {
+        use std::sync::atomic::Ordering;
+        let stale = self
+            .clock_skew()
+            .is_none_or(|s| Timestamp::now().duration_since(s.measured_at()) > CLOCK_SKEW_RECHECK);
+        if !stale || self.shared.measuring_skew.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let _ = store.measure_clock_skew().await;
+            store.shared.measuring_skew.store(false, Ordering::Release);
+        });
     }
 
     fn conn_and_generation(&self) -> (u64, Conn) {
@@ -1106,6 +1178,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
+        self.recheck_clock_skew();
         let session_key = self.prefix.session_key(key);
         let cmd = get(&session_key);
         let value: Option<Vec<u8>> = self

@@ -31,7 +31,10 @@ async fn an_evicting_server_is_refused_with_the_setting_named() {
         other => panic!("{other:?}"),
     }
     let message = err.to_string();
-    assert!(message.contains("maxmemory-policy") && message.contains("noeviction"), "{message}");
+    assert!(
+        message.contains("maxmemory-policy") && message.contains("noeviction"),
+        "{message}"
+    );
 
     // Allowed on purpose: connects.
     RedisStore::builder()
@@ -54,4 +57,27 @@ async fn servers_that_never_evict_are_accepted() {
             .await
             .unwrap_or_else(|e| panic!("{extra:?}: {e}"));
     }
+}
+
+/// The store measures the server's clock against the application's at
+/// connect; on one machine the two agree to well under the 2 s bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_is_measured_at_connect() {
+    let s = server(&[]).await;
+    let store = RedisStore::builder()
+        .connect(&s.url("redis"))
+        .await
+        .unwrap();
+    let first = store.clock_skew().expect("measured at connect");
+    assert!(
+        !first.exceeds(session_core::DEFAULT_MAX_CLOCK_SKEW),
+        "{first:?}"
+    );
+    assert!(
+        first.offset_ms().unsigned_abs() <= first.uncertainty_ms() + 5,
+        "{first:?}"
+    );
+    let again = store.measure_clock_skew().await.unwrap();
+    assert!(again.measured_at() >= first.measured_at());
+    assert_eq!(store.clock_skew(), Some(again));
 }
