@@ -118,7 +118,7 @@ pub mod migrate;
 mod sql;
 pub mod store;
 
-pub use crate::builder::PostgresStoreBuilder;
+pub use crate::builder::{PostgresStoreBuilder, ServerTimeouts};
 #[allow(deprecated)]
 pub use crate::cleanup::CleanupTask;
 pub use crate::error::{PgError, SetupError};

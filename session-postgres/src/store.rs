@@ -1,7 +1,10 @@
 //! [`PostgresStore`]: the [`SessionStore`] implementation.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,7 +16,7 @@ use session_core::{
     StoreResult, Timestamp,
 };
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres};
 use time::OffsetDateTime;
 
 use crate::builder::PostgresStoreBuilder;
@@ -173,6 +176,122 @@ enum Statement {
     NotIdempotent,
 }
 
+/// A pooled connection lent to one statement (through [`lend`]), which
+/// either runs to completion with it (answered, or failed: the connection
+/// goes back to the pool, which drops it instead if it is broken) or is
+/// abandoned.
+///
+/// A statement is abandoned when its future is dropped while it runs: the
+/// operation timeout ran out, or the caller dropped the call (a cancelled
+/// request). The server may still be running that statement (waiting for a
+/// row lock, say), so the connection cannot take another one until the
+/// server answers. Returned to the pool, sqlx would test it with a ping
+/// that waits for exactly that answer, its pool slot taken meanwhile: a
+/// locked row would take one slot per call that touched it, then the whole
+/// pool. So an abandoned connection is taken out of the pool and its
+/// socket closed, at once: its slot is free for a new connection right
+/// away, and the server's backend ends as soon as its statement does (it
+/// notices the closed socket when it answers). Until then the server has
+/// one backend more than the pool counts, and a write may still be
+/// applied (as with any timeout, the caller cannot know).
+///
+/// The server-side `statement_timeout` and `lock_timeout` the store sets
+/// ([`server_timeouts`](PostgresStoreBuilder::server_timeouts)) bound how
+/// long that lasts (no statement outlives its `statement_timeout`, a
+/// little less than the operation timeout), and usually end a stuck
+/// statement before the client gives up, with an error on a connection
+/// that stays usable. Closing is for the calls whose time ran out while
+/// they waited for a connection, for stores without those settings, and
+/// for callers that give up.
+struct Lease {
+    conn: Option<PoolConnection<Postgres>>,
+    /// Set by the [`Lent`] future that owns this lease when it is dropped
+    /// before completing.
+    abandoned: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        self.conn
+            .as_ref()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.abandoned.load(Ordering::Acquire) {
+            tracing::debug!(target: "session_postgres", "closing a connection whose statement was abandoned");
+            // Out of the pool, its slot free at once; dropping the
+            // connection closes the socket. (Not a graceful close: over
+            // TLS, sqlx's waits for the busy server to say something.)
+            drop(conn.detach());
+        } else {
+            // Back to the pool (after sqlx's ping), or closed if broken.
+            drop(conn);
+        }
+    }
+}
+
+/// The future of one statement on a [`Lease`]: dropped before it
+/// completes, it marks its lease abandoned before the lease itself is
+/// dropped (a `Drop` implementation runs before the fields are dropped).
+struct Lent<Fut> {
+    statement: Pin<Box<Fut>>,
+    abandoned: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl<Fut: Future> Future for Lent<Fut> {
+    type Output = Fut::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Fut::Output> {
+        let output = self.statement.as_mut().poll(cx);
+        if output.is_ready() {
+            self.done = true;
+        }
+        output
+    }
+}
+
+impl<Fut> Drop for Lent<Fut> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.abandoned.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Runs `f` on `conn` through a [`Lease`].
+fn lend<T, F, Fut>(conn: PoolConnection<Postgres>, f: &F) -> Lent<Fut>
+where
+    F: Fn(Lease) -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let lease = Lease {
+        conn: Some(conn),
+        abandoned: abandoned.clone(),
+    };
+    Lent {
+        statement: Box::pin(f(lease)),
+        abandoned,
+        done: false,
+    }
+}
+
 impl Inner {
     /// Runs one statement on a pooled connection, under the operation
     /// timeout (which covers both attempts). When the statement is
@@ -181,18 +300,22 @@ impl Inner {
     /// terminated by the server; not an error the server answered the
     /// statement with, not a timeout), the statement runs exactly once more,
     /// on a connection from [`Inner::live_connection`].
+    ///
+    /// `f` gets the connection as a [`Lease`]: if the operation timeout
+    /// runs out (or the caller drops this future) while the statement
+    /// runs, the connection is closed, not returned to the pool.
     async fn run<T, F, Fut>(&self, op: &'static str, statement: Statement, f: F) -> StoreResult<T>
     where
-        F: Fn(PoolConnection<Postgres>) -> Fut,
+        F: Fn(Lease) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
         let attempt = async {
             let conn = self.pool.acquire().await?;
-            match f(conn).await {
+            match lend(conn, &f).await {
                 Err(e) if statement == Statement::Idempotent && is_dead_connection(&e) => {
                     // The driver's error: no URL, no password, no key.
                     tracing::debug!(target: "session_postgres", op, error = %e, "connection was dead; retrying once on a live connection");
-                    f(self.live_connection().await?).await
+                    lend(self.live_connection().await?, &f).await
                 }
                 result => result,
             }
@@ -204,7 +327,7 @@ impl Inner {
                 Err(_) => return Err(StoreError::timed_out(op, timeout)),
             },
         };
-        result.map_err(|e| store_error(op, e))
+        result.map_err(|e| store_error(op, e, self.operation_timeout))
     }
 
     /// A connection known to work, for the retry after a dead one: what
