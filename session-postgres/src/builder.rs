@@ -2,14 +2,17 @@
 //! timeouts, clean-up batch size and record size limit.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use session_core::redact::RedactedError;
+use session_core::{Clock, ErrorChain, SystemClock};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::error::SetupError;
 use crate::ident::{TableName, DEFAULT_TABLE};
+use crate::skew::SkewMonitor;
 use crate::store::PostgresStore;
 
 /// Default [`PostgresStoreBuilder::acquire_timeout`].
@@ -18,6 +21,10 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default [`PostgresStoreBuilder::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// Default [`PostgresStoreBuilder::max_clock_skew`].
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(2);
+/// Default [`PostgresStoreBuilder::clock_skew_check_interval`].
+pub const DEFAULT_CLOCK_SKEW_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 /// Default [`PostgresStoreBuilder::cleanup_batch_size`].
 pub const DEFAULT_CLEANUP_BATCH_SIZE: u32 = 1_000;
 /// Default [`PostgresStoreBuilder::max_record_size`]: 4 MiB.
@@ -58,6 +65,9 @@ pub struct PostgresStoreBuilder {
     server_timeouts: bool,
     cleanup_batch_size: u32,
     max_record_bytes: usize,
+    clock: Arc<dyn Clock>,
+    max_clock_skew: Duration,
+    clock_skew_check_interval: Option<Duration>,
 }
 
 impl Default for PostgresStoreBuilder {
@@ -75,6 +85,9 @@ impl Default for PostgresStoreBuilder {
             server_timeouts: true,
             cleanup_batch_size: DEFAULT_CLEANUP_BATCH_SIZE,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            clock: Arc::new(SystemClock),
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            clock_skew_check_interval: Some(DEFAULT_CLOCK_SKEW_CHECK_INTERVAL),
         }
     }
 }
@@ -274,6 +287,50 @@ impl PostgresStoreBuilder {
         self.max_record_size(bytes)
     }
 
+    /// The application's clock, which the store compares with the
+    /// database's (see [`crate::skew`]): the clock the deadlines in the
+    /// stored records come from, normally the
+    /// [`SessionManager`](session_core::SessionManager)'s. Default: the
+    /// system clock, as the manager's.
+    ///
+    /// The store uses it for nothing else: every expiry decision is the
+    /// database's `now()` against the stored deadlines.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The largest difference between the application's and the database's
+    /// clocks that is not worth a warning. Default: 2 s.
+    ///
+    /// Each measurement beyond it (by more than its own
+    /// [uncertainty](crate::ClockSkew::uncertainty)) is logged at `warn`
+    /// (target `session_postgres`, fields `offset_ms`, `uncertainty_ms`,
+    /// `max_clock_skew_ms`, `table`); operations are never refused because
+    /// of a skew.
+    pub fn max_clock_skew(mut self, max: Duration) -> Self {
+        self.max_clock_skew = max;
+        self
+    }
+
+    /// How often the store measures the clock skew by itself. Default:
+    /// 10 min.
+    ///
+    /// With `Some(interval)`: [`connect`](Self::connect) and
+    /// [`connect_with`](Self::connect_with) measure once before returning
+    /// (a failure there is logged at `debug`, and a call a minute later
+    /// tries again); a store from [`connect_lazy`](Self::connect_lazy) or
+    /// [`build`](Self::build) measures when first used; after that, the
+    /// first call once `interval` has passed since the last measurement
+    /// starts one in the background (one statement on a pooled
+    /// connection; the call does not wait for it), clean-up batches
+    /// included. `None`: never by itself, only
+    /// [`PostgresStore::measure_clock_skew`].
+    pub fn clock_skew_check_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.clock_skew_check_interval = interval.into();
+        self
+    }
+
     /// How long connecting may take: sqlx bounds connecting by the
     /// [acquire timeout](Self::acquire_timeout), which this sets (the
     /// shared option name of every backend's builder).
@@ -353,7 +410,16 @@ impl PostgresStoreBuilder {
             .connect_with(options)
             .await
             .map_err(|e| SetupError::Connect(RedactedError::with_url_secrets(e, urls)))?;
-        self.build(pool)
+        let check_clock = self.clock_skew_check_interval.is_some();
+        let store = self.build(pool)?;
+        if check_clock {
+            // Information only: after a failure, a call measures again
+            // within a minute.
+            if let Err(e) = store.inner.measure_clock_skew().await {
+                tracing::debug!(target: "session_postgres", error = %ErrorChain(&e), "measuring the clock skew at connect failed");
+            }
+        }
+        Ok(store)
     }
 
     /// Builds the store on an existing pool (shared with the application,
@@ -371,6 +437,11 @@ impl PostgresStoreBuilder {
             self.operation_timeout,
             self.cleanup_batch_size,
             self.max_record_bytes,
+            SkewMonitor::new(
+                self.clock,
+                self.max_clock_skew,
+                self.clock_skew_check_interval,
+            ),
         ))
     }
 

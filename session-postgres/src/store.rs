@@ -3,20 +3,20 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use session_core::expiry::Batch;
 use session_core::store::{CreateOptions, Created};
 use session_core::{
-    ExpiryTask, LimitStrategy, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError,
-    StoreResult, Timestamp,
+    ErrorChain, ExpiryTask, LimitStrategy, SessionRecord, SessionStore, SessionSummary, StorageKey,
+    StoreError, StoreResult, Timestamp,
 };
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 
 use crate::builder::PostgresStoreBuilder;
@@ -25,6 +25,7 @@ use crate::error::{is_dead_connection, store_error, PgError, SetupError};
 use crate::ident::TableName;
 use crate::migrate;
 use crate::migrate::code;
+use crate::skew::{ClockSkew, SkewMonitor, DATABASE_CLOCK_SQL};
 use crate::sql::Statements;
 
 /// A session store on a PostgreSQL table, through a sqlx connection pool.
@@ -62,6 +63,9 @@ pub(crate) struct Inner {
     operation_timeout: Option<Duration>,
     cleanup_batch_size: u32,
     max_record_bytes: usize,
+    skew: SkewMonitor,
+    /// This store, for the background clock-skew checks a call starts.
+    me: Weak<Inner>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -71,6 +75,7 @@ impl std::fmt::Debug for PostgresStore {
             .field("table", &self.inner.table)
             .field("pool_size", &self.inner.pool.size())
             .field("operation_timeout", &self.inner.operation_timeout)
+            .field("clock_skew", &self.inner.skew.latest())
             .finish_non_exhaustive()
     }
 }
@@ -97,15 +102,18 @@ impl PostgresStore {
         operation_timeout: Option<Duration>,
         cleanup_batch_size: u32,
         max_record_bytes: usize,
+        skew: SkewMonitor,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
                 sql: Statements::new(&table),
                 pool,
                 table,
                 operation_timeout,
                 cleanup_batch_size,
                 max_record_bytes,
+                skew,
+                me: me.clone(),
             }),
         }
     }
@@ -162,6 +170,42 @@ impl PostgresStore {
     /// [`StoreError::Unavailable`].
     pub async fn close(&self) {
         self.inner.pool.close().await;
+    }
+
+    /// The latest measurement of the database's clock against the
+    /// application's ([`clock`](PostgresStoreBuilder::clock)), or `None`
+    /// before one has succeeded. See [`crate::skew`] for when the store
+    /// measures; [`measure_clock_skew`](Self::measure_clock_skew) measures
+    /// now.
+    ///
+    /// A cheap read of the value the store keeps (no round trip); clones
+    /// share it, and concurrent measurements leave the one that finished
+    /// last.
+    #[must_use]
+    pub fn clock_skew(&self) -> Option<ClockSkew> {
+        self.inner.skew.latest()
+    }
+
+    /// Measures the database's clock against the application's now, with
+    /// one statement (`SELECT clock_timestamp()`, one round trip on a
+    /// pooled connection, under the operation timeout), and records it:
+    /// [`clock_skew`](Self::clock_skew) returns it afterwards, a skew
+    /// beyond [`max_clock_skew`](PostgresStoreBuilder::max_clock_skew) is
+    /// logged as a warning (target `session_postgres`, with `offset_ms`),
+    /// and the next automatic measurement is a whole
+    /// [interval](PostgresStoreBuilder::clock_skew_check_interval) away.
+    ///
+    /// Safe to call concurrently with anything; each call measures on its
+    /// own.
+    ///
+    /// # Errors
+    ///
+    /// As any store operation: [`StoreError::Unavailable`] when the server
+    /// cannot be reached or does not answer within the operation timeout
+    /// (named `"measure_clock_skew"`). A skew, however large, is not an
+    /// error.
+    pub async fn measure_clock_skew(&self) -> StoreResult<ClockSkew> {
+        self.inner.measure_clock_skew().await
     }
 }
 
@@ -309,6 +353,7 @@ impl Inner {
         F: Fn(Lease) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
+        self.check_clock_skew_if_due();
         let attempt = async {
             let conn = self.pool.acquire().await?;
             match lend(conn, &f).await {
@@ -355,6 +400,65 @@ impl Inner {
             }
         }
         Err(last.unwrap_or(sqlx::Error::PoolTimedOut))
+    }
+
+    /// One measurement of the clock skew (see
+    /// [`PostgresStore::measure_clock_skew`]), recorded. No automatic
+    /// measurement starts while it runs; after a failure, the next one is
+    /// due within a minute.
+    pub(crate) async fn measure_clock_skew(&self) -> StoreResult<ClockSkew> {
+        self.skew.postpone();
+        let clock = self.skew.clock();
+        let measured = self
+            .run(
+                "measure_clock_skew",
+                Statement::Idempotent,
+                |mut conn| async move {
+                    let before = clock.now();
+                    let sent = Instant::now();
+                    let row = sqlx::raw_sql(DATABASE_CLOCK_SQL)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    let round_trip = sent.elapsed();
+                    let database: i64 = row.try_get(0)?;
+                    Ok(ClockSkew::from_round_trip(
+                        before,
+                        round_trip,
+                        Timestamp::from_unix_millis(database),
+                    ))
+                },
+            )
+            .await;
+        match measured {
+            Ok(skew) => {
+                self.skew.record(skew, &self.table);
+                Ok(skew)
+            }
+            Err(e) => {
+                self.skew.retry_soon();
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a measurement of the clock skew in the background when one
+    /// is due (see [`crate::skew`]): the call that finds it due does not
+    /// wait for it. A failure is logged at `debug` and tried again within a
+    /// minute; it never fails a call.
+    fn check_clock_skew_if_due(&self) {
+        if !self.skew.claim_due() {
+            return;
+        }
+        let (Some(inner), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            self.skew.retry_soon();
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(e) = inner.measure_clock_skew().await {
+                tracing::debug!(target: "session_postgres", error = %ErrorChain(&e), "measuring the clock skew failed; trying again later");
+            }
+        });
     }
 
     /// The limit counts the encoded record, as on every backend.
