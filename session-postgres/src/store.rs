@@ -36,6 +36,17 @@ use crate::sql::Statements;
 /// PL/pgSQL function (see the [crate docs](crate#lifecycle-and-locking)).
 /// Every expiry decision uses the server's clock (`now()`), so a record
 /// stops loading at its deadline exactly, whether or not a clean-up has run.
+/// The deadlines themselves come from the application's clock: the store
+/// measures how far the two are apart ([`clock_skew`](Self::clock_skew),
+/// see [`crate::skew`]).
+///
+/// Its connections carry a server-side `statement_timeout` and
+/// `lock_timeout` derived from the
+/// [operation timeout](PostgresStoreBuilder::operation_timeout)
+/// ([`ServerTimeouts`](crate::ServerTimeouts)), and a connection whose
+/// statement the store abandoned is closed, never reused: a row another
+/// client keeps locked fails the calls that need it, as timeouts, and no
+/// others.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
