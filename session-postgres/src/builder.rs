@@ -2,14 +2,17 @@
 //! timeouts, clean-up batch size and record size limit.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use session_core::redact::RedactedError;
+use session_core::{Clock, ErrorChain, SystemClock};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::error::SetupError;
 use crate::ident::{TableName, DEFAULT_TABLE};
+use crate::skew::SkewMonitor;
 use crate::store::PostgresStore;
 
 /// Default [`PostgresStoreBuilder::acquire_timeout`].
@@ -18,6 +21,10 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default [`PostgresStoreBuilder::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// Default [`PostgresStoreBuilder::max_clock_skew`].
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(2);
+/// Default [`PostgresStoreBuilder::clock_skew_check_interval`].
+pub const DEFAULT_CLOCK_SKEW_CHECK_INTERVAL: Duration = Duration::from_secs(600);
 /// Default [`PostgresStoreBuilder::cleanup_batch_size`].
 pub const DEFAULT_CLEANUP_BATCH_SIZE: u32 = 1_000;
 /// Default [`PostgresStoreBuilder::max_record_size`]: 4 MiB.
@@ -55,8 +62,12 @@ pub struct PostgresStoreBuilder {
     max_lifetime: Option<Duration>,
     test_before_acquire: bool,
     operation_timeout: Option<Duration>,
+    server_timeouts: bool,
     cleanup_batch_size: u32,
     max_record_bytes: usize,
+    clock: Arc<dyn Clock>,
+    max_clock_skew: Duration,
+    clock_skew_check_interval: Option<Duration>,
 }
 
 impl Default for PostgresStoreBuilder {
@@ -71,8 +82,12 @@ impl Default for PostgresStoreBuilder {
             max_lifetime: Some(Duration::from_secs(1_800)),
             test_before_acquire: false,
             operation_timeout: Some(DEFAULT_OPERATION_TIMEOUT),
+            server_timeouts: true,
             cleanup_batch_size: DEFAULT_CLEANUP_BATCH_SIZE,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            clock: Arc::new(SystemClock),
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            clock_skew_check_interval: Some(DEFAULT_CLOCK_SKEW_CHECK_INTERVAL),
         }
     }
 }
@@ -178,12 +193,69 @@ impl PostgresStoreBuilder {
     /// at all is not retried either (the pool already retries connecting
     /// until the [acquire timeout](Self::acquire_timeout)).
     ///
+    /// The server is told too: the connections this builder opens carry a
+    /// `statement_timeout` and a `lock_timeout` a little under this
+    /// timeout ([`ServerTimeouts::for_operation_timeout`]; turned off with
+    /// [`server_timeouts`](Self::server_timeouts)), so a statement stuck
+    /// on the server (on another client's row lock, say) is ended by the
+    /// server before the client gives up, and its connection goes back to
+    /// the pool clean. Those server answers (`57014`, `55P03`) are reported
+    /// as the same [`StoreError::timed_out`]. A statement the client
+    /// abandons anyway (its time ran out while it waited for a
+    /// connection, or the caller dropped the call) has its connection
+    /// closed, never handed out again while the server may still be
+    /// running it. With `None`, nothing is set on the server: its own
+    /// defaults apply.
+    ///
     /// [`StoreError::Unavailable`]: session_core::StoreError::Unavailable
     /// [`StoreError::timed_out`]: session_core::StoreError::timed_out
     /// [`StoreError::is_timeout`]: session_core::StoreError::is_timeout
     pub fn operation_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.operation_timeout = timeout.into();
         self
+    }
+
+    /// Whether the connections this builder opens carry the server-side
+    /// `statement_timeout` and `lock_timeout` derived from the
+    /// [operation timeout](Self::operation_timeout)
+    /// ([`ServerTimeouts::for_operation_timeout`]). Default: `true`; no
+    /// effect without an operation timeout, nor on a pool given to
+    /// [`build`](Self::build) (see
+    /// [`apply_server_timeouts`](Self::apply_server_timeouts) for that).
+    ///
+    /// They are sent as startup parameters (the connection's `options`,
+    /// `-c statement_timeout=… -c lock_timeout=…`), so they cost no round
+    /// trip and override the same settings made with `ALTER ROLE` or
+    /// `ALTER DATABASE`, or earlier in the URL's own `options`. Turn them
+    /// off when something between the store and PostgreSQL refuses startup
+    /// parameters it does not know (PgBouncer does, unless told to track or
+    /// ignore them), and set both timeouts on the role instead. The store
+    /// still closes a connection whose statement it abandoned.
+    pub fn server_timeouts(mut self, on: bool) -> Self {
+        self.server_timeouts = on;
+        self
+    }
+
+    /// `options` with the server-side timeouts this builder's connections
+    /// get (see [`server_timeouts`](Self::server_timeouts)) added to their
+    /// startup parameters; `options` unchanged when there is no operation
+    /// timeout or they are turned off.
+    ///
+    /// [`connect`](Self::connect), [`connect_with`](Self::connect_with)
+    /// and [`connect_lazy`](Self::connect_lazy) do this themselves. For a
+    /// pool of the application's given to [`build`](Self::build), build
+    /// that pool's options through this to protect it the same way.
+    pub fn apply_server_timeouts(&self, options: PgConnectOptions) -> PgConnectOptions {
+        match self.operation_timeout.filter(|_| self.server_timeouts) {
+            Some(timeout) => {
+                let server = ServerTimeouts::for_operation_timeout(timeout);
+                options.options([
+                    ("statement_timeout", millis(server.statement_timeout)),
+                    ("lock_timeout", millis(server.lock_timeout)),
+                ])
+            }
+            None => options,
+        }
     }
 
     /// Rows deleted per statement by
@@ -213,6 +285,50 @@ impl PostgresStoreBuilder {
     )]
     pub fn max_record_bytes(self, bytes: usize) -> Self {
         self.max_record_size(bytes)
+    }
+
+    /// The application's clock, which the store compares with the
+    /// database's (see [`crate::skew`]): the clock the deadlines in the
+    /// stored records come from, normally the
+    /// [`SessionManager`](session_core::SessionManager)'s. Default: the
+    /// system clock, as the manager's.
+    ///
+    /// The store uses it for nothing else: every expiry decision is the
+    /// database's `now()` against the stored deadlines.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The largest difference between the application's and the database's
+    /// clocks that is not worth a warning. Default: 2 s.
+    ///
+    /// Each measurement beyond it (by more than its own
+    /// [uncertainty](crate::ClockSkew::uncertainty)) is logged at `warn`
+    /// (target `session_postgres`, fields `offset_ms`, `uncertainty_ms`,
+    /// `max_clock_skew_ms`, `table`); operations are never refused because
+    /// of a skew.
+    pub fn max_clock_skew(mut self, max: Duration) -> Self {
+        self.max_clock_skew = max;
+        self
+    }
+
+    /// How often the store measures the clock skew by itself. Default:
+    /// 10 min.
+    ///
+    /// With `Some(interval)`: [`connect`](Self::connect) and
+    /// [`connect_with`](Self::connect_with) measure once before returning
+    /// (a failure there is logged at `debug`, and a call a minute later
+    /// tries again); a store from [`connect_lazy`](Self::connect_lazy) or
+    /// [`build`](Self::build) measures when first used; after that, the
+    /// first call once `interval` has passed since the last measurement
+    /// starts one in the background (one statement on a pooled
+    /// connection; the call does not wait for it), clean-up batches
+    /// included. `None`: never by itself, only
+    /// [`PostgresStore::measure_clock_skew`].
+    pub fn clock_skew_check_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.clock_skew_check_interval = interval.into();
+        self
     }
 
     /// How long connecting may take: sqlx bounds connecting by the
@@ -247,7 +363,7 @@ impl PostgresStoreBuilder {
     /// [`SetupError`] for an invalid table name or setting, or a malformed
     /// URL (shown without its credentials).
     pub fn connect_lazy(self, url: &str) -> Result<PostgresStore, SetupError> {
-        let options = parse_url(url)?;
+        let options = self.apply_server_timeouts(parse_url(url)?);
         let pool = self.pool_options()?.connect_lazy_with(options);
         self.build(pool)
     }
@@ -288,12 +404,22 @@ impl PostgresStoreBuilder {
         options: PgConnectOptions,
         urls: &[&str],
     ) -> Result<PostgresStore, SetupError> {
+        let options = self.apply_server_timeouts(options);
         let pool = self
             .pool_options()?
             .connect_with(options)
             .await
             .map_err(|e| SetupError::Connect(RedactedError::with_url_secrets(e, urls)))?;
-        self.build(pool)
+        let check_clock = self.clock_skew_check_interval.is_some();
+        let store = self.build(pool)?;
+        if check_clock {
+            // Information only: after a failure, a call measures again
+            // within a minute.
+            if let Err(e) = store.inner.measure_clock_skew().await {
+                tracing::debug!(target: "session_postgres", error = %ErrorChain(&e), "measuring the clock skew at connect failed");
+            }
+        }
+        Ok(store)
     }
 
     /// Builds the store on an existing pool (shared with the application,
@@ -311,6 +437,11 @@ impl PostgresStoreBuilder {
             self.operation_timeout,
             self.cleanup_batch_size,
             self.max_record_bytes,
+            SkewMonitor::new(
+                self.clock,
+                self.max_clock_skew,
+                self.clock_skew_check_interval,
+            ),
         ))
     }
 
@@ -333,6 +464,72 @@ impl PostgresStoreBuilder {
         }
         Ok(table)
     }
+}
+
+/// The server-side timeouts a store's connections get for an
+/// [operation timeout](PostgresStoreBuilder::operation_timeout) (see
+/// [`PostgresStoreBuilder::server_timeouts`]).
+///
+/// The server should give up on a statement before the client does: then
+/// the client gets an answer (reported as
+/// [`StoreError::timed_out`](session_core::StoreError::timed_out)) on a
+/// connection that is immediately usable again, instead of abandoning a
+/// statement the server keeps running. So, with `margin` a tenth of the
+/// operation timeout, at most 1 s:
+///
+/// - `statement_timeout` = operation timeout − margin (4.5 s for the
+///   default 5 s, 450 ms for 500 ms, 29 s for 30 s);
+/// - `lock_timeout` = `statement_timeout` − margin (4 s, 400 ms, 28 s), so
+///   that a wait for a lock ends as a lock timeout (`55P03`) before the
+///   statement timeout (`57014`) would end it.
+///
+/// Both in whole milliseconds (PostgreSQL's unit), at least 1 ms (0 would
+/// mean "no timeout") and at most `i32::MAX` ms (about 24.8 days, the
+/// server's limit).
+///
+/// ```
+/// use std::time::Duration;
+/// use session_postgres::builder::ServerTimeouts;
+///
+/// let t = ServerTimeouts::for_operation_timeout(Duration::from_millis(500));
+/// assert_eq!(t.statement_timeout, Duration::from_millis(450));
+/// assert_eq!(t.lock_timeout, Duration::from_millis(400));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerTimeouts {
+    /// The connection's `statement_timeout`: how long one statement may
+    /// run on the server, lock waits included.
+    pub statement_timeout: Duration,
+    /// The connection's `lock_timeout`: how long one statement may wait for
+    /// any one lock (a row lock, or the advisory locks of the lifecycle
+    /// functions).
+    pub lock_timeout: Duration,
+}
+
+impl ServerTimeouts {
+    /// The timeouts for `operation_timeout`, as described on the type.
+    #[must_use]
+    pub fn for_operation_timeout(operation_timeout: Duration) -> Self {
+        let margin = (operation_timeout / 10).min(Duration::from_secs(1));
+        let statement_timeout = server_millis(operation_timeout.saturating_sub(margin));
+        let lock_timeout = server_millis(statement_timeout.saturating_sub(margin));
+        Self {
+            statement_timeout,
+            lock_timeout,
+        }
+    }
+}
+
+/// `d` rounded down to whole milliseconds, within 1 ms ..= `i32::MAX` ms.
+fn server_millis(d: Duration) -> Duration {
+    let ms = d.as_millis().clamp(1, i32::MAX as u128);
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// A server setting's value in milliseconds: `450ms`.
+fn millis(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
 }
 
 /// Parses a connection URL; the error never shows its credentials.
@@ -377,6 +574,58 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!(ok.qualified(), r#""auth"."s""#);
+    }
+
+    #[test]
+    fn server_timeouts_stay_under_the_operation_timeout() {
+        let ms = Duration::from_millis;
+        for (op, statement, lock) in [
+            (ms(500), ms(450), ms(400)),
+            (ms(5_000), ms(4_500), ms(4_000)),
+            (ms(30_000), ms(29_000), ms(28_000)),
+            (ms(1), ms(1), ms(1)),
+            (Duration::from_micros(10), ms(1), ms(1)),
+            (
+                Duration::MAX,
+                ms(i32::MAX as u64),
+                ms(i32::MAX as u64 - 1_000),
+            ),
+        ] {
+            let t = ServerTimeouts::for_operation_timeout(op);
+            assert_eq!(
+                (t.statement_timeout, t.lock_timeout),
+                (statement, lock),
+                "{op:?}"
+            );
+            assert!(t.lock_timeout <= t.statement_timeout);
+        }
+        for op in [ms(2), ms(20), ms(999), ms(12_345)] {
+            let t = ServerTimeouts::for_operation_timeout(op);
+            assert!(
+                t.statement_timeout < op && t.lock_timeout <= t.statement_timeout,
+                "{op:?} {t:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn server_timeouts_are_startup_options_only_with_an_operation_timeout() {
+        let base = PgConnectOptions::new();
+        let with = PostgresStoreBuilder::new()
+            .operation_timeout(Duration::from_millis(500))
+            .apply_server_timeouts(base.clone());
+        assert_eq!(
+            with.get_options(),
+            Some("-c statement_timeout=450ms -c lock_timeout=400ms")
+        );
+        let none = PostgresStoreBuilder::new()
+            .operation_timeout(None)
+            .apply_server_timeouts(base.clone());
+        assert_eq!(none.get_options(), None);
+        let off = PostgresStoreBuilder::new()
+            .server_timeouts(false)
+            .apply_server_timeouts(base);
+        assert_eq!(off.get_options(), None);
     }
 
     #[tokio::test]

@@ -6,8 +6,11 @@
 //! [`StoreError::Unavailable`]: an operation that ran out of the operation
 //! timeout is [`StoreError::timed_out`] (a
 //! [`TimedOut`](session_core::TimedOut) source, see
-//! [`StoreError::is_timeout`]), the others have a [`PgError`] source.
-//! Everything else the server reports becomes [`StoreError::Backend`]. Messages never contain session data; they may
+//! [`StoreError::is_timeout`]), whether the client's timer ran out or the
+//! server ended the statement at the `statement_timeout` (`57014`) or
+//! `lock_timeout` (`55P03`) the store derives from it; the others have a
+//! [`PgError`] source. Everything else the server reports becomes
+//! [`StoreError::Backend`]. Messages never contain session data; they may
 //! name a storage key (a one-way hash) or the table.
 //!
 //! No error shows a credential: a [`SetupError`] holds the driver's error
@@ -127,13 +130,44 @@ pub enum PgError {
 }
 
 /// Wraps a driver error from operation `op` into the right [`StoreError`].
-pub(crate) fn store_error(op: &'static str, source: sqlx::Error) -> StoreError {
+///
+/// With an operation timeout (`timeout`), the server ending the statement
+/// at the `statement_timeout` or `lock_timeout` the store set on its
+/// connections ([`is_server_timeout`]) is that timeout:
+/// [`StoreError::timed_out`]`(op, timeout)`, as when the client-side timer
+/// runs out first. Without one, those errors keep their driver source
+/// (`Unavailable`).
+pub(crate) fn store_error(
+    op: &'static str,
+    source: sqlx::Error,
+    timeout: Option<Duration>,
+) -> StoreError {
+    if let Some(after) = timeout.filter(|_| is_server_timeout(&source)) {
+        // The server's message names the statement timeout or the lock
+        // timeout; keep it in the debug log (it holds no key or value).
+        tracing::debug!(target: "session_postgres", op, error = %source, "the server ended the statement at its timeout");
+        return StoreError::timed_out(op, after);
+    }
     let unavailable = is_unavailable(&source);
     let e = PgError::Driver { op, source };
     if unavailable {
         StoreError::unavailable(e)
     } else {
         StoreError::backend(e)
+    }
+}
+
+/// Whether the server ended the statement because it ran out of time:
+/// `57014 query_canceled` (`statement_timeout`; also what an
+/// administrator's `pg_cancel_backend` answers, which cannot be told apart
+/// by code) or `55P03 lock_not_available` (`lock_timeout`; the store takes
+/// no `NOWAIT` locks, the other source of that code).
+pub(crate) fn is_server_timeout(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| matches!(&*code, "57014" | "55P03")),
+        _ => false,
     }
 }
 
@@ -150,9 +184,11 @@ pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 57P01..57P05: admin/crash shutdown,
             // cannot connect now, database dropped, idle session timeout;
-            // 57014: query cancelled (statement_timeout); 53300: too many
-            // connections.
-            code.starts_with("08") || code.starts_with("57P") || code == "57014" || code == "53300"
+            // 57014: query cancelled (statement_timeout); 55P03: lock not
+            // available (lock_timeout); 53300: too many connections.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || matches!(&*code, "57014" | "55P03" | "53300")
         }),
         _ => false,
     }
@@ -185,15 +221,15 @@ mod tests {
     fn connectivity_errors_are_unavailable() {
         let io = || sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(matches!(
-            store_error("load", io()),
+            store_error("load", io(), None),
             StoreError::Unavailable(_)
         ));
         assert!(matches!(
-            store_error("load", sqlx::Error::PoolTimedOut),
+            store_error("load", sqlx::Error::PoolTimedOut, None),
             StoreError::Unavailable(_)
         ));
         assert!(matches!(
-            store_error("load", sqlx::Error::RowNotFound),
+            store_error("load", sqlx::Error::RowNotFound, None),
             StoreError::Backend(_)
         ));
         assert!(is_dead_connection(&io()));
@@ -206,7 +242,7 @@ mod tests {
 
     #[test]
     fn messages_name_the_operation() {
-        let e = store_error("update", sqlx::Error::PoolTimedOut);
+        let e = store_error("update", sqlx::Error::PoolTimedOut, None);
         // One sentence per link; the chain names the kind and the operation.
         let msg = session_core::ErrorChain(&e).to_string();
         assert!(

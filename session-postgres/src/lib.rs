@@ -13,6 +13,9 @@
 //! - [`ident`]: validated table and schema names (no SQL injection through
 //!   configuration).
 //! - [`error`]: [`SetupError`] and the [`PgError`] inside store errors.
+//! - [`skew`]: [`ClockSkew`], the application's clock against the
+//!   database's, measured at connect and periodically, logged when it is
+//!   too large.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -115,14 +118,16 @@ pub mod cleanup;
 pub mod error;
 pub mod ident;
 pub mod migrate;
+pub mod skew;
 mod sql;
 pub mod store;
 
-pub use crate::builder::PostgresStoreBuilder;
+pub use crate::builder::{PostgresStoreBuilder, ServerTimeouts};
 #[allow(deprecated)]
 pub use crate::cleanup::CleanupTask;
 pub use crate::error::{PgError, SetupError};
 pub use crate::ident::{Identifier, IdentifierError, TableName};
+pub use crate::skew::ClockSkew;
 pub use crate::store::PostgresStore;
 
 /// Re-export of the sqlx version this crate is built on, for

@@ -6,6 +6,11 @@
 //!
 //! - All pending migrations of one table run in **one transaction**: a
 //!   failure leaves the database as it was.
+//! - That transaction runs without the `statement_timeout` and
+//!   `lock_timeout` the store sets on its connections for session
+//!   operations (`SET LOCAL`-style, for the transaction only): a migration
+//!   may rewrite a large table, or wait for another instance's migration
+//!   or for its table lock, as long as it takes.
 //! - The transaction first takes a **transaction-level advisory lock** per
 //!   schema (`pg_advisory_xact_lock`), so concurrent `migrate()` calls from
 //!   several instances queue up instead of racing; PostgreSQL releases it at
@@ -354,6 +359,17 @@ pub(crate) async fn run(pool: &PgPool, table: &TableName) -> Result<u32, SetupEr
     let schema = table.schema().map(|s| s.as_str());
 
     let mut tx = pool.begin().await.map_err(SetupError::migrate)?;
+    // The store's connections carry a statement and a lock timeout sized
+    // for session operations; DDL may rewrite a large table or wait for
+    // its exclusive lock far longer. Lifted for this transaction only.
+    sqlx::query(
+        "SELECT set_config('statement_timeout', '0', true), \
+         set_config('lock_timeout', '0', true)",
+    )
+    .persistent(false)
+    .execute(&mut *tx)
+    .await
+    .map_err(SetupError::migrate)?;
     sqlx::query(
         "SELECT pg_advisory_xact_lock(hashtextextended(\
          'session_postgres.migrate:' || coalesce($1, current_schema(), ''), 0))",

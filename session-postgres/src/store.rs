@@ -1,19 +1,22 @@
 //! [`PostgresStore`]: the [`SessionStore`] implementation.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use session_core::expiry::Batch;
 use session_core::store::{CreateOptions, Created};
 use session_core::{
-    ExpiryTask, LimitStrategy, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError,
-    StoreResult, Timestamp,
+    ErrorChain, ExpiryTask, LimitStrategy, SessionRecord, SessionStore, SessionSummary, StorageKey,
+    StoreError, StoreResult, Timestamp,
 };
 use sqlx::pool::PoolConnection;
-use sqlx::{AssertSqlSafe, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 
 use crate::builder::PostgresStoreBuilder;
@@ -22,6 +25,7 @@ use crate::error::{is_dead_connection, store_error, PgError, SetupError};
 use crate::ident::TableName;
 use crate::migrate;
 use crate::migrate::code;
+use crate::skew::{ClockSkew, SkewMonitor, DATABASE_CLOCK_SQL};
 use crate::sql::Statements;
 
 /// A session store on a PostgreSQL table, through a sqlx connection pool.
@@ -32,6 +36,17 @@ use crate::sql::Statements;
 /// PL/pgSQL function (see the [crate docs](crate#lifecycle-and-locking)).
 /// Every expiry decision uses the server's clock (`now()`), so a record
 /// stops loading at its deadline exactly, whether or not a clean-up has run.
+/// The deadlines themselves come from the application's clock: the store
+/// measures how far the two are apart ([`clock_skew`](Self::clock_skew),
+/// see [`crate::skew`]).
+///
+/// Its connections carry a server-side `statement_timeout` and
+/// `lock_timeout` derived from the
+/// [operation timeout](PostgresStoreBuilder::operation_timeout)
+/// ([`ServerTimeouts`](crate::ServerTimeouts)), and a connection whose
+/// statement the store abandoned is closed, never reused: a row another
+/// client keeps locked fails the calls that need it, as timeouts, and no
+/// others.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,6 +74,9 @@ pub(crate) struct Inner {
     operation_timeout: Option<Duration>,
     cleanup_batch_size: u32,
     max_record_bytes: usize,
+    skew: SkewMonitor,
+    /// This store, for the background clock-skew checks a call starts.
+    me: Weak<Inner>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -68,6 +86,7 @@ impl std::fmt::Debug for PostgresStore {
             .field("table", &self.inner.table)
             .field("pool_size", &self.inner.pool.size())
             .field("operation_timeout", &self.inner.operation_timeout)
+            .field("clock_skew", &self.inner.skew.latest())
             .finish_non_exhaustive()
     }
 }
@@ -94,15 +113,18 @@ impl PostgresStore {
         operation_timeout: Option<Duration>,
         cleanup_batch_size: u32,
         max_record_bytes: usize,
+        skew: SkewMonitor,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
                 sql: Statements::new(&table),
                 pool,
                 table,
                 operation_timeout,
                 cleanup_batch_size,
                 max_record_bytes,
+                skew,
+                me: me.clone(),
             }),
         }
     }
@@ -160,6 +182,42 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.inner.pool.close().await;
     }
+
+    /// The latest measurement of the database's clock against the
+    /// application's ([`clock`](PostgresStoreBuilder::clock)), or `None`
+    /// before one has succeeded. See [`crate::skew`] for when the store
+    /// measures; [`measure_clock_skew`](Self::measure_clock_skew) measures
+    /// now.
+    ///
+    /// A cheap read of the value the store keeps (no round trip); clones
+    /// share it, and concurrent measurements leave the one that finished
+    /// last.
+    #[must_use]
+    pub fn clock_skew(&self) -> Option<ClockSkew> {
+        self.inner.skew.latest()
+    }
+
+    /// Measures the database's clock against the application's now, with
+    /// one statement (`SELECT clock_timestamp()`, one round trip on a
+    /// pooled connection, under the operation timeout), and records it:
+    /// [`clock_skew`](Self::clock_skew) returns it afterwards, a skew
+    /// beyond [`max_clock_skew`](PostgresStoreBuilder::max_clock_skew) is
+    /// logged as a warning (target `session_postgres`, with `offset_ms`),
+    /// and the next automatic measurement is a whole
+    /// [interval](PostgresStoreBuilder::clock_skew_check_interval) away.
+    ///
+    /// Safe to call concurrently with anything; each call measures on its
+    /// own.
+    ///
+    /// # Errors
+    ///
+    /// As any store operation: [`StoreError::Unavailable`] when the server
+    /// cannot be reached or does not answer within the operation timeout
+    /// (named `"measure_clock_skew"`). A skew, however large, is not an
+    /// error.
+    pub async fn measure_clock_skew(&self) -> StoreResult<ClockSkew> {
+        self.inner.measure_clock_skew().await
+    }
 }
 
 /// Whether a statement may run twice with the same effect and answer: the
@@ -173,6 +231,122 @@ enum Statement {
     NotIdempotent,
 }
 
+/// A pooled connection lent to one statement (through [`lend`]), which
+/// either runs to completion with it (answered, or failed: the connection
+/// goes back to the pool, which drops it instead if it is broken) or is
+/// abandoned.
+///
+/// A statement is abandoned when its future is dropped while it runs: the
+/// operation timeout ran out, or the caller dropped the call (a cancelled
+/// request). The server may still be running that statement (waiting for a
+/// row lock, say), so the connection cannot take another one until the
+/// server answers. Returned to the pool, sqlx would test it with a ping
+/// that waits for exactly that answer, its pool slot taken meanwhile: a
+/// locked row would take one slot per call that touched it, then the whole
+/// pool. So an abandoned connection is taken out of the pool and its
+/// socket closed, at once: its slot is free for a new connection right
+/// away, and the server's backend ends as soon as its statement does (it
+/// notices the closed socket when it answers). Until then the server has
+/// one backend more than the pool counts, and a write may still be
+/// applied (as with any timeout, the caller cannot know).
+///
+/// The server-side `statement_timeout` and `lock_timeout` the store sets
+/// ([`server_timeouts`](PostgresStoreBuilder::server_timeouts)) bound how
+/// long that lasts (no statement outlives its `statement_timeout`, a
+/// little less than the operation timeout), and usually end a stuck
+/// statement before the client gives up, with an error on a connection
+/// that stays usable. Closing is for the calls whose time ran out while
+/// they waited for a connection, for stores without those settings, and
+/// for callers that give up.
+struct Lease {
+    conn: Option<PoolConnection<Postgres>>,
+    /// Set by the [`Lent`] future that owns this lease when it is dropped
+    /// before completing.
+    abandoned: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for Lease {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        self.conn
+            .as_ref()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.abandoned.load(Ordering::Acquire) {
+            tracing::debug!(target: "session_postgres", "closing a connection whose statement was abandoned");
+            // Out of the pool, its slot free at once; dropping the
+            // connection closes the socket. (Not a graceful close: over
+            // TLS, sqlx's waits for the busy server to say something.)
+            drop(conn.detach());
+        } else {
+            // Back to the pool (after sqlx's ping), or closed if broken.
+            drop(conn);
+        }
+    }
+}
+
+/// The future of one statement on a [`Lease`]: dropped before it
+/// completes, it marks its lease abandoned before the lease itself is
+/// dropped (a `Drop` implementation runs before the fields are dropped).
+struct Lent<Fut> {
+    statement: Pin<Box<Fut>>,
+    abandoned: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl<Fut: Future> Future for Lent<Fut> {
+    type Output = Fut::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Fut::Output> {
+        let output = self.statement.as_mut().poll(cx);
+        if output.is_ready() {
+            self.done = true;
+        }
+        output
+    }
+}
+
+impl<Fut> Drop for Lent<Fut> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.abandoned.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Runs `f` on `conn` through a [`Lease`].
+fn lend<T, F, Fut>(conn: PoolConnection<Postgres>, f: &F) -> Lent<Fut>
+where
+    F: Fn(Lease) -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let lease = Lease {
+        conn: Some(conn),
+        abandoned: abandoned.clone(),
+    };
+    Lent {
+        statement: Box::pin(f(lease)),
+        abandoned,
+        done: false,
+    }
+}
+
 impl Inner {
     /// Runs one statement on a pooled connection, under the operation
     /// timeout (which covers both attempts). When the statement is
@@ -181,18 +355,23 @@ impl Inner {
     /// terminated by the server; not an error the server answered the
     /// statement with, not a timeout), the statement runs exactly once more,
     /// on a connection from [`Inner::live_connection`].
+    ///
+    /// `f` gets the connection as a [`Lease`]: if the operation timeout
+    /// runs out (or the caller drops this future) while the statement
+    /// runs, the connection is closed, not returned to the pool.
     async fn run<T, F, Fut>(&self, op: &'static str, statement: Statement, f: F) -> StoreResult<T>
     where
-        F: Fn(PoolConnection<Postgres>) -> Fut,
+        F: Fn(Lease) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
+        self.check_clock_skew_if_due();
         let attempt = async {
             let conn = self.pool.acquire().await?;
-            match f(conn).await {
+            match lend(conn, &f).await {
                 Err(e) if statement == Statement::Idempotent && is_dead_connection(&e) => {
                     // The driver's error: no URL, no password, no key.
                     tracing::debug!(target: "session_postgres", op, error = %e, "connection was dead; retrying once on a live connection");
-                    f(self.live_connection().await?).await
+                    lend(self.live_connection().await?, &f).await
                 }
                 result => result,
             }
@@ -204,7 +383,7 @@ impl Inner {
                 Err(_) => return Err(StoreError::timed_out(op, timeout)),
             },
         };
-        result.map_err(|e| store_error(op, e))
+        result.map_err(|e| store_error(op, e, self.operation_timeout))
     }
 
     /// A connection known to work, for the retry after a dead one: what
@@ -232,6 +411,65 @@ impl Inner {
             }
         }
         Err(last.unwrap_or(sqlx::Error::PoolTimedOut))
+    }
+
+    /// One measurement of the clock skew (see
+    /// [`PostgresStore::measure_clock_skew`]), recorded. No automatic
+    /// measurement starts while it runs; after a failure, the next one is
+    /// due within a minute.
+    pub(crate) async fn measure_clock_skew(&self) -> StoreResult<ClockSkew> {
+        self.skew.postpone();
+        let clock = self.skew.clock();
+        let measured = self
+            .run(
+                "measure_clock_skew",
+                Statement::Idempotent,
+                |mut conn| async move {
+                    let before = clock.now();
+                    let sent = Instant::now();
+                    let row = sqlx::raw_sql(DATABASE_CLOCK_SQL)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    let round_trip = sent.elapsed();
+                    let database: i64 = row.try_get(0)?;
+                    Ok(ClockSkew::from_round_trip(
+                        before,
+                        round_trip,
+                        Timestamp::from_unix_millis(database),
+                    ))
+                },
+            )
+            .await;
+        match measured {
+            Ok(skew) => {
+                self.skew.record(skew, &self.table);
+                Ok(skew)
+            }
+            Err(e) => {
+                self.skew.retry_soon();
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a measurement of the clock skew in the background when one
+    /// is due (see [`crate::skew`]): the call that finds it due does not
+    /// wait for it. A failure is logged at `debug` and tried again within a
+    /// minute; it never fails a call.
+    fn check_clock_skew_if_due(&self) {
+        if !self.skew.claim_due() {
+            return;
+        }
+        let (Some(inner), Ok(runtime)) = (self.me.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            self.skew.retry_soon();
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(e) = inner.measure_clock_skew().await {
+                tracing::debug!(target: "session_postgres", error = %ErrorChain(&e), "measuring the clock skew failed; trying again later");
+            }
+        });
     }
 
     /// The limit counts the encoded record, as on every backend.

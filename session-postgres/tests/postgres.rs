@@ -787,3 +787,80 @@ async fn an_operation_past_the_operation_timeout_is_a_timeout() {
     tx.rollback().await.unwrap();
     assert!(s.load(&k).await.unwrap().is_some());
 }
+
+/// The privileges the README lists for an application role are enough for
+/// every operation and for `migrate()` once the schema is current: `USAGE`
+/// on the schema, `SELECT, INSERT, UPDATE, DELETE` on the sessions and
+/// moved-keys tables, `SELECT` on the bookkeeping table (`EXECUTE` on the
+/// functions is PostgreSQL's default for everyone). No `CREATE`, no
+/// ownership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_with_the_documented_grants_runs_every_operation() {
+    let name = unique("grants");
+    let t = Scratch::new(&name).await;
+    let admin = t.store.pool();
+    let role = unique("spg_role");
+    let schema = common::SCHEMA;
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'grants-test'"),
+        format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.{name}, {schema}.{name}_moved TO {role}"
+        ),
+        format!("GRANT SELECT ON {schema}.session_postgres_migrations TO {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(admin)
+            .await
+            .unwrap();
+    }
+    let options = database_url()
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .username(&role)
+        .password("grants-test");
+    let app = common::builder(&name).connect_with(options).await.unwrap();
+    let result = async {
+        assert_eq!(app.migrate().await?, 0);
+        let user = unique("grants_user");
+        let (a, b) = (key(), key());
+        app.create(&a, &record(Some(&user), b"a", HOUR, HOUR))
+            .await?;
+        let loaded = app.load(&a).await?.expect("created");
+        app.update(
+            &a,
+            loaded.version,
+            &loaded.clone().with_version(loaded.version + 1),
+        )
+        .await?;
+        let now = Timestamp::now();
+        app.touch(&a, now, now.saturating_add(Duration::from_secs(60)))
+            .await?;
+        let limit = UserSessionLimit {
+            max: NonZeroUsize::new(2).unwrap(),
+            strategy: LimitStrategy::EvictOldest,
+        };
+        let options = CreateOptions::default()
+            .replacing(a.clone(), loaded.version + 1)
+            .with_limit(limit);
+        app.create_with(&b, &record(Some(&user), b"b", HOUR, HOUR), &options)
+            .await?;
+        assert_eq!(app.list_user_sessions(&user).await?.len(), 1);
+        app.delete(&a).await?;
+        assert_eq!(app.delete_user(&user).await?, 0);
+        app.delete_expired().await?;
+        app.measure_clock_skew().await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    }
+    .await;
+    app.close().await;
+    for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(admin)
+            .await
+            .unwrap();
+    }
+    if let Err(e) = result {
+        panic!("{}", session_core::ErrorChain(&*e));
+    }
+}
