@@ -6,6 +6,7 @@
 //! why. Stores measure the skew at connect and now and then, log a warning
 //! past a bound, and expose the last measurement.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::clock::Timestamp;
@@ -15,83 +16,113 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(2);
 
 /// One measurement of a server's clock against the application's.
 ///
-/// `offset_ms` is the server's clock minus the application's, in
-/// milliseconds (positive: the server is ahead). It is measured as the
-/// server's time minus the midpoint of the application's clock before and
-/// after the round trip, so it is exact to within `uncertainty_ms`, half
-/// the round trip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The application's clock is read just before the query is sent, the
+/// database's (`clock_timestamp()`) while it runs; the database's reading
+/// is compared with the application's time at the middle of the round
+/// trip. The true offset lies within [`uncertainty`](Self::uncertainty)
+/// (half the round trip, plus 1 ms for the millisecond resolution of both
+/// readings) of the measured one.
+///
+/// ```
+/// use std::time::Duration;
+/// use session_core::Timestamp;
+/// use session_core::ClockSkew;
+///
+/// // The application clock read 12:00:00.000, the round trip took 4 ms,
+/// // the database said 13:00:00.002: the database is an hour ahead.
+/// let app = Timestamp::from_unix_millis(1_800_000_000_000);
+/// let db = Timestamp::from_unix_millis(1_800_003_600_002);
+/// let skew = ClockSkew::from_round_trip(app, Duration::from_millis(4), db);
+/// assert_eq!(skew.offset_millis(), 3_600_000);
+/// assert!(skew.server_is_ahead());
+/// assert_eq!(skew.uncertainty(), Duration::from_millis(3));
+/// assert!(skew.exceeds(Duration::from_secs(2)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClockSkew {
-    offset_ms: i64,
-    uncertainty_ms: u64,
+    offset_millis: i64,
+    uncertainty: Duration,
     measured_at: Timestamp,
 }
 
 impl ClockSkew {
-    /// The skew from one round trip: the application's clock read `before`
-    /// sending and `after` the answer, and the server's clock `server` in
-    /// that answer.
+    /// The skew shown by one round trip: the application's clock read
+    /// `app_before` just before sending, the answer came back `round_trip`
+    /// later (a monotonic measurement), and the server's clock read
+    /// `server` in between.
     #[must_use]
-    pub fn from_round_trip(before: Timestamp, server: Timestamp, after: Timestamp) -> Self {
-        let (b, a) = (
-            before.as_unix_millis(),
-            after.as_unix_millis().max(before.as_unix_millis()),
-        );
-        let midpoint = b + (a - b) / 2;
+    pub fn from_round_trip(app_before: Timestamp, round_trip: Duration, server: Timestamp) -> Self {
+        let half = round_trip / 2;
+        let midpoint = app_before.saturating_add(half);
+        let half_ms = u64::try_from(half.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         Self {
-            offset_ms: server.as_unix_millis().saturating_sub(midpoint),
-            uncertainty_ms: u64::try_from((a - b + 1) / 2).unwrap_or(u64::MAX),
-            measured_at: after,
+            offset_millis: server
+                .as_unix_millis()
+                .saturating_sub(midpoint.as_unix_millis()),
+            uncertainty: Duration::from_millis(half_ms.saturating_add(1)),
+            measured_at: midpoint,
         }
     }
 
-    /// The server's clock minus the application's, in milliseconds
-    /// (positive: the server is ahead).
+    /// The server's clock minus the application's, in milliseconds:
+    /// positive when the server's clock is ahead (the application's is
+    /// behind), negative when it is behind.
     #[must_use]
-    pub fn offset_ms(&self) -> i64 {
-        self.offset_ms
+    pub fn offset_millis(&self) -> i64 {
+        self.offset_millis
     }
 
-    /// How far off `offset_ms` may be: half the round trip, in
-    /// milliseconds.
+    /// How far apart the clocks are, whichever is ahead.
     #[must_use]
-    pub fn uncertainty_ms(&self) -> u64 {
-        self.uncertainty_ms
+    pub fn magnitude(&self) -> Duration {
+        Duration::from_millis(self.offset_millis.unsigned_abs())
     }
 
-    /// When (application clock) it was measured.
+    /// Whether the server's clock is ahead of the application's
+    /// ([`offset_millis`](Self::offset_millis) > 0).
+    #[must_use]
+    pub fn server_is_ahead(&self) -> bool {
+        self.offset_millis > 0
+    }
+
+    /// The error bound of the measurement: half the round trip plus 1 ms.
+    /// The true offset is within this of [`offset_millis`](Self::offset_millis).
+    #[must_use]
+    pub fn uncertainty(&self) -> Duration {
+        self.uncertainty
+    }
+
+    /// When it was measured, on the application's clock (the middle of the
+    /// round trip).
     #[must_use]
     pub fn measured_at(&self) -> Timestamp {
         self.measured_at
     }
 
-    /// Whether the clocks surely differ by more than `bound`: the offset's
-    /// size minus the uncertainty exceeds it.
+    /// Whether the clocks are certainly further apart than `bound`: the
+    /// [magnitude](Self::magnitude) minus the
+    /// [uncertainty](Self::uncertainty) exceeds it. A slow round trip
+    /// widens the uncertainty rather than raising a false alarm.
     #[must_use]
     pub fn exceeds(&self, bound: Duration) -> bool {
-        let sure = self
-            .offset_ms
-            .unsigned_abs()
-            .saturating_sub(self.uncertainty_ms);
-        u128::from(sure) > bound.as_millis()
+        self.magnitude().saturating_sub(self.uncertainty) > bound
     }
+}
 
-    /// Logs a `tracing` warning (target `session_core::clock_skew`) naming
-    /// the backend when this measurement [`exceeds`](Self::exceeds)
-    /// `bound`; returns whether it did.
-    pub fn warn_if_exceeds(&self, backend: &'static str, bound: Duration) -> bool {
-        let exceeds = self.exceeds(bound);
-        if exceeds {
-            tracing::warn!(
-                target: "session_core::clock_skew",
-                backend,
-                server_minus_application_ms = self.offset_ms,
-                uncertainty_ms = self.uncertainty_ms,
-                bound_ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX),
-                "the server's clock and the application's differ: sessions may end early or live too long; sync both with NTP"
-            );
-        }
-        exceeds
+impl fmt::Display for ClockSkew {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = if self.server_is_ahead() {
+            "ahead of"
+        } else {
+            "behind"
+        };
+        write!(
+            f,
+            "the server clock is {} ms {side} the application's (± {} ms, measured at {})",
+            self.offset_millis.unsigned_abs(),
+            self.uncertainty.as_millis(),
+            self.measured_at
+        )
     }
 }
 
@@ -99,30 +130,39 @@ impl ClockSkew {
 mod tests {
     use super::*;
 
-    fn at(ms: i64) -> Timestamp {
-        Timestamp::from_unix_millis(ms)
+    #[test]
+    fn the_offset_is_taken_at_the_middle_of_the_round_trip() {
+        let app = Timestamp::from_unix_millis(1_000_000);
+        let db = Timestamp::from_unix_millis(1_000_010);
+        let skew = ClockSkew::from_round_trip(app, Duration::from_millis(20), db);
+        assert_eq!(skew.offset_millis(), 0);
+        assert_eq!(skew.uncertainty(), Duration::from_millis(11));
+        assert_eq!(skew.measured_at(), Timestamp::from_unix_millis(1_000_010));
+        assert!(!skew.exceeds(Duration::ZERO));
+
+        let behind = ClockSkew::from_round_trip(
+            app,
+            Duration::from_micros(300),
+            Timestamp::from_unix_millis(996_400),
+        );
+        assert_eq!(behind.offset_millis(), -3_600);
+        assert!(!behind.server_is_ahead());
+        assert_eq!(behind.magnitude(), Duration::from_millis(3_600));
+        assert_eq!(behind.uncertainty(), Duration::from_millis(2));
+        assert!(behind.exceeds(Duration::from_secs(2)));
+        assert!(!behind.exceeds(Duration::from_secs(4)));
+        assert!(behind.to_string().contains("3600 ms behind"), "{behind}");
     }
 
     #[test]
-    fn offset_is_measured_from_the_midpoint_of_the_round_trip() {
-        let s = ClockSkew::from_round_trip(at(1_000), at(1_010), at(1_020));
-        assert_eq!((s.offset_ms(), s.uncertainty_ms()), (0, 10));
-        let behind = ClockSkew::from_round_trip(at(3_600_000), at(0), at(3_600_004));
-        assert_eq!(behind.offset_ms(), -3_600_002);
-        assert!(behind.exceeds(DEFAULT_MAX_CLOCK_SKEW));
-        assert!(behind.warn_if_exceeds("test", DEFAULT_MAX_CLOCK_SKEW));
-    }
-
-    #[test]
-    fn a_slow_round_trip_is_no_proof_of_skew() {
-        // 3 s off, but the round trip took 4 s: it could be 1 s.
-        let s = ClockSkew::from_round_trip(at(0), at(5_000), at(4_000));
-        assert_eq!(s.offset_ms(), 3_000);
-        assert!(!s.exceeds(DEFAULT_MAX_CLOCK_SKEW));
-        let clear = ClockSkew::from_round_trip(at(0), at(2_500), at(2));
-        assert!(clear.exceeds(DEFAULT_MAX_CLOCK_SKEW));
-        // An application clock that went back during the trip.
-        let odd = ClockSkew::from_round_trip(at(10), at(10), at(5));
-        assert_eq!(odd.offset_ms(), 0);
+    fn a_slow_round_trip_widens_the_bound_instead_of_alarming() {
+        let app = Timestamp::from_unix_millis(0);
+        let skew = ClockSkew::from_round_trip(
+            app,
+            Duration::from_secs(6),
+            Timestamp::from_unix_millis(5_500),
+        );
+        assert_eq!(skew.offset_millis(), 2_500);
+        assert!(!skew.exceeds(Duration::from_secs(2)), "{skew}");
     }
 }

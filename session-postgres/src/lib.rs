@@ -127,8 +127,9 @@ pub use crate::builder::{PostgresStoreBuilder, ServerTimeouts};
 pub use crate::cleanup::CleanupTask;
 pub use crate::error::{PgError, SetupError};
 pub use crate::ident::{Identifier, IdentifierError, TableName};
-pub use crate::skew::ClockSkew;
 pub use crate::store::PostgresStore;
+/// The clock-skew measurement every backend reports (defined in `session-core`).
+pub use session_core::ClockSkew;
 
 /// Re-export of the sqlx version this crate is built on, for
 /// [`PostgresStoreBuilder::connect_with`] and

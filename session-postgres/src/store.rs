@@ -25,8 +25,9 @@ use crate::error::{is_dead_connection, store_error, PgError, SetupError};
 use crate::ident::TableName;
 use crate::migrate;
 use crate::migrate::code;
-use crate::skew::{ClockSkew, SkewMonitor, DATABASE_CLOCK_SQL};
+use crate::skew::{SkewMonitor, DATABASE_CLOCK_SQL};
 use crate::sql::Statements;
+use session_core::ClockSkew;
 
 /// A session store on a PostgreSQL table, through a sqlx connection pool.
 ///

@@ -251,16 +251,24 @@ impl RedisStore {
         self.bounded("measure_clock_skew", async {
             let mut conn = self.conn();
             let before = Timestamp::now();
+            let started = std::time::Instant::now();
             let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
-            let after = Timestamp::now();
+            let round_trip = started.elapsed();
             let server = Timestamp::from_unix_millis(
                 secs.saturating_mul(1000).saturating_add(micros / 1000),
             );
-            Ok(ClockSkew::from_round_trip(before, server, after))
+            Ok(ClockSkew::from_round_trip(before, round_trip, server))
         })
         .await
         .inspect(|skew| {
-            skew.warn_if_exceeds("redis", self.shared.max_clock_skew);
+            if skew.exceeds(self.shared.max_clock_skew) {
+                tracing::warn!(
+                    target: "session_redis",
+                    offset_ms = skew.offset_millis(),
+                    uncertainty_ms = u64::try_from(skew.uncertainty().as_millis()).unwrap_or(u64::MAX),
+                    "{skew}: the scripts judge liveness by the application's clock and Redis expires keys by its own, so sessions may end early or their keys live too long; sync both clocks with NTP"
+                );
+            }
             *self
                 .shared
                 .clock_skew
