@@ -64,6 +64,9 @@ pub(crate) struct Shared {
     pub(crate) measuring_skew: std::sync::atomic::AtomicBool,
 }
 
+/// Most index reads of one `delete_user` (see `delete_user_on`).
+const DELETE_USER_PASSES: usize = 8;
+
 /// How old the last clock skew measurement may get before a `load`
 /// starts a new one in the background.
 const CLOCK_SKEW_RECHECK: Duration = Duration::from_secs(600);
@@ -1436,15 +1439,33 @@ impl RedisStore {
         let index = self.prefix.index_key(user_id.as_bytes());
         let segment = codec::user_segment(Some(user_id));
         let cluster = self.is_cluster();
-        {
+        // Sessions ended, by the key they were under: a session reached
+        // both through its entry and through a moved marker counts once.
+        let mut ended = HashSet::new();
+        // Entries already handled by an earlier pass.
+        let mut handled: HashSet<String> = HashSet::new();
+        // The index is read, then its sessions deleted: a login that
+        // lands in between (its entry added after the read) would survive
+        // "log out everywhere". So the index is read again until a pass
+        // finds no entry it has not handled (at most DELETE_USER_PASSES
+        // passes), which ends every session indexed when the last read was
+        // made: the call takes effect then.
+        for _ in 0..DELETE_USER_PASSES {
             // Only the index read is retried: once a session is deleted, a
             // repeat would no longer count it.
-            let entries = self
+            let entries: Vec<(String, f64)> = self
                 .retrying("delete_user", Retry::Idempotent, |mut conn| {
                     let index = &index;
                     async move { Self::index_entries(&mut conn, index).await }
                 })
-                .await?;
+                .await?
+                .into_iter()
+                .filter(|(member, _)| !handled.contains(member))
+                .collect();
+            if entries.is_empty() {
+                break;
+            }
+            handled.extend(entries.iter().map(|(member, _)| member.clone()));
             let now = Timestamp::now();
             let deletes = entries.iter().map(|(member, _)| {
                 let session_key = self.prefix.session_key(&StorageKey::from_stored(member));
@@ -1458,9 +1479,6 @@ impl RedisStore {
                 }
             });
             let results = join_all(deletes).await;
-            // Sessions ended, by the key they were under: a session reached
-            // both through its entry and through a moved marker counts once.
-            let mut ended = HashSet::new();
             let mut gone = Vec::new();
             let mut moved = Vec::new();
             for ((member, written_at), result) in entries.iter().zip(results) {
@@ -1496,8 +1514,8 @@ impl RedisStore {
             // Only the entries handled here: one added meanwhile by a
             // concurrent login stays with its session.
             self.unindex(&mut conn, &index, &gone).await?;
-            Ok(ended.len() as u64)
         }
+        Ok(ended.len() as u64)
     }
 }
 
