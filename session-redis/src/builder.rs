@@ -333,7 +333,7 @@ impl RedisStoreBuilder {
                 max_record_size: self.max_record_size,
                 max_clock_skew: self.max_clock_skew,
                 clock_skew: std::sync::Mutex::new(None),
-                measuring_skew: std::sync::atomic::AtomicBool::new(false),
+                next_skew_check_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             }),
             prefix,
         )

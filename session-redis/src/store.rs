@@ -59,9 +59,11 @@ pub(crate) struct Shared {
     pub(crate) max_record_size: usize,
     /// The bound past which a measured clock skew is logged.
     pub(crate) max_clock_skew: Duration,
-    /// The last clock skew measurement, and whether one is under way.
+    /// The last clock skew measurement.
     pub(crate) clock_skew: std::sync::Mutex<Option<ClockSkew>>,
-    pub(crate) measuring_skew: std::sync::atomic::AtomicBool,
+    /// When (Unix ms, application clock) a `load` next starts a
+    /// measurement; the one `load` that moves it on claims the check.
+    pub(crate) next_skew_check_ms: std::sync::atomic::AtomicI64,
 }
 
 /// Most index reads of one `delete_user` (see `delete_user_on`).
@@ -277,23 +279,34 @@ impl RedisStore {
                 .clock_skew
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(*skew);
+            let next = skew.measured_at().saturating_add(CLOCK_SKEW_RECHECK);
+            self.shared
+                .next_skew_check_ms
+                .fetch_max(next.as_unix_millis(), std::sync::atomic::Ordering::AcqRel);
         })
     }
 
-    /// Starts a background measurement when the last one is older than
-    /// [`CLOCK_SKEW_RECHECK`] (at most one at a time).
+    /// Starts a background measurement when one is due (every
+    /// [`CLOCK_SKEW_RECHECK`]; one atomic load per call otherwise).
     fn recheck_clock_skew(&self) {
         use std::sync::atomic::Ordering;
-        let stale = self
-            .clock_skew()
-            .is_none_or(|s| Timestamp::now().duration_since(s.measured_at()) > CLOCK_SKEW_RECHECK);
-        if !stale || self.shared.measuring_skew.swap(true, Ordering::AcqRel) {
+        let now = Timestamp::now().as_unix_millis();
+        let due = self.shared.next_skew_check_ms.load(Ordering::Relaxed);
+        let next = Timestamp::from_unix_millis(now)
+            .saturating_add(CLOCK_SKEW_RECHECK)
+            .as_unix_millis();
+        if now < due
+            || self
+                .shared
+                .next_skew_check_ms
+                .compare_exchange(due, next, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
             return;
         }
         let store = self.clone();
         tokio::spawn(async move {
             let _ = store.measure_clock_skew().await;
-            store.shared.measuring_skew.store(false, Ordering::Release);
         });
     }
 

@@ -45,38 +45,66 @@ async fn wait_for_link(port: u16) {
     }
 }
 
+/// A primary (A) and its replica (B) behind one endpoint, and a store on
+/// the endpoint.
+struct Pair {
+    a_port: u16,
+    b_port: u16,
+    endpoint: FaultProxy,
+    store: RedisStore,
+    _servers: (ServerProcess, ServerProcess),
+}
+
+impl Pair {
+    async fn start(namespace: &str) -> Self {
+        let (a_port, b_port) = (spare_port(), spare_port());
+        let a = ServerProcess::redis(a_port, &[]).await;
+        let replica_of = a_port.to_string();
+        let b = ServerProcess::redis(b_port, &["--replicaof", "127.0.0.1", &replica_of]).await;
+        wait_for_link(b_port).await;
+        let endpoint = FaultProxy::start(format!("127.0.0.1:{a_port}"))
+            .await
+            .unwrap();
+        let store = RedisStore::builder()
+            .namespace(namespace)
+            .operation_timeout(Duration::from_secs(2))
+            .connect(&format!("redis://{}", endpoint.addr()))
+            .await
+            .unwrap();
+        Self {
+            a_port,
+            b_port,
+            endpoint,
+            store,
+            _servers: (a, b),
+        }
+    }
+
+    /// B becomes the primary, A its replica, the endpoint sends new
+    /// connections to B; returns once A follows B.
+    async fn fail_over(&self) {
+        // What A held reaches B first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        redis_cmd(self.b_port, &["REPLICAOF", "NO", "ONE"]).await;
+        let new_primary = self.b_port.to_string();
+        redis_cmd(self.a_port, &["REPLICAOF", "127.0.0.1", &new_primary]).await;
+        self.endpoint
+            .set_upstream(format!("127.0.0.1:{}", self.b_port));
+        wait_for_link(self.a_port).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_work_again_after_a_failover_behind_one_endpoint() {
-    let (a_port, b_port) = (spare_port(), spare_port());
-    let _a = ServerProcess::redis(a_port, &[]).await;
-    let b_port_arg = a_port.to_string();
-    let _b = ServerProcess::redis(b_port, &["--replicaof", "127.0.0.1", &b_port_arg]).await;
-    wait_for_link(b_port).await;
-
-    let endpoint = FaultProxy::start(format!("127.0.0.1:{a_port}"))
-        .await
-        .unwrap();
-    let store = RedisStore::builder()
-        .namespace("failover")
-        .operation_timeout(Duration::from_secs(2))
-        .connect(&format!("redis://{}", endpoint.addr()))
-        .await
-        .unwrap();
+    let pair = Pair::start("failover").await;
+    let store = pair.store.clone();
     let manager = SessionManager::new(store.clone());
     let before = key();
     store
         .create(&before, &record(Some("alice"), b"before", HOUR, HOUR))
         .await
         .unwrap();
-    // Replicated before the failover.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    // The failover: B becomes the primary, A its replica, the endpoint
-    // sends new connections to B.
-    redis_cmd(b_port, &["REPLICAOF", "NO", "ONE"]).await;
-    redis_cmd(a_port, &["REPLICAOF", "127.0.0.1", &b_port.to_string()]).await;
-    endpoint.set_upstream(format!("127.0.0.1:{b_port}"));
-    wait_for_link(a_port).await;
+    pair.fail_over().await;
 
     // 16 logins at once right after the failover, then 41 more in a row:
     // every one succeeds (within the operation timeout).
@@ -109,7 +137,7 @@ async fn writes_work_again_after_a_failover_behind_one_endpoint() {
         .with_version(got.version + 1);
     store.update(&before, got.version, &next).await.unwrap();
     assert_eq!(store.delete_user("alice").await.unwrap(), 1);
-    let role = redis_cmd(b_port, &["ROLE"]).await;
+    let role = redis_cmd(pair.b_port, &["ROLE"]).await;
     assert!(format!("{role:?}").contains("master"), "{role:?}");
 }
 
@@ -118,30 +146,15 @@ async fn writes_work_again_after_a_failover_behind_one_endpoint() {
 /// refused there; it must go through on the new primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_out_everywhere_as_the_first_write_after_a_failover() {
-    let (a_port, b_port) = (spare_port(), spare_port());
-    let _a = ServerProcess::redis(a_port, &[]).await;
-    let _b = ServerProcess::redis(b_port, &["--replicaof", "127.0.0.1", &a_port.to_string()]).await;
-    wait_for_link(b_port).await;
-    let endpoint = FaultProxy::start(format!("127.0.0.1:{a_port}"))
-        .await
-        .unwrap();
-    let store = RedisStore::builder()
-        .namespace("failover_du")
-        .operation_timeout(Duration::from_secs(2))
-        .connect(&format!("redis://{}", endpoint.addr()))
-        .await
-        .unwrap();
+    let pair = Pair::start("failover_du").await;
+    let store = &pair.store;
     for _ in 0..3 {
         store
             .create(&key(), &record(Some("bob"), b"x", HOUR, HOUR))
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    redis_cmd(b_port, &["REPLICAOF", "NO", "ONE"]).await;
-    redis_cmd(a_port, &["REPLICAOF", "127.0.0.1", &b_port.to_string()]).await;
-    endpoint.set_upstream(format!("127.0.0.1:{b_port}"));
-    wait_for_link(a_port).await;
+    pair.fail_over().await;
     assert_eq!(store.delete_user("bob").await.unwrap(), 3);
     assert!(store.list_user_sessions("bob").await.unwrap().is_empty());
 }
