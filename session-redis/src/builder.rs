@@ -11,6 +11,8 @@ use session_core::redact::RedactedError;
 use crate::connection::Conn;
 use crate::error::SetupError;
 use crate::keys::{KeyPrefix, DEFAULT_PREFIX};
+use crate::near_cache::{LocalCache, NearCache};
+use crate::tracking::{Target, Tracker};
 use crate::scripts::Scripts;
 use crate::store::{RedisStore, Shared};
 
@@ -41,6 +43,7 @@ pub struct RedisStoreBuilder {
     max_record_size: usize,
     allow_eviction: bool,
     max_clock_skew: Duration,
+    near_cache: Option<NearCache>,
 }
 
 impl Default for RedisStoreBuilder {
@@ -52,6 +55,7 @@ impl Default for RedisStoreBuilder {
             max_record_size: DEFAULT_MAX_RECORD_SIZE,
             allow_eviction: false,
             max_clock_skew: session_core::DEFAULT_MAX_CLOCK_SKEW,
+            near_cache: None,
         }
     }
 }
@@ -151,6 +155,23 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Turns on the near cache: session records kept in this process,
+    /// kept coherent with Redis by server-assisted invalidation (RESP3
+    /// `CLIENT TRACKING`, Redis 6 or later). A `load` that hits it makes no
+    /// round trip; every write still goes to Redis first, with the same
+    /// compare-and-set. Turn it on when most requests only read their
+    /// session and the application runs on few instances per Redis; see
+    /// [`NearCache`] for the coherence bound and the costs.
+    ///
+    /// The connect methods wait up to the connect timeout for tracking to
+    /// be established; until it is (and whenever it is in doubt), loads go
+    /// to Redis.
+    #[must_use]
+    pub fn near_cache(mut self, cache: NearCache) -> Self {
+        self.near_cache = Some(cache);
+        self
+    }
+
     /// Connects to a single server, e.g. `redis://127.0.0.1:6379/0` or
     /// `rediss://user:pass@host:6380`.
     ///
@@ -172,8 +193,11 @@ impl RedisStoreBuilder {
             .await?;
         let mut conn = conn;
         self.check_eviction_policy(&mut conn).await?;
+        let target = Target::Single(client.get_connection_info().clone());
         let reconnect = Some((client, self.manager_config()));
-        let store = self.finish(prefix, Conn::Single(conn), reconnect);
+        let connect_timeout = self.connect_timeout;
+        let store = self.finish(prefix, Conn::Single(conn), reconnect, target);
+        store.wait_for_near_cache(connect_timeout).await;
         // Information only: a server that does not answer TIME now will be
         // measured again on use.
         let _ = store.measure_clock_skew().await;
@@ -236,8 +260,9 @@ impl RedisStoreBuilder {
         let client = redis::Client::open(url).map_err(|e| SetupError::InvalidUrl(redacted(e)))?;
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), self.manager_config())
             .map_err(|e| SetupError::Refused(redacted(e)))?;
+        let target = Target::Single(client.get_connection_info().clone());
         let reconnect = Some((client, self.manager_config()));
-        Ok(self.finish(prefix, Conn::Single(conn), reconnect))
+        Ok(self.finish(prefix, Conn::Single(conn), reconnect, target))
     }
 
     fn manager_config(&self) -> ConnectionManagerConfig {
@@ -287,7 +312,15 @@ impl RedisStoreBuilder {
         let conn = self
             .bounded_connect(client.get_async_connection(), &nodes)
             .await?;
-        let store = self.finish(prefix, Conn::Cluster(conn), None);
+        let seed = redis::IntoConnectionInfo::into_connection_info(nodes[0].as_str())
+            .map_err(|e| SetupError::InvalidUrl(RedactedError::with_url_secrets(e, &nodes)))?;
+        let target = Target::Cluster {
+            seed,
+            conn: conn.clone(),
+        };
+        let connect_timeout = self.connect_timeout;
+        let store = self.finish(prefix, Conn::Cluster(conn), None, target);
+        store.wait_for_near_cache(connect_timeout).await;
         let _ = store.measure_clock_skew().await;
         Ok(store)
     }
@@ -323,7 +356,20 @@ impl RedisStoreBuilder {
         prefix: KeyPrefix,
         conn: Conn,
         reconnect: Option<(redis::Client, ConnectionManagerConfig)>,
+        target: Target,
     ) -> RedisStore {
+        let tracker = self.near_cache.and_then(|config| {
+            if tokio::runtime::Handle::try_current().is_err() {
+                tracing::warn!(target: "session_redis", "near cache off: the store was made outside a Tokio runtime");
+                return None;
+            }
+            Some(Tracker::spawn(
+                Arc::new(LocalCache::new(config)),
+                target,
+                self.connect_timeout,
+                self.operation_timeout,
+            ))
+        });
         RedisStore::from_parts(
             Arc::new(Shared {
                 conn: std::sync::RwLock::new((0, conn)),
@@ -334,6 +380,7 @@ impl RedisStoreBuilder {
                 max_clock_skew: self.max_clock_skew,
                 clock_skew: std::sync::Mutex::new(None),
                 next_skew_check_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+                tracker,
             }),
             prefix,
         )

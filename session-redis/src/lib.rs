@@ -5,6 +5,8 @@
 //! - [`builder`]: [`RedisStoreBuilder`], prefix, timeouts, size limit, connect.
 //! - [`store`]: [`RedisStore`] and what each operation sends.
 //! - [`keys`]: the key layout and the validated [`KeyPrefix`].
+//! - [`near_cache`]: the opt-in [`NearCache`], coherent through
+//!   server-assisted invalidation.
 //! - [`codec`]: how a record is laid out in its Redis string.
 //! - [`scripts`]: the Lua scripts behind create, create_with, update, touch
 //!   and delete.
@@ -170,8 +172,10 @@ pub mod connection;
 pub mod error;
 pub mod fuzzing;
 pub mod keys;
+pub mod near_cache;
 pub mod scripts;
 pub mod store;
+mod tracking;
 
 pub use crate::builder::{
     RedisStoreBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RECORD_SIZE, DEFAULT_OPERATION_TIMEOUT,
@@ -180,6 +184,7 @@ pub use crate::error::SetupError;
 #[allow(deprecated)]
 pub use crate::error::{ConnectError, OperationTimedOut};
 pub use crate::keys::{InvalidPrefix, KeyPrefix};
+pub use crate::near_cache::{NearCache, NearCacheStats};
 pub use crate::store::{RedisStore, UserIdChanged, CLUSTER_INDEX_GRACE};
 
 /// Re-export of the redis crate version this crate is built on, for

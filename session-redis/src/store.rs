@@ -28,6 +28,8 @@ use session_core::{
 use crate::builder::RedisStoreBuilder;
 use crate::codec::{self, Stored, HEADER_LEN};
 use crate::connection::Conn;
+use crate::near_cache::NearCacheStats;
+use crate::tracking::Tracker;
 use crate::error::{is_connection_failure, is_never_sent, is_wrong_node, store_error, SetupError};
 use crate::keys::{InvalidPrefix, KeyPrefix};
 use crate::scripts::{self, create, delete, delete_if_user, lifecycle, update, Scripts};
@@ -64,6 +66,8 @@ pub(crate) struct Shared {
     /// When (Unix ms, application clock) a `load` next starts a
     /// measurement; the one `load` that moves it on claims the check.
     pub(crate) next_skew_check_ms: std::sync::atomic::AtomicI64,
+    /// The near cache and its tracking connections, when turned on.
+    pub(crate) tracker: Option<Arc<Tracker>>,
 }
 
 /// Most index reads of one `delete_user` (see `delete_user_on`).
@@ -342,10 +346,58 @@ impl RedisStore {
         match redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config.clone()) {
             Ok(fresh) => {
                 *current = (generation + 1, Conn::Single(fresh));
+                if let Some(tracker) = &self.shared.tracker {
+                    // The tracking connection may reach the demoted node,
+                    // which no longer sees the writes.
+                    tracker.lose_current("the server answered as a replica (a failover?)");
+                }
                 tracing::warn!(target: "session_redis", generation, "the server answered as a replica or a node without its data; reconnecting (a failover behind the endpoint?)");
                 true
             }
             Err(_) => false,
+        }
+    }
+
+    /// The near cache's counters; `None` when the store has none (see
+    /// [`RedisStoreBuilder::near_cache`]). Shared by every
+    /// [`with_prefix`](Self::with_prefix) view of the store.
+    #[must_use]
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.shared.tracker.as_ref().map(|t| t.cache().stats())
+    }
+
+    /// Waits up to `limit` for the near cache to start serving (no wait
+    /// without one); reads go to Redis until it does.
+    pub(crate) async fn wait_for_near_cache(&self, limit: Duration) {
+        let Some(tracker) = &self.shared.tracker else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        while !tracker.cache().serving() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if !tracker.cache().serving() {
+            tracing::warn!(target: "session_redis", "near cache tracking not established yet; reads go to Redis until it is");
+        }
+    }
+
+    /// Makes the writes that `out` ended visible to this store's next
+    /// `load`: waits until every invalidation they caused was handled (see
+    /// [`crate::near_cache`]). When the outcome is unknown (unavailable,
+    /// timed out), empties the near cache instead: a write that lands later
+    /// is invalidated by its push like anyone's. Nothing without a cache.
+    async fn after_write<T>(&self, out: &StoreResult<T>) {
+        let Some(tracker) = &self.shared.tracker else {
+            return;
+        };
+        match out {
+            Err(e)
+                if e.is_timeout()
+                    || matches!(e, StoreError::Unavailable(_) | StoreError::Backend(_)) =>
+            {
+                tracker.cache().flush();
+            }
+            _ => tracker.barrier().await,
         }
     }
 
@@ -1129,9 +1181,10 @@ fn index_ttl_ms(absolute_deadline: Timestamp, now: Timestamp) -> i64 {
         .clamp(1, MAX_TTL_MS)
 }
 
-#[async_trait]
-impl SessionStore for RedisStore {
-    async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
+/// The operations as sent to Redis; the [`SessionStore`] impl adds the
+/// near cache around them.
+impl RedisStore {
+    async fn raw_create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
         let value = self.encode(record)?;
         let now = Timestamp::now();
         let ttl = ttl_ms(record.expires_at(), now);
@@ -1184,7 +1237,7 @@ impl SessionStore for RedisStore {
         }
     }
 
-    async fn create_with(
+    async fn raw_create_with(
         &self,
         key: &StorageKey,
         record: &SessionRecord,
@@ -1192,7 +1245,7 @@ impl SessionStore for RedisStore {
     ) -> StoreResult<Created> {
         let limit = options.limit.filter(|_| record.user_id.is_some());
         if options.replaces.is_none() && limit.is_none() {
-            return self.create(key, record).await.map(|()| Created::default());
+            return self.raw_create(key, record).await.map(|()| Created::default());
         }
         if self.is_cluster() {
             self.create_with_cluster(key, record, options).await
@@ -1201,9 +1254,17 @@ impl SessionStore for RedisStore {
         }
     }
 
-    async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
+    /// `load`: one `GET`, through the near cache when there is one.
+    async fn raw_load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
         self.recheck_clock_skew();
         let session_key = self.prefix.session_key(key);
+        let cache = self.shared.tracker.as_deref().map(Tracker::cache);
+        if let Some(bytes) = cache.and_then(|c| c.get(session_key.as_bytes())) {
+            return Self::live_record(bytes);
+        }
+        // Taken before the GET goes out: an invalidation handled from now
+        // on voids it, so a reply that a later write made stale is not kept.
+        let lease = cache.and_then(|c| c.lease(session_key.as_bytes()));
         let cmd = get(&session_key);
         let value: Option<Vec<u8>> = self
             .bounded(
@@ -1214,9 +1275,19 @@ impl SessionStore for RedisStore {
                 }),
             )
             .await?;
-        let Some(value) = value else {
-            return Ok(None);
-        };
+        if let (Some(cache), Some(lease)) = (cache, lease) {
+            // Markers and absent keys are not kept: only live-looking records.
+            let keep = value.as_deref().filter(|v| !codec::is_marker(v));
+            cache.complete(session_key.as_bytes(), lease, keep);
+        }
+        match value {
+            Some(value) => Self::live_record(value),
+            None => Ok(None),
+        }
+    }
+
+    /// The record in `value`, if it is one and live by our clock.
+    fn live_record(value: Vec<u8>) -> StoreResult<Option<SessionRecord>> {
         if codec::is_marker(&value) {
             // Moved away by a rotation, or ended while moving.
             return Ok(None);
@@ -1229,7 +1300,7 @@ impl SessionStore for RedisStore {
         Ok(Some(record))
     }
 
-    async fn update(
+    async fn raw_update(
         &self,
         key: &StorageKey,
         expected_version: u64,
@@ -1303,7 +1374,7 @@ impl SessionStore for RedisStore {
         }
     }
 
-    async fn touch(
+    async fn raw_touch(
         &self,
         key: &StorageKey,
         last_access: Timestamp,
@@ -1336,7 +1407,7 @@ impl SessionStore for RedisStore {
         }
     }
 
-    async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
+    async fn raw_delete(&self, key: &StorageKey) -> StoreResult<()> {
         // Idempotent: a repeat finds the record gone (or the ended marker a
         // first attempt left) and succeeds; an index entry a first attempt
         // did not get to is a stale entry, which readers prune.
@@ -1350,7 +1421,7 @@ impl SessionStore for RedisStore {
         .map(drop)
     }
 
-    async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+    async fn raw_list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
         let index = self.prefix.index_key(user_id.as_bytes());
         let header_end = HEADER_LEN - 1 + user_id.len();
         // Reads, then a `ZREM` of entries whose sessions are gone, which a
@@ -1425,7 +1496,7 @@ impl SessionStore for RedisStore {
         .await
     }
 
-    async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
+    async fn raw_delete_user(&self, user_id: &str) -> StoreResult<u64> {
         self.bounded("delete_user", async {
             // A node that refused as the wrong one (a failover) ran none of
             // the deletes: all of them go again on a new connection.
@@ -1440,9 +1511,75 @@ impl SessionStore for RedisStore {
         .await
     }
 
-    async fn delete_expired(&self) -> StoreResult<u64> {
+    async fn raw_delete_expired(&self) -> StoreResult<u64> {
         // Redis expires session keys itself; index readers prune entries.
         Ok(0)
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
+        let out = self.raw_create(key, record).await;
+        self.after_write(&out).await;
+        out
+    }
+
+    async fn create_with(
+        &self,
+        key: &StorageKey,
+        record: &SessionRecord,
+        options: &CreateOptions,
+    ) -> StoreResult<Created> {
+        let out = self.raw_create_with(key, record, options).await;
+        self.after_write(&out).await;
+        out
+    }
+
+    async fn load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
+        self.raw_load(key).await
+    }
+
+    async fn update(
+        &self,
+        key: &StorageKey,
+        expected_version: u64,
+        record: &SessionRecord,
+    ) -> StoreResult<()> {
+        let out = self.raw_update(key, expected_version, record).await;
+        self.after_write(&out).await;
+        out
+    }
+
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        last_access: Timestamp,
+        idle_deadline: Timestamp,
+    ) -> StoreResult<()> {
+        let out = self.raw_touch(key, last_access, idle_deadline).await;
+        self.after_write(&out).await;
+        out
+    }
+
+    async fn delete(&self, key: &StorageKey) -> StoreResult<()> {
+        let out = self.raw_delete(key).await;
+        self.after_write(&out).await;
+        out
+    }
+
+    async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
+        self.raw_list_user_sessions(user_id).await
+    }
+
+    async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {
+        let out = self.raw_delete_user(user_id).await;
+        self.after_write(&out).await;
+        out
+    }
+
+    async fn delete_expired(&self) -> StoreResult<u64> {
+        self.raw_delete_expired().await
     }
 }
 

@@ -1,0 +1,540 @@
+//! The near cache: session records kept in the application's memory,
+//! coherent with Redis through server-assisted invalidation
+//! (RESP3 `CLIENT TRACKING ... BCAST`).
+//!
+//! Turned on with [`RedisStoreBuilder::near_cache`](crate::RedisStoreBuilder::near_cache);
+//! off by default. See [`NearCache`] for the guarantee and its bound.
+//!
+//! # How a copy can never be older than the bound
+//!
+//! - **Tracking.** The store keeps one tracking connection to every
+//!   primary (one on a single server), with `CLIENT TRACKING ON BCAST`:
+//!   the server pushes the name of every key any client modifies, deletes
+//!   or expires. The push handler drops the local copy of that key, in the
+//!   order the pushes arrive.
+//! - **Leases close the read/invalidate race.** A `load` that misses puts a
+//!   *lease* (a numbered placeholder) under the key *before* it sends its
+//!   `GET`, and stores the reply only if its own lease is still there. Any
+//!   invalidation handled after the lease was taken removes it, so a reply
+//!   that a later write made stale is never stored, whatever order the
+//!   reply and the push are handled in.
+//! - **Own writes.** Every write operation of the store ends with a
+//!   *barrier*: a `PING` on the tracking connections. The server sends the
+//!   invalidations of a write before it answers a command it reads after
+//!   the write's reply went out, and the push handler runs before the
+//!   `PING`'s reply is delivered, so when a write returns, this instance
+//!   already dropped every key it touched (directly, or through evictions,
+//!   moves and "log out everywhere").
+//! - **Doubt empties the cache.** A dropped or killed tracking connection,
+//!   a failed barrier, a `FLUSHALL`, a failover (a primary that turns
+//!   replica, a changed cluster topology, a `READONLY` reply) or a heartbeat
+//!   late by more than the staleness bound empties the cache, and nothing
+//!   is served from it again until tracking is re-established.
+//! - **Expiry** is judged on every hit by the application's clock, from
+//!   the record's own deadlines, exactly as for a `GET`.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+/// Default bound on cached records.
+pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
+/// Default bound on cached bytes (keys and values).
+pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Default interval of the tracking connections' heartbeat.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(200);
+/// Default longest time a copy is kept, however often it is read.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// Cost charged per entry on top of its key and value bytes.
+const ENTRY_OVERHEAD: usize = 96;
+/// Number of independently locked shards.
+const SHARDS: usize = 16;
+
+/// Settings of the near cache (off unless given to
+/// [`RedisStoreBuilder::near_cache`](crate::RedisStoreBuilder::near_cache)).
+///
+/// **Guarantee.** A session ended, rotated, touched or changed by any
+/// client stops being served from this cache once the server's
+/// invalidation push reaches the store: on loopback, well under a
+/// millisecond (see the crate README for the measured distribution). If
+/// the store cannot be sure it sees every push (the tracking connection
+/// dropped or is silent for longer than
+/// [`staleness_bound`](Self::staleness_bound)), it empties the cache
+/// before serving another read from it. Writes through this store are
+/// visible to its own next `load` without a window (see the module docs).
+///
+/// **Cost.** One extra connection per primary, a `PING` (a few µs of
+/// server time) after every write of this store, and a heartbeat. The
+/// server sends every instance the names of all keys written in the
+/// database (`BCAST` mode), so give sessions a Redis database of their own
+/// when it also carries heavy unrelated writes.
+///
+/// ```
+/// use std::time::Duration;
+/// use session_redis::NearCache;
+///
+/// let cache = NearCache::new()
+///     .max_entries(50_000)
+///     .max_bytes(128 * 1024 * 1024)
+///     .max_age(Duration::from_secs(60));
+/// assert_eq!(cache.staleness_bound(), Duration::from_millis(600));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NearCache {
+    max_entries: usize,
+    max_bytes: usize,
+    max_age: Duration,
+    heartbeat: Duration,
+}
+
+impl Default for NearCache {
+    fn default() -> Self {
+        Self {
+            max_entries: DEFAULT_MAX_ENTRIES,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_age: DEFAULT_MAX_AGE,
+            heartbeat: DEFAULT_HEARTBEAT,
+        }
+    }
+}
+
+impl NearCache {
+    /// The defaults: [`DEFAULT_MAX_ENTRIES`] records, [`DEFAULT_MAX_BYTES`],
+    /// copies kept at most [`DEFAULT_MAX_AGE`], a heartbeat every
+    /// [`DEFAULT_HEARTBEAT`].
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Most records kept (at least 1); the least recently used goes first.
+    #[must_use]
+    pub fn max_entries(mut self, entries: usize) -> Self {
+        self.max_entries = entries.max(1);
+        self
+    }
+
+    /// Most bytes kept, counting each record's key, value and about 100
+    /// bytes of bookkeeping; the least recently used goes first. A record
+    /// larger than a sixteenth of this is never cached.
+    #[must_use]
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// Longest time a copy is served after it was read from Redis, however
+    /// often it is used: a last line of defence, not the coherence
+    /// mechanism.
+    #[must_use]
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+
+    /// How often the tracking connections are checked (a `PING`, plus the
+    /// server's role on a single server and the slot map on a cluster).
+    /// Bounded below by 10 ms.
+    #[must_use]
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How long the cache keeps serving while its heartbeat gets no answer:
+    /// three heartbeats. Past it, reads go to Redis until tracking answers
+    /// again, so a connection that died silently (no reset reached the
+    /// application) cannot serve copies older than this.
+    #[must_use]
+    pub fn staleness_bound(&self) -> Duration {
+        self.heartbeat.saturating_mul(3)
+    }
+
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat
+    }
+}
+
+/// Counters of one store's near cache, as returned by
+/// [`RedisStore::near_cache_stats`](crate::RedisStore::near_cache_stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NearCacheStats {
+    /// Loads answered from the cache.
+    pub hits: u64,
+    /// Loads that went to Redis.
+    pub misses: u64,
+    /// Keys dropped because the server said they changed.
+    pub invalidations: u64,
+    /// Times the whole cache was emptied (lost tracking, failover, flush).
+    pub flushes: u64,
+    /// Records held now.
+    pub entries: u64,
+    /// Bytes held now (as counted for [`NearCache::max_bytes`]).
+    pub bytes: u64,
+    /// Whether reads are served from the cache right now.
+    pub serving: bool,
+}
+
+/// What sits under a key.
+enum Slot {
+    /// A load or write in flight that may store its result if nothing
+    /// invalidates the key first.
+    Lease(u64),
+    /// A record's bytes as read from Redis.
+    Value { bytes: Box<[u8]>, stored: Instant },
+}
+
+struct Shard {
+    map: LruCache<Box<[u8]>, Slot>,
+    bytes: usize,
+}
+
+impl Shard {
+    fn weight(key: &[u8], slot: &Slot) -> usize {
+        key.len()
+            + ENTRY_OVERHEAD
+            + match slot {
+                Slot::Lease(_) => 0,
+                Slot::Value { bytes, .. } => bytes.len(),
+            }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> bool {
+        match self.map.pop_entry(key) {
+            Some((k, slot)) => {
+                self.bytes -= Self::weight(&k, &slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn put(&mut self, key: Box<[u8]>, slot: Slot, max_bytes: usize) {
+        self.remove(&key);
+        self.bytes += Self::weight(&key, &slot);
+        if let Some((k, old)) = self.map.push(key, slot) {
+            // The least recently used entry made room (entry bound).
+            self.bytes -= Self::weight(&k, &old);
+        }
+        while self.bytes > max_bytes {
+            match self.map.pop_lru() {
+                Some((k, old)) => self.bytes -= Self::weight(&k, &old),
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+}
+
+/// A lease on one key, taken before a `GET` is sent.
+pub(crate) struct Lease {
+    token: u64,
+    generation: u64,
+}
+
+/// The cache proper: shards, leases, and whether it may serve.
+pub(crate) struct LocalCache {
+    config: NearCache,
+    shards: Box<[Mutex<Shard>]>,
+    /// Bumped by every flush; a lease of an older generation stores nothing.
+    generation: AtomicU64,
+    /// Tracking is established on every primary.
+    tracking: AtomicBool,
+    /// When the heartbeat last got every answer, in ms since `epoch`.
+    last_heartbeat_ms: AtomicU64,
+    epoch: Instant,
+    next_token: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidations: AtomicU64,
+    flushes: AtomicU64,
+}
+
+impl LocalCache {
+    pub(crate) fn new(config: NearCache) -> Self {
+        let per_shard_entries = NonZeroUsize::new(config.max_entries.div_ceil(SHARDS).max(1))
+            .unwrap_or(NonZeroUsize::MIN);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    map: LruCache::new(per_shard_entries),
+                    bytes: 0,
+                })
+            })
+            .collect();
+        Self {
+            config,
+            shards,
+            generation: AtomicU64::new(0),
+            tracking: AtomicBool::new(false),
+            last_heartbeat_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            next_token: AtomicU64::new(1),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &NearCache {
+        &self.config
+    }
+
+    fn shard(&self, key: &[u8]) -> std::sync::MutexGuard<'_, Shard> {
+        // FNV-1a: keys are already uniform (they end in a hash), any mix will do.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let index = usize::try_from(h % SHARDS as u64).unwrap_or(0);
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn max_shard_bytes(&self) -> usize {
+        self.config.max_bytes / SHARDS
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether reads may be served from the cache now.
+    pub(crate) fn serving(&self) -> bool {
+        if !self.tracking.load(Ordering::Acquire) {
+            return false;
+        }
+        let last = self.last_heartbeat_ms.load(Ordering::Acquire);
+        let bound = u64::try_from(self.config.staleness_bound().as_millis()).unwrap_or(u64::MAX);
+        self.now_ms().saturating_sub(last) <= bound
+    }
+
+    /// The heartbeat got every answer.
+    pub(crate) fn heartbeat_ok(&self) {
+        self.last_heartbeat_ms
+            .store(self.now_ms(), Ordering::Release);
+    }
+
+    /// Tracking is established on every primary: start serving.
+    pub(crate) fn start_serving(&self) {
+        self.heartbeat_ok();
+        self.tracking.store(true, Ordering::Release);
+    }
+
+    /// Tracking was lost or is in doubt: stop serving and empty the cache.
+    pub(crate) fn stop_serving(&self) {
+        self.tracking.store(false, Ordering::Release);
+        self.flush();
+    }
+
+    /// The cached bytes of `key`, if serving and present and not too old.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if !self.serving() {
+            return None;
+        }
+        let mut shard = self.shard(key);
+        let hit = match shard.map.get(key) {
+            Some(Slot::Value { bytes, stored }) if stored.elapsed() <= self.config.max_age => {
+                Some(bytes.to_vec())
+            }
+            Some(Slot::Value { .. }) => {
+                shard.remove(key);
+                None
+            }
+            _ => None,
+        };
+        drop(shard);
+        if hit.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// Takes a lease on `key` before its `GET` is sent (`None` when not
+    /// serving: the reply is then not stored).
+    pub(crate) fn lease(&self, key: &[u8]) -> Option<Lease> {
+        if !self.serving() {
+            return None;
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.shard(key)
+            .put(key.into(), Slot::Lease(token), self.max_shard_bytes());
+        Some(Lease { token, generation })
+    }
+
+    /// Stores `value` (the `GET` reply; `None` stores nothing) if `lease`
+    /// is still under `key`: no invalidation and no flush came in between.
+    pub(crate) fn complete(&self, key: &[u8], lease: Lease, value: Option<&[u8]>) {
+        let mut shard = self.shard(key);
+        let ours = matches!(shard.map.peek(key), Some(Slot::Lease(t)) if *t == lease.token);
+        if !ours {
+            return;
+        }
+        match value {
+            Some(bytes)
+                if self.generation.load(Ordering::Acquire) == lease.generation
+                    && key.len() + bytes.len() + ENTRY_OVERHEAD <= self.max_shard_bytes() =>
+            {
+                let slot = Slot::Value {
+                    bytes: bytes.into(),
+                    stored: Instant::now(),
+                };
+                let max = self.max_shard_bytes();
+                shard.put(key.into(), slot, max);
+            }
+            _ => {
+                shard.remove(key);
+            }
+        }
+    }
+
+    /// Drops `key` (and any lease on it): the server said it changed.
+    pub(crate) fn invalidate(&self, key: &[u8]) {
+        if self.shard(key).remove(key) {
+            self.invalidations.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops everything, and every lease taken before.
+    pub(crate) fn flush(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for shard in self.shards.iter() {
+            shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> NearCacheStats {
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        for shard in self.shards.iter() {
+            let shard = shard
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            entries += shard
+                .map
+                .iter()
+                .filter(|(_, s)| matches!(s, Slot::Value { .. }))
+                .count() as u64;
+            bytes += shard.bytes as u64;
+        }
+        NearCacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            entries,
+            bytes,
+            serving: self.serving(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serving_cache(config: NearCache) -> LocalCache {
+        let cache = LocalCache::new(config);
+        cache.start_serving();
+        cache
+    }
+
+    #[test]
+    fn a_reply_is_stored_only_under_its_own_lease() {
+        let cache = serving_cache(NearCache::new());
+        let lease = cache.lease(b"k").expect("serving");
+        cache.complete(b"k", lease, Some(b"v1"));
+        assert_eq!(cache.get(b"k").as_deref(), Some(&b"v1"[..]));
+
+        // An invalidation between the lease and the reply: nothing stored.
+        let lease = cache.lease(b"k").expect("serving");
+        cache.invalidate(b"k");
+        cache.complete(b"k", lease, Some(b"stale"));
+        assert_eq!(cache.get(b"k"), None);
+
+        // A newer lease wins over an older one.
+        let old = cache.lease(b"k").expect("serving");
+        let new = cache.lease(b"k").expect("serving");
+        cache.complete(b"k", old, Some(b"old"));
+        assert_eq!(cache.get(b"k"), None);
+        cache.complete(b"k", new, Some(b"new"));
+        assert_eq!(cache.get(b"k").as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn a_flush_voids_every_lease_taken_before_it() {
+        let cache = serving_cache(NearCache::new());
+        let lease = cache.lease(b"k").expect("serving");
+        cache.flush();
+        // Even if a lease with the same token were put back, the generation differs.
+        cache.complete(b"k", lease, Some(b"stale"));
+        assert_eq!(cache.get(b"k"), None);
+        assert_eq!(cache.stats().flushes, 1);
+    }
+
+    #[test]
+    fn nothing_is_served_or_leased_without_tracking() {
+        let cache = serving_cache(NearCache::new());
+        let lease = cache.lease(b"k").expect("serving");
+        cache.complete(b"k", lease, Some(b"v"));
+        cache.stop_serving();
+        assert_eq!(cache.get(b"k"), None);
+        assert!(cache.lease(b"k").is_none());
+        assert_eq!(cache.stats().entries, 0);
+    }
+
+    #[test]
+    fn a_silent_heartbeat_stops_serving() {
+        let cache = serving_cache(NearCache::new().heartbeat(Duration::from_millis(10)));
+        let lease = cache.lease(b"k").expect("serving");
+        cache.complete(b"k", lease, Some(b"v"));
+        assert!(cache.get(b"k").is_some());
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(cache.get(b"k"), None, "served past the staleness bound");
+        cache.heartbeat_ok();
+        assert!(cache.get(b"k").is_some());
+    }
+
+    #[test]
+    fn bounds_on_entries_and_bytes_hold() {
+        let cache = serving_cache(NearCache::new().max_entries(32).max_bytes(SHARDS * 1000));
+        for i in 0..1000u32 {
+            let key = format!("key-{i}");
+            let lease = cache.lease(key.as_bytes()).expect("serving");
+            cache.complete(key.as_bytes(), lease, Some(&[0u8; 300]));
+        }
+        let stats = cache.stats();
+        assert!(stats.entries <= 32, "{stats:?}");
+        assert!(stats.bytes <= (SHARDS * 1000) as u64, "{stats:?}");
+        // Too large for any shard: never stored.
+        let lease = cache.lease(b"big").expect("serving");
+        cache.complete(b"big", lease, Some(&[0u8; 2000]));
+        assert_eq!(cache.get(b"big"), None);
+    }
+
+    #[test]
+    fn copies_older_than_max_age_are_not_served() {
+        let cache = serving_cache(NearCache::new().max_age(Duration::from_millis(20)));
+        let lease = cache.lease(b"k").expect("serving");
+        cache.complete(b"k", lease, Some(b"v"));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(cache.get(b"k"), None);
+    }
+}

@@ -1,0 +1,358 @@
+//! The near cache's tracking connections: one RESP3 connection per primary
+//! with `CLIENT TRACKING ON BCAST`, their push handler, heartbeat and
+//! barrier. See [`crate::near_cache`] for why this keeps the cache coherent.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection, SendError};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, PushInfo, PushKind, Value};
+use tokio::sync::Notify;
+
+use crate::near_cache::LocalCache;
+
+/// Where the primaries are.
+pub(crate) enum Target {
+    /// One server: track it, and check it is still a primary.
+    Single(ConnectionInfo),
+    /// A cluster: the primaries come from `CLUSTER SLOTS`, read through the
+    /// store's cluster connection; `seed` gives credentials and TLS.
+    Cluster {
+        seed: ConnectionInfo,
+        conn: ClusterConnection,
+    },
+}
+
+/// The established tracking connections.
+struct Links {
+    id: u64,
+    conns: Vec<MultiplexedConnection>,
+    /// The slot map they were made for (cluster), to notice failovers.
+    topology: Option<BTreeSet<(i64, i64, String, i64)>>,
+}
+
+/// Tracking connections and the cache they keep coherent.
+pub(crate) struct Tracker {
+    cache: Arc<LocalCache>,
+    target: Target,
+    links: Mutex<Option<Arc<Links>>>,
+    next_link: AtomicU64,
+    wake: Notify,
+    connect_timeout: Duration,
+    operation_timeout: Duration,
+}
+
+/// Handles the pushes of one tracking connection, inline in its reader:
+/// in the order they arrived, before any later reply is delivered.
+struct PushHandler {
+    tracker: Weak<Tracker>,
+    link: u64,
+}
+
+impl AsyncPushSender for PushHandler {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        let Some(tracker) = self.tracker.upgrade() else {
+            return Err(SendError);
+        };
+        match info.kind {
+            PushKind::Invalidate => match info.data.first() {
+                Some(Value::Array(keys)) => {
+                    for key in keys {
+                        match key {
+                            Value::BulkString(key) => tracker.cache.invalidate(key),
+                            Value::SimpleString(key) => tracker.cache.invalidate(key.as_bytes()),
+                            // Not a key name: doubt everything.
+                            _ => tracker.cache.flush(),
+                        }
+                    }
+                }
+                // FLUSHDB / FLUSHALL send a null.
+                _ => tracker.cache.flush(),
+            },
+            PushKind::Disconnection => tracker.lost(self.link, "the tracking connection closed"),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Tracker {
+    /// Starts tracking for `cache` in the background; the task ends when
+    /// the returned tracker is dropped.
+    pub(crate) fn spawn(
+        cache: Arc<LocalCache>,
+        target: Target,
+        connect_timeout: Duration,
+        operation_timeout: Duration,
+    ) -> Arc<Self> {
+        let tracker = Arc::new(Self {
+            cache,
+            target,
+            links: Mutex::new(None),
+            next_link: AtomicU64::new(1),
+            wake: Notify::new(),
+            connect_timeout,
+            operation_timeout,
+        });
+        let weak = Arc::downgrade(&tracker);
+        tokio::spawn(run(weak));
+        tracker
+    }
+
+    pub(crate) fn cache(&self) -> &LocalCache {
+        &self.cache
+    }
+
+    fn current(&self) -> Option<Arc<Links>> {
+        self.links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Link `link` can no longer be trusted: stop serving, empty the
+    /// cache, and have the task make new connections. A stale `link` (one
+    /// already replaced) is ignored.
+    pub(crate) fn lost(&self, link: u64, why: &'static str) {
+        let mut links = self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if links.as_ref().is_some_and(|l| l.id == link) {
+            *links = None;
+            drop(links);
+            self.cache.stop_serving();
+            tracing::warn!(target: "session_redis", reason = why, "near cache emptied; re-establishing invalidation tracking");
+            self.wake.notify_one();
+        }
+    }
+
+    /// Doubt about every link (a failover was seen): as [`Self::lost`]
+    /// for whatever link is current.
+    pub(crate) fn lose_current(&self, why: &'static str) {
+        if let Some(links) = self.current() {
+            self.lost(links.id, why);
+        } else {
+            self.cache.stop_serving();
+        }
+    }
+
+    /// Returns once every invalidation the server sent for writes that
+    /// completed before this call has been handled (a `PING` on each
+    /// tracking connection; the server answers it after those pushes). On
+    /// failure the cache is emptied instead.
+    pub(crate) async fn barrier(&self) {
+        let Some(links) = self.current() else {
+            // Not tracking: nothing is served or stored.
+            return;
+        };
+        let pings = links.conns.iter().map(|conn| {
+            let mut conn = conn.clone();
+            async move { redis::cmd("PING").query_async::<()>(&mut conn).await }
+        });
+        match tokio::time::timeout(self.operation_timeout, join_all(pings)).await {
+            Ok(replies) if replies.iter().all(Result::is_ok) => {}
+            _ => self.lost(links.id, "a barrier after a write got no answer"),
+        }
+    }
+
+    /// The primaries to track, and the slot map they come from (cluster).
+    #[allow(clippy::type_complexity)]
+    async fn primaries(
+        &self,
+    ) -> redis::RedisResult<(Vec<ConnectionInfo>, Option<BTreeSet<(i64, i64, String, i64)>>)> {
+        match &self.target {
+            Target::Single(info) => Ok((vec![info.clone()], None)),
+            Target::Cluster { seed, conn } => {
+                let mut conn = conn.clone();
+                let slots = cluster_slots(&mut conn).await?;
+                let masters: BTreeSet<(String, i64)> =
+                    slots.iter().map(|(_, _, h, p)| (h.clone(), *p)).collect();
+                let infos = masters
+                    .into_iter()
+                    .filter_map(|(host, port)| node_info(seed, host, port))
+                    .collect();
+                Ok((infos, Some(slots)))
+            }
+        }
+    }
+
+    /// Makes a tracking connection to every primary, then starts serving.
+    async fn establish(self: &Arc<Self>) -> redis::RedisResult<()> {
+        let (infos, topology) = self.primaries().await?;
+        let link = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let mut conns = Vec::with_capacity(infos.len());
+        for info in infos {
+            let redis = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+            let client = redis::Client::open(info.set_redis_settings(redis))?;
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.connect_timeout))
+                .set_response_timeout(Some(self.operation_timeout))
+                .set_push_sender(PushHandler {
+                    tracker: Arc::downgrade(self),
+                    link,
+                });
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            if matches!(self.target, Target::Single(_)) && !is_primary(&mut conn).await? {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the server is a replica; waiting for a primary",
+                )));
+            }
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .arg("BCAST")
+                .query_async::<()>(&mut conn)
+                .await?;
+            conns.push(conn);
+        }
+        let links = Arc::new(Links {
+            id: link,
+            conns,
+            topology,
+        });
+        // Nothing can be cached while not serving, but a lease from before
+        // the loss must not complete into the new generation.
+        self.cache.flush();
+        *self
+            .links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(links);
+        self.cache.start_serving();
+        tracing::debug!(target: "session_redis", link, "near cache tracking established");
+        Ok(())
+    }
+
+    /// One heartbeat: every link answers, the single server is still a
+    /// primary, the cluster's slot map is unchanged.
+    async fn heartbeat(&self, links: &Links) {
+        let check = async {
+            let pings = links.conns.iter().map(|conn| {
+                let mut conn = conn.clone();
+                let single = matches!(self.target, Target::Single(_));
+                async move {
+                    if single {
+                        is_primary(&mut conn).await
+                    } else {
+                        redis::cmd("PING").query_async::<()>(&mut conn).await.map(|()| true)
+                    }
+                }
+            });
+            let replies = join_all(pings).await;
+            if !replies.iter().all(|r| matches!(r, Ok(true))) {
+                return Err("a primary stopped answering or became a replica");
+            }
+            if let (Some(known), Some(conn)) = (&links.topology, links.conns.first()) {
+                let mut conn = conn.clone();
+                match cluster_slots(&mut conn).await {
+                    Ok(now) if &now == known => {}
+                    _ => return Err("the cluster's slot map changed"),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.operation_timeout, check).await {
+            Ok(Ok(())) => self.cache.heartbeat_ok(),
+            Ok(Err(why)) => self.lost(links.id, why),
+            Err(_) => self.lost(links.id, "the heartbeat timed out"),
+        }
+    }
+}
+
+/// The background task: (re)establish tracking, then heartbeat.
+async fn run(weak: Weak<Tracker>) {
+    let mut failures = 0u32;
+    loop {
+        let Some(tracker) = weak.upgrade() else {
+            return;
+        };
+        let pause = tracker.cache.config().heartbeat_interval();
+        match tracker.current() {
+            Some(links) => tracker.heartbeat(&links).await,
+            None => match tracker.establish().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 50 == 0 {
+                        tracing::warn!(target: "session_redis", error = %e, failures, "cannot establish near cache tracking; reads go to Redis meanwhile");
+                    }
+                }
+            },
+        }
+        // Holding the tracker for one pause at most: a dropped store ends
+        // the task within a heartbeat.
+        tokio::select! {
+            () = tracker.wake.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+async fn is_primary(conn: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
+    let role: Value = redis::cmd("ROLE").query_async(conn).await?;
+    Ok(match role {
+        Value::Array(items) => matches!(items.first(), Some(Value::BulkString(r)) if r == b"master"),
+        _ => false,
+    })
+}
+
+/// `CLUSTER SLOTS` as (first slot, last slot, primary host, primary port).
+async fn cluster_slots<C: ConnectionLike>(
+    conn: &mut C,
+) -> redis::RedisResult<BTreeSet<(i64, i64, String, i64)>> {
+    let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let mut slots = BTreeSet::new();
+    let Value::Array(ranges) = reply else {
+        return Err(bad_slots());
+    };
+    for range in ranges {
+        let Value::Array(range) = range else {
+            return Err(bad_slots());
+        };
+        let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(primary))) =
+            (range.first(), range.get(1), range.get(2))
+        else {
+            return Err(bad_slots());
+        };
+        let host = match primary.first() {
+            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+            Some(Value::SimpleString(h)) => h.clone(),
+            _ => return Err(bad_slots()),
+        };
+        let Some(Value::Int(port)) = primary.get(1) else {
+            return Err(bad_slots());
+        };
+        slots.insert((*first, *last, host, *port));
+    }
+    Ok(slots)
+}
+
+fn bad_slots() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Parse, "unexpected CLUSTER SLOTS reply"))
+}
+
+/// `seed`'s credentials and TLS settings, at `host:port`.
+fn node_info(seed: &ConnectionInfo, host: String, port: i64) -> Option<ConnectionInfo> {
+    let port = u16::try_from(port).ok()?;
+    let addr = match seed.addr() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host, port),
+    };
+    Some(seed.clone().set_addr(addr))
+}
