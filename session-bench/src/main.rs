@@ -151,6 +151,26 @@ async fn systems_for(
             session_config(args)?,
         )),
     ));
+    if b == Backend::Redis {
+        let near = |tag: String| async move {
+            session_bench::systems::our_store("redis-near-cache", servers, &ns(&tag)).await
+        };
+        out.push((
+            "manager+near-cache".into(),
+            Box::new(systems::Manager::with_config(
+                near(format!("n{tag}")).await?,
+                session_config(args)?,
+            )),
+        ));
+        out.push((
+            "manager+near-cache, 2 instances".into(),
+            Box::new(systems::TwoInstances::new(
+                near(format!("n2{tag}")).await?,
+                near(format!("n2{tag}")).await?,
+                session_config(args)?,
+            )),
+        ));
+    }
     if b == Backend::Memcached {
         let store =
             session_bench::systems::our_store("memcached-async", servers, &ns(&format!("a{tag}")))

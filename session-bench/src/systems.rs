@@ -157,6 +157,46 @@ impl System for Manager {
     }
 }
 
+/// Two application instances: two managers over two stores on separate
+/// connections (each with its own near cache, if any), requests spread
+/// over both by worker, so a session written through one is read through
+/// the other and invalidations really travel between them.
+pub struct TwoInstances {
+    instances: [Manager; 2],
+}
+
+impl TwoInstances {
+    /// Over `a` and `b`, which must share one namespace.
+    #[must_use]
+    pub fn new(
+        a: Arc<dyn SessionStore>,
+        b: Arc<dyn SessionStore>,
+        config: session_core::SessionConfig,
+    ) -> Self {
+        Self {
+            instances: [
+                Manager::with_config(a, config.clone()),
+                Manager::with_config(b, config),
+            ],
+        }
+    }
+}
+
+#[async_trait]
+impl System for TwoInstances {
+    async fn setup(&mut self, sessions: usize, payload: usize) -> BenchResult<()> {
+        let ids = Arc::new(create_sessions(&self.instances[0].manager, sessions, payload).await?);
+        for instance in &mut self.instances {
+            instance.ids = ids.clone();
+        }
+        Ok(())
+    }
+
+    async fn op(&self, worker: usize, op: Op) -> BenchResult<()> {
+        self.instances[worker % 2].op(worker, op).await
+    }
+}
+
 /// Login with rotation: load an anonymous session, log it in (new ID, old
 /// one deleted, user index updated). About 10 sessions per user.
 pub struct Login {
@@ -715,6 +755,13 @@ pub async fn our_store(
                 .connect(&servers.redis)
                 .await?,
         ),
+        "redis-near-cache" => Arc::new(
+            session_redis::RedisStore::builder()
+                .prefix(ns)
+                .near_cache(session_redis::NearCache::new())
+                .connect(&servers.redis)
+                .await?,
+        ),
         "postgres" => {
             let store = session_postgres::PostgresStore::builder()
                 .schema("session_bench")
@@ -788,7 +835,16 @@ pub async fn peers(
             out.push((
                 "tower-sessions RedisStore".into(),
                 Box::new(TowerSessions014::new(
-                    tower_sessions_redis_store::RedisStore::new(pool),
+                    tower_sessions_redis_store::RedisStore::new(pool.clone()),
+                )),
+            ));
+            out.push((
+                "tower-sessions Moka+RedisStore".into(),
+                Box::new(TowerSessions014::new(
+                    tower_sessions_core_014::CachingSessionStore::new(
+                        tower_sessions_moka_store::MokaStore::new(Some(2_000_000)),
+                        tower_sessions_redis_store::RedisStore::new(pool),
+                    ),
                 )),
             ));
         }
