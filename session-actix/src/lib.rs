@@ -111,9 +111,9 @@ pub mod middleware;
 pub use crate::error::Error;
 pub use crate::extract::Session;
 pub use crate::middleware::{SessionMiddleware, SessionService};
-/// What a handler and its setup need from session-core: the manager and
-/// its configuration, the in-memory store, and the types the [`Session`]
-/// methods take and return.
+// What a handler and its setup need from session-core: the manager and its
+// configuration, the in-memory store, and the types the `Session` methods
+// take and return.
 pub use session_core::{
     CommitOutcome, ConflictPolicy, CookiePolicy, LimitStrategy, MemoryStore, OneTimeToken,
     SessionConfig, SessionError, SessionManager, SessionStore, SessionSummary, StorageKey,

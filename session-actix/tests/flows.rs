@@ -5,6 +5,9 @@
 //! (once, also under racing requests), read-modify-write under dozens of
 //! racing requests over several rounds, stale cookies that must not touch
 //! a newer session, malformed cookies, and an unreachable Redis (`503`).
+//! The racing flows run a third time over MemoryStore whose calls yield
+//! like network calls, so that racing requests on one worker interleave
+//! between a load and its write (over plain MemoryStore they rarely do).
 //!
 //! The server comes from `REDIS_URL` (default: the local one
 //! `scripts/services.sh` starts); a missing server fails the test with
