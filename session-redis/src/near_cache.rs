@@ -18,13 +18,22 @@
 //!   invalidation handled after the lease was taken removes it, so a reply
 //!   that a later write made stale is never stored, whatever order the
 //!   reply and the push are handled in.
-//! - **Own writes.** Every write operation of the store ends with a
-//!   *barrier*: a `PING` on the tracking connections. The server sends the
-//!   invalidations of a write before it answers a command it reads after
-//!   the write's reply went out, and the push handler runs before the
-//!   `PING`'s reply is delivered, so when a write returns, this instance
-//!   already dropped every key it touched (directly, or through evictions,
-//!   moves and "log out everywhere").
+//! - **Own writes.** When a write of this store returns, the keys it
+//!   changed are dropped locally (its own push may still be on its way).
+//!   That also voids the lease of any load that read them before the write,
+//!   so no such reply is stored. Writes that can change keys the store does
+//!   not name beforehand (`delete` following a rotation's moves, "log out
+//!   everywhere", a call that failed half-way) end with a *barrier*
+//!   instead: a `PING` on the tracking connections. The server sends the
+//!   invalidations of a write before it answers a command it reads after the
+//!   write's reply went out, and the push handler runs before the `PING`'s
+//!   reply is delivered, so when such a write returns, this instance has
+//!   dropped every key it touched. A write whose outcome is unknown (timed
+//!   out, connection lost) empties the cache.
+//! - **No write-through.** A write's new bytes are not stored: a push for
+//!   a later write by another instance, handled before the store could
+//!   insert them, would leave them stale for good (an invalidation names
+//!   only the key). The next `load` after a write is one `GET`.
 //! - **Doubt empties the cache.** A dropped or killed tracking connection,
 //!   a failed barrier, a `FLUSHALL`, a failover (a primary that turns
 //!   replica, a changed cluster topology, a `READONLY` reply) or a heartbeat
@@ -67,8 +76,9 @@ const SHARDS: usize = 16;
 /// before serving another read from it. Writes through this store are
 /// visible to its own next `load` without a window (see the module docs).
 ///
-/// **Cost.** One extra connection per primary, a `PING` (a few µs of
-/// server time) after every write of this store, and a heartbeat. The
+/// **Cost.** One extra connection per primary, a heartbeat, a `PING` after
+/// each `delete` and `delete_user`, and one `GET` for the first read after
+/// each write (writes drop the local copy rather than replace it). The
 /// server sends every instance the names of all keys written in the
 /// database (`BCAST` mode), so give sessions a Redis database of their own
 /// when it also carries heavy unrelated writes.

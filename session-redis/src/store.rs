@@ -381,6 +381,32 @@ impl RedisStore {
         }
     }
 
+    /// [`Self::after_write`] for a call that changed only `keys` (the
+    /// common case: update, touch, create, a rotation): drops them here
+    /// instead of waiting for a barrier. A load that read one of them
+    /// before the write and has not stored its reply yet loses its lease
+    /// with it, so it stores nothing; a load that already stored it is
+    /// undone; later loads read the write. Other instances learn from the
+    /// server's push as always.
+    async fn after_write_to<'k, T>(
+        &self,
+        out: &StoreResult<T>,
+        keys: impl IntoIterator<Item = &'k StorageKey>,
+    ) {
+        let Some(tracker) = &self.shared.tracker else {
+            return;
+        };
+        if out.is_ok() {
+            for key in keys {
+                tracker
+                    .cache()
+                    .invalidate(self.prefix.session_key(key).as_bytes());
+            }
+        } else {
+            self.after_write(out).await;
+        }
+    }
+
     /// Makes the writes that `out` ended visible to this store's next
     /// `load`: waits until every invalidation they caused was handled (see
     /// [`crate::near_cache`]). When the outcome is unknown (unavailable,
@@ -1521,7 +1547,7 @@ impl RedisStore {
 impl SessionStore for RedisStore {
     async fn create(&self, key: &StorageKey, record: &SessionRecord) -> StoreResult<()> {
         let out = self.raw_create(key, record).await;
-        self.after_write(&out).await;
+        self.after_write_to(&out, [key]).await;
         out
     }
 
@@ -1532,7 +1558,18 @@ impl SessionStore for RedisStore {
         options: &CreateOptions,
     ) -> StoreResult<Created> {
         let out = self.raw_create_with(key, record, options).await;
-        self.after_write(&out).await;
+        match &out {
+            // Every key the call changed is known: the new one, the one it
+            // moved from, the sessions it evicted.
+            Ok(created) => {
+                let moved = options.replaces.as_ref().map(|r| &r.key);
+                let keys = std::iter::once(key)
+                    .chain(moved)
+                    .chain(created.evicted.iter());
+                self.after_write_to(&out, keys).await;
+            }
+            Err(_) => self.after_write(&out).await,
+        }
         out
     }
 
@@ -1547,7 +1584,7 @@ impl SessionStore for RedisStore {
         record: &SessionRecord,
     ) -> StoreResult<()> {
         let out = self.raw_update(key, expected_version, record).await;
-        self.after_write(&out).await;
+        self.after_write_to(&out, [key]).await;
         out
     }
 
@@ -1558,7 +1595,7 @@ impl SessionStore for RedisStore {
         idle_deadline: Timestamp,
     ) -> StoreResult<()> {
         let out = self.raw_touch(key, last_access, idle_deadline).await;
-        self.after_write(&out).await;
+        self.after_write_to(&out, [key]).await;
         out
     }
 
