@@ -8,7 +8,8 @@
 # as they are when they answer. Otherwise the local default is started, and
 # installed from the distribution's packages (apt-get, as root) when missing:
 #   Redis       127.0.0.1:6379         (redis-server)
-#   Redis Cluster 127.0.0.1:7101-7103  (3 masters, redis-server --cluster-enabled)
+#   Redis Cluster 127.0.0.1:7101-7106  (3 masters with 1 replica each,
+#                                      redis-server --cluster-enabled)
 #   PostgreSQL  127.0.0.1:5432, user postgres, database test (trust auth)
 #   Memcached   127.0.0.1:11211 and 127.0.0.1:11212
 #   Chromium    /usr/bin/chromium (headless browser test of the demo)
@@ -65,12 +66,30 @@ if ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
 fi
 
 # -------------------------------------------------------- Redis Cluster
-CLUSTER_PORTS=(7101 7102 7103)
+# Three masters, each with one replica, so that a master's death fails over
+# as in production. REDIS_CLUSTER_URLS lists every node: the client only
+# uses them to discover the cluster, and after a failover the replicas are
+# the masters, so any node must do as a seed.
+CLUSTER_PORTS=(7101 7102 7103 7104 7105 7106)
+# "ok", with six nodes and every master followed by a connected replica.
+cluster_complete() {
+  local p=${CLUSTER_PORTS[0]} info nodes masters replicas
+  info=$(redis-cli -p "$p" cluster info 2>/dev/null) || return 1
+  grep -q cluster_state:ok <<<"$info" || return 1
+  grep -q "cluster_known_nodes:${#CLUSTER_PORTS[@]}\b" <<<"$info" || return 1
+  nodes=$(redis-cli -p "$p" cluster nodes 2>/dev/null) || return 1
+  masters=$(awk '$3 ~ /master/ && $3 !~ /fail/ && $9 != "" {print $1}' <<<"$nodes" | sort)
+  replicas=$(awk '$3 ~ /slave/ && $3 !~ /fail/ && $8 == "connected" {print $4}' <<<"$nodes" | sort -u)
+  [ "$(wc -l <<<"$masters")" = 3 ] && [ "$masters" = "$replicas" ]
+}
 if [ -z "${REDIS_CLUSTER_URLS:-}" ]; then
-  if ! redis-cli -p "${CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q cluster_state:ok; then
-    log "starting a 3-master Redis Cluster on ports ${CLUSTER_PORTS[*]}"
+  if ! cluster_complete; then
+    log "(re)building a Redis Cluster on ports ${CLUSTER_PORTS[*]} (3 masters, 1 replica each)"
     for p in "${CLUSTER_PORTS[@]}"; do
       redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true
+    done
+    for p in "${CLUSTER_PORTS[@]}"; do
+      wait_for "redis cluster node $p to stop" sh -c "! redis-cli -p $p ping"
       rm -rf "$STATE/cluster-$p"; mkdir -p "$STATE/cluster-$p"
       redis-server --daemonize yes --bind 127.0.0.1 --port "$p" --cluster-enabled yes \
         --cluster-config-file "$STATE/cluster-$p/nodes.conf" --cluster-node-timeout 2000 \
@@ -79,10 +98,11 @@ if [ -z "${REDIS_CLUSTER_URLS:-}" ]; then
     done
     for p in "${CLUSTER_PORTS[@]}"; do wait_for "redis cluster node $p" redis-cli -p "$p" ping; done
     redis-cli --cluster create $(for p in "${CLUSTER_PORTS[@]}"; do printf '127.0.0.1:%s ' "$p"; done) \
-      --cluster-replicas 0 --cluster-yes >&2
+      --cluster-replicas 1 --cluster-yes >&2
     for p in "${CLUSTER_PORTS[@]}"; do
       wait_for "redis cluster state on $p" sh -c "redis-cli -p $p cluster info | grep -q cluster_state:ok"
     done
+    wait_for "redis cluster replicas" cluster_complete
   fi
   REDIS_CLUSTER_URLS=$(IFS=,; for p in "${CLUSTER_PORTS[@]}"; do printf 'redis://127.0.0.1:%s,' "$p"; done)
   REDIS_CLUSTER_URLS=${REDIS_CLUSTER_URLS%,}

@@ -5,7 +5,11 @@
 //! - [`workload`]: the request-cycle workload and the timed runner.
 //! - [`systems`]: what is measured (ours, floors, peers, extra paths).
 //! - [`report`]: medians, ratios, tables and JSON lines.
+//! - [`chart`]: an SVG bar chart of the ratios to the floor per table.
+//! - [`progress`]: the progress bar of a long run.
 
+pub mod chart;
+pub mod progress;
 pub mod report;
 pub mod systems;
 pub mod workload;

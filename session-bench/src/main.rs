@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+use session_bench::chart;
+use session_bench::progress::Progress;
 use session_bench::report::{attach_floor_ratios, markdown, Row};
 use session_bench::systems::{self, Servers};
 use session_bench::workload::{self, Op, System};
@@ -64,6 +66,20 @@ struct Args {
     /// Also write the Markdown table to this file.
     #[arg(long, value_name = "FILE")]
     markdown: Option<std::path::PathBuf>,
+    /// Also draw each table as an SVG bar chart (throughput relative to the
+    /// floor per system) into this directory, one file per backend, payload
+    /// and session count.
+    #[arg(long, value_name = "DIR")]
+    chart_dir: Option<std::path::PathBuf>,
+    /// Run nothing: draw the charts of the Markdown tables in this file (a
+    /// report written by `--markdown`, or BENCHMARKS.md) into `--chart-dir`.
+    #[arg(long, value_name = "FILE", requires = "chart_dir")]
+    chart_from: Option<std::path::PathBuf>,
+    /// No progress bar and no setup lines on standard error (the bar is
+    /// drawn only when standard error is a terminal anyway); warnings
+    /// about failed operations are still printed.
+    #[arg(long, short)]
+    quiet: bool,
     /// Random seed of the operation sequence.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -218,7 +234,7 @@ async fn paths_for(
     ])
 }
 
-async fn run(args: Args) -> BenchResult<Vec<Row>> {
+async fn run(args: Args, progress: &Progress) -> BenchResult<Vec<Row>> {
     let servers = Servers::from_env();
     let mut rows = Vec::new();
     let ops = workload::ops(args.seed, args.sessions, args.ops, args.write_ratio);
@@ -238,26 +254,44 @@ async fn run(args: Args) -> BenchResult<Vec<Row>> {
                 {
                     continue;
                 }
-                eprintln!(
+                progress.note(&format!(
                     "setup {backend} {payload} B {name}: {} sessions",
                     args.sessions
-                );
+                ));
                 sys.setup(args.sessions, payload).await?;
                 ready.push((name, Arc::from(sys)));
             }
+            progress.add_runs(ready.len() * args.rounds);
+            if !args.no_paths {
+                progress.add_runs(args.rounds);
+            }
             for round in 0..args.rounds {
                 for (name, sys) in &ready {
+                    progress.running(format!(
+                        "{backend} {payload} B {name}, round {}/{}",
+                        round + 1,
+                        args.rounds
+                    ));
                     let seq = path_ops(name, &ops, args.sessions, round);
                     let m = workload::run(sys.clone(), seq, args.concurrency).await;
                     if let Some(e) = &m.first_error {
-                        eprintln!("{backend} {name}: {} errors, first: {e}", m.errors);
+                        progress.warn(&format!(
+                            "{backend} {name}: {} errors, first: {e}",
+                            m.errors
+                        ));
                     }
                     rows.push(Row::new(name, backend, payload, args.sessions, round, &m));
+                    progress.run_done();
                 }
             }
             // Logout-everywhere consumes its users: one fresh setup per round.
             if !args.no_paths {
                 for round in 0..args.rounds {
+                    progress.running(format!(
+                        "{backend} {payload} B path:logout-everywhere, round {}/{}",
+                        round + 1,
+                        args.rounds
+                    ));
                     let mut sys = systems::PerUser::new(
                         our_store(b, &servers, &format!("o{payload}r{round}")).await?,
                         true,
@@ -281,6 +315,7 @@ async fn run(args: Args) -> BenchResult<Vec<Row>> {
                         round,
                         &m,
                     ));
+                    progress.run_done();
                 }
             }
         }
@@ -300,16 +335,51 @@ fn path_ops(name: &str, ops: &Arc<Vec<Op>>, sessions: usize, _round: usize) -> A
     }
 }
 
+/// One SVG per table into `dir` (created if missing).
+fn write_charts(rows: &[Row], dir: &std::path::Path) -> BenchResult<()> {
+    std::fs::create_dir_all(dir)?;
+    for c in chart::charts(rows)? {
+        std::fs::write(dir.join(&c.file_name), c.svg)?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
     let json = args.json;
     let markdown_file = args.markdown.clone();
-    match run(args).await {
+    let chart_dir = args.chart_dir.clone();
+    if let (Some(from), Some(dir)) = (&args.chart_from, &chart_dir) {
+        let drawn = std::fs::read_to_string(from)
+            .map_err(Into::into)
+            .and_then(|text| write_charts(&session_bench::report::rows_from_markdown(&text), dir));
+        if let Err(e) = drawn {
+            eprintln!(
+                "session-bench: cannot draw the charts of {}: {e}",
+                from.display()
+            );
+            std::process::exit(1);
+        }
+        return;
+    }
+    let progress = Progress::new(args.quiet);
+    let result = run(args, &progress).await;
+    progress.finish();
+    match result {
         Ok(rows) => {
             if let Some(path) = markdown_file {
                 if let Err(e) = std::fs::write(&path, markdown(&rows)) {
                     eprintln!("session-bench: cannot write {}: {e}", path.display());
+                    std::process::exit(1);
+                }
+            }
+            if let Some(dir) = chart_dir {
+                if let Err(e) = write_charts(&rows, &dir) {
+                    eprintln!(
+                        "session-bench: cannot write the charts to {}: {e}",
+                        dir.display()
+                    );
                     std::process::exit(1);
                 }
             }

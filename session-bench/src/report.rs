@@ -59,7 +59,10 @@ impl Row {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the mean of the middle two for an even count), NaN
+/// for none.
+#[must_use]
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {
@@ -154,4 +157,60 @@ pub fn markdown(rows: &[Row]) -> String {
         ));
     }
     out
+}
+
+/// Rows read back from Markdown tables in the format [`markdown`] writes
+/// (lines of 11 cells starting with `| `; other lines are ignored), one
+/// per table line, as round 0 with the median values: what [`crate::chart`]
+/// needs to draw the tables of an earlier run or of BENCHMARKS.md. A line
+/// whose numbers do not parse is skipped.
+#[must_use]
+pub fn rows_from_markdown(text: &str) -> Vec<Row> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let cells: Vec<&str> = line
+                .strip_prefix('|')?
+                .strip_suffix('|')?
+                .split('|')
+                .map(str::trim)
+                .collect();
+            let [backend, payload, sessions, system, ops, vs, p50, p99, p999, _, errors] =
+                cells.as_slice()
+            else {
+                return None;
+            };
+            let ratio = |s: &str| s.strip_suffix('×').and_then(|v| v.parse::<f64>().ok());
+            Some(Row {
+                system: (*system).to_owned(),
+                backend: (*backend).to_owned(),
+                payload: payload.parse().ok()?,
+                sessions: sessions.parse().ok()?,
+                round: 0,
+                ops_per_sec: ops.parse().ok()?,
+                p50_us: p50.parse().ok()?,
+                p99_us: p99.parse().ok()?,
+                p999_us: p999.parse().ok()?,
+                vs_floor: ratio(vs),
+                errors: errors.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_reads_back() {
+        let text = "### redis\n\n| backend | payload | sessions | system | ops/s | vs floor | p50 µs | p99 µs | p99.9 µs | p99 vs floor | errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n| redis | 200 | 10000 | floor | 1000 | 1.00× | 10 | 20 | 30 | 1.00× | 0 |\n| redis | 200 | 10000 | manager | 810 | 0.81× | 12 | 25 | 40 | 1.25× | 0 |\n| redis | 200 | 10000 | path:login | 99 | – | 1 | 2 | 3 | – | 1 |\n| not | a | row |\n";
+        let rows = rows_from_markdown(text);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1].system, "manager");
+        assert_eq!(rows[1].vs_floor, Some(0.81));
+        assert_eq!(rows[2].vs_floor, None);
+        assert_eq!(rows[2].errors, 1);
+        assert_eq!(markdown(&rows).lines().count(), 5, "{}", markdown(&rows));
+    }
 }

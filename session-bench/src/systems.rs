@@ -775,7 +775,7 @@ pub async fn our_store(
         "memcached" => {
             let config = session_memcached::MemcachedConfig::new([servers.memcached.as_str()])?
                 .with_namespace(ns)?;
-            Arc::new(session_memcached::MemcachedStore::new(config)?)
+            Arc::new(session_memcached::MemcachedStore::new_blocking(config)?)
         }
         "memcached-async" => {
             let config = session_memcached::MemcachedConfig::new([servers.memcached.as_str()])?

@@ -37,8 +37,7 @@ pub struct MemcachedStoreBuilder {
     cas_retries: Option<u32>,
     index_grace: Option<Duration>,
     recent_reads: Option<usize>,
-    #[cfg(feature = "async")]
-    tokio_transport: bool,
+    blocking_transport: bool,
 }
 
 impl MemcachedStoreBuilder {
@@ -104,12 +103,13 @@ impl MemcachedStoreBuilder {
         self
     }
 
-    /// Uses the `memcache` crate's Tokio client instead of blocking calls
-    /// on Tokio's blocking pool (feature `async`; default off). Only
-    /// [`connect`](Self::connect) builds it.
-    #[cfg(feature = "async")]
+    /// Whether to use the `memcache` crate's Tokio client (default `true`
+    /// with the `async` feature, which is on by default). `false` selects
+    /// the slower blocking transport (see
+    /// [`MemcachedStore::new_blocking`]), which is also what every store
+    /// uses without the feature, whatever this says.
     pub fn tokio_transport(mut self, on: bool) -> Self {
-        self.tokio_transport = on;
+        self.blocking_transport = !on;
         self
     }
 
@@ -162,13 +162,13 @@ impl MemcachedStoreBuilder {
     pub async fn connect(self, servers: &str) -> Result<MemcachedStore, SetupError> {
         let config = self.config(servers)?;
         #[cfg(feature = "async")]
-        let store = if self.tokio_transport {
-            MemcachedStore::new_async(config).await?
+        let store = if self.blocking_transport {
+            MemcachedStore::new_blocking(config)?
         } else {
-            MemcachedStore::new(config)?
+            MemcachedStore::new_async(config).await?
         };
         #[cfg(not(feature = "async"))]
-        let store = MemcachedStore::new(config)?;
+        let store = MemcachedStore::new_blocking(config)?;
         store.ping().await.map_err(SetupError::Unavailable)?;
         store
             .read_server_limits()
@@ -178,14 +178,20 @@ impl MemcachedStoreBuilder {
     }
 
     /// Builds the store without contacting a server: an unreachable server
-    /// shows up as [`StoreError::Unavailable`](session_core::StoreError) on
-    /// the first operation. Always on the blocking-pool transport.
+    /// (or, on the default transport, a host that does not resolve) shows
+    /// up as [`StoreError::Unavailable`](session_core::StoreError) on the
+    /// first operation. Same transport as [`connect`](Self::connect).
     ///
     /// # Errors
     ///
-    /// [`SetupError`] for a bad setting or URL, or a host that does not
-    /// resolve.
+    /// [`SetupError`] for a bad setting or URL, or, on the blocking
+    /// transport, a host that does not resolve.
     pub fn connect_lazy(self, servers: &str) -> Result<MemcachedStore, SetupError> {
-        MemcachedStore::new(self.config(servers)?)
+        let config = self.config(servers)?;
+        if self.blocking_transport {
+            MemcachedStore::new_blocking(config)
+        } else {
+            MemcachedStore::new(config)
+        }
     }
 }

@@ -191,9 +191,10 @@ impl MemcachedConfig {
         self
     }
 
-    /// How many blocking Memcached calls may run at once (default 64).
-    /// This sizes the share of Tokio's blocking thread pool the store uses
-    /// and caps the open connections per server; callers above it wait.
+    /// How many Memcached calls may run at once (default 64): caps the
+    /// open connections per server (callers above it wait), and on the
+    /// blocking transport sizes the share of Tokio's blocking thread pool
+    /// the store uses.
     ///
     /// # Errors
     ///

@@ -4,9 +4,10 @@
 //!   shares.
 //! - [`config`]: servers, namespace, item size limit, timeouts, concurrency.
 //! - [`store`]: [`MemcachedStore`], the [`SessionStore`](session_core::SessionStore).
-//! - `transport` (private): the Memcached primitives, run on Tokio's blocking
-//!   pool, or on the Tokio client with the `async` feature
-//!   (`MemcachedStore::new_async`).
+//! - `transport` (private): the Memcached primitives, run on the `memcache`
+//!   crate's Tokio client (feature `async`, on by default), or on its
+//!   blocking client on Tokio's blocking pool (`MemcachedStore::new_blocking`,
+//!   and every store without the feature).
 //! - `keys`, `expiry`, `index` (private): key layout, deadlines to
 //!   expiration times, the per-user index item.
 //! - `tombstone` (private): the markers a session key holds after a

@@ -52,6 +52,8 @@ pub struct MemcachedStore {
 
 struct Inner {
     transport: Box<dyn Transport>,
+    /// `"tokio"` or `"blocking"`, for `Debug`.
+    transport_name: &'static str,
     keys: Keys,
     /// The largest record written, in bytes: the configured limit until
     /// the servers' own limits are known, then the smaller of the two.
@@ -71,6 +73,7 @@ impl std::fmt::Debug for MemcachedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemcachedStore")
             .field("servers", &self.inner.servers)
+            .field("transport", &self.inner.transport_name)
             .field("keys", &self.inner.keys)
             .field("max_item_size", &self.max_record_size())
             .finish_non_exhaustive()
@@ -85,7 +88,8 @@ impl MemcachedStore {
     }
 
     /// A store on the servers in `urls` (comma-separated
-    /// `memcache://host:port` URLs) with the default settings.
+    /// `memcache://host:port` URLs) with the default settings, on the
+    /// default transport (see [`new`](Self::new)).
     ///
     /// No connection is made here: an unreachable server shows up as
     /// [`StoreError::Unavailable`] on the first operation (or call
@@ -93,23 +97,56 @@ impl MemcachedStore {
     ///
     /// # Errors
     ///
-    /// [`SetupError`] for a malformed URL or a host that does not resolve.
+    /// [`SetupError`] for a malformed URL (and, on the blocking transport,
+    /// a host that does not resolve).
     pub fn connect(urls: &str) -> Result<Self, SetupError> {
         Self::new(MemcachedConfig::new([urls])?)
     }
 
-    /// A store with the given configuration.
+    /// A store with the given configuration, made without contacting or
+    /// resolving anything. With the `async` feature (the default) it runs on
+    /// the `memcache` crate's Tokio client, built on first use: a host that
+    /// does not resolve then fails calls with [`StoreError::Unavailable`].
+    /// Without the feature it runs on the blocking transport (see
+    /// [`new_blocking`](Self::new_blocking)).
+    ///
+    /// # Errors
+    ///
+    /// Without the `async` feature, [`SetupError::Client`] if a server
+    /// address does not resolve; with it, none.
+    pub fn new(config: MemcachedConfig) -> Result<Self, SetupError> {
+        #[cfg(feature = "async")]
+        let transport = crate::transport::LazyAsync::new(&config);
+        #[cfg(feature = "async")]
+        return Ok(Self::with_transport(Box::new(transport), "tokio", config));
+        #[cfg(not(feature = "async"))]
+        Self::new_blocking(config)
+    }
+
+    /// A store on the blocking transport: the `memcache` crate's blocking
+    /// client, each call run on Tokio's blocking thread pool (at most
+    /// `max_in_flight` at once). Same behaviour as the default transport,
+    /// but slower (a thread hop per call: 0.36× / 0.46× of a raw async
+    /// Memcached client at 200 B / 4 KiB, against 0.69× / 0.81× on the
+    /// default transport; see BENCHMARKS.md). It exists for builds without
+    /// the `async` feature, where it is the only transport; with the
+    /// feature there is no reason to choose it.
     ///
     /// # Errors
     ///
     /// [`SetupError::Client`] if a server address does not resolve.
-    pub fn new(config: MemcachedConfig) -> Result<Self, SetupError> {
+    pub fn new_blocking(config: MemcachedConfig) -> Result<Self, SetupError> {
         let transport = Blocking::new(&config)?;
-        Ok(Self::with_transport(Box::new(transport), config))
+        Ok(Self::with_transport(
+            Box::new(transport),
+            "blocking",
+            config,
+        ))
     }
 
-    /// A store on the `memcache` crate's Tokio client (feature `async`):
-    /// same behaviour, no hop to the blocking thread pool per call.
+    /// A store on the `memcache` crate's Tokio client (feature `async`, on
+    /// by default), built now: the same transport as [`new`](Self::new),
+    /// with the server addresses resolved before it returns.
     /// `max_in_flight` caps the connections per server.
     ///
     /// # Errors
@@ -118,13 +155,18 @@ impl MemcachedStore {
     #[cfg(feature = "async")]
     pub async fn new_async(config: MemcachedConfig) -> Result<Self, SetupError> {
         let transport = crate::transport::Async::new(&config).await?;
-        Ok(Self::with_transport(Box::new(transport), config))
+        Ok(Self::with_transport(Box::new(transport), "tokio", config))
     }
 
-    fn with_transport(transport: Box<dyn Transport>, config: MemcachedConfig) -> Self {
+    fn with_transport(
+        transport: Box<dyn Transport>,
+        transport_name: &'static str,
+        config: MemcachedConfig,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 transport,
+                transport_name,
                 keys: Keys::new(&config.namespace),
                 max_item_size: AtomicUsize::new(config.max_item_size),
                 server_limits: tokio::sync::OnceCell::new(),

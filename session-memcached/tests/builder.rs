@@ -74,7 +74,91 @@ async fn bad_settings_fail_at_build_time() {
     assert!(matches!(err, SetupError::NoServers), "{err:?}");
 }
 
-#[cfg(feature = "async")]
+/// The Tokio client is every constructor's default; `tokio_transport(false)`
+/// and `new_blocking` choose the blocking one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokio_transport_is_the_default() {
+    let url = common::url();
+    let transport = |store: &MemcachedStore| {
+        let debug = format!("{store:?}");
+        if debug.contains(r#"transport: "tokio""#) {
+            "tokio"
+        } else if debug.contains(r#"transport: "blocking""#) {
+            "blocking"
+        } else {
+            panic!("no transport in {debug}")
+        }
+    };
+    let config = MemcachedStore::builder().config(&url).unwrap();
+    let built = [
+        (
+            "connect",
+            MemcachedStore::builder().connect(&url).await.unwrap(),
+        ),
+        (
+            "connect_lazy",
+            MemcachedStore::builder().connect_lazy(&url).unwrap(),
+        ),
+        (
+            "MemcachedStore::new",
+            MemcachedStore::new(config.clone()).unwrap(),
+        ),
+        (
+            "MemcachedStore::connect",
+            MemcachedStore::connect(&url).unwrap(),
+        ),
+    ];
+    for (how, store) in &built {
+        assert_eq!(transport(store), "tokio", "{how}");
+        store.ping().await.unwrap();
+    }
+    let blocking = [
+        MemcachedStore::builder()
+            .tokio_transport(false)
+            .connect(&url)
+            .await
+            .unwrap(),
+        MemcachedStore::builder()
+            .tokio_transport(false)
+            .connect_lazy(&url)
+            .unwrap(),
+        MemcachedStore::new_blocking(config).unwrap(),
+    ];
+    for store in &blocking {
+        assert_eq!(transport(store), "blocking");
+        store.ping().await.unwrap();
+    }
+}
+
+/// Both transports place keys on the same servers (rendezvous hashing of
+/// the same server URLs), so switching transports keeps every session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_transports_see_the_same_sessions_on_two_servers() {
+    let (a, b) = (common::url(), common::url2());
+    let namespace = unique("switch");
+    let old = common::blocking_store(&[&a, &b], &namespace);
+    let new = common::store(&[&a, &b], &namespace);
+    let keys: Vec<_> = (0..32).map(|_| storage_key()).collect();
+    for k in &keys {
+        old.create(k, &record(Some("switcher"), b"kept", 60_000, 3_600_000))
+            .await
+            .unwrap();
+    }
+    for k in &keys {
+        let loaded = new
+            .load(k)
+            .await
+            .unwrap()
+            .expect("the session moved servers");
+        assert_eq!(loaded.data.as_ref(), b"kept");
+    }
+    assert_eq!(new.list_user_sessions("switcher").await.unwrap().len(), 32);
+    assert_eq!(new.delete_user("switcher").await.unwrap(), 32);
+    for k in &keys {
+        assert!(old.load(k).await.unwrap().is_none());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tokio_transport_is_built_by_connect() {
     let url = common::url();
@@ -112,7 +196,10 @@ async fn a_request_nobody_answers_is_a_timeout() {
         .config(&url)
         .unwrap();
     let stores = [
-        ("blocking", MemcachedStore::new(config.clone()).unwrap()),
+        (
+            "blocking",
+            MemcachedStore::new_blocking(config.clone()).unwrap(),
+        ),
         ("tokio", MemcachedStore::new_async(config).await.unwrap()),
     ];
     for (transport, store) in stores {

@@ -8,11 +8,12 @@ use session_memcached::MemcachedStore;
 
 session_core::conformance_suite!(|namespace: String| async move {
     let url = common::url();
-    common::store(&[&url], &namespace)
+    common::blocking_store(&[&url], &namespace)
 });
 
 session_core::fault_scenarios!(common::url(), |target: FaultTarget| async move {
     MemcachedStore::builder()
+        .tokio_transport(false)
         .namespace(target.namespace())
         .operation_timeout(target.timeout())
         .connect_timeout(target.timeout())

@@ -24,7 +24,7 @@ enum Kind {
 
 async fn build(config: MemcachedConfig, kind: Kind) -> MemcachedStore {
     match kind {
-        Kind::Blocking => MemcachedStore::new(config).unwrap(),
+        Kind::Blocking => MemcachedStore::new_blocking(config).unwrap(),
         Kind::Async => MemcachedStore::new_async(config).await.unwrap(),
     }
 }

@@ -1,6 +1,7 @@
 //! Private server processes for fault tests: [`ServerProcess`] (a
 //! [`FaultInjector`] that kills, restarts, stops and continues a real
-//! server), spare ports, signals.
+//! server), [`RedisCluster`] (a private cluster of such processes, masters
+//! with replicas), spare ports, signals.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -249,6 +250,283 @@ impl Drop for ServerProcess {
     }
 }
 
+/// A private Redis Cluster a test owns: `masters` masters with one replica
+/// each, every node a [`ServerProcess`] on spare ports (client and cluster
+/// bus), so that a test can kill a master and watch its replica take over
+/// without disturbing the shared test cluster. Built with `redis-cli
+/// --cluster create`; node state lives in a temporary directory, removed
+/// when this is dropped (every node is killed then too).
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<ServerProcess>,
+    ports: Vec<u16>,
+    node_timeout: Duration,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts `masters` masters and as many replicas (at least 3 masters,
+    /// as Redis requires), with `cluster-node-timeout` `node_timeout` (how
+    /// long a master may not answer before its replica fails it over), and
+    /// waits until every node reports `cluster_state:ok` and every replica
+    /// has synced.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` or `redis-cli` cannot be run (the message says
+    /// how to install them), or the cluster is not formed within 30 s.
+    pub async fn start(masters: usize, node_timeout: Duration) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "session-test-cluster-{}-{}",
+            std::process::id(),
+            spare_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("creating the cluster's directory");
+        let timeout_ms = node_timeout.as_millis().to_string();
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..masters.max(3) * 2 {
+            let (port, bus) = (spare_port(), spare_port());
+            let conf = dir.join(format!("nodes-{port}.conf"));
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                conf.to_str().expect("a UTF-8 temporary directory"),
+                "--cluster-node-timeout",
+                &timeout_ms,
+                "--cluster-port",
+                &bus.to_string(),
+                "--dir",
+                dir.to_str().expect("a UTF-8 temporary directory"),
+            ];
+            nodes.push(ServerProcess::redis(port, &args).await);
+            ports.push(port);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        create.args(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = create.output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run `redis-cli` ({e}): install it (`scripts/services.sh` at the workspace \
+                 root does, or `apt-get install redis-tools`) and make sure it is on PATH"
+            )
+        });
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self {
+            nodes,
+            ports,
+            node_timeout,
+            dir,
+        };
+        cluster.wait_until_healthy(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    /// The URL of every node, masters and replicas.
+    #[must_use]
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url("redis")).collect()
+    }
+
+    /// The client port of every node.
+    #[must_use]
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// The `cluster-node-timeout` the nodes run with.
+    #[must_use]
+    pub fn node_timeout(&self) -> Duration {
+        self.node_timeout
+    }
+
+    /// The node process on `port`.
+    ///
+    /// # Panics
+    ///
+    /// When no node of this cluster listens on `port`.
+    #[must_use]
+    pub fn node(&self, port: u16) -> &ServerProcess {
+        let i = self
+            .ports
+            .iter()
+            .position(|&p| p == port)
+            .unwrap_or_else(|| panic!("no node of this cluster on port {port}"));
+        &self.nodes[i]
+    }
+
+    /// The port of the live master that serves `slot`, as the first
+    /// running node that answers sees it (`CLUSTER SHARDS`), or `None` if
+    /// it knows none.
+    #[must_use]
+    pub fn master_of(&self, slot: u16) -> Option<u16> {
+        self.shards()
+            .into_iter()
+            .find(|s| s.slots.iter().any(|r| r.contains(&slot)))?
+            .master
+    }
+
+    /// The slot ranges of the master on `port`, as the first running node
+    /// that answers sees them (empty when it serves none).
+    #[must_use]
+    pub fn slots_of(&self, port: u16) -> Vec<std::ops::RangeInclusive<u16>> {
+        self.shards()
+            .into_iter()
+            .find(|s| s.master == Some(port))
+            .map(|s| s.slots)
+            .unwrap_or_default()
+    }
+
+    /// The cluster's shards (`CLUSTER SHARDS`, asked of the first running
+    /// node that answers): each shard's slot ranges and its master's port
+    /// when that master is online.
+    fn shards(&self) -> Vec<Shard> {
+        let Some(out) = self
+            .ports
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, n)| n.pid().is_some())
+            .find_map(|(&p, _)| redis_cli(p, &["cluster", "shards"]))
+        else {
+            return Vec::new();
+        };
+        // One line per field: "slots", "0", "5460", "nodes", "id", "…",
+        // "port", "7101", …, "role", "master", …, "health", "online", …
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        let mut shards: Vec<Shard> = Vec::new();
+        let mut port = None;
+        let mut role_master = false;
+        let mut i = 0;
+        while i < lines.len() {
+            match lines[i] {
+                "slots" => {
+                    let mut slots = Vec::new();
+                    i += 1;
+                    while let (Some(Ok(lo)), Some(Ok(hi))) = (
+                        lines.get(i).map(|l| l.parse::<u16>()),
+                        lines.get(i + 1).map(|l| l.parse::<u16>()),
+                    ) {
+                        slots.push(lo..=hi);
+                        i += 2;
+                    }
+                    shards.push(Shard {
+                        slots,
+                        master: None,
+                    });
+                    continue;
+                }
+                "port" => port = lines.get(i + 1).and_then(|p| p.parse::<u16>().ok()),
+                "role" => role_master = lines.get(i + 1) == Some(&"master"),
+                "health" if role_master && lines.get(i + 1) == Some(&"online") => {
+                    if let Some(shard) = shards.last_mut() {
+                        shard.master = port;
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        shards
+    }
+
+    /// The hash slot of `key`: CRC16 (XMODEM) of the key, or of its hash
+    /// tag (the text between the first `{` and the next `}`, when not
+    /// empty), modulo 16384, as Redis Cluster computes it.
+    #[must_use]
+    pub fn slot_of(key: &str) -> u16 {
+        let bytes = key.as_bytes();
+        let hashed = bytes
+            .iter()
+            .position(|&b| b == b'{')
+            .and_then(|open| {
+                let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+                (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+            })
+            .unwrap_or(bytes);
+        let mut crc: u16 = 0;
+        for &b in hashed {
+            crc ^= u16::from(b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 == 0 {
+                    crc << 1
+                } else {
+                    (crc << 1) ^ 0x1021
+                };
+            }
+        }
+        crc % 16_384
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and every
+    /// running replica's link to its master is up.
+    ///
+    /// # Panics
+    ///
+    /// When that does not happen within `limit`.
+    pub async fn wait_until_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let healthy = self
+                .ports
+                .iter()
+                .zip(&self.nodes)
+                .filter(|(_, n)| n.pid().is_some())
+                .all(|(&p, _)| {
+                    let state = redis_cli(p, &["cluster", "info"])
+                        .is_some_and(|i| i.contains("cluster_state:ok"));
+                    let replication = redis_cli(p, &["info", "replication"]).unwrap_or_default();
+                    state
+                        && (replication.contains("role:master")
+                            || replication.contains("master_link_status:up"))
+                });
+            if healthy {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the private Redis Cluster on ports {:?} did not become healthy within {limit:?}",
+                self.ports
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One shard of a [`RedisCluster`]: its slots and live master.
+#[derive(Debug)]
+struct Shard {
+    slots: Vec<std::ops::RangeInclusive<u16>>,
+    master: Option<u16>,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `redis-cli -p <port> <args>`'s output, or `None` when it fails, the
+/// node does not answer or answers an error.
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success() && !text.starts_with("Could not connect") && !text.starts_with("ERR"))
+        .then_some(text)
+}
+
 fn is_root() -> bool {
     std::env::var("USER").as_deref() == Ok("root")
         || Command::new("id")
@@ -260,6 +538,20 @@ fn is_root() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_are_computed_as_redis_cluster_does() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(RedisCluster::slot_of("123456789"), 0x31C3);
+        assert_eq!(RedisCluster::slot_of("foo"), 12_182);
+        assert_eq!(
+            RedisCluster::slot_of("{user1000}.following"),
+            RedisCluster::slot_of("user1000")
+        );
+        // An empty tag hashes the whole key.
+        assert_eq!(RedisCluster::slot_of("foo{}{bar}"), 8_363);
+        assert_eq!(RedisCluster::slot_of("foo{{bar}}zap"), 4_015);
+    }
 
     #[test]
     fn a_stopped_child_is_seen_stopped() {

@@ -61,11 +61,15 @@ pub const REDIS: Server = Server {
     }),
 };
 
-/// A Redis Cluster: comma-separated node URLs (no container stands in).
+/// A Redis Cluster: comma-separated node URLs (no container stands in). The
+/// local default lists all six nodes (three masters, one replica each): the
+/// client only discovers the cluster through them, and after a failover a
+/// replica is the master.
 pub const REDIS_CLUSTER: Server = Server {
     name: "Redis Cluster",
     var: "REDIS_CLUSTER_URLS",
-    default_url: "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103",
+    default_url: "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103,\
+                  redis://127.0.0.1:7104,redis://127.0.0.1:7105,redis://127.0.0.1:7106",
     image: None,
 };
 

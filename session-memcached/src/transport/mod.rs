@@ -1,10 +1,13 @@
 //! The few Memcached primitives the store is built on, and how they run.
 //!
 //! The store's logic ([`crate::store`]) is written against [`Transport`]:
-//! get with CAS, multi-get, conditional store, delete. [`Blocking`] runs
-//! them with the `memcache` crate's meta-protocol client on Tokio's blocking
-//! thread pool, never on an async worker thread; with the `async` feature,
-//! `Async` runs the same operations on the crate's Tokio client.
+//! get with CAS, multi-get, conditional store, delete. With the `async`
+//! feature (on by default), `Async` runs them on the `memcache` crate's
+//! Tokio meta-protocol client (`LazyAsync` builds it on first use); that is
+//! every store's transport unless asked otherwise. [`Blocking`] runs the
+//! same operations with the crate's blocking client on Tokio's blocking
+//! thread pool, never on an async worker thread: the only transport
+//! without the feature, and slower (a thread hop per call).
 //!
 //! Why the meta-protocol client (`memcache::exp::MetaClient`) rather than
 //! `memcache::Client`: the classic client's r2d2 pool sends a `version`
@@ -30,7 +33,7 @@ mod nonblocking;
 
 pub(crate) use blocking::Blocking;
 #[cfg(feature = "async")]
-pub(crate) use nonblocking::Async;
+pub(crate) use nonblocking::{Async, LazyAsync};
 
 /// An item read with its CAS token.
 #[derive(Debug)]

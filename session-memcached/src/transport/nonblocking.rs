@@ -108,6 +108,70 @@ impl Async {
     }
 }
 
+/// [`Async`] built on first use: a store made without awaiting anything
+/// (`MemcachedStore::new`, `connect_lazy`). The client resolves its server
+/// addresses when it is built, so a host that does not resolve fails the
+/// first calls with `Unavailable` (and is tried again on the next).
+pub(crate) struct LazyAsync {
+    config: MemcachedConfig,
+    transport: tokio::sync::OnceCell<Async>,
+}
+
+impl LazyAsync {
+    pub(crate) fn new(config: &MemcachedConfig) -> Self {
+        Self {
+            config: config.clone(),
+            transport: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn transport(&self) -> StoreResult<&Async> {
+        self.transport
+            .get_or_try_init(|| Async::new(&self.config))
+            .await
+            .map_err(session_core::StoreError::unavailable)
+    }
+}
+
+#[async_trait]
+impl Transport for LazyAsync {
+    async fn get(&self, key: String) -> StoreResult<Option<Item>> {
+        self.transport().await?.get(key).await
+    }
+
+    async fn get_many(&self, keys: Vec<String>) -> StoreResult<Vec<Option<Item>>> {
+        self.transport().await?.get_many(keys).await
+    }
+
+    async fn store(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        exptime: u32,
+        mode: Mode,
+    ) -> StoreResult<Outcome> {
+        self.transport()
+            .await?
+            .store(key, value, exptime, mode)
+            .await
+    }
+
+    async fn store_many(
+        &self,
+        items: Vec<(String, Vec<u8>, u32, Mode)>,
+    ) -> StoreResult<Vec<Outcome>> {
+        self.transport().await?.store_many(items).await
+    }
+
+    async fn delete(&self, key: String, cas: Option<u64>) -> StoreResult<Outcome> {
+        self.transport().await?.delete(key, cas).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.transport().await?.ping().await
+    }
+}
+
 #[async_trait]
 impl Transport for Async {
     async fn get(&self, key: String) -> StoreResult<Option<Item>> {

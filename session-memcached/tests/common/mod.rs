@@ -5,11 +5,20 @@
 use session_memcached::{MemcachedConfig, MemcachedStore};
 pub use session_test_support::servers::{memcached_url as url, memcached_url_2 as url2};
 
-/// A store on `urls` in `namespace`.
-pub fn store(urls: &[&str], namespace: &str) -> MemcachedStore {
-    let config = MemcachedConfig::new(urls)
+fn config(urls: &[&str], namespace: &str) -> MemcachedConfig {
+    MemcachedConfig::new(urls)
         .expect("valid URLs")
         .with_namespace(namespace)
-        .expect("valid namespace");
-    MemcachedStore::new(config).expect("store")
+        .expect("valid namespace")
+}
+
+/// A store on `urls` in `namespace`, on the default transport (the Tokio
+/// client, built on first use).
+pub fn store(urls: &[&str], namespace: &str) -> MemcachedStore {
+    MemcachedStore::new(config(urls, namespace)).expect("store")
+}
+
+/// A store on `urls` in `namespace`, on the blocking transport.
+pub fn blocking_store(urls: &[&str], namespace: &str) -> MemcachedStore {
+    MemcachedStore::new_blocking(config(urls, namespace)).expect("store")
 }
