@@ -28,9 +28,10 @@ use session_core::conformance::faults::FaultInjector;
 use session_core::conformance::record;
 use session_core::store::CreateOptions;
 use session_core::{
-    LimitStrategy, SessionStore, StorageKey, StoreError, StoreResult, UserSessionLimit,
+    LimitStrategy, SessionRecord, SessionStore, StorageKey, StoreError, StoreResult,
+    UserSessionLimit,
 };
-use session_redis::{KeyPrefix, RedisStore};
+use session_redis::{KeyPrefix, NearCache, RedisStore};
 use session_test_support::process::RedisCluster;
 use session_test_support::storage_key as key;
 
@@ -235,6 +236,15 @@ async fn a_master_fails_under_traffic(fault: Fault) {
         .await
         .expect("connecting to the private cluster");
     let prefix = KeyPrefix::new(store.prefix()).unwrap();
+    // A second instance with a near cache, on its own connections.
+    let near = RedisStore::builder()
+        .namespace("failover")
+        .near_cache(NearCache::new().heartbeat(Duration::from_millis(50)))
+        .operation_timeout(OP_TIMEOUT)
+        .connect_timeout(Duration::from_millis(500))
+        .connect_cluster(cluster.urls())
+        .await
+        .expect("connecting to the private cluster with a near cache");
 
     // The master to kill: the one holding user0's index.
     let port = cluster
@@ -268,6 +278,9 @@ async fn a_master_fails_under_traffic(fault: Fault) {
 
     // Kill the master mid-traffic; probe its slots with writes until one
     // goes through.
+    // The near-cached instance holds a copy from the victim's slots.
+    assert_cached(&near, &old).await;
+    let flushes_before = near.near_cache_stats().unwrap().flushes;
     let killed_at = Instant::now();
     *log.kill.lock().unwrap() = Some(killed_at);
     match fault {
@@ -406,10 +419,39 @@ async fn a_master_fails_under_traffic(fault: Fault) {
         Some(data(b"old")),
         "a session written a second before the kill was lost"
     );
-    // near cache: once the store has a near cache, assert here that the
-    // entries it held for the dead master's slots were dropped when the
-    // master died (a load after the failover reads the new master, not a
-    // copy cached before the kill).
+    // The near cache was emptied when the master died (its tracking
+    // connection closed, or its heartbeat went unanswered), serves again
+    // once tracking reaches the new master, and sees changes made there.
+    let stats = near.near_cache_stats().unwrap();
+    assert!(
+        stats.flushes > flushes_before,
+        "the near cache was not emptied by the failover: {stats:?}"
+    );
+    let start = Instant::now();
+    while !near.near_cache_stats().unwrap().serving {
+        assert!(
+            start.elapsed() < MAX_WINDOW,
+            "near cache tracking never reached the new master"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let loaded = assert_cached(&near, &old).await;
+    store
+        .update(
+            &old,
+            loaded.version,
+            &record(Some("keeper"), b"new", HOUR, HOUR).with_version(loaded.version + 1),
+        )
+        .await
+        .expect("update on the new master");
+    let start = Instant::now();
+    while near.load(&old).await.unwrap().map(|r| r.data) != Some(data(b"new")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the near cache kept serving a copy the new master had changed"
+        );
+        tokio::task::yield_now().await;
+    }
 
     // The old master comes back as a replica of the new one; nothing
     // changes for the store.
@@ -419,6 +461,24 @@ async fn a_master_fails_under_traffic(fault: Fault) {
     }
     cluster.wait_until_healthy(Duration::from_secs(30)).await;
     every_operation_works(&store, &victim, &prefix, &after).await;
+}
+
+/// Loads `key` on `store` until its near cache answers (the copy is in
+/// place); returns the record.
+async fn assert_cached(store: &RedisStore, key: &StorageKey) -> SessionRecord {
+    let start = Instant::now();
+    loop {
+        let hits = store.near_cache_stats().unwrap().hits;
+        let loaded = store.load(key).await.unwrap().expect("present");
+        if store.near_cache_stats().unwrap().hits > hits {
+            return loaded;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the near cache never served the record"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn data(b: &'static [u8]) -> bytes::Bytes {
