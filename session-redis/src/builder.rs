@@ -196,7 +196,7 @@ impl RedisStoreBuilder {
         let target = Target::Single(client.get_connection_info().clone());
         let reconnect = Some((client, self.manager_config()));
         let connect_timeout = self.connect_timeout;
-        let store = self.finish(prefix, Conn::Single(conn), reconnect, target);
+        let store = self.finish(prefix, Conn::Single(conn), reconnect, target, None);
         store.wait_for_near_cache(connect_timeout).await;
         // Information only: a server that does not answer TIME now will be
         // measured again on use.
@@ -262,7 +262,7 @@ impl RedisStoreBuilder {
             .map_err(|e| SetupError::Refused(redacted(e)))?;
         let target = Target::Single(client.get_connection_info().clone());
         let reconnect = Some((client, self.manager_config()));
-        Ok(self.finish(prefix, Conn::Single(conn), reconnect, target))
+        Ok(self.finish(prefix, Conn::Single(conn), reconnect, target, None))
     }
 
     fn manager_config(&self) -> ConnectionManagerConfig {
@@ -312,14 +312,14 @@ impl RedisStoreBuilder {
         let conn = self
             .bounded_connect(client.get_async_connection(), &nodes)
             .await?;
-        let seed = redis::IntoConnectionInfo::into_connection_info(nodes[0].as_str())
+        let seeds = nodes
+            .iter()
+            .map(|n| redis::IntoConnectionInfo::into_connection_info(n.as_str()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SetupError::InvalidUrl(RedactedError::with_url_secrets(e, &nodes)))?;
-        let target = Target::Cluster {
-            seed,
-            conn: conn.clone(),
-        };
+        let target = Target::Cluster { seeds };
         let connect_timeout = self.connect_timeout;
-        let store = self.finish(prefix, Conn::Cluster(conn), None, target);
+        let store = self.finish(prefix, Conn::Cluster(conn), None, target, Some(client));
         store.wait_for_near_cache(connect_timeout).await;
         let _ = store.measure_clock_skew().await;
         Ok(store)
@@ -357,6 +357,7 @@ impl RedisStoreBuilder {
         conn: Conn,
         reconnect: Option<(redis::Client, ConnectionManagerConfig)>,
         target: Target,
+        cluster_client: Option<ClusterClient>,
     ) -> RedisStore {
         let tracker = self.near_cache.and_then(|config| {
             if tokio::runtime::Handle::try_current().is_err() {
@@ -381,6 +382,8 @@ impl RedisStoreBuilder {
                 clock_skew: std::sync::Mutex::new(None),
                 next_skew_check_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
                 tracker,
+                cluster_client,
+                next_cluster_refresh_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             }),
             prefix,
         )

@@ -68,7 +68,14 @@ pub(crate) struct Shared {
     pub(crate) next_skew_check_ms: std::sync::atomic::AtomicI64,
     /// The near cache and its tracking connections, when turned on.
     pub(crate) tracker: Option<Arc<Tracker>>,
+    /// How to make a new cluster connection (`None` on a single server),
+    /// and when (Unix ms) the next one may be made.
+    pub(crate) cluster_client: Option<redis::cluster::ClusterClient>,
+    pub(crate) next_cluster_refresh_ms: std::sync::atomic::AtomicI64,
 }
+
+/// Least time between two cluster connections made after timeouts.
+const CLUSTER_REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// Most index reads of one `delete_user` (see `delete_user_on`).
 const DELETE_USER_PASSES: usize = 8;
@@ -427,6 +434,52 @@ impl RedisStore {
         }
     }
 
+    /// After a timeout on a cluster, makes a new cluster connection in the
+    /// background (at most once per [`CLUSTER_REFRESH_EVERY`]) and puts it
+    /// in place of the current one. The cluster client reads the slot map
+    /// again only after a redirect or a broken connection, so a primary
+    /// that stops answering without closing its connections (a frozen
+    /// process, a host gone silent) would keep its slots timing out after
+    /// the cluster promoted its replica; a new connection asks the
+    /// cluster again. Calls in flight finish on the old connection.
+    fn refresh_cluster(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(client) = &self.shared.cluster_client else {
+            return;
+        };
+        let now = Timestamp::now().as_unix_millis();
+        let due = self.shared.next_cluster_refresh_ms.load(Ordering::Acquire);
+        let next = now.saturating_add(
+            i64::try_from(CLUSTER_REFRESH_EVERY.as_millis()).unwrap_or(i64::MAX),
+        );
+        if now < due
+            || self
+                .shared
+                .next_cluster_refresh_ms
+                .compare_exchange(due, next, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let (client, shared) = (client.clone(), Arc::downgrade(&self.shared));
+        let limit = self.shared.operation_timeout.saturating_mul(3);
+        tokio::spawn(async move {
+            let Ok(Ok(fresh)) = tokio::time::timeout(limit, client.get_async_connection()).await
+            else {
+                return;
+            };
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let mut current = shared
+                .conn
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *current = (current.0 + 1, Conn::Cluster(fresh));
+            tracing::debug!(target: "session_redis", "cluster connection renewed after a timeout");
+        });
+    }
+
     fn scripts(&self) -> &Scripts {
         &self.shared.scripts
     }
@@ -480,7 +533,10 @@ impl RedisStore {
         let limit = self.shared.operation_timeout;
         match tokio::time::timeout(limit, fut).await {
             Ok(r) => r.map_err(store_error),
-            Err(_) => Err(StoreError::timed_out(op, limit)),
+            Err(_) => {
+                self.refresh_cluster();
+                Err(StoreError::timed_out(op, limit))
+            }
         }
     }
 

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection, SendError};
-use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 
@@ -19,12 +19,10 @@ use crate::near_cache::LocalCache;
 pub(crate) enum Target {
     /// One server: track it, and check it is still a primary.
     Single(ConnectionInfo),
-    /// A cluster: the primaries come from `CLUSTER SLOTS`, read through the
-    /// store's cluster connection; `seed` gives credentials and TLS.
-    Cluster {
-        seed: ConnectionInfo,
-        conn: ClusterConnection,
-    },
+    /// A cluster: the primaries come from `CLUSTER SLOTS`, asked of every
+    /// seed node at once (the first answer wins: a frozen node must not
+    /// hold tracking up); the first seed gives credentials and TLS.
+    Cluster { seeds: Vec<ConnectionInfo> },
 }
 
 /// The established tracking connections.
@@ -167,9 +165,9 @@ impl Tracker {
     ) -> redis::RedisResult<(Vec<ConnectionInfo>, Option<BTreeSet<(i64, i64, String, i64)>>)> {
         match &self.target {
             Target::Single(info) => Ok((vec![info.clone()], None)),
-            Target::Cluster { seed, conn } => {
-                let mut conn = conn.clone();
-                let slots = cluster_slots(&mut conn).await?;
+            Target::Cluster { seeds } => {
+                let seed = seeds.first().ok_or_else(bad_slots)?;
+                let slots = self.slots_from_any(seeds).await?;
                 let masters: BTreeSet<(String, i64)> =
                     slots.iter().map(|(_, _, h, p)| (h.clone(), *p)).collect();
                 let infos = masters
@@ -179,6 +177,34 @@ impl Tracker {
                 Ok((infos, Some(slots)))
             }
         }
+    }
+
+    /// `CLUSTER SLOTS` from the first of `seeds` to answer.
+    async fn slots_from_any(
+        &self,
+        seeds: &[ConnectionInfo],
+    ) -> redis::RedisResult<BTreeSet<(i64, i64, String, i64)>> {
+        let mut asks: FuturesUnordered<_> = seeds
+            .iter()
+            .map(|seed| async move {
+                let client = redis::Client::open(seed.clone())?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.operation_timeout));
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                cluster_slots(&mut conn).await
+            })
+            .collect();
+        let mut last = None;
+        while let Some(answer) = asks.next().await {
+            match answer {
+                Ok(slots) => return Ok(slots),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(bad_slots))
     }
 
     /// Makes a tracking connection to every primary, then starts serving.

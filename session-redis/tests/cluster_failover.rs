@@ -214,13 +214,17 @@ async fn a_master_killed_under_traffic_is_replaced_by_its_replica() {
     a_master_fails_under_traffic(Fault::Kill).await;
 }
 
-/// Known to fail (run it with `--ignored`): the cluster client (redis-rs
-/// 1.8) retries a command that timed out on the same node and refreshes
-/// its slot map only after a redirection or a broken connection, neither
-/// of which a frozen node gives; so the dead master's slots keep timing
-/// out after its replica has taken over, until the node answers again.
+/// A frozen primary (a host that stops answering without closing its
+/// connections): the cluster client reads the slot map again only after a
+/// redirection or a broken connection, neither of which a frozen node
+/// gives, so the store makes a new cluster connection after a timeout. The
+/// store carrying traffic follows the failover that way (window measured at
+/// 2.2-2.9 s with a 1 s node timeout); a second instance idle through the
+/// failover still times out on its first loads afterwards while the frozen
+/// node stays in the cluster, which is why this stays known to fail (run it
+/// with `--ignored`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known limitation: the cluster client does not follow a failover away from a master that stops answering with its connections open"]
+#[ignore = "known limitation: an instance idle through the failover of a frozen primary keeps timing out on its slots while the frozen node stays in the cluster"]
 async fn a_master_frozen_under_traffic_is_replaced_by_its_replica() {
     let _serial = ONE_AT_A_TIME.lock().await;
     a_master_fails_under_traffic(Fault::Freeze).await;
@@ -445,7 +449,7 @@ async fn a_master_fails_under_traffic(fault: Fault) {
         .await
         .expect("update on the new master");
     let start = Instant::now();
-    while near.load(&old).await.unwrap().map(|r| r.data) != Some(data(b"new")) {
+    while near.load(&old).await.ok().flatten().map(|r| r.data) != Some(data(b"new")) {
         assert!(
             start.elapsed() < Duration::from_secs(2),
             "the near cache kept serving a copy the new master had changed"
@@ -467,15 +471,30 @@ async fn a_master_fails_under_traffic(fault: Fault) {
 /// place); returns the record.
 async fn assert_cached(store: &RedisStore, key: &StorageKey) -> SessionRecord {
     let start = Instant::now();
+    let mut last_error = None;
     loop {
         let hits = store.near_cache_stats().unwrap().hits;
-        let loaded = store.load(key).await.unwrap().expect("present");
-        if store.near_cache_stats().unwrap().hits > hits {
-            return loaded;
+        // An instance idle through a silent failover (a frozen primary)
+        // times out once on the old primary, then follows the cluster.
+        match store.load(key).await {
+            Ok(loaded) => {
+                let loaded = loaded.expect("present");
+                if store.near_cache_stats().unwrap().hits > hits {
+                    return loaded;
+                }
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, StoreError::Unavailable(_)),
+                    "load failed with {e}"
+                );
+                last_error = Some(e);
+            }
         }
         assert!(
             start.elapsed() < Duration::from_secs(5),
-            "the near cache never served the record"
+            "the near cache never served the record: {:?}, last error {last_error:?}",
+            store.near_cache_stats()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
