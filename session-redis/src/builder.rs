@@ -12,9 +12,9 @@ use crate::connection::Conn;
 use crate::error::SetupError;
 use crate::keys::{KeyPrefix, DEFAULT_PREFIX};
 use crate::near_cache::{LocalCache, NearCache};
-use crate::tracking::{Target, Tracker};
 use crate::scripts::Scripts;
 use crate::store::{RedisStore, Shared};
+use crate::tracking::{Target, Tracker};
 
 /// Default bound on one store operation, retries and reconnects included.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(2);

@@ -28,11 +28,11 @@ use session_core::{
 use crate::builder::RedisStoreBuilder;
 use crate::codec::{self, Stored, HEADER_LEN};
 use crate::connection::Conn;
-use crate::near_cache::NearCacheStats;
-use crate::tracking::Tracker;
 use crate::error::{is_connection_failure, is_never_sent, is_wrong_node, store_error, SetupError};
 use crate::keys::{InvalidPrefix, KeyPrefix};
+use crate::near_cache::NearCacheStats;
 use crate::scripts::{self, create, delete, delete_if_user, lifecycle, update, Scripts};
+use crate::tracking::Tracker;
 
 /// Longest TTL ever set (100 years): deadlines further away are capped.
 const MAX_TTL_MS: i64 = 100 * 365 * 24 * 3_600_000;
@@ -449,9 +449,8 @@ impl RedisStore {
         };
         let now = Timestamp::now().as_unix_millis();
         let due = self.shared.next_cluster_refresh_ms.load(Ordering::Acquire);
-        let next = now.saturating_add(
-            i64::try_from(CLUSTER_REFRESH_EVERY.as_millis()).unwrap_or(i64::MAX),
-        );
+        let next = now
+            .saturating_add(i64::try_from(CLUSTER_REFRESH_EVERY.as_millis()).unwrap_or(i64::MAX));
         if now < due
             || self
                 .shared
@@ -1327,7 +1326,10 @@ impl RedisStore {
     ) -> StoreResult<Created> {
         let limit = options.limit.filter(|_| record.user_id.is_some());
         if options.replaces.is_none() && limit.is_none() {
-            return self.raw_create(key, record).await.map(|()| Created::default());
+            return self
+                .raw_create(key, record)
+                .await
+                .map(|()| Created::default());
         }
         if self.is_cluster() {
             self.create_with_cluster(key, record, options).await

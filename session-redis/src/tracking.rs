@@ -162,7 +162,10 @@ impl Tracker {
     #[allow(clippy::type_complexity)]
     async fn primaries(
         &self,
-    ) -> redis::RedisResult<(Vec<ConnectionInfo>, Option<BTreeSet<(i64, i64, String, i64)>>)> {
+    ) -> redis::RedisResult<(
+        Vec<ConnectionInfo>,
+        Option<BTreeSet<(i64, i64, String, i64)>>,
+    )> {
         match &self.target {
             Target::Single(info) => Ok((vec![info.clone()], None)),
             Target::Cluster { seeds } => {
@@ -213,7 +216,10 @@ impl Tracker {
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
         let mut conns = Vec::with_capacity(infos.len());
         for info in infos {
-            let redis = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+            let redis = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
             let client = redis::Client::open(info.set_redis_settings(redis))?;
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.connect_timeout))
@@ -267,7 +273,10 @@ impl Tracker {
                     if single {
                         is_primary(&mut conn).await
                     } else {
-                        redis::cmd("PING").query_async::<()>(&mut conn).await.map(|()| true)
+                        redis::cmd("PING")
+                            .query_async::<()>(&mut conn)
+                            .await
+                            .map(|()| true)
                     }
                 }
             });
@@ -324,7 +333,9 @@ async fn run(weak: Weak<Tracker>) {
 async fn is_primary(conn: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
     let role: Value = redis::cmd("ROLE").query_async(conn).await?;
     Ok(match role {
-        Value::Array(items) => matches!(items.first(), Some(Value::BulkString(r)) if r == b"master"),
+        Value::Array(items) => {
+            matches!(items.first(), Some(Value::BulkString(r)) if r == b"master")
+        }
         _ => false,
     })
 }

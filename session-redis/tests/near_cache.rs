@@ -63,7 +63,10 @@ async fn pair(on_cluster: bool) -> (RedisStore, RedisStore) {
     if on_cluster {
         (cluster(&ns).await, cluster(&ns).await)
     } else {
-        (single(&ns, &redis_url()).await, single(&ns, &redis_url()).await)
+        (
+            single(&ns, &redis_url()).await,
+            single(&ns, &redis_url()).await,
+        )
     }
 }
 
@@ -97,7 +100,10 @@ async fn cached_on(b: &RedisStore, key: &StorageKey) -> SessionRecord {
         if b.near_cache_stats().expect("near cache on").hits > before {
             return loaded;
         }
-        assert!(start.elapsed() < REACH, "B never served the record from its cache");
+        assert!(
+            start.elapsed() < REACH,
+            "B never served the record from its cache"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -110,8 +116,13 @@ async fn every_change_on_a_reaches_b(on_cluster: bool) {
     let k = key();
     a.create(&k, &record(Some(&user), b"v1", 1)).await.unwrap();
     assert_eq!(cached_on(&b, &k).await.data, Bytes::from_static(b"v1"));
-    a.update(&k, 1, &record(Some(&user), b"v2", 2)).await.unwrap();
-    until(&b, &k, "update", |r| r.as_ref().is_some_and(|r| r.version == 2)).await;
+    a.update(&k, 1, &record(Some(&user), b"v2", 2))
+        .await
+        .unwrap();
+    until(&b, &k, "update", |r| {
+        r.as_ref().is_some_and(|r| r.version == 2)
+    })
+    .await;
 
     // touch
     cached_on(&b, &k).await;
@@ -189,8 +200,14 @@ async fn own_writes_are_seen_at_once(on_cluster: bool) {
         let k = key();
         a.create(&k, &record(Some(&user), b"x", 1)).await.unwrap();
         cached_on(&a, &k).await;
-        a.update(&k, 1, &record(Some(&user), b"y", 2)).await.unwrap();
-        assert_eq!(a.load(&k).await.unwrap().map(|r| r.version), Some(2), "round {round}");
+        a.update(&k, 1, &record(Some(&user), b"y", 2))
+            .await
+            .unwrap();
+        assert_eq!(
+            a.load(&k).await.unwrap().map(|r| r.version),
+            Some(2),
+            "round {round}"
+        );
         // An eviction ends another cached session in the same script.
         a.delete_user(&user).await.unwrap();
         assert!(a.load(&k).await.unwrap().is_none(), "round {round}");
@@ -282,7 +299,10 @@ async fn no_stale_read_after_the_bound_cluster() {
 async fn serving_again(store: &RedisStore) {
     let start = Instant::now();
     while !store.near_cache_stats().unwrap().serving {
-        assert!(start.elapsed() < Duration::from_secs(10), "tracking never came back");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "tracking never came back"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -305,13 +325,24 @@ async fn a_client_kill_of_the_tracking_connection_empties_the_cache() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut admin).await.unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     let tracking: Vec<&str> = list
         .lines()
-        .filter(|l| l.split(' ').any(|f| f.starts_with("flags=") && f.contains('t')))
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.starts_with("flags=") && f.contains('t'))
+        })
         .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
         .collect();
-    assert_eq!(tracking.len(), 2, "expected A's and B's tracking connections:\n{list}");
+    assert_eq!(
+        tracking.len(),
+        2,
+        "expected A's and B's tracking connections:\n{list}"
+    );
     for id in tracking {
         let _: i64 = redis::cmd("CLIENT")
             .arg("KILL")
@@ -323,7 +354,10 @@ async fn a_client_kill_of_the_tracking_connection_empties_the_cache() {
     }
     let start = Instant::now();
     while b.near_cache_stats().unwrap().flushes == flushes {
-        assert!(start.elapsed() < REACH, "B did not notice the killed connection");
+        assert!(
+            start.elapsed() < REACH,
+            "B did not notice the killed connection"
+        );
         tokio::task::yield_now().await;
     }
     assert_eq!(b.near_cache_stats().unwrap().entries, 0);
