@@ -315,7 +315,7 @@ async fn run(weak: Weak<Tracker>) {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 50 == 0 {
+                    if failures == 1 || failures.is_multiple_of(50) {
                         tracing::warn!(target: "session_redis", error = %e, failures, "cannot establish near cache tracking; reads go to Redis meanwhile");
                     }
                 }
