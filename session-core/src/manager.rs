@@ -840,8 +840,8 @@ impl SessionManager {
     ///
     /// The limit, the move to the new ID and any eviction are one store
     /// call ([`SessionStore::create_with`]), so concurrent logins of one
-    /// user never exceed a [`LimitStrategy::RejectNew`](crate::LimitStrategy::RejectNew) limit, and under
-    /// [`LimitStrategy::EvictOldest`](crate::LimitStrategy::EvictOldest) exactly the newest `max` sessions
+    /// user never exceed a [`LimitStrategy::RejectNew`] limit, and under
+    /// [`LimitStrategy::EvictOldest`] exactly the newest `max` sessions
     /// survive (see [`newest_first`](crate::store::newest_first); a login
     /// that lost that race succeeds but its session is already evicted, as
     /// if a newer login had come right after it).
@@ -849,7 +849,7 @@ impl SessionManager {
     /// # Errors
     ///
     /// [`SessionError::TooManySessions`] under
-    /// [`LimitStrategy::RejectNew`](crate::LimitStrategy::RejectNew); [`SessionError::SessionEnded`] if the
+    /// [`LimitStrategy::RejectNew`]; [`SessionError::SessionEnded`] if the
     /// stored session this login would carry over ended meanwhile;
     /// [`SessionError::Conflict`]; [`SessionError::Store`]. On every error
     /// the session is left as it was (or marked deleted if it ended), and no
