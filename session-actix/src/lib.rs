@@ -102,6 +102,7 @@
 //! by that: for those, write to the session and call [`Session::commit`]
 //! inside the handler first, and act only once it succeeded.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod error;

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use session_core::cookie_crate::Cookie;
 use session_core::{
-    CommitOutcome, OneTimeToken, SessionError, SessionId, SessionManager, SessionSummary,
-    StorageKey, StoreError, TokenCheck,
+    CommitOutcome, ConflictPolicy, OneTimeToken, SessionError, SessionId, SessionManager,
+    SessionSummary, StorageKey, StoreError, TokenCheck,
 };
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
@@ -216,6 +216,21 @@ impl Session {
     pub async fn commit(&self) -> Result<CommitOutcome, Error> {
         let mut s = self.lock().await?;
         Ok(self.shared.manager.commit(&mut s).await?)
+    }
+
+    /// [`Session::commit`] with `conflict` instead of the manager's conflict
+    /// policy, for this one commit (see [`SessionManager::commit_with`]):
+    /// a handler whose change must not be merged with a racing request's
+    /// commits with [`ConflictPolicy::Fail`] and answers the conflict
+    /// itself, while every other handler keeps the manager's policy.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::commit`]; a lost race is [`SessionError::Conflict`]
+    /// (`409` with `Retry-After` if returned with `?`).
+    pub async fn commit_with(&self, conflict: ConflictPolicy) -> Result<CommitOutcome, Error> {
+        let mut s = self.lock().await?;
+        Ok(self.shared.manager.commit_with(&mut s, conflict).await?)
     }
 
     /// Logs the session in as `user_id` with a fresh session ID, whatever

@@ -7,10 +7,16 @@
 //! - [`error`]: [`Error`], which answers a generic response and logs the
 //!   details for the operator.
 //!
+//! `session-axum` re-exports what a service's handlers and set-up need from
+//! session-core ([`SessionManager`] and its builder, [`MemoryStore`],
+//! [`CookiePolicy`], the policies and errors), so this crate and one
+//! backend crate are all a service depends on; [`prelude`] has the common
+//! names in one `use`. The [README](https://github.com/session-rs/session-rs/tree/main/session-axum)
+//! walks through a complete service.
+//!
 //! ```
 //! use axum::{routing::{get, post}, Router};
-//! use session_axum::{Session, SessionLayer};
-//! use session_core::{MemoryStore, SessionManager};
+//! use session_axum::{MemoryStore, Session, SessionLayer, SessionManager};
 //!
 //! // A counter: read-modify-write through `update`, which re-runs the
 //! // closure on the value now stored if another request changed it first,
@@ -80,6 +86,7 @@
 //! those, write to the session and call [`Session::commit`] inside the
 //! handler first, and act only once it succeeded.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod error;
@@ -95,3 +102,31 @@ pub use session_core::TokenCheck;
 /// Re-export of session-core, whose manager, policies and stores a
 /// service configures this layer with.
 pub use session_core;
+
+#[doc(no_inline)]
+pub use session_core::{
+    CommitOutcome, ConfigError, ConflictPolicy, CookieLifetime, CookiePolicy, CookiePolicyBuilder,
+    ErrorChain, ExpiryTask, LimitStrategy, MemoryStore, OneTimeToken, SessionConfig,
+    SessionConfigBuilder, SessionError, SessionManager, SessionManagerBuilder, SessionStore,
+    SessionSummary, StorageKey,
+};
+
+/// The names most services use, in one import:
+/// `use session_axum::prelude::*;`.
+///
+/// It brings the handler side ([`Session`], [`TokenCheck`]) and the set-up
+/// ([`SessionLayer`], [`SessionManager`], [`MemoryStore`], [`CookiePolicy`],
+/// [`LimitStrategy`], [`ConflictPolicy`]). The error type stays
+/// `session_axum::Error`, so it cannot shadow another `Error`.
+pub mod prelude {
+    #[doc(no_inline)]
+    pub use crate::{
+        ConflictPolicy, CookiePolicy, LimitStrategy, MemoryStore, Session, SessionLayer,
+        SessionManager, TokenCheck,
+    };
+}
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -24,6 +24,10 @@ pub enum CookieLifetime {
     BrowserSession,
 }
 
+/// The cookie name of [`CookiePolicy::local_development`]: the default name
+/// without its `__Host-` prefix.
+pub const LOCAL_DEVELOPMENT_COOKIE_NAME: &str = "session";
+
 /// Attributes of the session cookie.
 ///
 /// Defaults: name `__Host-session`, `Secure`, `HttpOnly`, `SameSite=Lax`,
@@ -31,6 +35,26 @@ pub enum CookieLifetime {
 /// `__Host-` prefix makes browsers refuse the cookie unless it is Secure,
 /// host-only and `Path=/`, which defeats cookie injection from sibling
 /// subdomains.
+///
+/// # Local development over plain HTTP
+///
+/// A `Secure` cookie is never sent over `http://`. Some browsers make an
+/// exception for `http://localhost` and `http://127.0.0.1` (Chromium,
+/// Firefox, curl), others do not (Safari), and none does for a LAN address
+/// or a container's host name. For a development server on plain HTTP use
+/// [`CookiePolicy::local_development`] (or
+/// [`CookiePolicyBuilder::insecure_local_http`], or the manager builder's
+/// `insecure_local_http()`): the cookie is then named
+/// [`session`](LOCAL_DEVELOPMENT_COOKIE_NAME), without `Secure`, and a
+/// warning is logged. Never use it in production.
+///
+/// ```
+/// use session_core::CookiePolicy;
+///
+/// let policy = CookiePolicy::local_development();
+/// assert_eq!(policy.name(), "session");
+/// assert!(!policy.is_secure());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CookiePolicy {
     name: String,
@@ -62,10 +86,30 @@ impl CookiePolicy {
         CookiePolicyBuilder(Self::default())
     }
 
+    /// The policy for a development server on plain HTTP: the secure
+    /// defaults except that the cookie is named `session` (a `__Host-` or
+    /// `__Secure-` name requires `Secure`) and has no `Secure` attribute, so
+    /// browsers send it over `http://` on any host name or address. Logs a
+    /// warning (target `session_core`), since anyone on the network path can
+    /// read such a cookie. See the type's docs.
+    #[must_use]
+    pub fn local_development() -> Self {
+        Self::builder()
+            .insecure_local_http()
+            .build()
+            .expect("the local development policy is valid")
+    }
+
     /// The cookie name.
     #[must_use]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the cookie carries the `Secure` attribute.
+    #[must_use]
+    pub fn is_secure(&self) -> bool {
+        self.secure
     }
 
     /// The `Set-Cookie` that hands `id` to the browser. `max_age` is the time
@@ -173,9 +217,32 @@ impl CookiePolicyBuilder {
     }
 
     /// Sets `Secure` (default on). Turning it off is for plain-HTTP local
-    /// development only and is refused for `__Host-`/`__Secure-` names.
+    /// development only and is refused for `__Host-`/`__Secure-` names,
+    /// the default name included: use
+    /// [`insecure_local_http`](Self::insecure_local_http), which also
+    /// renames the cookie.
     pub fn secure(mut self, on: bool) -> Self {
         self.0.secure = on;
+        self
+    }
+
+    /// For a development server on plain HTTP: turns `Secure` off and, if
+    /// the name is still the default `__Host-session`, names the cookie
+    /// [`session`](LOCAL_DEVELOPMENT_COOKIE_NAME). Logs a warning (target
+    /// `session_core`) when called. Everything else keeps its secure
+    /// default. See [`CookiePolicy`]'s "Local development over plain
+    /// HTTP".
+    pub fn insecure_local_http(mut self) -> Self {
+        if self.0.name == CookiePolicy::default().name {
+            self.0.name = LOCAL_DEVELOPMENT_COOKIE_NAME.to_owned();
+        }
+        self.0.secure = false;
+        tracing::warn!(
+            target: "session_core",
+            cookie = %self.0.name,
+            "session cookie without Secure, for local development over plain HTTP only: \
+             never use this policy in production"
+        );
         self
     }
 
@@ -225,12 +292,23 @@ impl CookiePolicyBuilder {
         if !p.path.starts_with('/') || p.path.contains(';') {
             return err("cookie path must start with '/' and contain no ';'");
         }
+        let insecure_hint = "; for local development over plain HTTP use \
+             CookiePolicy::local_development() (builder: insecure_local_http()), \
+             or a cookie name without the prefix, such as `session`";
         if p.name.starts_with("__Host-") {
-            if !p.secure || p.path != "/" || p.domain.is_some() {
-                return err("a __Host- cookie must be Secure, have Path=/ and no Domain");
+            if !p.secure {
+                return err(&format!(
+                    "a __Host- cookie must be Secure (browsers drop it otherwise){insecure_hint}"
+                ));
+            }
+            if p.path != "/" || p.domain.is_some() {
+                return err("a __Host- cookie must have Path=/ and no Domain; \
+                     for another path or a domain, use a name without the __Host- prefix");
             }
         } else if p.name.starts_with("__Secure-") && !p.secure {
-            return err("a __Secure- cookie must be Secure");
+            return err(&format!(
+                "a __Secure- cookie must be Secure (browsers drop it otherwise){insecure_hint}"
+            ));
         }
         if p.same_site == SameSite::None && !p.secure {
             return err("SameSite=None requires Secure");
@@ -315,6 +393,39 @@ mod tests {
             .session_cookie(&SessionId::generate(), Duration::ZERO)
             .to_string()
             .contains("Secure"));
+    }
+
+    #[test]
+    fn insecure_default_name_names_the_fix() {
+        let e = CookiePolicy::builder()
+            .secure(false)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("local_development()"), "{e}");
+        assert!(e.contains("without the prefix"), "{e}");
+    }
+
+    #[test]
+    fn local_development_is_named_session_without_secure() {
+        let p = CookiePolicy::local_development();
+        assert_eq!(p.name(), LOCAL_DEVELOPMENT_COOKIE_NAME);
+        let s = p
+            .session_cookie(&SessionId::generate(), Duration::from_secs(60))
+            .to_string();
+        assert!(s.starts_with("session="), "{s}");
+        assert!(!s.contains("Secure"), "{s}");
+        for attr in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+            assert!(s.contains(attr), "{attr} missing in {s}");
+        }
+        // A name chosen before is kept.
+        let named = CookiePolicy::builder()
+            .name("app")
+            .insecure_local_http()
+            .build()
+            .unwrap();
+        assert_eq!(named.name(), "app");
+        assert!(!named.is_secure());
     }
 
     #[test]

@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod clock;
@@ -68,7 +69,8 @@ pub mod conformance;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use crate::cookie::{
-    CookieLifetime, CookiePolicy, CookiePolicyBuilder, MAX_SESSION_ID_CANDIDATES,
+    CookieLifetime, CookiePolicy, CookiePolicyBuilder, LOCAL_DEVELOPMENT_COOKIE_NAME,
+    MAX_SESSION_ID_CANDIDATES,
 };
 pub use crate::error::{ErrorChain, SessionError};
 pub use crate::expiry::ExpiryTask;
@@ -93,3 +95,8 @@ pub use crate::token::{OneTimeToken, TokenCheck};
 
 /// Re-export of the `cookie` crate version used in this API.
 pub use ::cookie as cookie_crate;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

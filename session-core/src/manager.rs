@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cookie::Cookie;
 use serde::de::DeserializeOwned;
@@ -20,7 +22,7 @@ use crate::cookie::CookiePolicy;
 use crate::error::SessionError;
 use crate::id::SessionId;
 use crate::key::{AuditTagger, KeyDeriver, StorageKey};
-use crate::policy::{SessionConfig, UserSessionLimit};
+use crate::policy::{ConfigError, ConflictPolicy, LimitStrategy, SessionConfig, UserSessionLimit};
 use crate::record::{SessionRecord, SessionSummary};
 use crate::retry::RetryPolicy;
 use crate::session::{Field, Payload, Session, State};
@@ -98,6 +100,24 @@ impl fmt::Debug for SessionManager {
 }
 
 /// Builder for [`SessionManager`].
+///
+/// Every policy can be set here with plain values, checked by
+/// [`try_build`](Self::try_build):
+///
+/// ```
+/// use std::time::Duration;
+/// use session_core::{LimitStrategy, MemoryStore, SessionManager};
+///
+/// # fn main() -> Result<(), session_core::ConfigError> {
+/// let manager = SessionManager::builder(MemoryStore::new())
+///     .idle_timeout(Duration::from_secs(15 * 60))
+///     .absolute_timeout(Duration::from_secs(8 * 60 * 60))
+///     .max_sessions_per_user(3)
+///     .on_session_limit(LimitStrategy::RejectNew)
+///     .try_build()?;
+/// assert_eq!(manager.config().user_limit().map(|l| l.max.get()), Some(3));
+/// # Ok(()) }
+/// ```
 #[must_use]
 pub struct SessionManagerBuilder {
     store: Arc<dyn SessionStore>,
@@ -106,6 +126,10 @@ pub struct SessionManagerBuilder {
     keys: KeyDeriver,
     audit: Option<AuditTagger>,
     clock: Arc<dyn Clock>,
+    /// The per-user limit and strategy set with plain values, applied to
+    /// `config` by `try_build`.
+    limit: Option<usize>,
+    on_limit: Option<LimitStrategy>,
 }
 
 impl std::fmt::Debug for SessionManagerBuilder {
@@ -119,7 +143,9 @@ impl std::fmt::Debug for SessionManagerBuilder {
 }
 
 impl SessionManagerBuilder {
-    /// Sets the policies (default: [`SessionConfig::default`]).
+    /// Sets the policies (default: [`SessionConfig::default`]), replacing
+    /// what the policy setters called before it set; the setters called
+    /// after it adjust it.
     pub fn config(mut self, config: SessionConfig) -> Self {
         self.config = config;
         self
@@ -153,17 +179,118 @@ impl SessionManagerBuilder {
         self
     }
 
-    /// Builds the manager.
-    pub fn build(self) -> SessionManager {
-        SessionManager {
+    /// Sets the idle timeout (default 30 minutes): a session ends after
+    /// this long without a request.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.idle_timeout = d;
+        self
+    }
+
+    /// Sets the absolute lifetime (default 12 hours): a session ends this
+    /// long after login, however active it is.
+    pub fn absolute_timeout(mut self, d: Duration) -> Self {
+        self.config.absolute_timeout = d;
+        self
+    }
+
+    /// Sets the touch interval (default 60 seconds; see
+    /// [`SessionConfigBuilder::touch_interval`](crate::SessionConfigBuilder::touch_interval)).
+    pub fn touch_interval(mut self, d: Duration) -> Self {
+        self.config.touch_interval = d;
+        self
+    }
+
+    /// Caps each user's concurrent sessions at `max` (at least 1). What a
+    /// login beyond it does is [`on_session_limit`](Self::on_session_limit):
+    /// by default the user's oldest sessions end
+    /// ([`LimitStrategy::EvictOldest`]).
+    pub fn max_sessions_per_user(mut self, max: usize) -> Self {
+        self.limit = Some(max);
+        self
+    }
+
+    /// What a login beyond [`max_sessions_per_user`](Self::max_sessions_per_user)
+    /// does (default [`LimitStrategy::EvictOldest`]).
+    pub fn on_session_limit(mut self, strategy: LimitStrategy) -> Self {
+        self.on_limit = Some(strategy);
+        self
+    }
+
+    /// Sets what [`SessionManager::commit`] does when another request saved
+    /// the session first (default: merge changed keys, 3 attempts). One
+    /// commit can choose otherwise with [`SessionManager::commit_with`].
+    pub fn conflict_policy(mut self, policy: ConflictPolicy) -> Self {
+        self.config.conflict = policy;
+        self
+    }
+
+    /// Sets how long a one-time token stays valid (default 10 minutes,
+    /// never beyond the session).
+    pub fn token_ttl(mut self, d: Duration) -> Self {
+        self.config.token_ttl = d;
+        self
+    }
+
+    /// For a development server on plain HTTP: the cookie policy becomes
+    /// [`CookiePolicy::local_development`] (named `session`, without
+    /// `Secure`; a warning is logged). Never use it in production.
+    pub fn insecure_local_http(mut self) -> Self {
+        self.cookie = CookiePolicy::local_development();
+        self
+    }
+
+    /// Checks the settings and builds the manager.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when a timeout is zero, the idle timeout exceeds the
+    /// absolute lifetime, the touch interval is not below the idle timeout,
+    /// the per-user limit is zero, or a limit strategy was set without a
+    /// limit.
+    pub fn try_build(mut self) -> Result<SessionManager, ConfigError> {
+        let strategy = self
+            .on_limit
+            .or(self.config.user_limit.map(|l| l.strategy))
+            .unwrap_or(LimitStrategy::EvictOldest);
+        match self.limit {
+            Some(max) => {
+                let max =
+                    NonZeroUsize::new(max).ok_or(ConfigError::Zero("max sessions per user"))?;
+                self.config.user_limit = Some(UserSessionLimit { max, strategy });
+            }
+            None => match (&mut self.config.user_limit, self.on_limit) {
+                (Some(limit), Some(strategy)) => limit.strategy = strategy,
+                (None, Some(_)) => return Err(ConfigError::StrategyWithoutLimit),
+                _ => {}
+            },
+        }
+        let config = self.config.validated()?;
+        Ok(SessionManager {
             inner: Arc::new(Inner {
                 store: self.store,
-                config: self.config,
+                config,
                 cookie: self.cookie,
                 keys: self.keys,
                 audit: self.audit.unwrap_or_else(AuditTagger::process),
                 clock: self.clock,
             }),
+        })
+    }
+
+    /// Builds the manager.
+    ///
+    /// # Panics
+    ///
+    /// When a setting given to this builder is invalid (see
+    /// [`try_build`](Self::try_build), which returns the error instead). A
+    /// builder given only [`config`](Self::config) and
+    /// [`cookie_policy`](Self::cookie_policy), which are checked when they
+    /// are built, never panics.
+    #[track_caller]
+    pub fn build(self) -> SessionManager {
+        match self.try_build() {
+            Ok(manager) => manager,
+            Err(e) => panic!("invalid session manager settings: {e} (try_build returns this error instead of panicking)"),
         }
     }
 }
@@ -188,6 +315,8 @@ impl SessionManager {
             keys: KeyDeriver::new(),
             audit: None,
             clock: Arc::new(SystemClock),
+            limit: None,
+            on_limit: None,
         }
     }
 
@@ -364,13 +493,41 @@ impl SessionManager {
     /// changed, otherwise touches it if the touch interval has passed,
     /// otherwise does nothing.
     ///
-    /// On a version conflict the configured [`ConflictPolicy`](crate::ConflictPolicy) applies.
+    /// On a version conflict the configured [`ConflictPolicy`] applies
+    /// ([`SessionManager::commit_with`] chooses another for one commit).
     ///
     /// # Errors
     ///
     /// [`SessionError::Conflict`] when the policy gives up,
     /// [`SessionError::Store`] when the store fails.
     pub async fn commit(&self, session: &mut Session) -> Result<CommitOutcome, SessionError> {
+        self.commit_with(session, self.inner.config.conflict).await
+    }
+
+    /// [`SessionManager::commit`] with `conflict` instead of the configured
+    /// conflict policy, for this one commit: a handler that must not merge
+    /// (a step that checks a value and writes another) commits with
+    /// [`ConflictPolicy::Fail`] while every other request merges.
+    /// `MergeChanges { max_attempts: 0 }` counts as one attempt.
+    ///
+    /// ```
+    /// # use session_core::{ConflictPolicy, MemoryStore, SessionManager};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), session_core::SessionError> {
+    /// let manager = SessionManager::new(MemoryStore::new());
+    /// let mut session = manager.start();
+    /// session.insert("step", &2)?;
+    /// manager.commit_with(&mut session, ConflictPolicy::Fail).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`SessionManager::commit`].
+    pub async fn commit_with(
+        &self,
+        session: &mut Session,
+        conflict: ConflictPolicy,
+    ) -> Result<CommitOutcome, SessionError> {
         match session.state {
             State::Deleted => return Ok(CommitOutcome::Deleted),
             State::New if session.changes.is_empty() => return Ok(CommitOutcome::Unchanged),
@@ -380,7 +537,7 @@ impl SessionManager {
             _ => {}
         }
         let was_new = session.is_new();
-        let retry = self.inner.config.conflict.retry_policy();
+        let retry = conflict.retry_policy();
         let mut attempt = 1;
         loop {
             match self.try_write(session).await? {
@@ -683,8 +840,8 @@ impl SessionManager {
     ///
     /// The limit, the move to the new ID and any eviction are one store
     /// call ([`SessionStore::create_with`]), so concurrent logins of one
-    /// user never exceed a [`LimitStrategy::RejectNew`](crate::LimitStrategy::RejectNew) limit, and under
-    /// [`LimitStrategy::EvictOldest`](crate::LimitStrategy::EvictOldest) exactly the newest `max` sessions
+    /// user never exceed a [`LimitStrategy::RejectNew`] limit, and under
+    /// [`LimitStrategy::EvictOldest`] exactly the newest `max` sessions
     /// survive (see [`newest_first`](crate::store::newest_first); a login
     /// that lost that race succeeds but its session is already evicted, as
     /// if a newer login had come right after it).
@@ -692,7 +849,7 @@ impl SessionManager {
     /// # Errors
     ///
     /// [`SessionError::TooManySessions`] under
-    /// [`LimitStrategy::RejectNew`](crate::LimitStrategy::RejectNew); [`SessionError::SessionEnded`] if the
+    /// [`LimitStrategy::RejectNew`]; [`SessionError::SessionEnded`] if the
     /// stored session this login would carry over ended meanwhile;
     /// [`SessionError::Conflict`]; [`SessionError::Store`]. On every error
     /// the session is left as it was (or marked deleted if it ended), and no

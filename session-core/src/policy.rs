@@ -87,6 +87,9 @@ pub enum ConfigError {
     /// The cookie policy is inconsistent.
     #[error("cookie policy: {0}")]
     Cookie(String),
+    /// What to do at the per-user session limit was set, but no limit.
+    #[error("a session limit strategy was set without max_sessions_per_user")]
+    StrategyWithoutLimit,
 }
 
 /// Session policies. Build with [`SessionConfig::builder`]; the defaults are
@@ -226,7 +229,15 @@ impl SessionConfigBuilder {
     /// absolute lifetime, or the touch interval is not below the idle
     /// timeout.
     pub fn build(self) -> Result<SessionConfig, ConfigError> {
-        let c = self.0;
+        self.0.validated()
+    }
+}
+
+impl SessionConfig {
+    /// The configuration if it is consistent (see
+    /// [`SessionConfigBuilder::build`]).
+    pub(crate) fn validated(self) -> Result<SessionConfig, ConfigError> {
+        let c = self;
         if c.idle_timeout.is_zero() {
             return Err(ConfigError::Zero("idle timeout"));
         }

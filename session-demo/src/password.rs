@@ -5,7 +5,7 @@
 //! starts one thread and one 19 MiB buffer per request in flight: hundreds
 //! of concurrent requests reach gigabytes. Here at most `workers` checks run
 //! at once, each worker reusing one block array
-//! ([`Scratch`](crate::users::Scratch)), at most `queue` more wait, and
+//! ([`Scratch`]), at most `queue` more wait, and
 //! anything beyond is refused at once ([`Busy`], answered `503` with
 //! `Retry-After`), so memory stays bounded whatever the load.
 

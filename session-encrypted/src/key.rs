@@ -8,6 +8,9 @@ use base64::Engine as _;
 use zeroize::Zeroizing;
 
 const INDEX_CONTEXT: &str = "session-encrypted 2026-11 user index v1";
+const KEY_CHECK_CONTEXT: &str = "session-encrypted 2026-11 key check v1";
+/// Bytes of the key check stored with each record.
+pub(crate) const KEY_CHECK_LEN: usize = 4;
 
 /// Why a key or key ring could not be built. Never contains key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +103,9 @@ impl fmt::Debug for EncryptionKey {
 pub(crate) struct RingKey {
     pub(crate) id: u16,
     pub(crate) cipher: Aes256Gcm,
+    /// Tells this key from another key with the same id, nothing more:
+    /// the first bytes of a BLAKE3 key derivation from it.
+    pub(crate) check: [u8; KEY_CHECK_LEN],
 }
 
 /// The secret that keys the user tags the inner store indexes sessions by.
@@ -126,7 +132,8 @@ pub(crate) struct IndexKey {
 ///    step 2; an idle one at the latest when it expires): `2:K2,index:1:K1`,
 ///    or `2:K2` if the ring has a dedicated index key. Sessions rewritten
 ///    under key 2 keep working; the rest load as "no session" (logged as
-///    "written under a key this ring does not hold"), never as an error.
+///    written under an encryption key id "which is missing from this key
+///    ring"), never as an error.
 ///
 /// # The index key
 ///
@@ -280,9 +287,13 @@ impl KeyRing {
 }
 
 fn ring_key(id: u16, key: &EncryptionKey) -> RingKey {
+    let derived = Zeroizing::new(blake3::derive_key(KEY_CHECK_CONTEXT, key.0.as_ref()));
+    let mut check = [0u8; KEY_CHECK_LEN];
+    check.copy_from_slice(&derived[..KEY_CHECK_LEN]);
     RingKey {
         id,
         cipher: Aes256Gcm::new_from_slice(key.0.as_ref()).expect("a 32-byte key fits AES-256"),
+        check,
     }
 }
 

@@ -28,6 +28,7 @@
 //! # let _ = manager;
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 
 #[doc(hidden)]
@@ -37,3 +38,8 @@ pub mod store;
 
 pub use crate::key::{EncryptionKey, KeyError, KeyRing};
 pub use crate::store::EncryptedStore;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

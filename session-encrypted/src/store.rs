@@ -3,16 +3,22 @@
 //! Stored `data` layout (all integers big-endian):
 //!
 //! ```text
-//! format (1 byte = 2) | key id (2) | nonce (12) | ciphertext | tag (16)
+//! format (1 byte = 3) | key id (2) | key check (4) | nonce (12) | ciphertext | tag (16)
 //! ```
+//!
+//! The key check is the first 4 bytes of a BLAKE3 key derivation from the
+//! key (it tells nothing about the key), so a record written under another
+//! key with the same id (a wrong or changed `SESSION_ENCRYPTION_KEY`) is
+//! reported as such rather than as tampering.
 //!
 //! The plaintext is `user flag (1) | user id length (4) | user id | data`.
 //! The associated data binds the format, the key id, the storage key, the
 //! creation time, the absolute deadline and the record's **version**, so a
 //! ciphertext copied under another storage key, with its lifetime extended,
-//! or put back under a later version, fails to decrypt. Format 1 (written
-//! before the version was bound) still opens, and is rewritten as format 2
-//! on the session's next write or migrating load. The inner store's
+//! or put back under a later version, fails to decrypt. Formats 1 (written
+//! before the version was bound) and 2 (before the key check) still open,
+//! and are rewritten as format 3 on the session's next write or migrating
+//! load. The inner store's
 //! per-user index sees only `k<id>:<keyed BLAKE3 of the user id>`, keyed
 //! with the ring's index key, and every load checks that tag against the
 //! user id inside the ciphertext.
@@ -59,17 +65,23 @@ use session_core::{
 };
 use zeroize::Zeroizing;
 
-use crate::key::KeyRing;
+use crate::key::{KeyRing, KEY_CHECK_LEN};
 
 /// The first format: the associated data does not bind the version.
 pub(crate) const FORMAT_V1: u8 = 1;
-/// The current format: the associated data binds the version.
+/// The second format: the associated data binds the version.
 pub(crate) const FORMAT_V2: u8 = 2;
+/// The current format: format 2 with the key check after the key id.
+pub(crate) const FORMAT_V3: u8 = 3;
 const AAD_CONTEXT_V1: &[u8] = b"session-encrypted/v1\0";
 const AAD_CONTEXT_V2: &[u8] = b"session-encrypted/v2\0";
+const AAD_CONTEXT_V3: &[u8] = b"session-encrypted/v3\0";
 pub(crate) const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
+/// The header of formats 1 and 2.
 pub(crate) const HEADER_LEN: usize = 1 + 2 + NONCE_LEN;
+/// The header of format 3.
+const HEADER_LEN_V3: usize = HEADER_LEN + KEY_CHECK_LEN;
 
 /// Wraps a [`SessionStore`] so that it holds only ciphertext and keyed
 /// hashes of user ids. It is itself a `SessionStore` and passes the same
@@ -80,7 +92,12 @@ pub(crate) const HEADER_LEN: usize = 1 + 2 + NONCE_LEN;
 /// Records that fail to open (tampered, truncated, foreign, written under a
 /// key the ring does not hold, tagged under another index key) load as
 /// [`StoreError::Corrupt`] with the reason, which the manager logs and
-/// treats as "no session".
+/// treats as "no session". A record written under a key id the ring does
+/// not hold, or under another key with the same id (a wrong, changed or
+/// missing encryption key), says so, naming the key id (never key
+/// material), and is also logged once per store as a warning (target
+/// `session_encrypted`): every such session is lost until the right key is
+/// configured.
 ///
 /// # Migration on load
 ///
@@ -96,6 +113,8 @@ pub struct EncryptedStore<S> {
     inner: S,
     ring: Arc<KeyRing>,
     migrate_on_load: bool,
+    /// Whether a record under a key the ring lacks was logged already.
+    warned_key: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<S> std::fmt::Debug for EncryptedStore<S> {
@@ -121,6 +140,7 @@ impl<S: SessionStore> EncryptedStore<S> {
             inner,
             ring: Arc::new(ring),
             migrate_on_load: true,
+            warned_key: Arc::default(),
         }
     }
 
@@ -150,19 +170,20 @@ impl<S: SessionStore> EncryptedStore<S> {
         rand::Rng::fill_bytes(&mut rand::rng(), &mut nonce_bytes);
         let user = record.user_id.as_deref().unwrap_or("").as_bytes();
         let plain_len = 1 + 4 + user.len() + record.data.len();
-        let mut out = Vec::with_capacity(HEADER_LEN + plain_len + TAG_LEN);
-        out.push(FORMAT_V2);
+        let mut out = Vec::with_capacity(HEADER_LEN_V3 + plain_len + TAG_LEN);
+        out.push(FORMAT_V3);
         out.extend_from_slice(&k.id.to_be_bytes());
+        out.extend_from_slice(&k.check);
         out.extend_from_slice(&nonce_bytes);
         out.push(u8::from(record.user_id.is_some()));
         out.extend_from_slice(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_be_bytes());
         out.extend_from_slice(user);
         out.extend_from_slice(&record.data);
-        let aad = aad(FORMAT_V2, k.id, key, record);
+        let aad = aad(FORMAT_V3, k.id, key, record);
         let nonce = Nonce::<Aes256Gcm>::from(nonce_bytes);
         let tag = k
             .cipher
-            .encrypt_inout_detached(&nonce, &aad, (&mut out[HEADER_LEN..]).into())
+            .encrypt_inout_detached(&nonce, &aad, (&mut out[HEADER_LEN_V3..]).into())
             .expect("AES-GCM accepts messages of this size");
         out.extend_from_slice(&tag);
         record
@@ -174,34 +195,61 @@ impl<S: SessionStore> EncryptedStore<S> {
     fn open(&self, key: &StorageKey, stored: SessionRecord) -> StoreResult<Opened> {
         let corrupt = |why: String| StoreError::Corrupt(format!("encrypted record: {why}"));
         let raw = &stored.data;
-        if raw.len() < HEADER_LEN + TAG_LEN {
+        let format = raw.first().copied().unwrap_or(0);
+        let header_len = match format {
+            FORMAT_V1 | FORMAT_V2 => HEADER_LEN,
+            FORMAT_V3 => HEADER_LEN_V3,
+            _ if raw.is_empty() => return Err(corrupt("truncated".into())),
+            _ => return Err(corrupt(format!("unknown format version {format}"))),
+        };
+        if raw.len() < header_len + TAG_LEN {
             return Err(corrupt("truncated".into()));
         }
-        let format = raw[0];
-        if format != FORMAT_V1 && format != FORMAT_V2 {
-            return Err(corrupt(format!("unknown format version {format}")));
-        }
         let key_id = u16::from_be_bytes([raw[1], raw[2]]);
-        let k = self.ring.get(key_id).ok_or_else(|| {
-            corrupt(format!(
-                "written under a key this ring does not hold (key id {key_id}; the ring holds {:?})",
+        let Some(k) = self.ring.get(key_id) else {
+            let why = format!(
+                "written under encryption key id {key_id}, which is missing from this key ring \
+                 (it holds key ids {:?}): the key is unknown here, not necessarily tampering; \
+                 configure the key it was written with, or the session is lost",
                 self.ring.key_ids()
-            ))
-        })?;
-        let nonce_bytes: [u8; NONCE_LEN] = raw[3..HEADER_LEN].try_into().expect("12 bytes");
+            );
+            self.warn_key_once(key_id, &why);
+            return Err(corrupt(why));
+        };
+        if format == FORMAT_V3 && raw[3..3 + KEY_CHECK_LEN] != k.check {
+            let why = format!(
+                "written under another encryption key with id {key_id} than this ring's key \
+                 {key_id} (the key check differs): the configured key is wrong or was \
+                 changed; configure the key it was written with under id {key_id}, or the \
+                 session is lost"
+            );
+            self.warn_key_once(key_id, &why);
+            return Err(corrupt(why));
+        }
+        let nonce_bytes: [u8; NONCE_LEN] = raw[header_len - NONCE_LEN..header_len]
+            .try_into()
+            .expect("12 bytes");
         let nonce = Nonce::<Aes256Gcm>::from(nonce_bytes);
         let tag_at = raw.len() - TAG_LEN;
         let tag_bytes: [u8; TAG_LEN] = raw[tag_at..].try_into().expect("16 bytes");
         let tag = Tag::<Aes256Gcm>::from(tag_bytes);
-        let mut plain = Zeroizing::new(raw[HEADER_LEN..tag_at].to_vec());
+        let mut plain = Zeroizing::new(raw[header_len..tag_at].to_vec());
         let aad = aad(format, key_id, key, &stored);
         k.cipher
             .decrypt_inout_detached(&nonce, &aad, plain.as_mut_slice().into(), &tag)
             .map_err(|_| {
-                corrupt(format!(
-                    "authentication failed under key id {key_id} (tampered, moved to another \
-                     storage key or version, or written under another key with this id)"
-                ))
+                corrupt(if format == FORMAT_V3 {
+                    format!(
+                        "authentication failed under key id {key_id}, the right key: tampered \
+                         with, or moved to another storage key or version"
+                    )
+                } else {
+                    format!(
+                        "authentication failed under key id {key_id} (tampered, moved to \
+                         another storage key or version, or written under another key with \
+                         this id: a wrong or changed encryption key)"
+                    )
+                })
             })?;
         if plain.len() < 5 || plain[0] > 1 {
             return Err(corrupt("bad plaintext header".into()));
@@ -221,11 +269,28 @@ impl<S: SessionStore> EncryptedStore<S> {
         self.check_user_tag(stored.user_id.as_deref(), user_id.as_deref())
             .map_err(corrupt)?;
         Ok(Opened {
-            stale: format != FORMAT_V2 || key_id != self.ring.primary_id(),
+            stale: format != FORMAT_V3 || key_id != self.ring.primary_id(),
             record: stored
                 .with_data(Bytes::copy_from_slice(&rest[user_len..]))
                 .with_user_id(user_id),
         })
+    }
+
+    /// Logs, once per store, that a record was written under a key this
+    /// ring lacks: one line names the misconfiguration; every such load
+    /// still answers `Corrupt`, which the manager logs per session.
+    fn warn_key_once(&self, key_id: u16, why: &str) {
+        if !self
+            .warned_key
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                target: "session_encrypted",
+                key_id,
+                ring = ?self.ring.key_ids(),
+                "session encryption key missing or wrong: a session record was {why}"
+            );
+        }
     }
 
     /// The stored user tag must be the index key's hash of the encrypted
@@ -293,10 +358,10 @@ impl<S: SessionStore> EncryptedStore<S> {
 /// stored under `key`, with `record`'s creation time, absolute deadline
 /// and (format 2) version.
 pub(crate) fn aad(format: u8, key_id: u16, key: &StorageKey, record: &SessionRecord) -> Vec<u8> {
-    let context = if format == FORMAT_V1 {
-        AAD_CONTEXT_V1
-    } else {
-        AAD_CONTEXT_V2
+    let context = match format {
+        FORMAT_V1 => AAD_CONTEXT_V1,
+        FORMAT_V2 => AAD_CONTEXT_V2,
+        _ => AAD_CONTEXT_V3,
     };
     let mut aad = Vec::with_capacity(context.len() + 3 + 24 + key.as_str().len());
     aad.extend_from_slice(context);

@@ -277,16 +277,51 @@ async fn a_missing_key_is_named_in_the_error() {
     match new.load(&key).await {
         Err(StoreError::Corrupt(why)) => {
             assert!(
-                why.contains("written under a key this ring does not hold (key id 1"),
+                why.contains("encryption key id 1, which is missing from this key ring"),
                 "{why}"
             );
+            assert!(!why.contains("tampered"), "{why}");
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
 
 #[tokio::test]
-async fn format_1_records_open_and_move_to_format_2() {
+async fn a_wrong_key_with_the_same_id_is_named_not_called_tampering() {
+    let inner = MemoryStore::new();
+    let right = EncryptionKey::generate();
+    let wrong = EncryptionKey::generate();
+    let written = EncryptedStore::new(inner.clone(), ring(1, &right));
+    let misconfigured = EncryptedStore::new(inner.clone(), ring(1, &wrong));
+    let key = StorageKey::from_stored("k-wrong-key");
+    let rec = session_core::conformance::record(None, b"x", 60_000, 120_000);
+    written.create(&key, &rec).await.unwrap();
+    match misconfigured.load(&key).await {
+        Err(StoreError::Corrupt(why)) => {
+            assert!(why.contains("another encryption key with id 1"), "{why}");
+            assert!(why.contains("wrong or was changed"), "{why}");
+            assert!(!why.contains("tampered"), "{why}");
+            for k in [&right, &wrong] {
+                assert!(!why.contains(k.to_base64().as_str()));
+            }
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // Real tampering under the right key is still called that.
+    let mut raw = inner.load(&key).await.unwrap().unwrap();
+    let mut data = raw.data.to_vec();
+    let last = data.len() - 1;
+    data[last] ^= 1;
+    raw = raw.with_data(Bytes::from(data));
+    replace_raw(&inner, &key, &raw).await;
+    match written.load(&key).await {
+        Err(StoreError::Corrupt(why)) => assert!(why.contains("tampered"), "{why}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn format_1_records_open_and_move_to_the_current_format() {
     let inner = MemoryStore::new();
     let k = EncryptionKey::generate();
     let store = EncryptedStore::new(inner.clone(), ring(1, &k));
@@ -299,7 +334,7 @@ async fn format_1_records_open_and_move_to_format_2() {
     assert_eq!(opened.data.as_ref(), b"legacy");
     assert_eq!(opened.user_id.as_deref(), Some("alice"));
     let raw = inner.load(&key).await.unwrap().unwrap();
-    assert_eq!(raw.data[0], 2, "rewritten in format 2 on load");
+    assert_eq!(raw.data[0], 3, "rewritten in format 3 on load");
     assert_eq!(raw.version, opened.version);
     assert_eq!(store.load(&key).await.unwrap().unwrap(), opened);
     // With migration off, a format 1 record stays as it is on load.

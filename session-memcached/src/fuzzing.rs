@@ -10,8 +10,8 @@ use crate::index::Index;
 use crate::tombstone::{Marker, Stored};
 
 /// An item read from Memcached, through every decoder of the crate: the
-/// per-user index item ([`Index::decode`]), the session-key marker
-/// ([`Marker::decode`]) and the session item ([`Stored::decode`]). None may
+/// per-user index item (`Index::decode`), the session-key marker
+/// (`Marker::decode`) and the session item (`Stored::decode`). None may
 /// panic; an error is `Corrupt`; what decodes re-encodes to the same value
 /// (byte for byte where the format has a single encoding).
 pub fn codec(data: &[u8]) {

@@ -164,6 +164,7 @@
 //! again. No step makes a session live before the steps that make that
 //! safe, and nothing brings an ended record back.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod builder;
@@ -187,3 +188,8 @@ pub use crate::store::MemcachedStore;
 /// Re-export of the memcache crate version this crate is built on, for
 /// inspecting the client errors inside store errors without version skew.
 pub use memcache;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -111,6 +111,7 @@
 //! neither take the user lock nor follow moves: upgrade every instance
 //! before relying on these guarantees.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod builder;
@@ -135,3 +136,8 @@ pub use session_core::ClockSkew;
 /// [`PostgresStoreBuilder::connect_with`] and
 /// [`PostgresStoreBuilder::build`].
 pub use sqlx;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

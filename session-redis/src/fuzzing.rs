@@ -13,9 +13,9 @@ use crate::codec::{self, Stored, HEADER_LEN};
 /// Both deadlines, which a rotation copies into its moved marker.
 const DEADLINES: std::ops::Range<usize> = l::IDLE_DEADLINE..l::USER_LEN;
 
-/// A value read from a session key: [`codec::classify`] (on the value and
-/// on the header prefix scripts read), [`codec::is_marker`] and
-/// [`codec::decode`] must agree, never panic, and what decodes must
+/// A value read from a session key: `codec::classify` (on the value and
+/// on the header prefix scripts read), `codec::is_marker` and
+/// `codec::decode` must agree, never panic, and what decodes must
 /// re-encode to the same record or marker.
 pub fn codec(data: &[u8]) {
     let stored = codec::classify(data);

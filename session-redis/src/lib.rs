@@ -164,6 +164,7 @@
 //! or `source()` chain, shows the credentials of a connection URL (see
 //! [`SetupError`]).
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod builder;
@@ -191,3 +192,8 @@ pub use crate::store::{RedisStore, UserIdChanged, CLUSTER_INDEX_GRACE};
 /// inspecting the client errors inside [`SetupError`] and
 /// [`StoreError`](session_core::StoreError) sources without version skew.
 pub use redis;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -8,7 +8,7 @@
 //!
 //! Every script reads the fixed record header with `GETRANGE` (see
 //! [`crate::codec`]) at offsets it takes from Lua locals that
-//! [`layout_lua`] generates from core's [`session_core::codec::layout`], and judges liveness against the caller's clock (`now`
+//! `layout_lua` generates from core's [`session_core::codec::layout`], and judges liveness against the caller's clock (`now`
 //! argument) as well as the server's TTL, so a record past its deadline is
 //! dead for `update` and `touch` even if Redis has not evicted it yet.
 //!
