@@ -30,12 +30,12 @@
 //! open. Nothing else is bound: a label is fixed at login, and stores keep
 //! the stored one on `update` while the deadlines may move (a label put
 //! back from an earlier write of the same session opens, and says what it
-//! said). A sealed label is about 4/3 of the
-//! label plus 43 bytes long, so the inner store holds labels up to
-//! 4/3 × [`MAX_STORED_LABEL_LEN`](session_core::label::MAX_STORED_LABEL_LEN)
-//! + 43 bytes, more than the store contract asks of it: every store of
+//! said). A sealed label of `n` bytes is at most `4n/3 + 44` bytes long, so
+//! for the longest label the contract allows
+//! ([`MAX_STORED_LABEL_LEN`](session_core::label::MAX_STORED_LABEL_LEN))
+//! the inner store holds more than the contract asks of it. Every store of
 //! this workspace accepts that (none bounds labels), and the manager's own
-//! labels (at most 128 bytes) seal to at most 215.
+//! labels (at most 128 bytes) seal to at most 214 bytes.
 //!
 //! A label that fails to open makes `load` fail like tampered data
 //! (`Corrupt`, "no session"); in a listing the session is still listed,
