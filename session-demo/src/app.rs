@@ -39,7 +39,8 @@ use axum::{Json, Router};
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 use serde::{Deserialize, Serialize};
 use session_axum::{Error, Session, SessionLayer};
-use session_core::{SessionManager, StorageKey, Timestamp};
+use session_core::label::fit_label;
+use session_core::{LoginOptions, SessionManager, StorageKey, Timestamp};
 use time::format_description::well_known::Rfc3339;
 
 use crate::limits::{retry_after_secs, Refusal};
@@ -245,6 +246,7 @@ struct LoginForm {
 async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     session: Session,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, Error> {
@@ -263,7 +265,18 @@ async fn login(
             return Ok(refused(refusal, "Log in", |m| login_form(Some(m))));
         }
     }
-    match session.login(&form.username).await {
+    // The session's label on the user's session list: the browser's
+    // User-Agent, cut to fit (a real application might shorten it to
+    // "Firefox on Linux").
+    let mut options = LoginOptions::new();
+    if let Some(label) = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(fit_label)
+    {
+        options = options.with_label(label);
+    }
+    match session.login_with(&form.username, options).await {
         Ok(()) => Ok(Redirect::to("/profile").into_response()),
         Err(e) if e.is_too_many_sessions() => Ok(page(
             StatusCode::FORBIDDEN,
@@ -438,6 +451,9 @@ struct SessionInfo {
     created: String,
     last_seen: String,
     expires: String,
+    /// The label given at login (from the browser's User-Agent), if any.
+    label: Option<String>,
+    /// Whether this is the session that asked.
     current: bool,
 }
 
@@ -458,7 +474,6 @@ async fn sessions(session: Session) -> Result<Response, Error> {
     let Some(user) = session.user_id().await? else {
         return Ok(not_logged_in());
     };
-    let current = session.with(|s| s.storage_key().clone()).await?;
     let sessions = session
         .list_user_sessions()
         .await?
@@ -468,7 +483,8 @@ async fn sessions(session: Session) -> Result<Response, Error> {
             created: rfc3339(s.created_at),
             last_seen: rfc3339(s.last_access),
             expires: rfc3339(s.expires_at()),
-            current: s.key == current,
+            current: s.is_current(),
+            label: s.summary.label,
         })
         .collect();
     Ok(Json(SessionList { user, sessions }).into_response())

@@ -143,7 +143,20 @@ async fn a_session_id_in_the_url_is_ignored() {
 #[tokio::test]
 async fn the_session_list_shows_times_but_no_ids() {
     let s = start(&[]).await;
-    let first = s.login("alice").await;
+    // The first login's browser names itself: the session is labelled.
+    let agent = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+    let r = common::Server::reply(
+        s.client
+            .post(format!("{}/login", s.base))
+            .header("user-agent", agent)
+            .form(&[("username", "alice"), ("password", "pw-alice")])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{r:?}");
+    let first = r.cookie();
     let second = s.login("alice").await;
     s.login("bob").await;
     let r = s.get("/sessions", Some(&second)).await;
@@ -164,7 +177,10 @@ async fn the_session_list_shows_times_but_no_ids() {
             .map(String::as_str)
             .collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["created", "current", "expires", "key", "last_seen"]);
+        assert_eq!(
+            keys,
+            ["created", "current", "expires", "key", "label", "last_seen"]
+        );
         // The storage key names the session without being its ID.
         let key = entry["key"].as_str().unwrap();
         assert_eq!(key.len(), 64);
@@ -179,6 +195,12 @@ async fn the_session_list_shows_times_but_no_ids() {
         .map(|e| e["current"].as_bool().unwrap())
         .collect();
     assert_eq!(current, [false, true], "oldest first, this one last");
+    let labels: Vec<Option<&str>> = list.iter().map(|e| e["label"].as_str()).collect();
+    assert_eq!(
+        labels,
+        [Some(agent), None],
+        "the label comes from the User-Agent"
+    );
     assert_eq!(s.get("/sessions", None).await.status, 401);
 }
 
