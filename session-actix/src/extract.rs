@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use session_core::cookie_crate::Cookie;
 use session_core::{
-    CommitOutcome, OneTimeToken, SessionError, SessionId, SessionManager, SessionSummary,
-    StorageKey, StoreError, TokenCheck,
+    CommitOutcome, ListedSession, LoginOptions, OneTimeToken, SessionError, SessionId,
+    SessionManager, StorageKey, StoreError, TokenCheck,
 };
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
@@ -239,6 +239,23 @@ impl Session {
         Ok(self.shared.manager.login(&mut s, user_id).await?)
     }
 
+    /// [`Session::login`] with options, such as a label naming the device
+    /// (see [`SessionManager::login_with`] and [`session_core::label`]); the
+    /// label is shown for this session in [`Session::list_user_sessions`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::login`], and [`SessionError::InvalidLabel`] for a label
+    /// [`session_core::label::validate_label`] refuses.
+    pub async fn login_with(&self, user_id: &str, options: LoginOptions) -> Result<(), Error> {
+        let mut s = self.lock().await?;
+        Ok(self
+            .shared
+            .manager
+            .login_with(&mut s, user_id, options)
+            .await?)
+    }
+
     /// Gives the session a new ID; the old one stops working at once.
     ///
     /// # Errors
@@ -310,17 +327,21 @@ impl Session {
         Ok(manager.end_user_session(&s, key).await?)
     }
 
-    /// The live sessions of this session's user, oldest first, without IDs;
-    /// empty for an anonymous session.
+    /// The live sessions of this session's user, oldest first, without IDs,
+    /// each with its label and marked whether it is this session
+    /// ([`ListedSession::is_current`]): the data of a "your devices" page
+    /// (see [`SessionManager::list_sessions_for`]). Empty for a session
+    /// that is not logged in (new, anonymous, logged out or ended).
     ///
     /// # Errors
     ///
     /// Store failures.
-    pub async fn list_user_sessions(&self) -> Result<Vec<SessionSummary>, Error> {
-        let Some(user) = self.user_id().await? else {
-            return Ok(Vec::new());
-        };
-        Ok(self.shared.manager.list_user_sessions(&user).await?)
+    pub async fn list_user_sessions(&self) -> Result<Vec<ListedSession>, Error> {
+        let s = self.lock().await?;
+        match self.shared.manager.list_sessions_for(&s).await {
+            Err(SessionError::NotLoggedIn) => Ok(Vec::new()),
+            other => Ok(other?),
+        }
     }
 
     /// Issues a one-time token for `purpose`, replacing any outstanding one;

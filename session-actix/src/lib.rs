@@ -116,9 +116,9 @@ pub use crate::middleware::{SessionMiddleware, SessionService};
 // configuration, the in-memory store, and the types the `Session` methods
 // take and return.
 pub use session_core::{
-    CommitOutcome, ConflictPolicy, CookiePolicy, LimitStrategy, MemoryStore, OneTimeToken,
-    SessionConfig, SessionError, SessionManager, SessionStore, SessionSummary, StorageKey,
-    StoreError, TokenCheck, UserSessionLimit,
+    CommitOutcome, ConflictPolicy, CookiePolicy, LimitStrategy, ListedSession, LoginOptions,
+    MemoryStore, OneTimeToken, SessionConfig, SessionError, SessionManager, SessionStore,
+    SessionSummary, StorageKey, StoreError, TokenCheck, UserSessionLimit,
 };
 
 /// Re-export of session-core, for everything else (stores' traits, clocks,
