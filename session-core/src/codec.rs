@@ -33,6 +33,26 @@ use crate::store::StoreError;
 ///     46     n  user id (UTF-8)
 ///   46+n     …  data
 /// ```
+///
+/// A record with a label has format [`FORMAT_RECORD_LABELLED`] and the
+/// label between the user id and the data:
+///
+/// ```text
+///   46+n     4  label length m, u32
+///   50+n     m  label (UTF-8)
+/// 50+n+m     …  data
+/// ```
+///
+/// A record without one keeps format [`FORMAT_RECORD`] and the layout
+/// above, byte for byte as written before labels existed, so stored
+/// records stay readable and readers that predate labels still read every
+/// unlabelled record. The fixed header is the same in both formats.
+///
+/// Format bytes 2 to 4 are taken by the Redis store's markers and `0xA7` by
+/// the Memcached store's; new formats must avoid them.
+///
+/// [`FORMAT_RECORD_LABELLED`]: layout::FORMAT_RECORD_LABELLED
+/// [`FORMAT_RECORD`]: layout::FORMAT_RECORD
 pub mod layout {
     /// The format byte.
     pub const FORMAT: usize = 0;
@@ -54,8 +74,13 @@ pub mod layout {
     pub const HEADER_LEN: usize = 46;
     /// Size of each timestamp and of the version.
     pub const WORD: usize = 8;
-    /// The format byte of a record written by this version.
+    /// The format byte of a record without a label.
     pub const FORMAT_RECORD: u8 = 1;
+    /// The format byte of a record with a label: the label's length and
+    /// the label follow the user id.
+    pub const FORMAT_RECORD_LABELLED: u8 = 5;
+    /// Size of the label's length (a `u32`) in a labelled record.
+    pub const LABEL_LEN_SIZE: usize = 4;
     /// The user flag's value for a record bound to a user (0 otherwise).
     pub const HAS_USER: u8 = 1;
 }
@@ -365,6 +390,7 @@ mod tests {
             idle_deadline: Timestamp::from_unix_millis(33),
             absolute_deadline: Timestamp::from_unix_millis(-44),
             version: 55,
+            label: None,
         };
         let enc = r.encode();
         let at = |o: usize| {
@@ -382,6 +408,17 @@ mod tests {
         assert_eq!(len.u32().unwrap(), 5);
         assert_eq!(&enc[layout::HEADER_LEN..layout::HEADER_LEN + 5], b"alice");
         assert_eq!(&enc[layout::HEADER_LEN + 5..], b"data");
+        // With a label: the same header under the labelled format byte,
+        // the label's length and the label between user id and data.
+        let enc = r.with_label(Some("tab".into())).encode();
+        assert_eq!(enc[layout::FORMAT], layout::FORMAT_RECORD_LABELLED);
+        assert_eq!(at(layout::VERSION), 55);
+        let at_label = layout::HEADER_LEN + 5;
+        let mut len = Reader::new(&enc[at_label..], "test");
+        assert_eq!(len.u32().unwrap(), 3);
+        let start = at_label + layout::LABEL_LEN_SIZE;
+        assert_eq!(&enc[start..start + 3], b"tab");
+        assert_eq!(&enc[start + 3..], b"data");
     }
 
     #[test]

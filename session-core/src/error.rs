@@ -49,6 +49,14 @@ pub enum SessionError {
     /// about which keys exist. Nothing was ended.
     #[error("no such session among the sessions of this user")]
     NotYourSession,
+    /// [`SessionManager::login_with`](crate::SessionManager::login_with)
+    /// refused the label of its [`LoginOptions`](crate::LoginOptions)
+    /// (empty, longer than [`MAX_LABEL_LEN`](crate::label::MAX_LABEL_LEN)
+    /// bytes, or holding a control character), before any store call:
+    /// nothing was written and the session is unchanged. Make labels from
+    /// request data with [`fit_label`](crate::label::fit_label).
+    #[error("invalid session label")]
+    InvalidLabel(#[from] crate::label::InvalidLabel),
 }
 
 /// Displays an error followed by every cause in its

@@ -134,6 +134,7 @@ pub fn payload(data: &[u8]) {
         idle_deadline: now.saturating_add(Duration::from_secs(3600)),
         absolute_deadline: now.saturating_add(Duration::from_secs(7200)),
         version: 1,
+        label: None,
     };
     runtime().block_on(async {
         store.create(&key, &stored).await.expect("store accepts");
@@ -274,6 +275,7 @@ fn sample_record(user: Option<&str>, data: &[u8]) -> SessionRecord {
         idle_deadline: now.saturating_add(Duration::from_secs(1800)),
         absolute_deadline: now.saturating_add(Duration::from_secs(86_400)),
         version: 3,
+        label: None,
     }
 }
 
@@ -291,6 +293,8 @@ pub fn sample_records() -> Vec<SessionRecord> {
         sample_record(Some(""), b"x"),
         sample_record(Some("alice"), &payload),
         extreme,
+        sample_record(Some("carol"), &payload).with_label(Some("Firefox – Linux".to_owned())),
+        sample_record(None, b"").with_label(Some(String::new())),
     ]
 }
 

@@ -3,6 +3,7 @@
 //! - [`id`]: 256-bit session IDs, strictly parsed, redacted everywhere.
 //! - [`key`]: storage keys (one-way hashes of IDs) and audit tags.
 //! - [`record`]: what stores keep, and the id-free per-user summaries.
+//! - [`label`]: the per-session label (a device name) shown in listings.
 //! - [`codec`]: the byte layouts backends share (record header offsets,
 //!   bounds-checked readers and writers, user-id tags).
 //! - [`store`]: the [`SessionStore`] contract every backend implements.
@@ -52,6 +53,7 @@ pub mod expiry;
 pub mod fuzzing;
 pub mod id;
 pub mod key;
+pub mod label;
 pub mod manager;
 pub mod memory;
 pub mod policy;
@@ -74,15 +76,17 @@ pub use crate::error::{ErrorChain, SessionError};
 pub use crate::expiry::ExpiryTask;
 pub use crate::id::{InvalidSessionId, SessionId};
 pub use crate::key::{KeyDeriver, StorageKey};
+pub use crate::label::{InvalidLabel, MAX_LABEL_LEN};
 pub use crate::manager::{
-    CommitOutcome, SessionManager, SessionManagerBuilder, UPDATE_MAX_ATTEMPTS, UPDATE_RETRY,
+    CommitOutcome, LoginOptions, SessionManager, SessionManagerBuilder, UPDATE_MAX_ATTEMPTS,
+    UPDATE_RETRY,
 };
 pub use crate::memory::{MemoryStore, MemoryStoreBuilder, MemoryStoreFull, DEFAULT_MAX_SESSIONS};
 pub use crate::policy::{
     ConfigError, ConflictPolicy, LimitStrategy, SessionConfig, SessionConfigBuilder,
     UserSessionLimit,
 };
-pub use crate::record::{SessionRecord, SessionSummary};
+pub use crate::record::{ListedSession, SessionRecord, SessionSummary};
 pub use crate::retry::RetryPolicy;
 pub use crate::session::Session;
 pub use crate::skew::{ClockSkew, DEFAULT_MAX_CLOCK_SKEW};

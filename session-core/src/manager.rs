@@ -21,7 +21,7 @@ use crate::error::SessionError;
 use crate::id::SessionId;
 use crate::key::{AuditTagger, KeyDeriver, StorageKey};
 use crate::policy::{SessionConfig, UserSessionLimit};
-use crate::record::{SessionRecord, SessionSummary};
+use crate::record::{ListedSession, SessionRecord, SessionSummary};
 use crate::retry::RetryPolicy;
 use crate::session::{Field, Payload, Session, State};
 use crate::store::{CreateOptions, Created, Replaces, SessionStore, StoreError};
@@ -63,6 +63,68 @@ pub enum CommitOutcome {
     Gone,
     /// The session had been deleted in this request; nothing written.
     Deleted,
+}
+
+/// What else [`SessionManager::login_with`] records about the session it
+/// logs in.
+///
+/// `#[non_exhaustive]`: build it with [`LoginOptions::new`] (or
+/// `default()`) and the `with_*` methods.
+///
+/// ```
+/// use session_core::label::fit_label;
+/// use session_core::{LoginOptions, MemoryStore, SessionManager};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), session_core::SessionError> {
+/// let manager = SessionManager::new(MemoryStore::new());
+/// let mut session = manager.start();
+/// // A device name the application derived from the request's User-Agent.
+/// let mut options = LoginOptions::new();
+/// if let Some(label) = fit_label("Firefox on Linux") {
+///     options = options.with_label(label);
+/// }
+/// manager.login_with(&mut session, "alice", options).await?;
+/// assert_eq!(session.label(), Some("Firefox on Linux"));
+/// let listing = manager.list_sessions_for(&session).await?;
+/// assert_eq!(listing[0].label(), Some("Firefox on Linux"));
+/// assert!(listing[0].is_current());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoginOptions {
+    /// The session's label (a device name, see [`crate::label`]): shown in
+    /// the user's session listing, kept by rotations, fixed until the next
+    /// login. `None` keeps the label the session already has (a re-login
+    /// of the same user on the same device); a session that had none, or
+    /// belonged to another user, then has none.
+    pub label: Option<String>,
+}
+
+impl LoginOptions {
+    /// No options: what [`SessionManager::login`] uses.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Labels the session (checked by
+    /// [`login_with`](SessionManager::login_with) against the rules of
+    /// [`crate::label`]: 1 to 128 bytes, no control characters).
+    #[must_use]
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+}
+
+impl fmt::Debug for LoginOptions {
+    /// The label's length only: it is personal data.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginOptions")
+            .field("label", &crate::label::Redacted(&self.label))
+            .finish()
+    }
 }
 
 enum Write {
@@ -236,6 +298,7 @@ impl SessionManager {
             payload: Payload::default(),
             changes: HashMap::new(),
             user_id: None,
+            label: None,
             created_at: now,
             last_access: now,
             idle_deadline: now.saturating_add(cfg.idle_timeout).min(absolute_deadline),
@@ -311,6 +374,7 @@ impl SessionManager {
             changes: HashMap::new(),
             touch_due: now.duration_since(record.last_access) >= self.inner.config.touch_interval,
             user_id: record.user_id,
+            label: record.label,
             created_at: record.created_at,
             last_access: record.last_access,
             idle_deadline: record.idle_deadline,
@@ -698,6 +762,31 @@ impl SessionManager {
     /// the session is left as it was (or marked deleted if it ended), and no
     /// new cookie is due.
     pub async fn login(&self, session: &mut Session, user_id: &str) -> Result<(), SessionError> {
+        self.login_with(session, user_id, LoginOptions::default())
+            .await
+    }
+
+    /// [`SessionManager::login`] with options: a label for the session (a
+    /// device name, see [`LoginOptions`] and [`crate::label`]), stored in
+    /// the same store call that logs it in, so the session is never listed
+    /// without it.
+    ///
+    /// The label is checked before anything else happens, and a refused
+    /// one ends nothing, writes nothing and leaves the session as it was.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::InvalidLabel`] for a label that breaks the rules of
+    /// [`crate::label`]; otherwise as [`SessionManager::login`].
+    pub async fn login_with(
+        &self,
+        session: &mut Session,
+        user_id: &str,
+        options: LoginOptions,
+    ) -> Result<(), SessionError> {
+        if let Some(label) = &options.label {
+            crate::label::validate_label(label)?;
+        }
         // A session that ended, or another user's (a shared computer: that
         // session ends, nothing of it carries over), is replaced by a fresh
         // one under a fresh ID, so its old ID can never be stored again,
@@ -714,6 +803,7 @@ impl SessionManager {
         }
         let before = (
             session.user_id.clone(),
+            session.label.clone(),
             session.created_at,
             session.absolute_deadline,
             session.payload.clone(),
@@ -723,6 +813,9 @@ impl SessionManager {
         let absolute = now.saturating_add(self.inner.config.absolute_timeout);
         let prepare = |s: &mut Session| {
             s.user_id = Some(user_id.to_owned());
+            if let Some(label) = &options.label {
+                s.label = Some(label.clone());
+            }
             s.created_at = now;
             s.absolute_deadline = absolute;
             let purposes: Vec<String> = s.payload.tokens.iter().map(|(p, _)| p.clone()).collect();
@@ -744,8 +837,9 @@ impl SessionManager {
                     self.audit("login_rejected", &session.key, Some(user_id));
                 }
                 if session.state != State::Deleted {
-                    let (user, created, absolute, payload, changes) = before;
+                    let (user, label, created, absolute, payload, changes) = before;
                     session.user_id = user;
+                    session.label = label;
                     session.created_at = created;
                     session.absolute_deadline = absolute;
                     session.payload = payload;
@@ -821,7 +915,7 @@ impl SessionManager {
     /// for administrators and internal clean-up. Idempotent.
     ///
     /// A "sign out that device" button fed from
-    /// [`SessionManager::list_user_sessions`] must use
+    /// [`SessionManager::list_sessions_for`] must use
     /// [`SessionManager::end_user_session`] instead, which ends the session
     /// only if it belongs to the requesting user: the key comes back from
     /// the client and can name anyone's session.
@@ -838,7 +932,7 @@ impl SessionManager {
     /// Ends the session stored under `key` if, and only if, it is a live
     /// session of the user `session` is logged in as: the "sign out that
     /// device" of a session list (keys from
-    /// [`SessionManager::list_user_sessions`], sent back by the client).
+    /// [`SessionManager::list_sessions_for`], sent back by the client).
     ///
     /// The target's owner is read from its own record (its `user_id`, fixed
     /// when the record was created), so the check needs no index and one
@@ -908,7 +1002,44 @@ impl SessionManager {
         Ok(())
     }
 
-    /// The live sessions of `user_id`, oldest first, without IDs.
+    /// The live sessions of the user `session` is logged in as, oldest
+    /// first, without IDs, each marked whether it is `session` itself: the
+    /// data of a "your devices" page (labels included, see
+    /// [`LoginOptions`]). Feed a chosen entry's key to
+    /// [`SessionManager::end_user_session`].
+    ///
+    /// The current session is recognized by its storage key. If another
+    /// request rotated it meanwhile, its new key is listed and no entry is
+    /// marked current (the next request, with the new cookie, marks it).
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotLoggedIn`] when `session` is not a stored,
+    /// logged-in session (new, anonymous, logged out or ended);
+    /// [`SessionError::Store`].
+    pub async fn list_sessions_for(
+        &self,
+        session: &Session,
+    ) -> Result<Vec<ListedSession>, SessionError> {
+        let user = match (&session.state, session.user_id.as_deref()) {
+            (State::Stored(_), Some(user)) => user,
+            _ => return Err(SessionError::NotLoggedIn),
+        };
+        Ok(self
+            .list_user_sessions(user)
+            .await?
+            .into_iter()
+            .map(|summary| {
+                let current = summary.key == session.key;
+                ListedSession::new(summary, current)
+            })
+            .collect())
+    }
+
+    /// The live sessions of `user_id`, oldest first, without IDs: for
+    /// administrators. A user's own listing is
+    /// [`SessionManager::list_sessions_for`], which marks the current
+    /// session.
     ///
     /// # Errors
     ///

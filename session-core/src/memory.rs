@@ -564,9 +564,11 @@ impl SessionStore for MemoryStore {
         if r.version != expected_version {
             return Err(StoreError::Conflict);
         }
-        let user_id = r.user_id.take();
+        // User and label are fixed at creation.
+        let (user_id, label) = (r.user_id.take(), r.label.take());
         *r = SessionRecord {
             user_id,
+            label,
             ..record.clone()
         };
         Ok(())
@@ -666,6 +668,7 @@ mod tests {
             idle_deadline: Timestamp::from_unix_millis(deadline_ms),
             absolute_deadline: Timestamp::from_unix_millis(deadline_ms),
             version: 1,
+            label: None,
         }
     }
 

@@ -177,6 +177,7 @@ pub struct Session {
     pub(crate) payload: Payload,
     pub(crate) changes: HashMap<Field, Change>,
     pub(crate) user_id: Option<String>,
+    pub(crate) label: Option<String>,
     pub(crate) created_at: Timestamp,
     pub(crate) last_access: Timestamp,
     pub(crate) idle_deadline: Timestamp,
@@ -253,6 +254,15 @@ impl Session {
     #[must_use]
     pub fn user_id(&self) -> Option<&str> {
         self.user_id.as_deref()
+    }
+
+    /// The label the application gave this session at login (see
+    /// [`LoginOptions::with_label`](crate::LoginOptions::with_label)), if
+    /// any. It is what [`SessionSummary::label`](crate::SessionSummary::label)
+    /// shows for this session in the user's listing.
+    #[must_use]
+    pub fn label(&self) -> Option<&str> {
+        self.label.as_deref()
     }
 
     /// Whether the session has never been stored.
@@ -358,6 +368,7 @@ impl Session {
             idle_deadline: self.idle_deadline,
             absolute_deadline: self.absolute_deadline,
             version,
+            label: self.label.clone(),
         })
     }
 }
@@ -369,6 +380,7 @@ impl fmt::Debug for Session {
             .field("key", &self.key)
             .field("state", &self.state)
             .field("user_id", &self.user_id)
+            .field("label", &crate::label::Redacted(&self.label))
             .field("keys", &self.payload.data.len())
             .field("modified", &self.is_modified())
             .field("idle_deadline", &self.idle_deadline)

@@ -278,9 +278,23 @@ pub fn newest_first(
 /// user id that is UTF-8 text without U+0000, up to 1 KiB, with separators,
 /// braces, spaces and non-ASCII characters kept exactly (ids that differ in
 /// one byte are different users, a prefix of an id is another id); any
+/// label ([`SessionRecord::label`]) that is UTF-8 text without U+0000, up
+/// to [`MAX_STORED_LABEL_LEN`](crate::label::MAX_STORED_LABEL_LEN) bytes,
+/// kept exactly (the empty label is not the absent one); any
 /// `u64` version, compared for equality only; any timestamp in the years
 /// 1 to 9999 (at millisecond precision); and data of any bytes up to the
 /// store's documented size limit.
+///
+/// # Labels
+///
+/// A record's label is metadata like its user id: [`SessionStore::load`]
+/// and every [`SessionSummary`] of [`SessionStore::list_user_sessions`]
+/// return the label the record was created with; [`SessionStore::update`]
+/// and [`SessionStore::touch`] keep it; a rotation stores the label of the
+/// record it is given (the manager passes the old one on). The manager
+/// validates labels before any store call (see [`crate::label`]), so a
+/// store need not; a store wrapping another may transform them (the
+/// encrypting store seals them) as long as it returns them as given.
 ///
 /// "Live" below means: present and `now < min(idle_deadline,
 /// absolute_deadline)`, with "now" as the store sees it (its own clock or its

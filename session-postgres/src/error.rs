@@ -113,6 +113,13 @@ pub enum PgError {
     /// cannot hold. Nothing was written.
     #[error("the user id contains a NUL character, which PostgreSQL text columns cannot store")]
     NulInUserId,
+    /// The session label contains a NUL character, which PostgreSQL text
+    /// columns cannot hold (the manager never writes one). Nothing was
+    /// written.
+    #[error(
+        "the session label contains a NUL character, which PostgreSQL text columns cannot store"
+    )]
+    NulInLabel,
     /// The storage key contains a NUL character. Nothing was written.
     #[error(
         "the storage key contains a NUL character, which PostgreSQL text columns cannot store"

@@ -24,7 +24,9 @@
 //!
 //! Version 3 installs the moved-keys side table and the PL/pgSQL lifecycle
 //! functions (`CREATE OR REPLACE`, so re-running it is harmless); see the
-//! [crate docs](crate#lifecycle-and-locking).
+//! [crate docs](crate#lifecycle-and-locking). Version 4 adds the nullable
+//! `label` column (`ADD COLUMN IF NOT EXISTS`: existing rows get `NULL`, no
+//! table rewrite) and a `create_with` that takes the label.
 
 use session_core::redact::RedactedError;
 use sqlx::{AssertSqlSafe, Executor, PgPool};
@@ -60,10 +62,15 @@ const MIGRATIONS: &[Migration] = &[
             "moved-keys table and the lifecycle functions (create_with, delete, delete_user)",
         statements: v3,
     },
+    Migration {
+        version: 4,
+        description: "nullable label column, and create_with taking the label",
+        statements: v4,
+    },
 ];
 
 /// The schema version this library writes and expects.
-pub const LATEST_VERSION: i32 = 3;
+pub const LATEST_VERSION: i32 = 4;
 
 /// Width of the expiry buckets of migration 2.
 pub(crate) const EXPIRY_BUCKET: &str = "10 minutes";
@@ -171,33 +178,16 @@ const READ_COMMITTED_ONLY: &str = "IF current_setting('transaction_isolation') <
      USING HINT = 'set default_transaction_isolation to read committed for the session store''s connections'; \
      END IF;";
 
-/// The atomic lifecycle step, the moves it leaves behind, and the calls
-/// that must be serialized with it. See the crate docs, "Lifecycle and
-/// locking", for why these interleave safely.
-///
-/// - `<table>_moved (key, moved_to, until)`: where a rotated-away key's
-///   session went, until the old record's own deadline. A side table, so
-///   the sessions table, its indexes and its hot statements (and their HOT
-///   updates) stay exactly as they were.
-/// - `<table>_create_with(...)`: `create_with` in one call: the user's
-///   advisory lock, the old row `FOR UPDATE`, every check, then the writes;
-///   returns a result code and the evicted keys.
-/// - `<table>_delete(key)`: deletes the row and follows its moves, each
-///   step a fresh statement (so a fresh snapshot).
-/// - `<table>_delete_user(user)`: deletes the user's rows under the user's
-///   advisory lock.
-///
-/// The functions are `VOLATILE` PL/pgSQL: under READ COMMITTED each
-/// statement inside takes a new snapshot, so a statement that runs after a
-/// lock was granted sees everything committed before it was. (A single SQL
-/// statement takes its snapshot before it acquires any lock, which is why
-/// these are functions.)
-fn v3(table: &TableName) -> Vec<String> {
+/// The `create_with` function of migration 3 (`label` false: the
+/// statement v3 always ran) or 4 (`label` true: one more parameter,
+/// `p_label`, stored in the `label` column). Two overloads, told apart by
+/// their number of parameters: v4 adds the new one and keeps the old, so
+/// instances still running the previous version keep working during a
+/// rolling upgrade (their sessions get no label).
+fn create_with_function(table: &TableName, label: bool) -> String {
     let t = table.qualified();
     let moved = moved_table(table);
     let create_with = function(table, "create_with");
-    let delete = function(table, "delete");
-    let delete_user = function(table, "delete_user");
     let lock = user_lock(table, "p_user");
     let rc = READ_COMMITTED_ONLY;
     let (ok, not_found, conflict, exists, limit) = (
@@ -207,23 +197,22 @@ fn v3(table: &TableName) -> Vec<String> {
         code::ALREADY_EXISTS,
         code::LIMIT_REACHED,
     );
-    vec![
-        format!(
-            "CREATE TABLE IF NOT EXISTS {moved} (\
-             key text COLLATE \"C\" PRIMARY KEY, \
-             moved_to text COLLATE \"C\" NOT NULL, \
-             until timestamptz NOT NULL)"
-        ),
-        format!(
-            "CREATE INDEX IF NOT EXISTS {} ON {moved} (until)",
-            table.index("moved_idx")
-        ),
-        format!(
-            r#"CREATE OR REPLACE FUNCTION {create_with}(
+    let (label_param, label_column, label_value, label_update) = if label {
+        (
+            " p_label text,",
+            ", label",
+            ", p_label",
+            ", label = excluded.label",
+        )
+    } else {
+        ("", "", "", "")
+    };
+    format!(
+        r#"CREATE OR REPLACE FUNCTION {create_with}(
     p_key text, p_data bytea, p_version bigint, p_user text,
     p_created timestamptz, p_last_access timestamptz,
     p_idle timestamptz, p_absolute timestamptz,
-    p_old text, p_old_version bigint, p_max bigint, p_evict boolean,
+    p_old text, p_old_version bigint, p_max bigint, p_evict boolean,{label_param}
     OUT code integer, OUT evicted text[])
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
@@ -296,12 +285,12 @@ BEGIN
     END IF;
     IF NOT (p_key = ANY (evicted)) THEN
         INSERT INTO {t} AS s
-            (key, data, version, user_id, created_at, last_access, idle_deadline, absolute_deadline)
-        VALUES (p_key, p_data, p_version, p_user, p_created, p_last_access, p_idle, p_absolute)
+            (key, data, version, user_id, created_at, last_access, idle_deadline, absolute_deadline{label_column})
+        VALUES (p_key, p_data, p_version, p_user, p_created, p_last_access, p_idle, p_absolute{label_value})
         ON CONFLICT (key) DO UPDATE SET
             data = excluded.data, version = excluded.version, user_id = excluded.user_id,
             created_at = excluded.created_at, last_access = excluded.last_access,
-            idle_deadline = excluded.idle_deadline, absolute_deadline = excluded.absolute_deadline
+            idle_deadline = excluded.idle_deadline, absolute_deadline = excluded.absolute_deadline{label_update}
         WHERE s.expires_at <= now();
         IF NOT FOUND THEN
             -- A plain create (which takes no lock) stored this key since
@@ -314,7 +303,49 @@ BEGIN
     code := {ok};
 END
 $fn$"#
+    )
+}
+
+/// The atomic lifecycle step, the moves it leaves behind, and the calls
+/// that must be serialized with it. See the crate docs, "Lifecycle and
+/// locking", for why these interleave safely.
+///
+/// - `<table>_moved (key, moved_to, until)`: where a rotated-away key's
+///   session went, until the old record's own deadline. A side table, so
+///   the sessions table, its indexes and its hot statements (and their HOT
+///   updates) stay exactly as they were.
+/// - `<table>_create_with(...)`: `create_with` in one call: the user's
+///   advisory lock, the old row `FOR UPDATE`, every check, then the writes;
+///   returns a result code and the evicted keys.
+/// - `<table>_delete(key)`: deletes the row and follows its moves, each
+///   step a fresh statement (so a fresh snapshot).
+/// - `<table>_delete_user(user)`: deletes the user's rows under the user's
+///   advisory lock.
+///
+/// The functions are `VOLATILE` PL/pgSQL: under READ COMMITTED each
+/// statement inside takes a new snapshot, so a statement that runs after a
+/// lock was granted sees everything committed before it was. (A single SQL
+/// statement takes its snapshot before it acquires any lock, which is why
+/// these are functions.)
+fn v3(table: &TableName) -> Vec<String> {
+    let t = table.qualified();
+    let moved = moved_table(table);
+    let delete = function(table, "delete");
+    let delete_user = function(table, "delete_user");
+    let lock = user_lock(table, "p_user");
+    let rc = READ_COMMITTED_ONLY;
+    vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {moved} (\
+             key text COLLATE \"C\" PRIMARY KEY, \
+             moved_to text COLLATE \"C\" NOT NULL, \
+             until timestamptz NOT NULL)"
         ),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {moved} (until)",
+            table.index("moved_idx")
+        ),
+        create_with_function(table, false),
         format!(
             r#"CREATE OR REPLACE FUNCTION {delete}(p_key text) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $fn$
@@ -349,6 +380,18 @@ BEGIN
 END
 $fn$"#
         ),
+    ]
+}
+
+/// The label column, and the `create_with` overload that stores it. The
+/// column is nullable with no default, so adding it touches no row (no
+/// table rewrite, a brief exclusive lock only); rows written before it, or
+/// by instances still on schema 3, have no label.
+fn v4(table: &TableName) -> Vec<String> {
+    let t = table.qualified();
+    vec![
+        format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS label text"),
+        create_with_function(table, true),
     ]
 }
 

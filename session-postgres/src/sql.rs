@@ -20,14 +20,16 @@ use crate::migrate::{function, moved_table, EXPIRY_BUCKET, EXPIRY_BUCKET_ORIGIN}
 #[derive(Debug)]
 pub(crate) struct Statements {
     /// `$1 key, $2 data, $3 version, $4 user_id, $5 created_at,
-    /// $6 last_access, $7 idle_deadline, $8 absolute_deadline`; one row
-    /// affected when written, none when a live record holds the key.
+    /// $6 last_access, $7 idle_deadline, $8 absolute_deadline, $9 label`;
+    /// one row affected when written, none when a live record holds the
+    /// key.
     pub create: Arc<str>,
     /// `$1 key`; the row's record columns when live.
     pub load: Arc<str>,
     /// `$1 key, $2 expected version, $3 data, $4 version, $5 created_at,
     /// $6 last_access, $7 idle_deadline, $8 absolute_deadline`; one row
-    /// affected when written. When none is, [`Statements::live`] tells a
+    /// affected when written. User and label are fixed at creation: not
+    /// written. When none is, [`Statements::live`] tells a
     /// stale version from a missing record.
     pub update: Arc<str>,
     /// `$1 key`; one row when a live record exists.
@@ -37,12 +39,13 @@ pub(crate) struct Statements {
     pub touch: Arc<str>,
     /// `$1 key, $2 data, $3 version, $4 user_id, $5 created_at,
     /// $6 last_access, $7 idle_deadline, $8 absolute_deadline, $9 old key,
-    /// $10 old version, $11 limit, $12 evict oldest`; one row: an `int4`
-    /// result code (`migrate::code`) and the evicted keys (`text[]`).
+    /// $10 old version, $11 limit, $12 evict oldest, $13 label`; one row:
+    /// an `int4` result code (`migrate::code`) and the evicted keys
+    /// (`text[]`).
     pub create_with: Arc<str>,
     /// `$1 key`: deletes the record and follows its moves.
     pub delete: Arc<str>,
-    /// `$1 user_id`; summaries of the live sessions.
+    /// `$1 user_id`; summaries of the live sessions, labels included.
     pub list_user_sessions: Arc<str>,
     /// `$1 user_id`; one `int8`: how many live sessions were deleted.
     pub delete_user: Arc<str>,
@@ -53,7 +56,7 @@ pub(crate) struct Statements {
 
 /// The columns a load returns, in the order `decode_record` reads them.
 pub(crate) const RECORD_COLUMNS: &str =
-    "data, version, user_id, created_at, last_access, idle_deadline, absolute_deadline";
+    "data, version, user_id, created_at, last_access, idle_deadline, absolute_deadline, label";
 
 impl Statements {
     /// The statements for `table`.
@@ -72,12 +75,13 @@ impl Statements {
         Self {
             create: s(format!(
                 "INSERT INTO {t} AS s \
-                 (key, data, version, user_id, created_at, last_access, idle_deadline, absolute_deadline) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 (key, data, version, user_id, created_at, last_access, idle_deadline, absolute_deadline, label) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (key) DO UPDATE SET \
                  data = excluded.data, version = excluded.version, user_id = excluded.user_id, \
                  created_at = excluded.created_at, last_access = excluded.last_access, \
-                 idle_deadline = excluded.idle_deadline, absolute_deadline = excluded.absolute_deadline \
+                 idle_deadline = excluded.idle_deadline, absolute_deadline = excluded.absolute_deadline, \
+                 label = excluded.label \
                  WHERE s.expires_at <= now()"
             )),
             load: s(format!(
@@ -97,12 +101,12 @@ impl Statements {
                  WHERE key = $1 AND expires_at > now()"
             )),
             create_with: s(format!(
-                "SELECT code, evicted FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                "SELECT code, evicted FROM {}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 function(table, "create_with")
             )),
             delete: s(format!("SELECT {}($1)", function(table, "delete"))),
             list_user_sessions: s(format!(
-                "SELECT key, created_at, last_access, idle_deadline, absolute_deadline \
+                "SELECT key, created_at, last_access, idle_deadline, absolute_deadline, label \
                  FROM {t} WHERE user_id = $1 AND expires_at > now()"
             )),
             delete_user: s(format!("SELECT {}($1)", function(table, "delete_user"))),

@@ -477,6 +477,10 @@ impl Inner {
     fn check_size(&self, record: &SessionRecord) -> StoreResult<()> {
         let size = session_core::codec::layout::HEADER_LEN
             + record.user_id.as_deref().map_or(0, str::len)
+            + record
+                .label
+                .as_deref()
+                .map_or(0, |l| session_core::codec::layout::LABEL_LEN_SIZE + l.len())
             + record.data.len();
         if size > self.max_record_bytes {
             return Err(StoreError::TooLarge {
@@ -545,6 +549,7 @@ type RecordRow = (
     OffsetDateTime,
     OffsetDateTime,
     OffsetDateTime,
+    Option<String>,
 );
 
 type SummaryRow = (
@@ -553,6 +558,7 @@ type SummaryRow = (
     OffsetDateTime,
     OffsetDateTime,
     OffsetDateTime,
+    Option<String>,
 );
 
 #[async_trait]
@@ -566,6 +572,9 @@ impl SessionStore for PostgresStore {
         if record.user_id.as_deref().is_some_and(has_nul) {
             return Err(StoreError::backend(PgError::NulInUserId));
         }
+        if record.label.as_deref().is_some_and(has_nul) {
+            return Err(StoreError::backend(PgError::NulInLabel));
+        }
         let sql = &inner.sql.create;
         let done = inner
             .run("create", Statement::NotIdempotent, |mut conn| async move {
@@ -578,6 +587,7 @@ impl SessionStore for PostgresStore {
                     .bind(to_db(record.last_access))
                     .bind(to_db(record.idle_deadline))
                     .bind(to_db(record.absolute_deadline))
+                    .bind(record.label.as_deref())
                     .execute(&mut *conn)
                     .await
             })
@@ -607,6 +617,9 @@ impl SessionStore for PostgresStore {
         }
         if record.user_id.as_deref().is_some_and(has_nul) {
             return Err(StoreError::backend(PgError::NulInUserId));
+        }
+        if record.label.as_deref().is_some_and(has_nul) {
+            return Err(StoreError::backend(PgError::NulInLabel));
         }
         if options
             .replaces
@@ -641,6 +654,7 @@ impl SessionStore for PostgresStore {
                         .bind(old.map(|r| r.version.cast_signed()))
                         .bind(max)
                         .bind(evict)
+                        .bind(record.label.as_deref())
                         .fetch_one(&mut *conn)
                         .await;
                     match result {
@@ -688,7 +702,7 @@ impl SessionStore for PostgresStore {
             })
             .await?;
         Ok(row.map(
-            |(data, version, user_id, created, last_access, idle, absolute)| {
+            |(data, version, user_id, created, last_access, idle, absolute, label)| {
                 SessionRecord::new(
                     Bytes::from(data),
                     user_id,
@@ -698,6 +712,7 @@ impl SessionStore for PostgresStore {
                 )
                 .with_last_access(from_db(last_access))
                 .with_version(version.cast_unsigned())
+                .with_label(label)
             },
         ))
     }
@@ -814,15 +829,16 @@ impl SessionStore for PostgresStore {
             .await?;
         Ok(rows
             .into_iter()
-            .map(
-                |(key, created, last_access, idle, absolute)| SessionSummary {
-                    key: StorageKey::from_stored(&key),
-                    created_at: from_db(created),
-                    last_access: from_db(last_access),
-                    idle_deadline: from_db(idle),
-                    absolute_deadline: from_db(absolute),
-                },
-            )
+            .map(|(key, created, last_access, idle, absolute, label)| {
+                SessionSummary::new(
+                    StorageKey::from_stored(&key),
+                    from_db(created),
+                    from_db(last_access),
+                    from_db(idle),
+                    from_db(absolute),
+                )
+                .with_label(label)
+            })
             .collect())
     }
 

@@ -102,9 +102,12 @@ async fn concurrent_migrations_run_once_in_a_new_schema() {
     .fetch_all(pool)
     .await
     .unwrap();
+    // Two overloads of create_with: schema 3's, kept for instances not
+    // upgraded yet, and schema 4's, which takes the label.
     assert_eq!(
         functions,
         [
+            "sessions_create_with",
             "sessions_create_with",
             "sessions_delete",
             "sessions_delete_user"
@@ -131,9 +134,11 @@ async fn concurrent_migrations_run_once_in_a_new_schema() {
             "idle_deadline",
             "absolute_deadline",
             "expires_at",
-            "expiry_bucket"
+            "expiry_bucket",
+            "label"
         ]
     );
+    assert!(columns.contains(&("label".to_owned(), "text".to_owned())));
     assert!(columns
         .iter()
         .filter(|(n, _)| n.ends_with("_at") || n.ends_with("deadline") || n == "last_access")
@@ -343,6 +348,27 @@ async fn nul_characters_are_typed_errors_not_panics() {
         other => panic!("{other:?}"),
     }
     assert_eq!(t.rows().await, 0);
+    let labelled = record(Some("u"), b"x", HOUR, HOUR).with_label(Some("a\0b".into()));
+    for options in [
+        CreateOptions::default(),
+        CreateOptions::default().with_limit(session_core::UserSessionLimit {
+            max: std::num::NonZeroUsize::new(3).unwrap(),
+            strategy: session_core::LimitStrategy::RejectNew,
+        }),
+    ] {
+        let err = s
+            .create_with(&key(), &labelled, &options)
+            .await
+            .unwrap_err();
+        match &err {
+            StoreError::Backend(source) => assert!(matches!(
+                source.downcast_ref::<PgError>(),
+                Some(PgError::NulInLabel)
+            )),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(t.rows().await, 0);
     assert!(s.list_user_sessions("a\0b").await.unwrap().is_empty());
     assert_eq!(s.delete_user("a\0b").await.unwrap(), 0);
     let bad = StorageKey::from_stored("k\0");
@@ -519,8 +545,8 @@ async fn upgrade_from_schema_version_1_keeps_sessions_and_cleanup() {
 
     assert_eq!(
         store.migrate().await.unwrap(),
-        2,
-        "only versions 2 and 3 run"
+        3,
+        "only versions 2, 3 and 4 run"
     );
     let live = StorageKey::from_stored(&"a".repeat(64));
     let got = store.load(&live).await.unwrap().unwrap();
@@ -608,7 +634,11 @@ async fn upgrade_from_schema_version_2_in_place_enables_the_lifecycle() {
             .unwrap();
     }
 
-    assert_eq!(store.migrate().await.unwrap(), 1, "only version 3 runs");
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        2,
+        "only versions 3 and 4 run"
+    );
     assert_eq!(store.migrate().await.unwrap(), 0, "not idempotent");
     // The existing session rotates, and a logout with its old key follows
     // the move.
@@ -624,6 +654,102 @@ async fn upgrade_from_schema_version_2_in_place_enables_the_lifecycle() {
     store.delete(&old).await.unwrap();
     assert!(store.load(&new).await.unwrap().is_none());
     assert!(store.list_user_sessions("u2").await.unwrap().is_empty());
+    drop_scratch(&pool, &name).await;
+}
+
+/// A table at schema version 3 (no label column, bookkeeping up to 3,
+/// the 12-parameter `create_with` only) with a live session: `migrate()`
+/// adds the nullable column in place, the old session loads and lists
+/// without a label, an instance still on version 3 (calling the old
+/// function) keeps working, and labels round-trip afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_schema_version_3_adds_the_label_column() {
+    let name = unique("v3");
+    let store = common::builder(&name)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let pool = store.pool().clone();
+    let t = store.table().to_string();
+    let schema = common::SCHEMA;
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        session_postgres::migrate::LATEST_VERSION as u32
+    );
+    // Back to what version 3 left.
+    for sql in [
+        format!("ALTER TABLE {t} DROP COLUMN label"),
+        format!(
+            "DROP FUNCTION \"{schema}\".\"{name}_create_with\"(text, bytea, bigint, text, \
+             timestamptz, timestamptz, timestamptz, timestamptz, text, bigint, bigint, boolean, text)"
+        ),
+        format!(
+            "DELETE FROM \"{schema}\".session_postgres_migrations \
+             WHERE table_name = '{name}' AND version = 4"
+        ),
+        format!(
+            "INSERT INTO {t} (key, data, version, user_id, created_at, last_access, \
+             idle_deadline, absolute_deadline) VALUES ('{}', '\\x6f6c64', 2, 'u3', now(), now(), \
+             now() + interval '1 hour', now() + interval '2 hours')",
+            "c".repeat(64)
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    assert_eq!(store.migrate().await.unwrap(), 1, "only version 4 runs");
+    assert_eq!(store.migrate().await.unwrap(), 0, "not idempotent");
+    let old = StorageKey::from_stored(&"c".repeat(64));
+    let got = store.load(&old).await.unwrap().unwrap();
+    assert_eq!((&got.data[..], got.label.as_deref()), (&b"old"[..], None));
+    let listed = store.list_user_sessions("u3").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].label, None);
+
+    // An instance still on version 3 calls the 12-parameter function.
+    let by_old_instance = key();
+    let (code, _): (i32, Vec<String>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT code, evicted FROM \"{schema}\".\"{name}_create_with\"($1, $2, 1, 'u3', now(), \
+         now(), now() + interval '1 hour', now() + interval '1 hour', NULL, NULL, 5, false)"
+    )))
+    .bind(by_old_instance.as_str())
+    .bind(&b"o"[..])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        store.load(&by_old_instance).await.unwrap().unwrap().label,
+        None
+    );
+
+    // This version rotates the old session with a label.
+    let new = key();
+    let labelled = record(Some("u3"), b"n", HOUR, HOUR).with_label(Some("Phone".into()));
+    store
+        .create_with(
+            &new,
+            &labelled,
+            &CreateOptions::default().replacing(old.clone(), 2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(&new).await.unwrap().unwrap().label.as_deref(),
+        Some("Phone")
+    );
+    let mut labels: Vec<Option<String>> = store
+        .list_user_sessions("u3")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.label)
+        .collect();
+    labels.sort();
+    assert_eq!(labels, vec![None, Some("Phone".to_owned())]);
     drop_scratch(&pool, &name).await;
 }
 

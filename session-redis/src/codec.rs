@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0     1  format (1)
+//!      0     1  format (1, or 5 with a label)
 //!      1     1  has user (0 or 1)
 //!      2     8  version, u64 big-endian
 //!     10     8  created_at, i64 big-endian unix ms
@@ -15,8 +15,18 @@
 //!   46+n     …  data
 //! ```
 //!
+//! A record with a label (format 5, see
+//! [`session_core::codec::layout`]) has the label's length (u32) and the
+//! label between the user id and the data. A record without one is
+//! written in format 1, byte for byte as before labels existed, so values
+//! stored by earlier versions load unchanged (and earlier versions still
+//! read every unlabelled record; they take a labelled one for unreadable
+//! bytes, that is, for no session).
+//!
 //! The Lua scripts read only the fixed header (and the user id where they
-//! must compare it) with `GETRANGE`, never the data.
+//! must compare it) with `GETRANGE`, never the data; the listing script
+//! reads the label too. A script takes a value for a record when its format
+//! byte is 1 or 5.
 //!
 //! # Markers
 //!
@@ -62,8 +72,11 @@ use session_core::{SessionRecord, StorageKey, StoreError, StoreResult, Timestamp
 
 /// Length of the fixed header (core's record layout).
 pub(crate) const HEADER_LEN: usize = layout::HEADER_LEN;
-/// Format byte of a session record ([`SessionRecord::encode`]).
+/// Format byte of a session record without a label
+/// ([`SessionRecord::encode`]).
 pub(crate) const FORMAT_RECORD: u8 = layout::FORMAT_RECORD;
+/// Format byte of a session record with a label.
+pub(crate) const FORMAT_RECORD_LABELLED: u8 = layout::FORMAT_RECORD_LABELLED;
 /// Format byte of a moved marker.
 pub(crate) const FORMAT_MOVED: u8 = 2;
 /// Format byte of an ended marker.
@@ -139,8 +152,38 @@ pub(crate) fn classify(bytes: &[u8]) -> Stored {
         }
         FORMAT_ENDED => Stored::Ended,
         FORMAT_PENDING => Stored::Pending,
+        FORMAT_RECORD_LABELLED if head_len(bytes).is_none_or(|n| n > bytes.len()) => {
+            // A prefix cut within the label: the header and user id, which
+            // is all a prefix read wants, without the label.
+            match header_and_user_len(bytes).filter(|&n| n <= bytes.len()) {
+                Some(n) => {
+                    let mut unlabelled = bytes[..n].to_vec();
+                    unlabelled[layout::FORMAT] = FORMAT_RECORD;
+                    SessionRecord::decode(&unlabelled).map_or(Stored::Unreadable, Stored::Record)
+                }
+                None => Stored::Unreadable,
+            }
+        }
         _ => SessionRecord::decode(bytes).map_or(Stored::Unreadable, Stored::Record),
     }
+}
+
+/// Whether a format byte is a session record's (with or without a label).
+fn is_record_format(format: u8) -> bool {
+    format == FORMAT_RECORD || format == FORMAT_RECORD_LABELLED
+}
+
+/// The part of a labelled record's label that `prefix` (a prefix of a
+/// stored value, read at least through the label's length) lacks, as
+/// offsets into the value; `None` when there is nothing more to read (not
+/// a labelled record, the label complete, or the prefix too short to
+/// tell).
+pub(crate) fn missing_label(prefix: &[u8]) -> Option<std::ops::Range<usize>> {
+    if prefix.first() != Some(&FORMAT_RECORD_LABELLED) {
+        return None;
+    }
+    let end = head_len(prefix)?;
+    (end > prefix.len()).then_some(prefix.len()..end)
 }
 
 /// Whether a value (or a prefix of one at least [`HEADER_LEN`] bytes long,
@@ -148,7 +191,7 @@ pub(crate) fn classify(bytes: &[u8]) -> Stored {
 /// the fixed header alone.
 pub(crate) fn is_live_record(bytes: &[u8], now: Timestamp) -> bool {
     bytes.len() >= HEADER_LEN
-        && bytes[0] == FORMAT_RECORD
+        && is_record_format(bytes[0])
         && now.as_unix_millis()
             < i64_at(bytes, layout::IDLE_DEADLINE).min(i64_at(bytes, layout::ABSOLUTE_DEADLINE))
 }
@@ -197,7 +240,7 @@ pub(crate) const TOUCH_OFFSET: usize = layout::LAST_ACCESS;
 /// Decodes a stored value without copying the data: the returned record's
 /// `data` is a slice of `bytes`.
 pub(crate) fn decode(bytes: Vec<u8>) -> StoreResult<SessionRecord> {
-    let split = header_and_user_len(&bytes)
+    let split = head_len(&bytes)
         .filter(|&n| n <= bytes.len())
         .ok_or_else(|| StoreError::Corrupt("Redis session value: truncated header".into()))?;
     let mut record = SessionRecord::decode(&bytes[..split])?;
@@ -210,6 +253,19 @@ pub(crate) fn decode(bytes: Vec<u8>) -> StoreResult<SessionRecord> {
 fn header_and_user_len(bytes: &[u8]) -> Option<usize> {
     let len: [u8; 4] = bytes.get(layout::USER_LEN..HEADER_LEN)?.try_into().ok()?;
     HEADER_LEN.checked_add(usize::try_from(u32::from_be_bytes(len)).ok()?)
+}
+
+/// Length of everything before a record's data: header, user id and, in a
+/// labelled record, the label's length and the label. `None` if the
+/// bytes end before the lengths it needs.
+fn head_len(bytes: &[u8]) -> Option<usize> {
+    let user_end = header_and_user_len(bytes)?;
+    if bytes.first() != Some(&FORMAT_RECORD_LABELLED) {
+        return Some(user_end);
+    }
+    let len_end = user_end.checked_add(layout::LABEL_LEN_SIZE)?;
+    let len: [u8; 4] = bytes.get(user_end..len_end)?.try_into().ok()?;
+    len_end.checked_add(usize::try_from(u32::from_be_bytes(len)).ok()?)
 }
 
 /// The bytes scripts compare to check a record's user: the has-user flag,
@@ -317,6 +373,51 @@ mod tests {
             sample(Some("Zoë {x}"), b"\x00\xffdata"),
         ] {
             assert_eq!(decode(r.encode()).unwrap(), r);
+            let labelled = r.with_label(Some("Pixel – 7".into()));
+            assert_eq!(decode(labelled.encode()).unwrap(), labelled);
+        }
+    }
+
+    #[test]
+    fn labelled_records_are_records_for_every_reader() {
+        let r = sample(Some("alice"), b"data").with_label(Some("Firefox".into()));
+        let enc = r.encode();
+        assert_eq!(enc[0], FORMAT_RECORD_LABELLED);
+        assert!(!is_marker(&enc));
+        assert!(is_live_record(&enc, Timestamp::from_unix_millis(0)));
+        assert!(!is_live_record(&enc, Timestamp::from_unix_millis(3)));
+        assert_eq!(classify(&enc), Stored::Record(r.clone()));
+        // A prefix read through the user id (as the lifecycle reads do):
+        // the header and user id, no label.
+        let user_end = HEADER_LEN + 5;
+        for cut in [user_end, user_end + 2, user_end + 4, user_end + 6] {
+            let Stored::Record(head) = classify(&enc[..cut]) else {
+                panic!("cut {cut}: {:?}", classify(&enc[..cut]));
+            };
+            assert_eq!(head.user_id.as_deref(), Some("alice"), "cut {cut}");
+            assert_eq!(head.label, None, "cut {cut}");
+        }
+        // Through the label: all of it.
+        let label_end = user_end + 4 + "Firefox".len();
+        let Stored::Record(full) = classify(&enc[..label_end]) else {
+            panic!("not a record");
+        };
+        assert_eq!(full.label.as_deref(), Some("Firefox"));
+        // What a listing still has to read.
+        assert_eq!(
+            missing_label(&enc[..user_end + 4]),
+            Some(user_end + 4..label_end)
+        );
+        assert_eq!(
+            missing_label(&enc[..user_end + 6]),
+            Some(user_end + 6..label_end)
+        );
+        assert_eq!(missing_label(&enc[..label_end]), None);
+        assert_eq!(missing_label(&enc[..user_end + 2]), None);
+        assert_eq!(missing_label(&sample(Some("alice"), b"d").encode()), None);
+        // Cut in the label or its length, a full decode refuses.
+        for n in user_end..label_end {
+            assert!(decode(enc[..n].to_vec()).is_err(), "len {n}");
         }
     }
 

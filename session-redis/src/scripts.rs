@@ -12,9 +12,12 @@
 //! argument) as well as the server's TTL, so a record past its deadline is
 //! dead for `update` and `touch` even if Redis has not evicted it yet.
 //!
-//! A record is live for a script only if its format byte is 1: the moved
-//! and ended markers (see [`crate::codec`]) share the header but are never
-//! live, so `update`, `touch` and a rotation from a moved key find nothing.
+//! A record is live for a script only if its format byte is 1 or 5 (a
+//! record with a label): the moved, ended and pending markers (see
+//! [`crate::codec`]) share the header but are never live, so `update`,
+//! `touch` and a rotation from a moved key find nothing. The label sits
+//! after the user id, so no script that compares users or moves headers
+//! needs to know about it; only `LIST_USER` reads it, for the summaries.
 //!
 //! On a cluster each script gets one key, and touches only that key. The
 //! combined forms (session key plus index key) are used only against a
@@ -43,6 +46,7 @@ local AT_FORMAT, AT_USER_FLAG, AT_VERSION = {format}, {flag}, {version}
 local AT_CREATED, AT_LAST_ACCESS, AT_IDLE, AT_ABSOLUTE = {created}, {last}, {idle}, {absolute}
 local AT_USER_LEN, AT_USER = {user_len}, {user}
 local F_RECORD, F_MOVED, F_ENDED, F_PENDING, HAS_USER = {f_record}, {f_moved}, {f_ended}, {f_pending}, {has_user}
+local F_LABELLED, LABEL_LEN = {f_labelled}, {label_len}
 ",
         header = l::HEADER_LEN,
         word = l::WORD,
@@ -62,6 +66,8 @@ local F_RECORD, F_MOVED, F_ENDED, F_PENDING, HAS_USER = {f_record}, {f_moved}, {
         f_ended = FORMAT_ENDED,
         f_pending = FORMAT_PENDING,
         has_user = l::HAS_USER,
+        f_labelled = l::FORMAT_RECORD_LABELLED,
+        label_len = l::LABEL_LEN_SIZE,
     )
 }
 
@@ -90,12 +96,15 @@ local function u32(s, i)
   local a, b, c, d = string.byte(s, i, i + 3)
   return ((a * 256 + b) * 256 + c) * 256 + d
 end
-local function live(h, now)
-  return #h >= HEADER and string.byte(h, AT_FORMAT) == F_RECORD
-    and now < math.min(i64(h, AT_IDLE), i64(h, AT_ABSOLUTE))
-end
 local function is_format(h, f)
   return #h >= HEADER and string.byte(h, AT_FORMAT) == f
+end
+-- A session record, with or without a label.
+local function is_record(h)
+  return is_format(h, F_RECORD) or is_format(h, F_LABELLED)
+end
+local function live(h, now)
+  return is_record(h) and now < math.min(i64(h, AT_IDLE), i64(h, AT_ABSOLUTE))
 end
 -- The user segment of a header read with its user id: flag, length, id.
 local function user_seg(h)
@@ -306,7 +315,7 @@ for i = 0, hops do
   else
     local flags, user = 0, ''
     if live(h, now) then flags = 1 end
-    if is_format(h, F_RECORD) and has_user(h) then
+    if is_record(h) and has_user(h) then
       flags = flags + 2
       local n = u32(h, AT_USER_LEN)
       if n > 0 then user = redis.call('GETRANGE', key, HEADER, HEADER - 1 + n) end
@@ -343,7 +352,7 @@ if is_format(h, F_MOVED) then
   if untl <= now or #to == 0 then return {1, '', 0} end
   return {3, to, untl - now}
 end
-if not is_format(h, F_RECORD) or user_seg(h) ~= seg then return {-1, '', 0} end
+if not is_record(h) or user_seg(h) ~= seg then return {-1, '', 0} end
 local was_live = live(h, now)
 redis.call('DEL', KEYS[1])
 if was_live then return {2, '', 0} end
@@ -458,19 +467,33 @@ return 0
 /// one step so a listing never sees a session between two states (single
 /// server only: it reads session keys it is not given).
 ///
-/// KEYS: index. ARGV: session key head (`<prefix>:s:{`), last header byte
-/// to read. Returns a flat array: member, score, header, member, ...
-const LIST_USER: &str = r#"
+/// KEYS: index. ARGV: session key head (`<prefix>:s:{`), last byte to read
+/// of every value: through the user id and the 4 bytes after it, which
+/// hold a labelled record's label length. Of a labelled record the label is
+/// read as well. Returns a flat array: member, score, value prefix, member,
+/// ...
+const LIST_USER: &str = concat!(
+    prelude!(),
+    r#"
 local out = {}
+local last = tonumber(ARGV[2])
 local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 for i = 1, #entries, 2 do
   local m = entries[i]
+  local key = ARGV[1] .. m .. '}'
+  local h = redis.call('GETRANGE', key, 0, last)
+  -- A labelled record of this user: its label length ends `h`.
+  if #h == last + 1 and is_format(h, F_LABELLED) then
+    local n = u32(h, last + 2 - LABEL_LEN)
+    if n > 0 then h = h .. redis.call('GETRANGE', key, last + 1, last + n) end
+  end
   out[#out + 1] = m
   out[#out + 1] = entries[i + 1]
-  out[#out + 1] = redis.call('GETRANGE', ARGV[1] .. m .. '}', 0, tonumber(ARGV[2]))
+  out[#out + 1] = h
 end
 return out
-"#;
+"#
+);
 
 /// Removes index entries whose session keys hold nothing, leaving those a
 /// create wrote again since the caller saw them gone (it indexed them

@@ -487,8 +487,13 @@ impl RedisStore {
     /// Encodes `record`, enforcing the size limit.
     fn encode(&self, record: &SessionRecord) -> StoreResult<Vec<u8>> {
         let user = record.user_id.as_deref().map_or(0, str::len);
+        let label = record
+            .label
+            .as_deref()
+            .map_or(0, |l| session_core::codec::layout::LABEL_LEN_SIZE + l.len());
         let size = HEADER_LEN
             .saturating_add(user)
+            .saturating_add(label)
             .saturating_add(record.data.len());
         let limit = self.shared.max_record_size;
         if size > limit {
@@ -1449,7 +1454,10 @@ impl RedisStore {
 
     async fn raw_list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
         let index = self.prefix.index_key(user_id.as_bytes());
-        let header_end = HEADER_LEN - 1 + user_id.len();
+        // Through the user id and a labelled record's label length (the
+        // label itself is read as a second range where there is one).
+        let header_end =
+            HEADER_LEN - 1 + user_id.len() + session_core::codec::layout::LABEL_LEN_SIZE;
         // Reads, then a `ZREM` of entries whose sessions are gone, which a
         // repeat cannot make wrong: the whole call is retried.
         self.bounded(
@@ -1475,7 +1483,22 @@ impl RedisStore {
                                     .await
                             }
                         });
-                        let headers = join_all(reads).await;
+                        let mut headers = join_all(reads).await;
+                        for header in headers.iter_mut().zip(&entries) {
+                            if let (Ok(h), (member, _)) = header {
+                                if let Some(rest) = codec::missing_label(h) {
+                                    let session_key =
+                                        self.prefix.session_key(&StorageKey::from_stored(member));
+                                    let more: Vec<u8> = redis::cmd("GETRANGE")
+                                        .arg(session_key)
+                                        .arg(rest.start)
+                                        .arg(rest.end - 1)
+                                        .query_async(&mut conn)
+                                        .await?;
+                                    h.extend_from_slice(&more);
+                                }
+                            }
+                        }
                         (entries, headers)
                     } else {
                         // One script: the index and every header as of one

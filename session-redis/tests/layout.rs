@@ -325,6 +325,51 @@ async fn extreme_deadlines<C: ConnectionLike + Send>(store: &RedisStore, raw: &m
     assert_eq!(listed, vec![k]);
 }
 
+/// A labelled record is stored as core encodes it (format 5, the label
+/// between user id and data); an unlabelled one in format 1, byte for
+/// byte as before labels existed. A touch rewrites neither label nor data,
+/// and the listing returns the label.
+async fn labels_sit_after_the_user_id<C: ConnectionLike + Send>(store: &RedisStore, raw: &mut C) {
+    let p = prefix(store);
+    let user = "label {owner}";
+    let (labelled, plain) = (key(), key());
+    let rec = record(Some(user), b"data", 60_000, 3_600_000)
+        .with_label(Some("Firefox – Linux".to_owned()));
+    store.create(&labelled, &rec).await.unwrap();
+    let unlabelled = record(Some(user), b"data", 60_000, 3_600_000);
+    store.create(&plain, &unlabelled).await.unwrap();
+    let value = get(raw, &p.session_key(&labelled)).await.unwrap();
+    assert_eq!(value, rec.encode());
+    assert_eq!(value[0], 5);
+    let at = session_core::codec::layout::HEADER_LEN + user.len();
+    assert_eq!(&value[at..at + 4], &17u32.to_be_bytes());
+    assert_eq!(&value[at + 4..at + 21], "Firefox – Linux".as_bytes());
+    let value = get(raw, &p.session_key(&plain)).await.unwrap();
+    assert_eq!(value, unlabelled.encode());
+    assert_eq!(value[0], 1);
+
+    let now = Timestamp::now();
+    store
+        .touch(&labelled, now, now.saturating_add(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    let loaded = store.load(&labelled).await.unwrap().unwrap();
+    assert_eq!(loaded.label, rec.label);
+    assert_eq!(loaded.data, rec.data);
+    let mut listed: Vec<_> = store
+        .list_user_sessions(user)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.key == labelled, s.label))
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![(false, None), (true, Some("Firefox – Linux".to_owned()))]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_server_layout() {
     let (store, mut raw) = single().await;
@@ -336,6 +381,7 @@ async fn single_server_layout() {
     index_entries_without_sessions(&store, &mut raw).await;
     extreme_deadlines(&store, &mut raw).await;
     rotation_leaves_a_moved_marker(&store, &mut raw).await;
+    labels_sit_after_the_user_id(&store, &mut raw).await;
     too_large_records_are_refused().await;
     // Everything written lives under the store's prefix.
     // SCAN, not KEYS: the server may hold millions of other keys.
@@ -375,6 +421,7 @@ async fn cluster_layout() {
     index_entries_without_sessions(&store, &mut raw).await;
     extreme_deadlines(&store, &mut raw).await;
     rotation_leaves_a_moved_marker(&store, &mut raw).await;
+    labels_sit_after_the_user_id(&store, &mut raw).await;
 }
 
 /// What the layout probe returns: format, user flag, version, the four

@@ -44,7 +44,7 @@ fn created_ms_ago(mut r: SessionRecord, ms: u64) -> SessionRecord {
 
 /// Runs `a` and `b` on separate tasks (separate worker threads where the
 /// runtime has them), released together.
-async fn race<A, B>(a: A, b: B) -> (A::Output, B::Output)
+pub(super) async fn race<A, B>(a: A, b: B) -> (A::Output, B::Output)
 where
     A: Future + Send + 'static,
     A::Output: Send + 'static,
@@ -820,7 +820,7 @@ pub async fn create_racing_delete_user_leaves_every_session_indexed(h: Harness) 
     }
 }
 
-fn slow_manager(
+pub(super) fn slow_manager(
     h: &Harness,
     store: Arc<dyn SessionStore>,
     limit: Option<UserSessionLimit>,

@@ -69,6 +69,7 @@ use crate::record::{SessionRecord, SessionSummary};
 use crate::store::{CreateOptions, Created, SessionStore, StoreError, StoreResult};
 
 pub mod decorators;
+mod devices;
 pub mod faults;
 mod lifecycle;
 pub mod model;
@@ -220,6 +221,7 @@ pub fn record(user: Option<&str>, data: &[u8], idle_ms: u64, abs_ms: u64) -> Ses
         idle_deadline: now.saturating_add(Duration::from_millis(idle_ms)),
         absolute_deadline: now.saturating_add(Duration::from_millis(abs_ms)),
         version: 1,
+        label: None,
     }
 }
 
@@ -359,6 +361,13 @@ macro_rules! __conformance_case_list {
             store_agrees_with_the_model,
             versions_span_the_whole_u64_range,
             user_ids_up_to_1_kib_with_any_characters,
+            label_round_trips_through_create_rotation_and_listing,
+            absent_label_stays_none,
+            labels_up_to_the_stored_limit_with_any_characters,
+            manager_login_label_is_listed_with_the_current_session_marked,
+            manager_refuses_an_invalid_label_before_any_store_call,
+            manager_end_user_session_refuses_another_users_session,
+            manager_end_user_session_racing_rotation_and_login,
         }
     };
 }
@@ -432,6 +441,7 @@ pub async fn run_suite(harness: &Harness) -> Vec<&'static str> {
 
 /// The cases, one public async function each.
 pub mod cases {
+    pub use super::devices::*;
     pub use super::lifecycle::*;
     pub use super::model::store_agrees_with_the_model;
     pub use super::rules::*;

@@ -172,15 +172,19 @@ fn steps(concurrent: bool) -> BoxedStrategy<Vec<Step>> {
     prop::collection::vec(step, 1..40).boxed()
 }
 
+/// A loaded record as [`Outcome::Loaded`] compares it: data, version,
+/// user id, label.
+pub type Loaded = (Vec<u8>, u64, Option<String>, Option<String>);
+
 /// What a call returned, reduced to what the contract decides.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
     /// `Ok(())`.
     Done,
-    /// A loaded record: data, version, user index.
-    Loaded(Option<(Vec<u8>, u64, Option<String>)>),
-    /// Listed keys (sorted).
-    Listed(Vec<StorageKey>),
+    /// A loaded record: data, version, user id, label.
+    Loaded(Option<Loaded>),
+    /// Listed keys with their labels (sorted).
+    Listed(Vec<(StorageKey, Option<String>)>),
     /// A count.
     Count(u64),
     /// `create_with` succeeded with these evictions (sorted).
@@ -235,6 +239,11 @@ impl Universe {
             idle_deadline: idle,
             absolute_deadline: absolute,
             version: 1,
+            // Every other record is labelled, so a store that drops,
+            // mixes up or invents labels on any path disagrees with the
+            // model; the labels vary in length and script.
+            label: (r.data % 2 == 1)
+                .then(|| format!("dévice {}", "x".repeat(usize::from(r.data % 100)))),
         }
     }
 }
@@ -348,10 +357,14 @@ impl Model {
                 replaces,
                 limit,
             } => self.create_with(u, *key, record, *replaces, *limit, now),
-            Call::Load { key } => Outcome::Loaded(
-                self.live(&u.keys[*key], now)
-                    .map(|r| (r.data.to_vec(), r.version, r.user_id.clone())),
-            ),
+            Call::Load { key } => Outcome::Loaded(self.live(&u.keys[*key], now).map(|r| {
+                (
+                    r.data.to_vec(),
+                    r.version,
+                    r.user_id.clone(),
+                    r.label.clone(),
+                )
+            })),
             Call::Update {
                 key,
                 expected,
@@ -387,10 +400,13 @@ impl Model {
             }
             Call::Delete { .. } => unreachable!("deletes go through Model::step"),
             Call::ListUserSessions { user } => {
-                let mut keys: Vec<StorageKey> = self
+                let mut keys: Vec<(StorageKey, Option<String>)> = self
                     .user_live(&u.users[*user], now)
                     .into_iter()
-                    .map(|(_, k)| k)
+                    .map(|(_, k)| {
+                        let label = self.records.get(&k).and_then(|r| r.label.clone());
+                        (k, label)
+                    })
                     .collect();
                 keys.sort();
                 Outcome::Listed(keys)
@@ -549,7 +565,7 @@ async fn run_call(store: &dyn SessionStore, u: &Universe, call: &Call) -> Outcom
         Call::Load { key } => store
             .load(&u.keys[*key])
             .await
-            .map(|r| Outcome::Loaded(r.map(|r| (r.data.to_vec(), r.version, r.user_id)))),
+            .map(|r| Outcome::Loaded(r.map(|r| (r.data.to_vec(), r.version, r.user_id, r.label)))),
         Call::Update {
             key,
             expected,
@@ -593,7 +609,8 @@ async fn run_call(store: &dyn SessionStore, u: &Universe, call: &Call) -> Outcom
         Call::Delete { key } => store.delete(&u.keys[*key]).await.map(|()| Outcome::Done),
         Call::ListUserSessions { user } => {
             store.list_user_sessions(&u.users[*user]).await.map(|list| {
-                let mut keys: Vec<StorageKey> = list.into_iter().map(|s| s.key).collect();
+                let mut keys: Vec<(StorageKey, Option<String>)> =
+                    list.into_iter().map(|s| (s.key, s.label)).collect();
                 keys.sort();
                 Outcome::Listed(keys)
             })

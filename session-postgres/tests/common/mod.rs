@@ -127,7 +127,15 @@ pub fn drop_statements(name: &str) -> Vec<String> {
     let mut v = vec![format!(
         "DROP TABLE IF EXISTS \"{SCHEMA}\".\"{name}\", \"{SCHEMA}\".\"{name}_moved\""
     )];
-    for function in ["create_with", "delete", "delete_user"] {
+    // create_with has two overloads (schema 3 and 4): name each.
+    let create_with = "text, bytea, bigint, text, timestamptz, timestamptz, timestamptz, \
+                       timestamptz, text, bigint, bigint, boolean";
+    for args in [create_with.to_owned(), format!("{create_with}, text")] {
+        v.push(format!(
+            "DROP FUNCTION IF EXISTS \"{SCHEMA}\".\"{name}_create_with\"({args})"
+        ));
+    }
+    for function in ["delete", "delete_user"] {
         v.push(format!(
             "DROP FUNCTION IF EXISTS \"{SCHEMA}\".\"{name}_{function}\""
         ));
