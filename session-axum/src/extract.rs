@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use session_core::cookie_crate::Cookie;
 use session_core::{
-    CommitOutcome, OneTimeToken, SessionError, SessionId, SessionManager, SessionSummary,
-    StorageKey, StoreError, TokenCheck,
+    CommitOutcome, ListedSession, LoginOptions, OneTimeToken, SessionError, SessionId,
+    SessionManager, SessionSummary, StorageKey, StoreError, TokenCheck,
 };
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
@@ -231,6 +231,23 @@ impl Session {
         Ok(self.shared.manager.login(&mut s, user_id).await?)
     }
 
+    /// [`Session::login`] with options, such as a label naming the device
+    /// (see [`SessionManager::login_with`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::login`], and `InvalidLabel` (a `500`) for a label that
+    /// breaks the rules of [`session_core::label`]: make labels from request
+    /// data with [`session_core::label::fit_label`].
+    pub async fn login_with(&self, user_id: &str, options: LoginOptions) -> Result<(), Error> {
+        let mut s = self.lock().await?;
+        Ok(self
+            .shared
+            .manager
+            .login_with(&mut s, user_id, options)
+            .await?)
+    }
+
     /// Gives the session a new ID; the old one stops working at once.
     ///
     /// # Errors
@@ -313,6 +330,18 @@ impl Session {
             return Ok(Vec::new());
         };
         Ok(self.shared.manager.list_user_sessions(&user).await?)
+    }
+
+    /// The live sessions of this session's user, oldest first, without
+    /// IDs, the current one marked (see [`SessionManager::list_sessions_for`]):
+    /// the data of a "your devices" page.
+    ///
+    /// # Errors
+    ///
+    /// `NotLoggedIn` (a `401`) for an anonymous session; store failures.
+    pub async fn list_own_sessions(&self) -> Result<Vec<ListedSession>, Error> {
+        let s = self.lock().await?;
+        Ok(self.shared.manager.list_sessions_for(&s).await?)
     }
 
     /// The old name of [`Session::list_user_sessions`].
