@@ -164,7 +164,13 @@ async fn the_session_list_shows_times_but_no_ids() {
             .map(String::as_str)
             .collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["created", "current", "expires", "key", "last_seen"]);
+        assert_eq!(
+            keys,
+            ["created", "current", "expires", "key", "label", "last_seen"]
+        );
+        // The label names the device from the login's User-Agent (this
+        // client sends none).
+        assert_eq!(entry["label"], "Unknown browser on unknown system");
         // The storage key names the session without being its ID.
         let key = entry["key"].as_str().unwrap();
         assert_eq!(key.len(), 64);
