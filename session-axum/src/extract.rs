@@ -10,7 +10,7 @@ use serde::Serialize;
 use session_core::cookie_crate::Cookie;
 use session_core::{
     CommitOutcome, ListedSession, LoginOptions, OneTimeToken, SessionError, SessionId,
-    SessionManager, SessionSummary, StorageKey, StoreError, TokenCheck,
+    SessionManager, StorageKey, StoreError, TokenCheck,
 };
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
@@ -232,13 +232,31 @@ impl Session {
     }
 
     /// [`Session::login`] with options, such as a label naming the device
-    /// (see [`SessionManager::login_with`]).
+    /// (see [`SessionManager::login_with`] and
+    /// [`session_core::label`]); the label is shown for this session in
+    /// [`Session::list_user_sessions`].
+    ///
+    /// ```no_run
+    /// use axum::http::{header::USER_AGENT, HeaderMap};
+    /// use session_axum::session_core::{label::fit_label, LoginOptions};
+    /// use session_axum::{Error, Session};
+    ///
+    /// async fn login(session: Session, headers: HeaderMap) -> Result<(), Error> {
+    ///     // ... check the password first ...
+    ///     let mut options = LoginOptions::new();
+    ///     let agent = headers.get(USER_AGENT).and_then(|v| v.to_str().ok());
+    ///     if let Some(label) = agent.and_then(fit_label) {
+    ///         options = options.with_label(label);
+    ///     }
+    ///     session.login_with("alice", options).await
+    /// }
+    /// ```
     ///
     /// # Errors
     ///
-    /// As [`Session::login`], and `InvalidLabel` (a `500`) for a label that
-    /// breaks the rules of [`session_core::label`]: make labels from request
-    /// data with [`session_core::label::fit_label`].
+    /// [`SessionError::InvalidLabel`] (a `500`: the application chose the
+    /// label; make it with [`fit_label`](session_core::label::fit_label))
+    /// before anything is written; otherwise as [`Session::login`].
     pub async fn login_with(&self, user_id: &str, options: LoginOptions) -> Result<(), Error> {
         let mut s = self.lock().await?;
         Ok(self
@@ -319,29 +337,21 @@ impl Session {
         Ok(manager.end_user_session(&s, key).await?)
     }
 
-    /// The live sessions of this session's user, oldest first, without IDs;
-    /// empty for an anonymous session.
+    /// The live sessions of this session's user, oldest first, without IDs,
+    /// each with its label and marked whether it is this session
+    /// ([`ListedSession::is_current`]): the data of a "your devices" page
+    /// (see [`SessionManager::list_sessions_for`]). Empty for a session
+    /// that is not logged in (new, anonymous, logged out or ended).
     ///
     /// # Errors
     ///
     /// Store failures.
-    pub async fn list_user_sessions(&self) -> Result<Vec<SessionSummary>, Error> {
-        let Some(user) = self.user_id().await? else {
-            return Ok(Vec::new());
-        };
-        Ok(self.shared.manager.list_user_sessions(&user).await?)
-    }
-
-    /// The live sessions of this session's user, oldest first, without
-    /// IDs, the current one marked (see [`SessionManager::list_sessions_for`]):
-    /// the data of a "your devices" page.
-    ///
-    /// # Errors
-    ///
-    /// `NotLoggedIn` (a `401`) for an anonymous session; store failures.
-    pub async fn list_own_sessions(&self) -> Result<Vec<ListedSession>, Error> {
+    pub async fn list_user_sessions(&self) -> Result<Vec<ListedSession>, Error> {
         let s = self.lock().await?;
-        Ok(self.shared.manager.list_sessions_for(&s).await?)
+        match self.shared.manager.list_sessions_for(&s).await {
+            Err(SessionError::NotLoggedIn) => Ok(Vec::new()),
+            other => Ok(other?),
+        }
     }
 
     /// The old name of [`Session::list_user_sessions`].
@@ -350,7 +360,7 @@ impl Session {
     ///
     /// Store failures.
     #[deprecated(note = "renamed to list_user_sessions, the name the manager and the store use")]
-    pub async fn list_sessions(&self) -> Result<Vec<SessionSummary>, Error> {
+    pub async fn list_sessions(&self) -> Result<Vec<ListedSession>, Error> {
         self.list_user_sessions().await
     }
 

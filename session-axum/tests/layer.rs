@@ -439,6 +439,67 @@ async fn logout_everywhere_and_listing() {
 }
 
 #[tokio::test]
+async fn the_device_list_shows_labels_and_marks_the_current_session() {
+    let app = app();
+    let laptop = send(
+        &app,
+        "POST",
+        "/login-labelled",
+        None,
+        "ada|Firefox on Linux",
+    )
+    .await
+    .cookie();
+    app.clock.advance(Duration::from_secs(1)); // so the list's order is known
+    let phone = send(
+        &app,
+        "POST",
+        "/login-labelled",
+        None,
+        "ada|Safari on iPhone",
+    )
+    .await
+    .cookie();
+    app.clock.advance(Duration::from_secs(1));
+    let unnamed = send(&app, "POST", "/login", None, "ada").await.cookie();
+    assert_eq!(
+        send(&app, "GET", "/devices", Some(&laptop), "").await.body,
+        "* Firefox on Linux\n- Safari on iPhone\n- -"
+    );
+    assert_eq!(
+        send(&app, "GET", "/devices", Some(&phone), "").await.body,
+        "- Firefox on Linux\n* Safari on iPhone\n- -"
+    );
+    assert_eq!(
+        send(&app, "GET", "/devices", Some(&unnamed), "").await.body,
+        "- Firefox on Linux\n- Safari on iPhone\n* -"
+    );
+    // A rotation keeps the label and the mark.
+    let rotated = send(&app, "POST", "/rotate", Some(&laptop), "")
+        .await
+        .cookie();
+    assert_eq!(
+        send(&app, "GET", "/devices", Some(&rotated), "").await.body,
+        "* Firefox on Linux\n- Safari on iPhone\n- -"
+    );
+    // Anonymous: an empty list.
+    assert_eq!(send(&app, "GET", "/devices", None, "").await.body, "");
+    // A label the manager refuses: a 500, and no session is stored.
+    let creates = app.store.hooks().calls_of(WRITES);
+    let r = send(
+        &app,
+        "POST",
+        "/login-labelled",
+        None,
+        &format!("ada|{}", "x".repeat(129)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.set_cookie.is_empty());
+    assert_eq!(app.store.hooks().calls_of(WRITES), creates);
+}
+
+#[tokio::test]
 async fn end_session_ends_only_the_users_own_sessions() {
     let app = app();
     let a1 = send(&app, "POST", "/login", None, "alice").await.cookie();

@@ -345,7 +345,8 @@ impl SessionSummary {
 /// the summary, and whether it is the session that asked.
 ///
 /// `current` compares storage keys; the session ID never enters the
-/// listing.
+/// listing. It dereferences to its [`SessionSummary`], so `entry.key`,
+/// `entry.created_at` and `entry.label` read as on a summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ListedSession {
@@ -354,6 +355,14 @@ pub struct ListedSession {
     /// Whether this is the session the listing was made for: the device
     /// the request came from.
     pub current: bool,
+}
+
+impl std::ops::Deref for ListedSession {
+    type Target = SessionSummary;
+
+    fn deref(&self) -> &SessionSummary {
+        &self.summary
+    }
 }
 
 impl ListedSession {

@@ -275,8 +275,8 @@ struct LoginForm {
 async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
-    session: Session,
     headers: HeaderMap,
+    session: Session,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, Error> {
     match state.auth.check(ip, &form.username, &form.password).await {
@@ -563,8 +563,9 @@ struct SessionInfo {
     created: String,
     last_seen: String,
     expires: String,
-    /// The device name given at login (from the `User-Agent`).
+    /// The label given at login (from the browser's User-Agent), if any.
     label: Option<String>,
+    /// Whether this is the session that asked.
     current: bool,
 }
 
@@ -586,7 +587,7 @@ async fn sessions(session: Session, headers: HeaderMap) -> Result<Response, Erro
         return Ok(not_logged_in(has_session_cookie(&headers)));
     };
     let sessions = session
-        .list_own_sessions()
+        .list_user_sessions()
         .await?
         .into_iter()
         .map(|s| SessionInfo {
@@ -614,7 +615,7 @@ async fn devices(
     let Some(user) = session.user_id().await? else {
         return Ok(not_logged_in(has_session_cookie(&headers)));
     };
-    let listed = session.list_own_sessions().await?;
+    let listed = session.list_user_sessions().await?;
     let rows: String = listed
         .iter()
         .map(|s| {
@@ -700,7 +701,7 @@ async fn end_device(
         return Ok(res);
     }
     let found = session
-        .list_own_sessions()
+        .list_user_sessions()
         .await?
         .into_iter()
         .find(|s| !form.device.is_empty() && s.key().tag() == form.device);

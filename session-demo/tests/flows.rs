@@ -143,7 +143,20 @@ async fn a_session_id_in_the_url_is_ignored() {
 #[tokio::test]
 async fn the_session_list_shows_times_but_no_ids() {
     let s = start(&[]).await;
-    let first = s.login("alice").await;
+    // The first login's browser names itself: the session is labelled.
+    let agent = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+    let r = common::Server::reply(
+        s.client
+            .post(format!("{}/login", s.base))
+            .header("user-agent", agent)
+            .form(&[("username", "alice"), ("password", "pw-alice")])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{r:?}");
+    let first = r.cookie();
     let second = s.login("alice").await;
     s.login("bob").await;
     let r = s.get("/sessions", Some(&second)).await;
@@ -168,9 +181,6 @@ async fn the_session_list_shows_times_but_no_ids() {
             keys,
             ["created", "current", "expires", "key", "label", "last_seen"]
         );
-        // The label names the device from the login's User-Agent (this
-        // client sends none).
-        assert_eq!(entry["label"], "Unknown browser on unknown system");
         // The storage key names the session without being its ID.
         let key = entry["key"].as_str().unwrap();
         assert_eq!(key.len(), 64);
@@ -185,6 +195,15 @@ async fn the_session_list_shows_times_but_no_ids() {
         .map(|e| e["current"].as_bool().unwrap())
         .collect();
     assert_eq!(current, [false, true], "oldest first, this one last");
+    let labels: Vec<Option<&str>> = list.iter().map(|e| e["label"].as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            Some("Firefox on Linux"),
+            Some("Unknown browser on unknown system")
+        ],
+        "the label names the device from the User-Agent"
+    );
     assert_eq!(s.get("/sessions", None).await.status, 401);
 }
 

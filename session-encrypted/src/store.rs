@@ -17,6 +17,30 @@
 //! with the ring's index key, and every load checks that tag against the
 //! user id inside the ciphertext.
 //!
+//! # Labels
+//!
+//! A session's label (a device name the application derived from the
+//! `User-Agent`: personal data) is encrypted too, on its own, so that a
+//! listing can show it without opening each session's data. The inner
+//! store's label is the text `e1.<base64url of key id (2) | nonce (12) |
+//! ciphertext | tag (16)>`, sealed with the same key ring (the primary key,
+//! a fresh nonce per write, re-sealed on every write and by a migrating
+//! load). Its associated data binds a context of its own, the key id and
+//! the storage key, so a sealed label copied to another session does not
+//! open. Nothing else is bound: a label is fixed at login, and stores keep
+//! the stored one on `update` while the deadlines may move (a label put
+//! back from an earlier write of the same session opens, and says what it
+//! said). A sealed label of `n` bytes is at most `4n/3 + 44` bytes long, so
+//! for the longest label the contract allows
+//! ([`MAX_STORED_LABEL_LEN`](session_core::label::MAX_STORED_LABEL_LEN))
+//! the inner store holds more than the contract asks of it. Every store of
+//! this workspace accepts that (none bounds labels), and the manager's own
+//! labels (at most 128 bytes) seal to at most 214 bytes.
+//!
+//! A label that fails to open makes `load` fail like tampered data
+//! (`Corrupt`, "no session"); in a listing the session is still listed,
+//! without a label (its load fails on its own).
+//!
 //! # What an attacker with write access to the inner store can do
 //!
 //! Such an attacker (a leaked database password, a shared Redis) holds no
@@ -52,6 +76,8 @@ use std::sync::Arc;
 use aes_gcm::aead::{AeadInOut, Nonce, Tag};
 use aes_gcm::Aes256Gcm;
 use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use bytes::Bytes;
 use session_core::{
     CreateOptions, Created, SessionRecord, SessionStore, SessionSummary, StorageKey, StoreError,
@@ -67,6 +93,9 @@ pub(crate) const FORMAT_V1: u8 = 1;
 pub(crate) const FORMAT_V2: u8 = 2;
 const AAD_CONTEXT_V1: &[u8] = b"session-encrypted/v1\0";
 const AAD_CONTEXT_V2: &[u8] = b"session-encrypted/v2\0";
+const LABEL_AAD_CONTEXT: &[u8] = b"session-encrypted/label/v1\0";
+/// The prefix of a sealed label in the inner store.
+const LABEL_PREFIX: &str = "e1.";
 pub(crate) const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 pub(crate) const HEADER_LEN: usize = 1 + 2 + NONCE_LEN;
@@ -169,6 +198,59 @@ impl<S: SessionStore> EncryptedStore<S> {
             .clone()
             .with_data(Bytes::from(out))
             .with_user_id(record.user_id.as_deref().map(|u| self.ring.user_tag(u)))
+            .with_label(record.label.as_deref().map(|l| self.seal_label(key, l)))
+    }
+
+    /// Seals a label under the primary key (see "Labels" in the module
+    /// docs).
+    fn seal_label(&self, key: &StorageKey, label: &str) -> String {
+        let k = self.ring.primary();
+        let mut nonce_bytes = [0u8; NONCE_LEN];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut nonce_bytes);
+        let mut out = Vec::with_capacity(2 + NONCE_LEN + label.len() + TAG_LEN);
+        out.extend_from_slice(&k.id.to_be_bytes());
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(label.as_bytes());
+        let aad = label_aad(k.id, key);
+        let nonce = Nonce::<Aes256Gcm>::from(nonce_bytes);
+        let tag = k
+            .cipher
+            .encrypt_inout_detached(&nonce, &aad, (&mut out[2 + NONCE_LEN..]).into())
+            .expect("AES-GCM accepts messages of this size");
+        out.extend_from_slice(&tag);
+        format!("{LABEL_PREFIX}{}", URL_SAFE_NO_PAD.encode(out))
+    }
+
+    /// Opens what [`EncryptedStore::seal_label`] sealed for the session
+    /// under `key`.
+    fn open_label(&self, key: &StorageKey, sealed: &str) -> Result<String, String> {
+        let raw = sealed
+            .strip_prefix(LABEL_PREFIX)
+            .and_then(|b| URL_SAFE_NO_PAD.decode(b).ok())
+            .ok_or("the label is not a sealed label")?;
+        if raw.len() < 2 + NONCE_LEN + TAG_LEN {
+            return Err("the sealed label is truncated".into());
+        }
+        let key_id = u16::from_be_bytes([raw[0], raw[1]]);
+        let k = self.ring.get(key_id).ok_or_else(|| {
+            format!("the label is sealed under a key this ring does not hold (key id {key_id})")
+        })?;
+        let nonce_bytes: [u8; NONCE_LEN] = raw[2..2 + NONCE_LEN].try_into().expect("12 bytes");
+        let tag_at = raw.len() - TAG_LEN;
+        let tag_bytes: [u8; TAG_LEN] = raw[tag_at..].try_into().expect("16 bytes");
+        let mut plain = Zeroizing::new(raw[2 + NONCE_LEN..tag_at].to_vec());
+        let aad = label_aad(key_id, key);
+        k.cipher
+            .decrypt_inout_detached(
+                &Nonce::<Aes256Gcm>::from(nonce_bytes),
+                &aad,
+                plain.as_mut_slice().into(),
+                &Tag::<Aes256Gcm>::from(tag_bytes),
+            )
+            .map_err(|_| format!("label authentication failed under key id {key_id}"))?;
+        std::str::from_utf8(&plain)
+            .map(str::to_owned)
+            .map_err(|_| "the label is not UTF-8".to_owned())
     }
 
     fn open(&self, key: &StorageKey, stored: SessionRecord) -> StoreResult<Opened> {
@@ -220,11 +302,16 @@ impl<S: SessionStore> EncryptedStore<S> {
         };
         self.check_user_tag(stored.user_id.as_deref(), user_id.as_deref())
             .map_err(corrupt)?;
+        let label = match stored.label.as_deref() {
+            Some(sealed) => Some(self.open_label(key, sealed).map_err(corrupt)?),
+            None => None,
+        };
         Ok(Opened {
             stale: format != FORMAT_V2 || key_id != self.ring.primary_id(),
             record: stored
                 .with_data(Bytes::copy_from_slice(&rest[user_len..]))
-                .with_user_id(user_id),
+                .with_user_id(user_id)
+                .with_label(label),
         })
     }
 
@@ -287,6 +374,16 @@ impl<S: SessionStore> EncryptedStore<S> {
             }
         }
     }
+}
+
+/// The associated data of a sealed label under key `key_id`, of the
+/// session stored under `key`.
+fn label_aad(key_id: u16, key: &StorageKey) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(LABEL_AAD_CONTEXT.len() + 2 + key.as_str().len());
+    aad.extend_from_slice(LABEL_AAD_CONTEXT);
+    aad.extend_from_slice(&key_id.to_be_bytes());
+    aad.extend_from_slice(key.as_str().as_bytes());
+    aad
 }
 
 /// The associated data of a record in format `format` under key `key_id`,
@@ -366,9 +463,26 @@ impl<S: SessionStore> SessionStore for EncryptedStore<S> {
     }
 
     async fn list_user_sessions(&self, user_id: &str) -> StoreResult<Vec<SessionSummary>> {
-        self.inner
+        let mut list = self
+            .inner
             .list_user_sessions(&self.ring.user_tag(user_id))
-            .await
+            .await?;
+        for summary in &mut list {
+            let Some(sealed) = summary.label.take() else {
+                continue;
+            };
+            match self.open_label(&summary.key, &sealed) {
+                Ok(label) => summary.label = Some(label),
+                // Listed without its label; its load fails on its own.
+                Err(why) => tracing::debug!(
+                    target: "session_encrypted",
+                    session = %summary.key,
+                    reason = why,
+                    "a session's label did not open; listed without it"
+                ),
+            }
+        }
+        Ok(list)
     }
 
     async fn delete_user(&self, user_id: &str) -> StoreResult<u64> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use session_core::{
-    MemoryStore, SessionManager, SessionRecord, SessionStore, StorageKey, StoreError,
+    LoginOptions, MemoryStore, SessionManager, SessionRecord, SessionStore, StorageKey, StoreError,
 };
 use session_encrypted::{EncryptedStore, EncryptionKey, KeyRing};
 
@@ -353,4 +353,85 @@ async fn same_plaintext_never_gives_the_same_ciphertext() {
     let rb = inner.load(&b).await.unwrap().unwrap();
     assert_ne!(ra.data[3..15], rb.data[3..15], "nonce reused");
     assert_ne!(ra.data, rb.data);
+}
+
+/// The label (a device name, personal data) is encrypted at rest: the
+/// backend holds a sealed label that names neither the label nor the user,
+/// that changes on every write, and that opens only under its own storage
+/// key; the encrypted store's load and listing give back the plain label.
+#[tokio::test]
+async fn labels_are_sealed_at_rest_and_bound_to_their_session() {
+    let inner = MemoryStore::new();
+    let store = Arc::new(EncryptedStore::new(
+        inner.clone(),
+        ring(1, &EncryptionKey::generate()),
+    ));
+    let manager = SessionManager::builder_arc(store.clone()).build();
+    let label = "Firefox on Ada's laptop";
+    let mut s = manager.start();
+    manager
+        .login_with(&mut s, "ada", LoginOptions::new().with_label(label))
+        .await
+        .unwrap();
+    let raw = inner.load(s.storage_key()).await.unwrap().unwrap();
+    let sealed = raw.label.clone().expect("a sealed label");
+    assert!(
+        !sealed.contains("Ada") && !sealed.contains("Firefox"),
+        "{sealed}"
+    );
+    assert!(sealed.starts_with("e1."));
+    // The inner index lists the sealed label; the encrypted store opens it.
+    let tag = raw.user_id.clone().unwrap();
+    assert_eq!(
+        inner.list_user_sessions(&tag).await.unwrap()[0].label,
+        Some(sealed.clone())
+    );
+    let listed = manager.list_sessions_for(&s).await.unwrap();
+    assert_eq!(listed[0].label(), Some(label));
+    assert!(listed[0].is_current());
+    assert_eq!(
+        store
+            .load(s.storage_key())
+            .await
+            .unwrap()
+            .unwrap()
+            .label
+            .as_deref(),
+        Some(label)
+    );
+    // A data write keeps it (this inner store keeps the stored label, as
+    // the contract allows); a rotation seals it anew for the new key.
+    s.insert("n", &1).unwrap();
+    manager.commit(&mut s).await.unwrap();
+    let loaded = manager.load(s.id()).await.unwrap().expect("loads");
+    assert_eq!(loaded.label(), Some(label));
+    manager.rotate(&mut s).await.unwrap();
+    let resealed = inner.load(s.storage_key()).await.unwrap().unwrap().label;
+    assert!(resealed.is_some() && resealed.as_deref() != Some(sealed.as_str()));
+    let loaded = manager.load(s.id()).await.unwrap().expect("rotated loads");
+    assert_eq!(loaded.label(), Some(label));
+
+    // A sealed label copied onto another session does not open: that
+    // session no longer loads, and the listing leaves the label out.
+    let mut other = manager.start();
+    manager
+        .login_with(&mut other, "ada", LoginOptions::new().with_label("Phone"))
+        .await
+        .unwrap();
+    let mut raw_other = inner.load(other.storage_key()).await.unwrap().unwrap();
+    raw_other.label = inner.load(s.storage_key()).await.unwrap().unwrap().label;
+    replace_raw(&inner, other.storage_key(), &raw_other).await;
+    assert!(matches!(
+        store.load(other.storage_key()).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let mut labels: Vec<Option<String>> = store
+        .list_user_sessions("ada")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|summary| summary.label)
+        .collect();
+    labels.sort();
+    assert_eq!(labels, vec![None, Some(label.to_owned())]);
 }

@@ -27,6 +27,29 @@ pub async fn login(session: Session, body: String) -> Result<&'static str, Error
     Ok("ok")
 }
 
+/// Logs in as the body's user, labelled with the rest: `user|label`.
+pub async fn login_labelled(session: Session, body: String) -> Result<&'static str, Error> {
+    let (user, label) = body.split_once('|').unwrap_or((&body, ""));
+    session
+        .login_with(user, session_core::LoginOptions::new().with_label(label))
+        .await?;
+    Ok("ok")
+}
+
+/// This user's sessions, one per line, oldest first: `* label` for the
+/// current one, `- label` for the others (`-` without a label).
+pub async fn devices(session: Session) -> Result<String, Error> {
+    let list = session.list_user_sessions().await?;
+    Ok(list
+        .iter()
+        .map(|s| {
+            let mark = if s.is_current() { '*' } else { '-' };
+            format!("{mark} {}", s.label().unwrap_or("-"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
 pub async fn logout(session: Session) -> Result<&'static str, Error> {
     session.logout().await?;
     Ok("bye")
@@ -127,6 +150,8 @@ pub fn routes() -> Router {
         .route("/visit", post(visit))
         .route("/read", get(read))
         .route("/login", post(login))
+        .route("/login-labelled", post(login_labelled))
+        .route("/devices", get(devices))
         .route("/logout", post(logout))
         .route("/logout-all", post(logout_all))
         .route("/list", get(list))
