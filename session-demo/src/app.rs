@@ -4,10 +4,13 @@
 //! |---|---|
 //! | `GET /` | login form |
 //! | `POST /login` | checks `username`/`password`, logs in with a fresh session ID |
-//! | `GET /profile` | greets the user, `401` otherwise |
+//! | `GET /profile` | the user, this session's deadlines with a countdown and its events; `401` (the login form) otherwise |
+//! | `GET /devices` | "your devices": every live session of the user, each with "end this session" |
+//! | `POST /devices/end` | with `device` (a row's tag) and the `password` again: ends that session |
+//! | `GET /countdown.js` | the countdown script of the profile and devices pages |
 //! | `POST /logout` | ends this session, removes the cookie, clears site data |
 //! | `POST /logout-all` | with the `password` again: ends every session of the user |
-//! | `GET /sessions` | the user's sessions as JSON (storage keys, no IDs) |
+//! | `GET /sessions` | the user's sessions as JSON, for scripts (storage keys, no IDs) |
 //! | `POST /sessions/end` | with `key` and the `password` again: ends one of the user's sessions |
 //! | `GET /transfer` | a page to start a transfer (no side effect) |
 //! | `POST /transfer/new` | issues a one-time token and answers the transfer form |
@@ -33,18 +36,20 @@ use axum::extract::{ConnectInfo, Form, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 use serde::{Deserialize, Serialize};
 use session_axum::{Error, Session, SessionLayer};
-use session_core::label::fit_label;
-use session_core::{LoginOptions, SessionManager, StorageKey, Timestamp};
+use session_core::{LimitStrategy, LoginOptions, SessionManager, StorageKey, Timestamp};
 use time::format_description::well_known::Rfc3339;
 
+use crate::device::label_from_user_agent;
+use crate::events::{self, Event};
 use crate::limits::{retry_after_secs, Refusal};
 use crate::password::Auth;
+use crate::ui::{self, deadline, page, page_with, time_tag, Nav};
 
 /// The purpose under which transfer tokens are issued.
 const TRANSFER: &str = "transfer";
@@ -60,6 +65,30 @@ pub const CLEAR_SITE_DATA: &str = "\"cookies\", \"storage\"";
 #[derive(Clone)]
 struct AppState {
     auth: Arc<Auth>,
+    /// The session policy, in words, for the profile page.
+    policy: Arc<str>,
+}
+
+/// The manager's session policy as a sentence.
+fn policy_text(manager: &SessionManager) -> String {
+    let c = manager.config();
+    let limit = match c.user_limit() {
+        None => "no limit on sessions per user".to_owned(),
+        Some(l) => format!(
+            "at most {} sessions per user ({})",
+            l.max,
+            match l.strategy {
+                LimitStrategy::RejectNew => "a login beyond that is refused",
+                LimitStrategy::EvictOldest => "a login beyond that ends the oldest",
+                _ => "see the server's options",
+            }
+        ),
+    };
+    format!(
+        "A session ends after {} without a request, {} after login at the latest; {limit}.",
+        ui::duration(c.idle_timeout().as_secs()),
+        ui::duration(c.absolute_timeout().as_secs()),
+    )
 }
 
 /// Builds the demo's router over `manager`, checking passwords through
@@ -70,6 +99,7 @@ struct AppState {
 /// throttle needs the client's address (without it, every client counts as
 /// one).
 pub fn router(manager: SessionManager, auth: Arc<Auth>) -> Router {
+    let policy = policy_text(&manager).into();
     Router::new()
         .route("/", get(home))
         .route("/login", post(login))
@@ -78,10 +108,13 @@ pub fn router(manager: SessionManager, auth: Arc<Auth>) -> Router {
         .route("/logout-all", post(logout_all))
         .route("/sessions", get(sessions))
         .route("/sessions/end", post(end_session))
+        .route("/devices", get(devices))
+        .route("/devices/end", post(end_device))
+        .route("/countdown.js", get(countdown_js))
         .route("/transfer", get(transfer_start).post(transfer))
         .route("/transfer/new", post(transfer_form))
         .fallback(not_found)
-        .with_state(AppState { auth })
+        .with_state(AppState { auth, policy })
         .layer(SessionLayer::new(manager))
         .layer(middleware::from_fn(protect))
 }
@@ -105,14 +138,12 @@ async fn protect(req: Request, next: Next) -> Response {
             "<p>Cross-site request refused.</p>",
         )
     } else {
-        next.run(req).await
+        ui::humanize(next.run(req).await)
     };
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; connect-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+        HeaderValue::from_static(ui::CSP),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
@@ -198,36 +229,34 @@ fn cross_site(headers: &HeaderMap, authority: Option<&axum::http::uri::Authority
     }
 }
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} - session demo</title>\
-         <style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}label{{display:block;margin:.5em 0}}</style>\
-         </head><body><h1>{}</h1>{body}</body></html>",
-        text(title),
-        text(title)
-    );
-    (status, Html(html)).into_response()
-}
-
 fn login_form(message: Option<&str>) -> String {
     let message = message
-        .map(|m| format!("<p id=\"message\">{}</p>", text(m)))
+        .map(|m| {
+            format!(
+                "<p class=\"message\" id=\"message\" role=\"alert\">{}</p>",
+                text(m)
+            )
+        })
         .unwrap_or_default();
     format!(
-        "{message}<form method=\"post\" action=\"/login\">\
-         <label>Username <input name=\"username\" id=\"username\" autocomplete=\"username\" required></label>\
-         <label>Password <input name=\"password\" id=\"password\" type=\"password\" autocomplete=\"current-password\" required></label>\
-         <button type=\"submit\" id=\"login\">Log in</button></form>"
+        "{message}<form class=\"card\" method=\"post\" action=\"/login\">\
+         <label for=\"username\">Username</label><input name=\"username\" id=\"username\" autocomplete=\"username\" autocapitalize=\"none\" required>\
+         <label for=\"password\">Password</label><input name=\"password\" id=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+         <div><button type=\"submit\" id=\"login\">Log in</button></div></form>\
+         <p class=\"note\">Log in from two browsers as the same user, then open <em>Your devices</em> in one of them: \
+         each session is listed, and either browser can end the other.</p>"
     )
 }
 
 async fn home(session: Session) -> Result<Response, Error> {
     Ok(match session.user_id().await? {
-        Some(user) => page(
+        Some(user) => page_with(
             StatusCode::OK,
             "Session demo",
+            Nav::LoggedIn,
+            false,
             &format!(
-                "<p>Logged in as {}. <a href=\"/profile\">Profile</a></p>",
+                "<p>Logged in as {}. See your <a href=\"/profile\">profile</a> and <a href=\"/devices\">devices</a>.</p>",
                 text(&user)
             ),
         ),
@@ -265,19 +294,26 @@ async fn login(
             return Ok(refused(refusal, "Log in", |m| login_form(Some(m))));
         }
     }
-    // The session's label on the user's session list: the browser's
-    // User-Agent, cut to fit (a real application might shorten it to
-    // "Firefox on Linux").
-    let mut options = LoginOptions::new();
-    if let Some(label) = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(fit_label)
-    {
-        options = options.with_label(label);
-    }
+    let label = label_from_user_agent(
+        headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let options = LoginOptions::new().with_label(label.clone());
     match session.login_with(&form.username, options).await {
-        Ok(()) => Ok(Redirect::to("/profile").into_response()),
+        Ok(()) => {
+            events::start(
+                &session,
+                vec![
+                    Event::now(format!("Logged in on {label}.")),
+                    Event::now(
+                        "Session ID rotated at login: the browser got a fresh ID, and any ID it had before no longer works.",
+                    ),
+                ],
+            )
+            .await?;
+            Ok(Redirect::to("/profile").into_response())
+        }
         Err(e) if e.is_too_many_sessions() => Ok(page(
             StatusCode::FORBIDDEN,
             "Log in",
@@ -300,13 +336,13 @@ async fn reauthenticate(
     password: &str,
 ) -> Result<Result<String, Response>, Error> {
     let Some(user) = session.user_id().await? else {
-        return Ok(Err(not_logged_in()));
+        return Ok(Err(not_logged_in(true)));
     };
     let wrong = || {
         page(
             StatusCode::FORBIDDEN,
             "Password needed",
-            "<p id=\"message\">Enter your password again to do this. <a href=\"/profile\">Back</a></p>",
+            "<p class=\"message\" id=\"message\" role=\"alert\">Enter your password again to do this: it was missing or wrong, and nothing was ended. <a href=\"/devices\">Back</a></p>",
         )
     };
     if password.is_empty() {
@@ -319,7 +355,10 @@ async fn reauthenticate(
             Ok(Err(wrong()))
         }
         Err(refusal) => Ok(Err(refused(refusal, "Password needed", |m| {
-            format!("<p id=\"message\">{}</p>", text(m))
+            format!(
+                "<p class=\"message\" id=\"message\" role=\"alert\">{}</p>",
+                text(m)
+            )
         }))),
     }
 }
@@ -332,31 +371,100 @@ async fn not_found() -> Response {
     )
 }
 
-fn not_logged_in() -> Response {
+/// Whether the request carries a session cookie: then "not logged in"
+/// means the session it named has ended.
+fn has_session_cookie(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .any(|c| c.trim_start().starts_with("__Host-session="))
+}
+
+/// The `401` page: the login form, saying the session ended when the
+/// browser still had a cookie for it (logged out everywhere, ended from
+/// another device, evicted by the per-user limit, timed out).
+fn not_logged_in(ended: bool) -> Response {
+    let message = if ended {
+        "Your session has ended: it was logged out, ended from another device, or it timed out. Log in again."
+    } else {
+        "Please log in."
+    };
     page(
         StatusCode::UNAUTHORIZED,
         "Not logged in",
-        "<p>Please <a href=\"/\">log in</a>.</p>",
+        &login_form(Some(message)),
     )
 }
 
-async fn profile(session: Session) -> Result<Response, Error> {
+async fn profile(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
     let Some(user) = session.user_id().await? else {
-        return Ok(not_logged_in());
+        return Ok(not_logged_in(has_session_cookie(&headers)));
     };
-    Ok(page(
+    let (label, created, last_seen, idle, absolute) = session
+        .with(|s| {
+            (
+                s.label().map(str::to_owned),
+                s.created_at(),
+                s.last_access(),
+                s.idle_deadline(),
+                s.absolute_deadline(),
+            )
+        })
+        .await?;
+    let events: String = events::list(&session)
+        .await?
+        .iter()
+        .map(|e| format!("<li>{} {}</li>", time_tag(e.timestamp()), text(&e.what)))
+        .collect();
+    Ok(page_with(
         StatusCode::OK,
         "Profile",
+        Nav::LoggedIn,
+        true,
         &format!(
-            "<p id=\"greeting\">Hello, {}!</p>\
-             <p><a href=\"/sessions\">Your sessions</a> &middot; <a href=\"/transfer\">Transfer</a></p>\
-             <form method=\"post\" action=\"/logout\"><button type=\"submit\" id=\"logout\">Log out</button></form>\
+            "<p id=\"greeting\">Hello, {user}!</p>\
+             <section class=\"card\" aria-labelledby=\"this-session\"><h2 id=\"this-session\">This session</h2><dl>\
+             <dt>Device</dt><dd id=\"label\">{label}</dd>\
+             <dt>Logged in</dt><dd>{created}</dd>\
+             <dt>Last request</dt><dd>{last_seen}</dd>\
+             <dt>Ends if idle</dt><dd id=\"idle-deadline\">{idle}</dd>\
+             <dt>Ends at the latest</dt><dd id=\"absolute-deadline\">{absolute}</dd></dl>\
+             <p class=\"note\" id=\"policy\">{policy} Every request moves the idle deadline; reloading this page is a request.</p></section>\
+             <section class=\"card\" aria-labelledby=\"history\"><h2 id=\"history\">What happened to this session</h2>\
+             <ol class=\"events\" id=\"events\">{events}</ol>\
+             <p class=\"note\">Ended from elsewhere (log out everywhere, another device, the per-user limit), this session stops working at its next request: reload to see.</p></section>\
+             <section class=\"card\"><form method=\"post\" action=\"/logout\"><button type=\"submit\" id=\"logout\">Log out</button></form>\
              <form method=\"post\" action=\"/logout-all\">\
-             <label>Password <input name=\"password\" id=\"logout-all-password\" type=\"password\" autocomplete=\"current-password\" required></label>\
-             <button type=\"submit\" id=\"logout-all\">Log out everywhere</button></form>",
-            text(&user)
+             <label for=\"logout-all-password\">Password, to log out everywhere</label>\
+             <input name=\"password\" id=\"logout-all-password\" type=\"password\" autocomplete=\"current-password\" required>\
+             <div><button type=\"submit\" class=\"danger\" id=\"logout-all\">Log out everywhere</button></div></form></section>",
+            user = text(&user),
+            label = text(label.as_deref().unwrap_or("(no label)")),
+            created = time_tag(created),
+            last_seen = time_tag(last_seen),
+            idle = deadline(idle.min(absolute), true),
+            absolute = deadline(absolute, true),
+            policy = text(&state.policy),
         ),
     ))
+}
+
+/// `GET /countdown.js`: the script of [`ui::COUNTDOWN_JS`].
+async fn countdown_js() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        )],
+        ui::COUNTDOWN_JS,
+    )
+        .into_response()
 }
 
 /// A redirect to `/` that also tells the browser to drop this origin's
@@ -404,6 +512,17 @@ struct EndSessionForm {
     password: String,
 }
 
+/// The `404` of ending a session that is not one of the user's.
+fn no_such_session() -> Response {
+    page_with(
+        StatusCode::NOT_FOUND,
+        "No such session",
+        Nav::LoggedIn,
+        false,
+        "<p class=\"message\" id=\"message\" role=\"alert\">That is not one of your sessions (it may have ended already). <a href=\"/devices\">Your devices</a></p>",
+    )
+}
+
 /// Whether `key` looks like a storage key (64 lowercase hex characters),
 /// so junk never reaches the store.
 fn well_formed_key(key: &str) -> bool {
@@ -419,13 +538,6 @@ async fn end_session(
     if let Err(res) = reauthenticate(&state.auth, ip, &session, &form.password).await? {
         return Ok(res);
     }
-    let no_such_session = || {
-        page(
-            StatusCode::NOT_FOUND,
-            "No such session",
-            "<p id=\"message\">That is not one of your sessions (it may have ended already). <a href=\"/sessions\">Your sessions</a></p>",
-        )
-    };
     if !well_formed_key(&form.key) {
         return Ok(no_such_session());
     }
@@ -470,57 +582,181 @@ fn rfc3339(t: Timestamp) -> String {
         .unwrap_or_else(|_| "-".to_owned())
 }
 
-async fn sessions(session: Session) -> Result<Response, Error> {
+async fn sessions(session: Session, headers: HeaderMap) -> Result<Response, Error> {
     let Some(user) = session.user_id().await? else {
-        return Ok(not_logged_in());
+        return Ok(not_logged_in(has_session_cookie(&headers)));
     };
     let sessions = session
         .list_user_sessions()
         .await?
         .into_iter()
         .map(|s| SessionInfo {
-            key: s.key.as_str().to_owned(),
-            created: rfc3339(s.created_at),
-            last_seen: rfc3339(s.last_access),
-            expires: rfc3339(s.expires_at()),
+            key: s.key().as_str().to_owned(),
+            created: rfc3339(s.summary.created_at),
+            last_seen: rfc3339(s.summary.last_access),
+            expires: rfc3339(s.summary.expires_at()),
+            label: s.label().map(str::to_owned),
             current: s.is_current(),
-            label: s.summary.label,
         })
         .collect();
     Ok(Json(SessionList { user, sessions }).into_response())
 }
 
+/// `GET /devices`: every live session of the user, oldest first, the
+/// current one marked, each with an "end this session" form naming it by
+/// its tag ([`StorageKey::tag`]: a keyed hash of the storage key under
+/// this process's random salt, which cannot be turned back into the key,
+/// let alone a cookie). The storage keys themselves are not in the page.
+async fn devices(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let Some(user) = session.user_id().await? else {
+        return Ok(not_logged_in(has_session_cookie(&headers)));
+    };
+    let listed = session.list_user_sessions().await?;
+    let rows: String = listed
+        .iter()
+        .map(|s| {
+            let tag = s.key().tag();
+            let current = s.is_current();
+            let label = text(s.label().unwrap_or("Unnamed device")).into_owned();
+            format!(
+                "<li class=\"card device{cls}\" data-current=\"{current}\" aria-labelledby=\"d-{tag}\">\
+                 <h2 id=\"d-{tag}\"><span class=\"label\">{label}</span>{badge}</h2><dl>\
+                 <dt>Logged in</dt><dd>{created}</dd>\
+                 <dt>Last seen</dt><dd>{last_seen}</dd>\
+                 <dt>Ends if idle</dt><dd>{idle}</dd>\
+                 <dt>Ends at the latest</dt><dd>{absolute}</dd></dl>\
+                 <form class=\"inline\" method=\"post\" action=\"/devices/end\">\
+                 <input type=\"hidden\" name=\"device\" value=\"{tag}\">\
+                 <div><label for=\"pw-{tag}\">Password</label>\
+                 <input id=\"pw-{tag}\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required></div>\
+                 <button type=\"submit\" class=\"danger end\" aria-label=\"End the session of {label}{this}\">{button}</button></form></li>",
+                cls = if current { " current" } else { "" },
+                badge = if current {
+                    " <span class=\"badge\">this device</span>"
+                } else {
+                    ""
+                },
+                this = if current { " (this device)" } else { "" },
+                button = if current {
+                    "End this session (log out)"
+                } else {
+                    "End this session"
+                },
+                created = time_tag(s.summary.created_at),
+                last_seen = time_tag(s.summary.last_access),
+                idle = deadline(s.summary.idle_deadline.min(s.summary.absolute_deadline), s.is_current()),
+                absolute = deadline(s.summary.absolute_deadline, s.is_current()),
+            )
+        })
+        .collect();
+    Ok(page_with(
+        StatusCode::OK,
+        "Your devices",
+        Nav::LoggedIn,
+        true,
+        &format!(
+            "<p>{user}, you are logged in on {n}. Ending one logs that browser out at its next request. \
+             Ending a session, or all of them, needs your password again.</p>\
+             <ul class=\"devices\" id=\"devices\">{rows}</ul>\
+             <form class=\"card\" method=\"post\" action=\"/logout-all\">\
+             <label for=\"logout-all-password\">Password, to log out everywhere</label>\
+             <input name=\"password\" id=\"logout-all-password\" type=\"password\" autocomplete=\"current-password\" required>\
+             <div><button type=\"submit\" class=\"danger\" id=\"logout-all\">Log out everywhere</button></div></form>\
+             <p class=\"note\">{policy} Times are UTC; the same list is at <a href=\"/sessions\">/sessions</a> as JSON.</p>",
+            user = text(&user),
+            n = match listed.len() {
+                1 => "1 device".to_owned(),
+                n => format!("{n} devices"),
+            },
+            policy = text(&state.policy),
+        ),
+    ))
+}
+
+/// The fields of `POST /devices/end`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EndDeviceForm {
+    /// The tag of a row of the devices page.
+    device: String,
+    password: String,
+}
+
+/// `POST /devices/end`: after the password, ends the user's session whose
+/// tag is `device`. The tag is looked up among this user's own sessions
+/// only, and the end itself goes through [`Session::end_session`], which
+/// checks again that the key is a live session of this user: a tag of
+/// another user's session matches nothing and answers `404`.
+async fn end_device(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    session: Session,
+    Form(form): Form<EndDeviceForm>,
+) -> Result<Response, Error> {
+    if let Err(res) = reauthenticate(&state.auth, ip, &session, &form.password).await? {
+        return Ok(res);
+    }
+    let found = session
+        .list_user_sessions()
+        .await?
+        .into_iter()
+        .find(|s| !form.device.is_empty() && s.key().tag() == form.device);
+    let Some(target) = found else {
+        return Ok(no_such_session());
+    };
+    match session.end_session(target.key()).await {
+        Ok(()) if target.is_current() => Ok(logged_out_redirect()),
+        Ok(()) => {
+            tracing::info!(target: "session_demo", "ended one of the user's other devices");
+            events::record(&session, "Ended the session of another device.").await?;
+            Ok(Redirect::to("/devices").into_response())
+        }
+        Err(e) if e.is_not_your_session() => Ok(no_such_session()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The transfer page: a button that starts a transfer. Safe: it issues no
 /// token and writes nothing, so a cross-site `GET` (a link, an image) cannot
 /// replace the token of a form the user has open.
-async fn transfer_start(session: Session) -> Result<Response, Error> {
+async fn transfer_start(session: Session, headers: HeaderMap) -> Result<Response, Error> {
     if session.user_id().await?.is_none() {
-        return Ok(not_logged_in());
+        return Ok(not_logged_in(has_session_cookie(&headers)));
     }
-    Ok(page(
+    Ok(page_with(
         StatusCode::OK,
         "Transfer",
-        "<form method=\"post\" action=\"/transfer/new\">\
+        Nav::LoggedIn,
+        false,
+        "<p>The transfer form carries a one-time token: it can be sent once, and a copy of it (a resubmission, a forged form) is refused.</p>\
+         <form method=\"post\" action=\"/transfer/new\">\
          <button type=\"submit\" id=\"start\">Start a transfer</button></form>",
     ))
 }
 
 /// Issues the one-time token (replacing any outstanding one) and answers
 /// the form carrying it. A `POST`, so only a same-site form can do it.
-async fn transfer_form(session: Session) -> Result<Response, Error> {
+async fn transfer_form(session: Session, headers: HeaderMap) -> Result<Response, Error> {
     if session.user_id().await?.is_none() {
-        return Ok(not_logged_in());
+        return Ok(not_logged_in(has_session_cookie(&headers)));
     }
     let token = session.issue_token(TRANSFER).await?;
-    Ok(page(
+    events::record(&session, "One-time transfer token issued.").await?;
+    Ok(page_with(
         StatusCode::OK,
         "Transfer",
+        Nav::LoggedIn,
+        false,
         &format!(
-            "<form method=\"post\" action=\"/transfer\">\
+            "<form class=\"card\" method=\"post\" action=\"/transfer\">\
              <input type=\"hidden\" name=\"token\" value=\"{}\">\
-             <label>To <input name=\"to\" id=\"to\" required></label>\
-             <label>Amount <input name=\"amount\" id=\"amount\" required></label>\
-             <button type=\"submit\" id=\"send\">Send</button></form>",
+             <label for=\"to\">To</label><input name=\"to\" id=\"to\" required>\
+             <label for=\"amount\">Amount</label><input name=\"amount\" id=\"amount\" inputmode=\"decimal\" required>\
+             <div><button type=\"submit\" id=\"send\">Send</button></div></form>",
             attr(token.expose())
         ),
     ))
@@ -535,24 +771,35 @@ struct TransferForm {
     amount: String,
 }
 
-async fn transfer(session: Session, Form(form): Form<TransferForm>) -> Result<Response, Error> {
+async fn transfer(
+    session: Session,
+    headers: HeaderMap,
+    Form(form): Form<TransferForm>,
+) -> Result<Response, Error> {
     if session.user_id().await?.is_none() {
-        return Ok(not_logged_in());
+        return Ok(not_logged_in(has_session_cookie(&headers)));
     }
     if !session
         .consume_token(TRANSFER, &form.token)
         .await?
         .is_accepted()
     {
-        return Ok(page(
+        events::record(&session, "A used or invalid one-time token was refused.").await?;
+        return Ok(page_with(
             StatusCode::FORBIDDEN,
             "Transfer refused",
-            "<p>This form was already used or is not valid. <a href=\"/transfer\">Start again</a>.</p>",
+            Nav::LoggedIn,
+            false,
+            "<p class=\"message\" id=\"message\" role=\"alert\">This transfer form was already sent once (or is not valid), so it was refused and nothing was sent again. \
+             <a href=\"/transfer\">Start a new transfer</a>.</p>",
         ));
     }
-    Ok(page(
+    events::record(&session, "One-time token used: transfer sent.").await?;
+    Ok(page_with(
         StatusCode::OK,
         "Transfer done",
+        Nav::LoggedIn,
+        false,
         &format!(
             "<p id=\"result\">Sent {} to {}.</p>",
             text(&form.amount),

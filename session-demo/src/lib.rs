@@ -11,6 +11,9 @@
 //! - [`limits`]: per-address and per-account attempt throttles.
 //! - [`backend`]: picks the session store from `SESSION_BACKEND`.
 //! - [`tls`]: the rustls configuration, self-signed unless files are given.
+//! - [`device`]: names a device from its `User-Agent`, for session labels.
+//! - [`events`]: the life of a session, shown on the profile page.
+//! - [`ui`]: the stylesheet, page layout, countdown script and error pages.
 //! - [`app`]: the router: routes, pages and protective headers.
 //! - [`server`]: binds, prints what a newcomer needs, and serves.
 #![forbid(unsafe_code)]
@@ -19,10 +22,13 @@
 pub mod app;
 pub mod backend;
 pub mod config;
+pub mod device;
+pub mod events;
 pub mod limits;
 pub mod password;
 pub mod server;
 pub mod tls;
+pub mod ui;
 pub mod users;
 
 pub use crate::config::Config;

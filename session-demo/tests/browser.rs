@@ -8,61 +8,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
+use common::chrome::{self, text_of};
+use fantoccini::{Client, Locator};
 use serde_json::json;
-
-fn tool(var: &str, default: &str) -> PathBuf {
-    let path = PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.to_owned()));
-    assert!(
-        path.exists(),
-        "{} not found (set {var} or run scripts/services.sh, which installs chromium and chromium-driver)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_for_port(port: u16, within: Duration) {
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            start.elapsed() < within,
-            "chromedriver did not start listening on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn text_of(browser: &Client, css: &str) -> String {
-    let found = browser
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await;
-    match found {
-        Ok(element) => element.text().await.unwrap(),
-        Err(e) => {
-            let url = browser.current_url().await.map(|u| u.to_string());
-            let page = browser.source().await.unwrap_or_default();
-            panic!("{css} not found ({e}) at {url:?}; page: {page}")
-        }
-    }
-}
 
 async fn session_cookie(browser: &Client) -> Option<(bool, bool, String)> {
     browser
@@ -200,46 +148,9 @@ async fn flow(browser: &Client, base: &str) {
 #[tokio::test]
 async fn chromium_logs_in_sees_the_profile_and_logs_out() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let chromium = tool("CHROMIUM", "/usr/bin/chromium");
-    let chromedriver = tool("CHROMEDRIVER", "/usr/bin/chromedriver");
+    let driver = chrome::Driver::start().await;
     let server = common::start(&[]).await;
-
-    let port = free_port();
-    let _driver = tokio::process::Command::new(&chromedriver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chromedriver starts");
-    wait_for_port(port, Duration::from_secs(20)).await;
-
-    let profile = std::env::temp_dir().join(format!(
-        "session-demo-chromium-{}-{port}",
-        std::process::id()
-    ));
-    let caps = json!({
-        "browserName": "chrome",
-        "acceptInsecureCerts": true,
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--ignore-certificate-errors",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        },
-    });
-    let serde_json::Value::Object(caps) = caps else {
-        unreachable!()
-    };
-    let browser = ClientBuilder::new(HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("chromedriver starts a Chromium session");
+    let (browser, profile) = driver.browser("main", None, (1000, 900)).await;
 
     // Close the browser whatever happens, then report.
     let outcome = tokio::spawn({

@@ -198,8 +198,11 @@ async fn the_session_list_shows_times_but_no_ids() {
     let labels: Vec<Option<&str>> = list.iter().map(|e| e["label"].as_str()).collect();
     assert_eq!(
         labels,
-        [Some(agent), None],
-        "the label comes from the User-Agent"
+        [
+            Some("Firefox on Linux"),
+            Some("Unknown browser on unknown system")
+        ],
+        "the label names the device from the User-Agent"
     );
     assert_eq!(s.get("/sessions", None).await.status, 401);
 }

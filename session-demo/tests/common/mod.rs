@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod chrome;
+
 use std::sync::{Arc, OnceLock};
 
 use clap::Parser;
