@@ -193,6 +193,10 @@ impl Server {
             })
         });
         let (addr, handle) = rx.recv().expect("the server thread started");
+        // Plain HTTP only; but built together with the rest of the
+        // workspace, reqwest has rustls without a default crypto provider
+        // (the demo's choice), and its client then needs one installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
