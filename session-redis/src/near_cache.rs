@@ -24,9 +24,9 @@
 //!   so no such reply is stored. Writes that can change keys the store does
 //!   not name beforehand (`delete` following a rotation's moves, "log out
 //!   everywhere", a call that failed half-way) end with a *barrier*
-//!   instead: a `PING` on the tracking connections. The server sends the
+//!   instead: a `ROLE` on the tracking connections. The server sends the
 //!   invalidations of a write before it answers a command it reads after the
-//!   write's reply went out, and the push handler runs before the `PING`'s
+//!   write's reply went out, and the push handler runs before the `ROLE`'s
 //!   reply is delivered, so when such a write returns, this instance has
 //!   dropped every key it touched. A write whose outcome is unknown (timed
 //!   out, connection lost) empties the cache.
@@ -76,12 +76,13 @@ const SHARDS: usize = 16;
 /// before serving another read from it. Writes through this store are
 /// visible to its own next `load` without a window (see the module docs).
 ///
-/// **Cost.** One extra connection per primary, a heartbeat, a `PING` after
+/// **Cost.** One extra connection per primary, a heartbeat, a `ROLE` round trip after
 /// each `delete` and `delete_user`, and one `GET` for the first read after
 /// each write (writes drop the local copy rather than replace it). The
-/// server sends every instance the names of all keys written in the
-/// database (`BCAST` mode), so give sessions a Redis database of their own
-/// when it also carries heavy unrelated writes.
+/// server sends every instance the names of all keys written on it, in
+/// every database (`BCAST` mode; tracking is not per database, and a
+/// `FLUSHDB` of any database empties the cache), so give sessions a Redis
+/// of their own when it also carries heavy unrelated writes.
 ///
 /// ```
 /// use std::time::Duration;
@@ -146,8 +147,8 @@ impl NearCache {
         self
     }
 
-    /// How often the tracking connections are checked (a `PING`, plus the
-    /// server's role on a single server and the slot map on a cluster).
+    /// How often the tracking connections are checked (`ROLE`: still a
+    /// primary, plus the    /// server's role on a single server and the slot map on a cluster).
     /// Bounded below by 10 ms.
     #[must_use]
     pub fn heartbeat(mut self, every: Duration) -> Self {
@@ -316,6 +317,11 @@ impl LocalCache {
         self.config.max_bytes / SHARDS
     }
 
+    /// Now, in the cache's own clock (for [`Self::heartbeat_ok`]).
+    pub(crate) fn now(&self) -> u64 {
+        self.now_ms()
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -330,15 +336,14 @@ impl LocalCache {
         self.now_ms().saturating_sub(last) <= bound
     }
 
-    /// The heartbeat got every answer.
-    pub(crate) fn heartbeat_ok(&self) {
-        self.last_heartbeat_ms
-            .store(self.now_ms(), Ordering::Release);
+    /// The heartbeat sent at `sent` (see [`Self::now`]) got every answer.
+    pub(crate) fn heartbeat_ok(&self, sent: u64) {
+        self.last_heartbeat_ms.fetch_max(sent, Ordering::AcqRel);
     }
 
     /// Tracking is established on every primary: start serving.
     pub(crate) fn start_serving(&self) {
-        self.heartbeat_ok();
+        self.heartbeat_ok(self.now_ms());
         self.tracking.store(true, Ordering::Release);
     }
 
@@ -380,9 +385,20 @@ impl LocalCache {
             return None;
         }
         let generation = self.generation.load(Ordering::Acquire);
+        let mut shard = self.shard(key);
+        // A lease already there was taken before this load's GET goes out
+        // and no invalidation has removed it since: sharing it is as safe,
+        // and keeps a hot key from having every reply voided by the next
+        // load's new lease.
+        if let Some(Slot::Lease(token)) = shard.map.peek(key) {
+            return Some(Lease {
+                token: *token,
+                generation,
+            });
+        }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.shard(key)
-            .put(key.into(), Slot::Lease(token), self.max_shard_bytes());
+        let max = self.max_shard_bytes();
+        shard.put(key.into(), Slot::Lease(token), max);
         Some(Lease { token, generation })
     }
 
@@ -479,13 +495,13 @@ mod tests {
         cache.complete(b"k", lease, Some(b"stale"));
         assert_eq!(cache.get(b"k"), None);
 
-        // A newer lease wins over an older one.
-        let old = cache.lease(b"k").expect("serving");
-        let new = cache.lease(b"k").expect("serving");
-        cache.complete(b"k", old, Some(b"old"));
-        assert_eq!(cache.get(b"k"), None);
-        cache.complete(b"k", new, Some(b"new"));
-        assert_eq!(cache.get(b"k").as_deref(), Some(&b"new"[..]));
+        // Loads racing on one key share its lease: the first reply is
+        // stored, the later one finds a value, not its lease, and leaves it.
+        let first = cache.lease(b"k").expect("serving");
+        let second = cache.lease(b"k").expect("serving");
+        cache.complete(b"k", first, Some(b"first"));
+        cache.complete(b"k", second, Some(b"second"));
+        assert_eq!(cache.get(b"k").as_deref(), Some(&b"first"[..]));
     }
 
     #[test]
@@ -518,7 +534,7 @@ mod tests {
         assert!(cache.get(b"k").is_some());
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(cache.get(b"k"), None, "served past the staleness bound");
-        cache.heartbeat_ok();
+        cache.heartbeat_ok(cache.now());
         assert!(cache.get(b"k").is_some());
     }
 

@@ -3,7 +3,7 @@
 //! barrier. See [`crate::near_cache`] for why this keeps the cache coherent.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -28,6 +28,9 @@ pub(crate) enum Target {
 /// The established tracking connections.
 struct Links {
     id: u64,
+    /// Set by the push handler when one of them closed, also before the
+    /// links were installed.
+    dead: Arc<AtomicBool>,
     conns: Vec<MultiplexedConnection>,
     /// The slot map they were made for (cluster), to notice failovers.
     topology: Option<BTreeSet<(i64, i64, String, i64)>>,
@@ -49,6 +52,7 @@ pub(crate) struct Tracker {
 struct PushHandler {
     tracker: Weak<Tracker>,
     link: u64,
+    dead: Arc<AtomicBool>,
 }
 
 impl AsyncPushSender for PushHandler {
@@ -71,7 +75,10 @@ impl AsyncPushSender for PushHandler {
                 // FLUSHDB / FLUSHALL send a null.
                 _ => tracker.cache.flush(),
             },
-            PushKind::Disconnection => tracker.lost(self.link, "the tracking connection closed"),
+            PushKind::Disconnection => {
+                self.dead.store(true, Ordering::Release);
+                tracker.lost(self.link, "the tracking connection closed");
+            }
             _ => {}
         }
         Ok(())
@@ -122,8 +129,10 @@ impl Tracker {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if links.as_ref().is_some_and(|l| l.id == link) {
             *links = None;
-            drop(links);
+            // Under the lock: an `establish` completing meanwhile cannot
+            // start serving before this stops it.
             self.cache.stop_serving();
+            drop(links);
             tracing::warn!(target: "session_redis", reason = why, "near cache emptied; re-establishing invalidation tracking");
             self.wake.notify_one();
         }
@@ -148,13 +157,18 @@ impl Tracker {
             // Not tracking: nothing is served or stored.
             return;
         };
-        let pings = links.conns.iter().map(|conn| {
+        // `ROLE` rather than `PING`: as good a barrier, and a node that
+        // turned replica (a manual failover) no longer sees the writes.
+        let roles = links.conns.iter().map(|conn| {
             let mut conn = conn.clone();
-            async move { redis::cmd("PING").query_async::<()>(&mut conn).await }
+            async move { is_primary(&mut conn).await }
         });
-        match tokio::time::timeout(self.operation_timeout, join_all(pings)).await {
-            Ok(replies) if replies.iter().all(Result::is_ok) => {}
-            _ => self.lost(links.id, "a barrier after a write got no answer"),
+        match tokio::time::timeout(self.operation_timeout, join_all(roles)).await {
+            Ok(replies) if replies.iter().all(|r| matches!(r, Ok(true))) => {}
+            _ => self.lost(
+                links.id,
+                "a barrier after a write got no answer from a primary",
+            ),
         }
     }
 
@@ -213,7 +227,14 @@ impl Tracker {
     /// Makes a tracking connection to every primary, then starts serving.
     async fn establish(self: &Arc<Self>) -> redis::RedisResult<()> {
         let (infos, topology) = self.primaries().await?;
+        if infos.is_empty() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "no primary to track (no slots assigned yet?)",
+            )));
+        }
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let dead = Arc::new(AtomicBool::new(false));
         let mut conns = Vec::with_capacity(infos.len());
         for info in infos {
             let redis = info
@@ -227,6 +248,7 @@ impl Tracker {
                 .set_push_sender(PushHandler {
                     tracker: Arc::downgrade(self),
                     link,
+                    dead: dead.clone(),
                 });
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&config)
@@ -247,17 +269,28 @@ impl Tracker {
         }
         let links = Arc::new(Links {
             id: link,
+            dead: dead.clone(),
             conns,
             topology,
         });
         // Nothing can be cached while not serving, but a lease from before
         // the loss must not complete into the new generation.
         self.cache.flush();
-        *self
+        let mut current = self
             .links
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(links);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A connection that closed before it was installed (its push was
+        // ignored as a stale link's) must not start serving.
+        if dead.load(Ordering::Acquire) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "a tracking connection closed while tracking was set up",
+            )));
+        }
+        *current = Some(links);
         self.cache.start_serving();
+        drop(current);
         tracing::debug!(target: "session_redis", link, "near cache tracking established");
         Ok(())
     }
@@ -265,36 +298,35 @@ impl Tracker {
     /// One heartbeat: every link answers, the single server is still a
     /// primary, the cluster's slot map is unchanged.
     async fn heartbeat(&self, links: &Links) {
+        // Stamped before the checks go out: an answer covers only the
+        // writes the server ran before it read them.
+        let sent = self.cache.now();
         let check = async {
-            let pings = links.conns.iter().map(|conn| {
+            let roles = links.conns.iter().map(|conn| {
                 let mut conn = conn.clone();
-                let single = matches!(self.target, Target::Single(_));
-                async move {
-                    if single {
-                        is_primary(&mut conn).await
-                    } else {
-                        redis::cmd("PING")
-                            .query_async::<()>(&mut conn)
-                            .await
-                            .map(|()| true)
-                    }
-                }
+                async move { is_primary(&mut conn).await }
             });
-            let replies = join_all(pings).await;
+            let replies = join_all(roles).await;
             if !replies.iter().all(|r| matches!(r, Ok(true))) {
                 return Err("a primary stopped answering or became a replica");
             }
-            if let (Some(known), Some(conn)) = (&links.topology, links.conns.first()) {
-                let mut conn = conn.clone();
-                match cluster_slots(&mut conn).await {
-                    Ok(now) if &now == known => {}
-                    _ => return Err("the cluster's slot map changed"),
+            if let Some(known) = &links.topology {
+                // Every linked primary must still see the same slot map.
+                let views = links.conns.iter().map(|conn| {
+                    let mut conn = conn.clone();
+                    async move { cluster_slots(&mut conn).await }
+                });
+                for view in join_all(views).await {
+                    match view {
+                        Ok(now) if &now == known => {}
+                        _ => return Err("the cluster's slot map changed"),
+                    }
                 }
             }
             Ok(())
         };
         match tokio::time::timeout(self.operation_timeout, check).await {
-            Ok(Ok(())) => self.cache.heartbeat_ok(),
+            Ok(Ok(())) => self.cache.heartbeat_ok(sent),
             Ok(Err(why)) => self.lost(links.id, why),
             Err(_) => self.lost(links.id, "the heartbeat timed out"),
         }
@@ -308,13 +340,22 @@ async fn run(weak: Weak<Tracker>) {
         let Some(tracker) = weak.upgrade() else {
             return;
         };
-        let pause = tracker.cache.config().heartbeat_interval();
+        let heartbeat = tracker.cache.config().heartbeat_interval();
+        // Failed set-ups back off (a server without RESP3 or without the
+        // right to run CLIENT never lets one succeed), up to 5 s.
+        let pause = if failures == 0 {
+            heartbeat
+        } else {
+            heartbeat
+                .saturating_mul(1 << failures.min(8))
+                .min(Duration::from_secs(5))
+        };
         match tracker.current() {
             Some(links) => tracker.heartbeat(&links).await,
             None => match tracker.establish().await {
                 Ok(()) => failures = 0,
                 Err(e) => {
-                    failures += 1;
+                    failures = failures.saturating_add(1);
                     if failures == 1 || failures.is_multiple_of(50) {
                         tracing::warn!(target: "session_redis", error = %e, failures, "cannot establish near cache tracking; reads go to Redis meanwhile");
                     }
