@@ -302,6 +302,9 @@ impl Tracker {
         // writes the server ran before it read them.
         let sent = self.cache.now();
         let check = async {
+            if links.dead.load(Ordering::Acquire) {
+                return Err("a tracking connection closed");
+            }
             let roles = links.conns.iter().map(|conn| {
                 let mut conn = conn.clone();
                 async move { is_primary(&mut conn).await }
