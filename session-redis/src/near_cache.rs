@@ -317,12 +317,9 @@ impl LocalCache {
         self.config.max_bytes / SHARDS
     }
 
-    /// Now, in the cache's own clock (for [`Self::heartbeat_ok`]).
-    pub(crate) fn now(&self) -> u64 {
-        self.now_ms()
-    }
-
-    fn now_ms(&self) -> u64 {
+    /// Now, in ms of the cache's own monotonic clock (for
+    /// [`Self::heartbeat_ok`]).
+    pub(crate) fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
@@ -336,7 +333,7 @@ impl LocalCache {
         self.now_ms().saturating_sub(last) <= bound
     }
 
-    /// The heartbeat sent at `sent` (see [`Self::now`]) got every answer.
+    /// The heartbeat sent at `sent` (see [`Self::now_ms`]) got every answer.
     pub(crate) fn heartbeat_ok(&self, sent: u64) {
         self.last_heartbeat_ms.fetch_max(sent, Ordering::AcqRel);
     }
@@ -534,7 +531,7 @@ mod tests {
         assert!(cache.get(b"k").is_some());
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(cache.get(b"k"), None, "served past the staleness bound");
-        cache.heartbeat_ok(cache.now());
+        cache.heartbeat_ok(cache.now_ms());
         assert!(cache.get(b"k").is_some());
     }
 

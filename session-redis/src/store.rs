@@ -1364,23 +1364,19 @@ impl RedisStore {
                 }),
             )
             .await?;
+        // A marker (moved away by a rotation, or ended while moving) reads
+        // as no session, and is not cached.
+        let value = value.filter(|v| !codec::is_marker(v));
         if let (Some(cache), Some(lease)) = (cache, lease) {
-            // Markers and absent keys are not kept: only live-looking records.
-            let keep = value.as_deref().filter(|v| !codec::is_marker(v));
-            cache.complete(session_key.as_bytes(), lease, keep);
+            cache.complete(session_key.as_bytes(), lease, value.as_deref());
         }
-        match value {
-            Some(value) => Self::live_record(value),
-            None => Ok(None),
-        }
+        value.map_or(Ok(None), Self::live_record)
     }
 
     /// The record in `value`, if it is one and live by our clock.
+    /// (`value` is not a marker: the load filters those out, and the cache
+    /// only ever holds what a load kept.)
     fn live_record(value: Vec<u8>) -> StoreResult<Option<SessionRecord>> {
-        if codec::is_marker(&value) {
-            // Moved away by a rotation, or ended while moving.
-            return Ok(None);
-        }
         let record = codec::decode(value)?;
         // Redis expires keys on its own clock; the contract is ours.
         if record.is_expired_at(Timestamp::now()) {

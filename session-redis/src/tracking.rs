@@ -300,7 +300,7 @@ impl Tracker {
     async fn heartbeat(&self, links: &Links) {
         // Stamped before the checks go out: an answer covers only the
         // writes the server ran before it read them.
-        let sent = self.cache.now();
+        let sent = self.cache.now_ms();
         let check = async {
             if links.dead.load(Ordering::Acquire) {
                 return Err("a tracking connection closed");
