@@ -50,21 +50,32 @@
 //!     34     8  the old record's absolute_deadline   from the old header)
 //!     42     4  length n of the new storage key, u32 big-endian
 //!     46     n  the new storage key
+//!   46+n     …  the user segment of the record it moved (byte 1, then
+//!               the user id's length, u32 big-endian, then the id)
 //! ```
+//!
+//! `delete_user` follows a marker only when that segment is its user's: an
+//! index entry another user left under the key (a create refused because
+//! the key was taken) leads nowhere. Markers written before the segment was
+//! added (no bytes after the key) are followed as before.
 //!
 //! An **ended marker** (format 3, header only, every field 0) is written on
 //! a Redis Cluster only, by a `delete` that followed a moved marker to a key
-//! whose record was not written yet (the rotation is still in flight): the
-//! rotation's last write then finds it and fails, so the session it was
-//! moving stays ended. It expires by itself (see
+//! holding a pending marker (the rotation is still in flight, its record
+//! not written yet): the rotation's last write then finds it and fails, so
+//! the session it was moving stays ended. A key holding nothing gets no
+//! ended marker: the session already ended there, and the key stays free.
+//! It expires by itself (see
 //! [`CLUSTER_INDEX_GRACE`](crate::CLUSTER_INDEX_GRACE)).
 //!
 //! A **pending marker** (format 4, header only, every field 0) is written on
-//! a Redis Cluster only, by a login under a `RejectNew` limit, under its new
-//! key before its index entry, and overwritten by the record: it tells
-//! racing logins that count the user's sessions that this one is being
-//! written (a missing record is then really not coming). It expires by
-//! itself after [`CLUSTER_INDEX_GRACE`](crate::CLUSTER_INDEX_GRACE).
+//! a Redis Cluster only, under the new key of a rotation or of a login under
+//! a `RejectNew` limit (before its index entry), and overwritten by the
+//! record: it tells racing logins that count the user's sessions that this
+//! one is being written (a missing record is then really not coming), and
+//! a `delete` following the rotation's moved marker that the record is
+//! still to come. It expires by itself after
+//! [`CLUSTER_INDEX_GRACE`](crate::CLUSTER_INDEX_GRACE).
 
 use bytes::Bytes;
 use session_core::codec::layout;
@@ -168,11 +179,6 @@ pub(crate) fn classify(bytes: &[u8]) -> Stored {
     }
 }
 
-/// Whether a format byte is a session record's (with or without a label).
-fn is_record_format(format: u8) -> bool {
-    format == FORMAT_RECORD || format == FORMAT_RECORD_LABELLED
-}
-
 /// The part of a labelled record's label that `prefix` (a prefix of a
 /// stored value, read at least through the label's length) lacks, as
 /// offsets into the value; `None` when there is nothing more to read (not
@@ -186,29 +192,25 @@ pub(crate) fn missing_label(prefix: &[u8]) -> Option<std::ops::Range<usize>> {
     (end > prefix.len()).then_some(prefix.len()..end)
 }
 
-/// Whether a value (or a prefix of one at least [`HEADER_LEN`] bytes long,
-/// the user id possibly cut) is a session record live at `now`, judged from
-/// the fixed header alone.
-pub(crate) fn is_live_record(bytes: &[u8], now: Timestamp) -> bool {
-    bytes.len() >= HEADER_LEN
-        && is_record_format(bytes[0])
-        && now.as_unix_millis()
-            < i64_at(bytes, layout::IDLE_DEADLINE).min(i64_at(bytes, layout::ABSOLUTE_DEADLINE))
-}
-
 /// Whether a stored value is one of the markers (which `load` treats as
 /// absent).
 pub(crate) fn is_marker(bytes: &[u8]) -> bool {
     bytes.len() >= HEADER_LEN && matches!(bytes[0], FORMAT_MOVED | FORMAT_ENDED | FORMAT_PENDING)
 }
 
-/// A moved marker pointing at `to`, for a record created at `created_at`,
-/// moved at `moved_at`. Its deadlines are zero: the script that writes it
-/// copies the old record's deadlines into
+/// A moved marker pointing at `to`, for a record of `user` created at
+/// `created_at`, moved at `moved_at`. Its deadlines are zero: the script
+/// that writes it copies the old record's deadlines into
 /// `DEADLINES_OFFSET..DEADLINES_OFFSET + 16`.
-pub(crate) fn moved_marker(to: &StorageKey, created_at: Timestamp, moved_at: Timestamp) -> Vec<u8> {
+pub(crate) fn moved_marker(
+    to: &StorageKey,
+    created_at: Timestamp,
+    moved_at: Timestamp,
+    user: Option<&str>,
+) -> Vec<u8> {
     let to = to.as_str().as_bytes();
-    let mut out = Vec::with_capacity(HEADER_LEN + to.len());
+    let owner = user_segment(user);
+    let mut out = Vec::with_capacity(HEADER_LEN + to.len() + owner.len());
     out.push(FORMAT_MOVED);
     out.push(0);
     out.extend_from_slice(&[0; 8]);
@@ -217,8 +219,37 @@ pub(crate) fn moved_marker(to: &StorageKey, created_at: Timestamp, moved_at: Tim
     out.extend_from_slice(&[0; 16]);
     out.extend_from_slice(&u32::try_from(to.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(to);
+    out.extend_from_slice(&owner);
     out
 }
+
+/// Whether `bytes` (a moved marker, or a prefix of one that reaches past
+/// its user segment) moved a session of `user`. A marker written before
+/// the segment was added (nothing after the key) counts as the user's when
+/// it moved a logged-in session.
+pub(crate) fn moved_session_of(bytes: &[u8], user: &str) -> bool {
+    if bytes.len() < HEADER_LEN
+        || bytes[0] != FORMAT_MOVED
+        || bytes[layout::USER_FLAG] != layout::HAS_USER
+    {
+        return false;
+    }
+    match header_and_user_len(bytes).and_then(|end| bytes.get(end..)) {
+        Some([]) => true,
+        Some(owner) => owner == user_segment(Some(user)),
+        None => false,
+    }
+}
+
+/// How many bytes of a value [`moved_session_of`] needs for a user id of
+/// `user_len` bytes under storage keys of up to [`MAX_STORAGE_KEY_LEN`].
+pub(crate) fn owner_read_len(user_len: usize) -> usize {
+    HEADER_LEN + MAX_STORAGE_KEY_LEN + 5 + user_len
+}
+
+/// The longest storage key a marker is read for (a derived key is 64
+/// bytes; room is left for longer ones).
+pub(crate) const MAX_STORAGE_KEY_LEN: usize = 128;
 
 /// The ended marker.
 pub(crate) fn ended_marker() -> [u8; HEADER_LEN] {
@@ -300,15 +331,20 @@ mod tests {
             Timestamp::from_unix_millis(1_000),
             Timestamp::from_unix_millis(2_000),
         );
-        let mut m = moved_marker(&to, created, moved);
-        assert_eq!(m.len(), HEADER_LEN + 4);
+        let mut m = moved_marker(&to, created, moved, Some("u"));
+        assert_eq!(m.len(), HEADER_LEN + 4 + 6);
         assert_eq!(m[0], FORMAT_MOVED);
         assert_eq!(&m[1..10], &[0; 9]);
         assert_eq!(&m[10..18], &1_000i64.to_be_bytes());
         assert_eq!(&m[18..26], &2_000i64.to_be_bytes());
         assert_eq!(&m[26..42], &[0; 16]);
         assert_eq!(&m[42..46], &4u32.to_be_bytes());
-        assert_eq!(&m[46..], b"ab12");
+        assert_eq!(&m[46..50], b"ab12");
+        assert_eq!(&m[50..], &user_segment(Some("u"))[..]);
+        assert_eq!(
+            moved_marker(&to, created, moved, None)[50..],
+            user_segment(None)[..]
+        );
         // What the script splices in: the old record's deadlines.
         let old = sample(Some("u"), b"d").encode();
         m[DEADLINES_OFFSET..DEADLINES_OFFSET + 16]
@@ -330,6 +366,30 @@ mod tests {
         ));
         // A marker is never a record.
         assert!(SessionRecord::decode(&m).is_err());
+    }
+
+    #[test]
+    fn a_moved_marker_names_the_user_whose_session_moved() {
+        let to = StorageKey::from_stored(&"k".repeat(64));
+        let at = Timestamp::from_unix_millis(1);
+        let mut m = moved_marker(&to, at, at, Some("alice"));
+        // The script copies the moved record's user flag into byte 1.
+        assert!(!moved_session_of(&m, "alice"), "flag not set: anonymous");
+        m[layout::USER_FLAG] = layout::HAS_USER;
+        assert!(moved_session_of(&m, "alice"));
+        assert!(!moved_session_of(&m, "bob"));
+        assert!(!moved_session_of(&m, "alic"));
+        assert!(!moved_session_of(&m, "alice2"));
+        assert!(m.len() <= owner_read_len("alice".len()));
+        // Cut within the segment: not provably the user's.
+        assert!(!moved_session_of(&m[..m.len() - 1], "alice"));
+        // Written before markers named the user: counted as before.
+        let legacy = &m[..HEADER_LEN + 64];
+        assert!(moved_session_of(legacy, "bob"));
+        assert!(!moved_session_of(
+            &sample(Some("alice"), b"d").encode(),
+            "alice"
+        ));
     }
 
     #[test]
@@ -384,8 +444,6 @@ mod tests {
         let enc = r.encode();
         assert_eq!(enc[0], FORMAT_RECORD_LABELLED);
         assert!(!is_marker(&enc));
-        assert!(is_live_record(&enc, Timestamp::from_unix_millis(0)));
-        assert!(!is_live_record(&enc, Timestamp::from_unix_millis(3)));
         assert_eq!(classify(&enc), Stored::Record(r.clone()));
         // A prefix read through the user id (as the lifecycle reads do):
         // the header and user id, no label.

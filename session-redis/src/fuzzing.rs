@@ -52,7 +52,7 @@ pub fn codec(data: &[u8]) {
     }
     if let Stored::Moved(m) = &stored {
         if let Some(to) = &m.to {
-            let mut again = codec::moved_marker(to, m.created_at, m.moved_at);
+            let mut again = codec::moved_marker(to, m.created_at, m.moved_at, None);
             again[DEADLINES].copy_from_slice(&data[DEADLINES]);
             assert_eq!(codec::classify(&again), stored, "moved marker round trip");
         }
@@ -73,6 +73,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         &StorageKey::from_stored(&"ab".repeat(32)),
         Timestamp::from_unix_millis(1_700_000_000_000),
         Timestamp::from_unix_millis(1_700_000_000_500),
+        Some("user"),
     );
     moved[DEADLINES].copy_from_slice(&records[2][DEADLINES]);
     out.push(moved.clone());

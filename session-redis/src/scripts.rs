@@ -274,9 +274,11 @@ return 1
 /// Deletes a session, following moved markers.
 ///
 /// KEYS: session. ARGV: moves to follow within this call (single server:
-/// 64; cluster: 0, the caller follows them across slots), now, session key prefix (`<prefix>:s:{`), ended-marker TTL ms
-/// (cluster, when this key was reached by following a move: a key holding
-/// no record gets the ended marker for that long; else 0), ended marker.
+/// 64; cluster: 0, the caller follows them across slots), now, session key
+/// prefix (`<prefix>:s:{`), ended-marker TTL ms (cluster, when this key was
+/// reached by following a move: a key holding the rotation's pending marker,
+/// its record not written yet, gets the ended marker for that long; else
+/// 0), ended marker.
 ///
 /// Returns {code, user id, member, n}, member being the storage key where
 /// it stopped ('' for the given key):
@@ -304,14 +306,11 @@ for i = 0, hops do
     if untl <= now or #to == 0 then return {0, '', member, 0} end
     if i == hops then return {2, '', to, untl - now} end
     key, member = ARGV[3] .. to .. '}', to
-  elseif is_format(h, F_ENDED) then
+  elseif is_format(h, F_ENDED) or #h == 0 then
     return {0, '', member, 0}
-  elseif #h == 0 or (block > 0 and not live(h, now)) then
-    if block > 0 then
-      redis.call('SET', key, ARGV[5], 'PX', ARGV[4])
-      return {3, '', member, 0}
-    end
-    return {0, '', member, 0}
+  elseif block > 0 and is_format(h, F_PENDING) then
+    redis.call('SET', key, ARGV[5], 'PX', ARGV[4])
+    return {3, '', member, 0}
   else
     local flags, user = 0, ''
     if live(h, now) then flags = 1 end
@@ -345,8 +344,11 @@ if #h == 0 then return {0, '', 0} end
 if is_format(h, F_MOVED) and not has_user(h) then return {-1, '', 0} end
 if is_format(h, F_MOVED) then
   local n = u32(h, AT_USER_LEN)
-  local to = ''
-  if n > 0 then to = redis.call('GETRANGE', KEYS[1], HEADER, HEADER - 1 + n) end
+  -- The new key, then the user segment of the session that moved: an entry
+  -- of another user (left by a create refused over this key) leads nowhere.
+  local rest = redis.call('GETRANGE', KEYS[1], HEADER, HEADER - 1 + n + #seg)
+  local to, owner = string.sub(rest, 1, n), string.sub(rest, n + 1)
+  if #owner > 0 and owner ~= seg then return {-1, '', 0} end
   local untl = math.min(i64(h, AT_IDLE), i64(h, AT_ABSOLUTE))
   redis.call('DEL', KEYS[1])
   if untl <= now or #to == 0 then return {1, '', 0} end

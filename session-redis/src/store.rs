@@ -736,7 +736,7 @@ impl RedisStore {
             .replaces
             .as_ref()
             .map(|r| self.prefix.session_key(&r.key));
-        let marker = codec::moved_marker(key, record.created_at, now);
+        let marker = codec::moved_marker(key, record.created_at, now, user);
         let (max, strategy) = match options.limit.filter(|_| user.is_some()) {
             None => (0, ""),
             Some(l) => (l.max.get(), strategy_code(l.strategy)?),
@@ -825,10 +825,15 @@ impl RedisStore {
         let conn = self.conn();
         self.within("create_with", async {
             // 1. The new key's index entry (with the entries already there,
-            //    for RejectNew) and, for a rotation, a check that the new
-            //    key is free. Under RejectNew, a pending marker goes under
-            //    the new key first (checking it is free), then the entry;
-            //    otherwise the two run concurrently (different slots).
+            //    for RejectNew) and, for a rotation or under RejectNew, a
+            //    pending marker under the new key (checking it is free).
+            //    Under RejectNew the marker goes first, then the entry;
+            //    for a rotation the two run concurrently (different slots).
+            //    A rotation's pending marker is what a delete that follows
+            //    the moved marker (step 3) to the new key before the record
+            //    is written (step 4) turns into an ended marker, so the
+            //    record is never written; a new key holding nothing means
+            //    the session already ended there.
             let pending = async {
                 let script = &self.scripts().create;
                 let marker = codec::pending_marker();
@@ -841,19 +846,6 @@ impl RedisStore {
                     .arg(0);
                 let code: i64 = scripts::run(script, &cmd, &mut conn.clone()).await?;
                 Ok(code != create::EXISTS)
-            };
-            let check = async {
-                let header = self
-                    .read_values(&conn, [key.as_str()], HEADER_LEN)
-                    .await?
-                    .pop()
-                    .unwrap_or_default();
-                // The header alone (a logged-in record's user id is cut off
-                // at this length): a live record, or a login still being
-                // written, holds the key.
-                let taken = codec::is_live_record(&header, now)
-                    || matches!(codec::classify(&header), Stored::Pending);
-                Ok(!taken)
             };
             let add = async {
                 match (&index, ttl > 0) {
@@ -880,7 +872,7 @@ impl RedisStore {
                 };
                 (added, free)
             } else if replaced.is_some() {
-                futures_util::future::try_join(add, check)
+                futures_util::future::try_join(add, pending)
                     .await
                     .map_err(store_error)?
             } else {
@@ -914,7 +906,7 @@ impl RedisStore {
                     .read_values(
                         &conn,
                         others.iter().map(|(m, _)| m.as_str()),
-                        HEADER_LEN + user.len(),
+                        codec::owner_read_len(user.len()),
                     )
                     .await
                     .map_err(store_error)?;
@@ -934,7 +926,7 @@ impl RedisStore {
             let mut old_index = None;
             if let Some(r) = replaced {
                 let old_key = self.prefix.session_key(&r.key);
-                let marker = codec::moved_marker(key, record.created_at, now);
+                let marker = codec::moved_marker(key, record.created_at, now, user);
                 let segment = codec::user_segment(user);
                 let script = &self.scripts().rotate;
                 let mut cmd = scripts::evalsha(
@@ -953,9 +945,7 @@ impl RedisStore {
                         .map_err(store_error)?;
                 if code != lifecycle::DONE {
                     self.withdraw(&conn, own, key).await;
-                    if reject.is_some() {
-                        self.drop_pending(&conn, &session_key).await;
-                    }
+                    self.drop_pending(&conn, &session_key).await;
                     return Err(lifecycle_error(code, 0));
                 }
                 old_index = (has_user == 1).then(|| self.prefix.index_key(&old_user));
@@ -1233,14 +1223,19 @@ fn ended_marker_ttl(marker_ms: i64) -> i64 {
 /// Whether a value read under a user's index entry (written at
 /// `written_at`) holds one of the user's places under a `RejectNew` limit,
 /// on a cluster: a live session of the user, a login being written (a
-/// pending marker), or a session being moved (a young moved marker: its
-/// new entry may be missing from the entries read).
+/// pending marker), or a session of the user being moved (a young moved
+/// marker: its new entry may be missing from the entries read). `value`
+/// is read to [`codec::owner_read_len`].
 fn holds_a_place(value: &[u8], user_id: &str, now: Timestamp) -> bool {
     let young_since = now.as_unix_millis().saturating_sub(grace_ms());
     match codec::classify(value) {
         Stored::Pending => true,
         Stored::Record(r) => r.user_id.as_deref() == Some(user_id) && !r.is_expired_at(now),
-        Stored::Moved(m) => now < m.until && m.moved_at.as_unix_millis() >= young_since,
+        Stored::Moved(m) => {
+            codec::moved_session_of(value, user_id)
+                && now < m.until
+                && m.moved_at.as_unix_millis() >= young_since
+        }
         Stored::Missing | Stored::Ended | Stored::Unreadable => false,
     }
 }
@@ -1303,13 +1298,22 @@ impl RedisStore {
                 self.retrying("create", Retry::NeverSent, |mut conn| {
                     let (index, cmd) = (&index, &cmd);
                     async move {
+                        let mut own = None;
                         if let (Some(index), true, true) = (index, cluster, ttl > 0) {
                             // Index first: a failure between the two writes
                             // leaves a stale entry, never an unindexed session.
-                            self.index_add(&mut conn, index, key, now, index_ttl)
+                            let (new, _) = self
+                                .index_add_snapshot(&mut conn, index, key, now, index_ttl, false)
                                 .await?;
+                            own = Some(index.as_str()).filter(|_| new);
                         }
-                        scripts::run(script, cmd, &mut conn).await
+                        let stored = scripts::run(script, cmd, &mut conn).await?;
+                        if stored != create::STORED {
+                            // Refused: the entry this call added would give
+                            // another user's session to this user's index.
+                            self.withdraw(&conn, own, key).await;
+                        }
+                        Ok(stored)
                     }
                 }),
             )

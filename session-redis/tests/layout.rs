@@ -223,7 +223,8 @@ async fn index_entries_without_sessions<C: ConnectionLike + Send>(store: &RedisS
 }
 
 /// A rotation leaves a moved marker under the old key: format byte 2, the
-/// new storage key after the fixed header, the old record's deadlines, and
+/// new storage key after the fixed header and then the user it moved with,
+/// the old record's deadlines, and
 /// the old record's remaining life as its TTL. It never loads, and deleting
 /// it deletes where the session went, index entry included.
 async fn rotation_leaves_a_moved_marker<C: ConnectionLike + Send>(store: &RedisStore, raw: &mut C) {
@@ -245,7 +246,13 @@ async fn rotation_leaves_a_moved_marker<C: ConnectionLike + Send>(store: &RedisS
         .expect("a moved marker");
     assert_eq!(marker[0], 2, "format byte of a moved marker");
     assert_eq!(&marker[42..46], &64u32.to_be_bytes());
-    assert_eq!(&marker[46..], new.as_str().as_bytes());
+    assert_eq!(&marker[46..110], new.as_str().as_bytes());
+    // Then the user segment of the session that moved.
+    let mut owner = vec![1u8];
+    owner.extend_from_slice(&5u32.to_be_bytes());
+    owner.extend_from_slice(b"mover");
+    assert_eq!(&marker[110..], &owner[..]);
+    assert_eq!(marker[1], 1, "the moved record's has-user flag");
     assert_eq!(
         &marker[26..34],
         &rec.idle_deadline.as_unix_millis().to_be_bytes()

@@ -357,6 +357,7 @@ macro_rules! __conformance_case_list {
             update_of_an_expired_record_is_not_found_at_any_version,
             list_user_reflects_touch_and_update,
             delete_user_is_exact_and_counts_live_sessions,
+            refused_create_leaves_the_owner_alone,
             delete_expired_never_removes_a_live_record,
             store_agrees_with_the_model,
             versions_span_the_whole_u64_range,

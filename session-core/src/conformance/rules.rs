@@ -227,6 +227,54 @@ pub async fn delete_user_is_exact_and_counts_live_sessions(h: Harness) {
     assert_eq!(store.delete_user(&user).await.unwrap(), 0);
 }
 
+/// A create refused because the key is taken leaves nothing of the
+/// refused user behind: `delete_user` of that user ends none of the
+/// owner's sessions, neither where the key is nor where a rotation moved
+/// the session afterwards, and lists none.
+pub async fn refused_create_leaves_the_owner_alone(h: Harness) {
+    let store = h.store().await;
+    let (owner, intruder) = (h.user("owner"), h.user("intruder"));
+    let (key, moved_to) = (h.key(), h.key());
+    store.create(&key, &live(Some(&owner), b"o")).await.unwrap();
+    let refused = store.create(&key, &live(Some(&intruder), b"i")).await;
+    assert!(
+        matches!(refused, Err(StoreError::AlreadyExists)),
+        "create over a live record: {refused:?}"
+    );
+    assert!(store
+        .list_user_sessions(&intruder)
+        .await
+        .unwrap()
+        .is_empty());
+    let version = must_load(&*store, &key).await.version;
+    store
+        .create_with(
+            &moved_to,
+            &live(Some(&owner), b"o"),
+            &CreateOptions::default().replacing(key.clone(), version),
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .list_user_sessions(&intruder)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.delete_user(&intruder).await.unwrap(),
+        0,
+        "delete_user ended a session of another user"
+    );
+    assert!(
+        store.load(&moved_to).await.unwrap().is_some(),
+        "delete_user of {intruder:?} ended {owner:?}'s rotated session"
+    );
+    assert_eq!(store.list_user_sessions(&owner).await.unwrap().len(), 1);
+    // The old key still leads a delete to where the session went.
+    store.delete(&key).await.unwrap();
+    assert!(store.load(&moved_to).await.unwrap().is_none());
+}
+
 /// `delete_expired` never removes a live record, even one that expires
 /// later in the same second.
 pub async fn delete_expired_never_removes_a_live_record(h: Harness) {
