@@ -369,6 +369,7 @@ impl RedisStoreBuilder {
                 target,
                 self.connect_timeout,
                 self.operation_timeout,
+                prefix.session_key_head(),
             ))
         });
         RedisStore::from_parts(

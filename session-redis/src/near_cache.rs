@@ -8,9 +8,9 @@
 //! # How a copy can never be older than the bound
 //!
 //! - **Tracking.** The store keeps one tracking connection to every
-//!   primary (one on a single server), with `CLIENT TRACKING ON BCAST`:
-//!   the server pushes the name of every key any client modifies, deletes
-//!   or expires. The push handler drops the local copy of that key, in the
+//!   primary (one on a single server), with `CLIENT TRACKING ON BCAST
+//!   PREFIX <prefix>:s:{`: the server pushes the name of every session key
+//!   of this prefix that any client modifies, deletes or expires. The push handler drops the local copy of that key, in the
 //!   order the pushes arrive.
 //! - **Leases close the read/invalidate race.** A `load` that misses puts a
 //!   *lease* (a numbered placeholder) under the key *before* it sends its
@@ -79,10 +79,11 @@ const SHARDS: usize = 16;
 /// **Cost.** One extra connection per primary, a heartbeat, a `ROLE` round trip after
 /// each `delete` and `delete_user`, and one `GET` for the first read after
 /// each write (writes drop the local copy rather than replace it). The
-/// server sends every instance the names of all keys written on it, in
-/// every database (`BCAST` mode; tracking is not per database, and a
-/// `FLUSHDB` of any database empties the cache), so give sessions a Redis
-/// of their own when it also carries heavy unrelated writes.
+/// server sends every instance the name of every session key written
+/// under the store's prefix, in every database (`BCAST` mode with that
+/// prefix; tracking is not per database, and a `FLUSHDB` of any database
+/// empties the cache): unrelated keys cost nothing, but give each
+/// application its own prefix.
 ///
 /// ```
 /// use std::time::Duration;

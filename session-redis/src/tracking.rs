@@ -1,5 +1,5 @@
 //! The near cache's tracking connections: one RESP3 connection per primary
-//! with `CLIENT TRACKING ON BCAST`, their push handler, heartbeat and
+//! with `CLIENT TRACKING ON BCAST PREFIX`, their push handler, heartbeat and
 //! barrier. See [`crate::near_cache`] for why this keeps the cache coherent.
 
 use std::collections::BTreeSet;
@@ -45,6 +45,9 @@ pub(crate) struct Tracker {
     wake: Notify,
     connect_timeout: Duration,
     operation_timeout: Duration,
+    /// The session keys' common head (`<prefix>:s:{`): the server pushes
+    /// invalidations for keys that start with it only.
+    key_head: String,
 }
 
 /// Handles the pushes of one tracking connection, inline in its reader:
@@ -93,6 +96,7 @@ impl Tracker {
         target: Target,
         connect_timeout: Duration,
         operation_timeout: Duration,
+        key_head: String,
     ) -> Arc<Self> {
         let tracker = Arc::new(Self {
             cache,
@@ -102,6 +106,7 @@ impl Tracker {
             wake: Notify::new(),
             connect_timeout,
             operation_timeout,
+            key_head,
         });
         let weak = Arc::downgrade(&tracker);
         tokio::spawn(run(weak));
@@ -263,6 +268,8 @@ impl Tracker {
                 .arg("TRACKING")
                 .arg("ON")
                 .arg("BCAST")
+                .arg("PREFIX")
+                .arg(&self.key_head)
                 .query_async::<()>(&mut conn)
                 .await?;
             conns.push(conn);

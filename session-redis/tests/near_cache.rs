@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use session_core::conformance::faults::FaultInjector;
 use session_core::store::CreateOptions;
-use session_core::{SessionRecord, SessionStore, StorageKey, Timestamp};
+use session_core::{SessionRecord, SessionStore, StorageKey, StoreError, Timestamp};
 use session_redis::{NearCache, RedisStore};
 use session_test_support::process::{spare_port, ServerProcess};
 use session_test_support::servers::redis_url;
@@ -293,6 +293,104 @@ async fn no_stale_read_after_the_bound_single() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_stale_read_after_the_bound_cluster() {
     no_stale_read_after_the_bound(true).await;
+}
+
+/// Writers on both instances (each loads the version, then
+/// compare-and-sets the next; a conflict loads again) and readers on both:
+/// once a write of version `v` has returned on either instance for longer
+/// than the bound, neither serves an older one.
+async fn no_stale_read_with_writers_on_both(on_cluster: bool) {
+    const BOUND: Duration = Duration::from_millis(250);
+    let (a, b) = pair(on_cluster).await;
+    let keys: Vec<StorageKey> = (0..4).map(|_| key()).collect();
+    for k in &keys {
+        a.create(k, &record(None, b"0", 1)).await.unwrap();
+    }
+    let written: std::sync::Arc<Vec<std::sync::Mutex<(u64, Instant)>>> = std::sync::Arc::new(
+        keys.iter()
+            .map(|_| std::sync::Mutex::new((1, Instant::now())))
+            .collect(),
+    );
+    let stop = Instant::now() + Duration::from_secs(2);
+    let mut writers = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        for store in [&a, &b] {
+            let (store, k, written) = (store.clone(), k.clone(), written.clone());
+            writers.push(tokio::spawn(async move {
+                let mut stored = 0u64;
+                while Instant::now() < stop {
+                    let v = store.load(&k).await.unwrap().expect("live").version;
+                    match store.update(&k, v, &record(None, b"n", v + 1)).await {
+                        Ok(()) => {
+                            stored += 1;
+                            let mut w = written[i].lock().unwrap();
+                            if v + 1 > w.0 {
+                                *w = (v + 1, Instant::now());
+                            }
+                        }
+                        Err(StoreError::Conflict) => {}
+                        Err(e) => panic!("update: {e}"),
+                    }
+                }
+                stored
+            }));
+        }
+    }
+    let mut readers = Vec::new();
+    for store in [&a, &b, &a, &b] {
+        let (store, keys, written) = (store.clone(), keys.clone(), written.clone());
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            while Instant::now() < stop {
+                for (i, k) in keys.iter().enumerate() {
+                    let (floor, at) = *written[i].lock().unwrap();
+                    let settled = at.elapsed() > BOUND;
+                    let got = store.load(k).await.unwrap().expect("live").version;
+                    assert!(
+                        !settled || got >= floor,
+                        "served version {got} after version {floor} had been written {:?} before",
+                        at.elapsed()
+                    );
+                    reads += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            reads
+        }));
+    }
+    let mut stored = 0;
+    for w in writers {
+        stored += w.await.expect("a writer failed");
+    }
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.expect("a reader failed");
+    }
+    assert!(
+        stored > 50 && reads > 100,
+        "too little traffic: {stored} writes, {reads} reads"
+    );
+    // Both instances end agreeing with Redis.
+    for (i, k) in keys.iter().enumerate() {
+        let last = written[i].lock().unwrap().0;
+        for store in [&a, &b] {
+            let got = until(store, k, "the last write", |r| {
+                r.as_ref().is_some_and(|r| r.version == last)
+            })
+            .await;
+            assert!(got < BOUND, "took {got:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_stale_read_with_writers_on_both_single() {
+    no_stale_read_with_writers_on_both(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_stale_read_with_writers_on_both_cluster() {
+    no_stale_read_with_writers_on_both(true).await;
 }
 
 /// Waits until `store`'s cache serves again after an outage.
