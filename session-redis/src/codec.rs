@@ -270,12 +270,14 @@ pub(crate) const TOUCH_OFFSET: usize = layout::LAST_ACCESS;
 
 /// Decodes a stored value without copying the data: the returned record's
 /// `data` is a slice of `bytes`.
-pub(crate) fn decode(bytes: Vec<u8>) -> StoreResult<SessionRecord> {
+pub(crate) fn decode(bytes: impl Into<Bytes>) -> StoreResult<SessionRecord> {
+    let bytes: Bytes = bytes.into();
     let split = head_len(&bytes)
         .filter(|&n| n <= bytes.len())
         .ok_or_else(|| StoreError::Corrupt("Redis session value: truncated header".into()))?;
     let mut record = SessionRecord::decode(&bytes[..split])?;
-    record.data = Bytes::from(bytes).slice(split..);
+    // The data shares the buffer (a cached one too): no copy.
+    record.data = bytes.slice(split..);
     Ok(record)
 }
 

@@ -47,6 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use lru::LruCache;
 
 /// Default bound on cached records.
@@ -197,8 +198,9 @@ enum Slot {
     /// A load or write in flight that may store its result if nothing
     /// invalidates the key first.
     Lease(u64),
-    /// A record's bytes as read from Redis.
-    Value { bytes: Box<[u8]>, stored: Instant },
+    /// A record's bytes as read from Redis (shared with the records
+    /// decoded from them: a hit copies nothing).
+    Value { bytes: Bytes, stored: Instant },
 }
 
 struct Shard {
@@ -352,14 +354,14 @@ impl LocalCache {
     }
 
     /// The cached bytes of `key`, if serving and present and not too old.
-    pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Bytes> {
         if !self.serving() {
             return None;
         }
         let mut shard = self.shard(key);
         let hit = match shard.map.get(key) {
             Some(Slot::Value { bytes, stored }) if stored.elapsed() <= self.config.max_age => {
-                Some(bytes.to_vec())
+                Some(bytes.clone())
             }
             Some(Slot::Value { .. }) => {
                 shard.remove(key);
@@ -402,7 +404,7 @@ impl LocalCache {
 
     /// Stores `value` (the `GET` reply; `None` stores nothing) if `lease`
     /// is still under `key`: no invalidation and no flush came in between.
-    pub(crate) fn complete(&self, key: &[u8], lease: Lease, value: Option<&[u8]>) {
+    pub(crate) fn complete(&self, key: &[u8], lease: Lease, value: Option<Bytes>) {
         let mut shard = self.shard(key);
         let ours = matches!(shard.map.peek(key), Some(Slot::Lease(t)) if *t == lease.token);
         if !ours {
@@ -414,7 +416,7 @@ impl LocalCache {
                     && key.len() + bytes.len() + ENTRY_OVERHEAD <= self.max_shard_bytes() =>
             {
                 let slot = Slot::Value {
-                    bytes: bytes.into(),
+                    bytes,
                     stored: Instant::now(),
                 };
                 let max = self.max_shard_bytes();
@@ -484,21 +486,21 @@ mod tests {
     fn a_reply_is_stored_only_under_its_own_lease() {
         let cache = serving_cache(NearCache::new());
         let lease = cache.lease(b"k").expect("serving");
-        cache.complete(b"k", lease, Some(b"v1"));
+        cache.complete(b"k", lease, Some(Bytes::from_static(b"v1")));
         assert_eq!(cache.get(b"k").as_deref(), Some(&b"v1"[..]));
 
         // An invalidation between the lease and the reply: nothing stored.
         let lease = cache.lease(b"k").expect("serving");
         cache.invalidate(b"k");
-        cache.complete(b"k", lease, Some(b"stale"));
+        cache.complete(b"k", lease, Some(Bytes::from_static(b"stale")));
         assert_eq!(cache.get(b"k"), None);
 
         // Loads racing on one key share its lease: the first reply is
         // stored, the later one finds a value, not its lease, and leaves it.
         let first = cache.lease(b"k").expect("serving");
         let second = cache.lease(b"k").expect("serving");
-        cache.complete(b"k", first, Some(b"first"));
-        cache.complete(b"k", second, Some(b"second"));
+        cache.complete(b"k", first, Some(Bytes::from_static(b"first")));
+        cache.complete(b"k", second, Some(Bytes::from_static(b"second")));
         assert_eq!(cache.get(b"k").as_deref(), Some(&b"first"[..]));
     }
 
@@ -508,7 +510,7 @@ mod tests {
         let lease = cache.lease(b"k").expect("serving");
         cache.flush();
         // Even if a lease with the same token were put back, the generation differs.
-        cache.complete(b"k", lease, Some(b"stale"));
+        cache.complete(b"k", lease, Some(Bytes::from_static(b"stale")));
         assert_eq!(cache.get(b"k"), None);
         assert_eq!(cache.stats().flushes, 1);
     }
@@ -517,7 +519,7 @@ mod tests {
     fn nothing_is_served_or_leased_without_tracking() {
         let cache = serving_cache(NearCache::new());
         let lease = cache.lease(b"k").expect("serving");
-        cache.complete(b"k", lease, Some(b"v"));
+        cache.complete(b"k", lease, Some(Bytes::from_static(b"v")));
         cache.stop_serving();
         assert_eq!(cache.get(b"k"), None);
         assert!(cache.lease(b"k").is_none());
@@ -528,7 +530,7 @@ mod tests {
     fn a_silent_heartbeat_stops_serving() {
         let cache = serving_cache(NearCache::new().heartbeat(Duration::from_millis(10)));
         let lease = cache.lease(b"k").expect("serving");
-        cache.complete(b"k", lease, Some(b"v"));
+        cache.complete(b"k", lease, Some(Bytes::from_static(b"v")));
         assert!(cache.get(b"k").is_some());
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(cache.get(b"k"), None, "served past the staleness bound");
@@ -542,14 +544,14 @@ mod tests {
         for i in 0..1000u32 {
             let key = format!("key-{i}");
             let lease = cache.lease(key.as_bytes()).expect("serving");
-            cache.complete(key.as_bytes(), lease, Some(&[0u8; 300]));
+            cache.complete(key.as_bytes(), lease, Some(Bytes::from(vec![0u8; 300])));
         }
         let stats = cache.stats();
         assert!(stats.entries <= 32, "{stats:?}");
         assert!(stats.bytes <= (SHARDS * 1000) as u64, "{stats:?}");
         // Too large for any shard: never stored.
         let lease = cache.lease(b"big").expect("serving");
-        cache.complete(b"big", lease, Some(&[0u8; 2000]));
+        cache.complete(b"big", lease, Some(Bytes::from(vec![0u8; 2000])));
         assert_eq!(cache.get(b"big"), None);
     }
 
@@ -557,7 +559,7 @@ mod tests {
     fn copies_older_than_max_age_are_not_served() {
         let cache = serving_cache(NearCache::new().max_age(Duration::from_millis(20)));
         let lease = cache.lease(b"k").expect("serving");
-        cache.complete(b"k", lease, Some(b"v"));
+        cache.complete(b"k", lease, Some(Bytes::from_static(b"v")));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(cache.get(b"k"), None);
     }

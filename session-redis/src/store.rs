@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::future::join_all;
 use redis::RedisResult;
 use session_core::store::{newest_first, CreateOptions, Created};
@@ -1370,9 +1371,9 @@ impl RedisStore {
             .await?;
         // A marker (moved away by a rotation, or ended while moving) reads
         // as no session, and is not cached.
-        let value = value.filter(|v| !codec::is_marker(v));
+        let value = value.filter(|v| !codec::is_marker(v)).map(Bytes::from);
         if let (Some(cache), Some(lease)) = (cache, lease) {
-            cache.complete(session_key.as_bytes(), lease, value.as_deref());
+            cache.complete(session_key.as_bytes(), lease, value.clone());
         }
         value.map_or(Ok(None), Self::live_record)
     }
@@ -1380,7 +1381,7 @@ impl RedisStore {
     /// The record in `value`, if it is one and live by our clock.
     /// (`value` is not a marker: the load filters those out, and the cache
     /// only ever holds what a load kept.)
-    fn live_record(value: Vec<u8>) -> StoreResult<Option<SessionRecord>> {
+    fn live_record(value: Bytes) -> StoreResult<Option<SessionRecord>> {
         let record = codec::decode(value)?;
         // Redis expires keys on its own clock; the contract is ours.
         if record.is_expired_at(Timestamp::now()) {
