@@ -135,11 +135,28 @@ async fn create_sessions(
     .await
 }
 
+/// Loads every session once through `manager` (untimed): a running
+/// service's near cache holds the sessions it serves, as tower-sessions'
+/// caching store holds every session it created. Without a near cache this
+/// is a read of each session and changes nothing.
+async fn warm(manager: &SessionManager, ids: &Arc<Vec<SessionId>>) -> BenchResult<()> {
+    let (manager, ids) = (manager.clone(), ids.clone());
+    parallel(ids.len(), move |i| {
+        let (manager, ids) = (manager.clone(), ids.clone());
+        async move {
+            manager.load(&ids[i]).await?.ok_or("session vanished")?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl System for Manager {
     async fn setup(&mut self, sessions: usize, payload: usize) -> BenchResult<()> {
         self.ids = Arc::new(create_sessions(&self.manager, sessions, payload).await?);
-        Ok(())
+        warm(&self.manager, &self.ids).await
     }
 
     async fn op(&self, _worker: usize, op: Op) -> BenchResult<()> {
@@ -188,6 +205,7 @@ impl System for TwoInstances {
         let ids = Arc::new(create_sessions(&self.instances[0].manager, sessions, payload).await?);
         for instance in &mut self.instances {
             instance.ids = ids.clone();
+            warm(&instance.manager, &ids).await?;
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! The request cycle and the timed runner.
 //!
-//! Sessions are created first (untimed). Then `concurrency` tasks share
+//! Sessions are created first (untimed; our managers then load each once, so
+//! a near cache starts in its steady state, as tower-sessions' caching store
+//! does, which fills its cache when it creates a session). Then `concurrency` tasks share
 //! `ops` operations; each picks a random existing session, loads it, and with
 //! probability `write_ratio` modifies one field and saves it. The sequence of
 //! (session, write?) choices is drawn once from a seeded RNG and replayed
