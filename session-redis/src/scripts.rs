@@ -127,9 +127,12 @@ end
 
 /// Insert-only create.
 ///
-/// KEYS: session, [index]. ARGV: value, now, ttl ms, member, index ttl ms.
-/// Returns 1 when stored, 0 when a live record exists, 2 when an ended
-/// marker holds the key (cluster: the rotation writing it was ended).
+/// KEYS: session, [index]. ARGV: value, now, ttl ms, member, index ttl ms,
+/// [`"pending"` when `value` is a pending marker]. Returns 1 when stored, 0
+/// when a live record exists, 2 when an ended marker holds the key
+/// (cluster: the rotation writing it was ended), 3 (pending marker only)
+/// when a moved marker holds the key: it still leads a `delete` of its old
+/// session, so it stays until a record replaces it.
 const CREATE: &str = concat!(
     prelude!(),
     r#"
@@ -137,6 +140,7 @@ local now = tonumber(ARGV[2])
 local h = redis.call('GETRANGE', KEYS[1], 0, HEADER - 1)
 if live(h, now) then return 0 end
 if is_format(h, F_ENDED) then return 2 end
+if ARGV[6] == 'pending' and is_format(h, F_MOVED) then return 3 end
 if tonumber(ARGV[3]) <= 0 then
   redis.call('DEL', KEYS[1])
   return 1
@@ -590,6 +594,7 @@ pub(crate) mod create {
     pub(crate) const STORED: i64 = 1;
     pub(crate) const EXISTS: i64 = 0;
     pub(crate) const ENDED: i64 = 2;
+    pub(crate) const MOVED_HERE: i64 = 3;
 }
 
 /// Result codes of [`DELETE_IF_USER`].

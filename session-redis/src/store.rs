@@ -844,9 +844,16 @@ impl RedisStore {
                     .arg(now.as_unix_millis())
                     .arg(grace_ms())
                     .arg(key.as_str())
-                    .arg(0);
+                    .arg(0)
+                    .arg("pending");
                 let code: i64 = scripts::run(script, &cmd, &mut conn.clone()).await?;
-                Ok(code != create::EXISTS)
+                // A moved marker left under the key by an earlier life of
+                // it (only ever a reused key) stays, and the record written
+                // in step 4 replaces it; a failed call must leave it.
+                Ok(matches!(
+                    code,
+                    create::STORED | create::ENDED | create::MOVED_HERE
+                ))
             };
             let add = async {
                 match (&index, ttl > 0) {

@@ -358,6 +358,7 @@ macro_rules! __conformance_case_list {
             list_user_reflects_touch_and_update,
             delete_user_is_exact_and_counts_live_sessions,
             refused_create_leaves_the_owner_alone,
+            failed_rotation_leaves_the_keys_as_they_were,
             delete_expired_never_removes_a_live_record,
             store_agrees_with_the_model,
             versions_span_the_whole_u64_range,

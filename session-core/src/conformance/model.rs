@@ -743,7 +743,7 @@ pub fn check(harness: &Harness, cases: u32) {
 
 /// How many sequences [`check`] runs unless `SESSION_MODEL_CASES` says
 /// otherwise.
-pub const DEFAULT_CASES: u32 = 64;
+pub const DEFAULT_CASES: u32 = 256;
 
 /// Model-based case of the suite: [`DEFAULT_CASES`] random sequences (or
 /// `SESSION_MODEL_CASES`).

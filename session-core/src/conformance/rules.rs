@@ -275,6 +275,44 @@ pub async fn refused_create_leaves_the_owner_alone(h: Harness) {
     assert!(store.load(&moved_to).await.unwrap().is_none());
 }
 
+/// A rotation that fails changes nothing. A rotation from a key with no
+/// session onto a key that a session once moved away from (which still
+/// leads a `delete` to where the session went) is refused as not found;
+/// deleting that old key then still ends the session it moved to, whose
+/// key is free again afterwards.
+pub async fn failed_rotation_leaves_the_keys_as_they_were(h: Harness) {
+    let store = h.store().await;
+    let (old, moved_to, missing) = (h.key(), h.key(), h.key());
+    store.create(&old, &live(None, b"o")).await.unwrap();
+    let version = must_load(&*store, &old).await.version;
+    store
+        .create_with(
+            &moved_to,
+            &live(None, b"m"),
+            &CreateOptions::default().replacing(old.clone(), version),
+        )
+        .await
+        .unwrap();
+    let refused = store
+        .create_with(
+            &old,
+            &live(None, b"x"),
+            &CreateOptions::default().replacing(missing.clone(), 1),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotFound)),
+        "rotation from a key with no session: {refused:?}"
+    );
+    assert!(store.load(&old).await.unwrap().is_none());
+    store.delete(&old).await.unwrap();
+    assert!(
+        store.load(&moved_to).await.unwrap().is_none(),
+        "the failed rotation cut the old key's way to the session"
+    );
+    store.create(&moved_to, &live(None, b"n")).await.unwrap();
+}
+
 /// `delete_expired` never removes a live record, even one that expires
 /// later in the same second.
 pub async fn delete_expired_never_removes_a_live_record(h: Harness) {
