@@ -46,9 +46,6 @@ pub const CLUSTER_INDEX_GRACE: Duration = Duration::from_secs(60);
 /// Most moves `delete` follows from one key (a session rotated more often
 /// than this within one lifetime is deleted up to here).
 const MAX_MOVES: usize = 64;
-/// Bytes of a moved marker's new storage key that the cluster's eviction
-/// reads (storage keys are 64 characters).
-const MARKER_TARGET_READ: usize = 256;
 
 /// What connections and scripts every prefix-view of a store shares.
 pub(crate) struct Shared {
@@ -1091,7 +1088,7 @@ impl RedisStore {
             .read_values(
                 conn,
                 entries.iter().map(|(m, _)| m.as_str()),
-                HEADER_LEN + user.len().max(MARKER_TARGET_READ),
+                codec::owner_read_len(user.len()),
             )
             .await
             .map_err(store_error)?;
@@ -1110,9 +1107,10 @@ impl RedisStore {
                         .1
                         .push(at);
                 }
-                Stored::Moved(m) if now < m.until => {
+                Stored::Moved(m) if now < m.until && codec::moved_session_of(value, user) => {
                     // Deleting the marker follows it, and stops the
-                    // rotation if its record is not written yet.
+                    // rotation if its record is not written yet. (Only the
+                    // user's own: a stale entry never evicts another's.)
                     if let Some(to) = m.to {
                         sessions
                             .entry(to)

@@ -377,6 +377,84 @@ async fn labels_sit_after_the_user_id<C: ConnectionLike + Send>(store: &RedisSto
     );
 }
 
+/// An index entry of one user under another user's old key (left by a crash
+/// between the index write and the session's, or by hand) never reaches the
+/// other user's session: `delete_user` skips it, a `RejectNew` login does
+/// not count it, an `EvictOldest` login does not evict through it.
+async fn stale_entries_never_reach_another_users_session<C: ConnectionLike + Send>(
+    store: &RedisStore,
+    raw: &mut C,
+) {
+    use session_core::store::CreateOptions;
+    use session_core::{LimitStrategy, UserSessionLimit};
+    let p = prefix(store);
+    let (alice, bob) = (
+        session_test_support::unique("alice"),
+        session_test_support::unique("bob"),
+    );
+    let (old, new) = (key(), key());
+    store
+        .create(&old, &record(Some(&alice), b"a", 60_000, 120_000))
+        .await
+        .unwrap();
+    store
+        .create_with(
+            &new,
+            &record(Some(&alice), b"a", 60_000, 120_000),
+            &CreateOptions::default().replacing(old.clone(), 1),
+        )
+        .await
+        .unwrap();
+    redis::cmd("ZADD")
+        .arg(p.index_key(bob.as_bytes()))
+        .arg(Timestamp::now().as_unix_millis())
+        .arg(old.as_str())
+        .query_async::<()>(raw)
+        .await
+        .unwrap();
+    let limit = |strategy| {
+        CreateOptions::default().with_limit(UserSessionLimit {
+            max: std::num::NonZeroUsize::MIN,
+            strategy,
+        })
+    };
+    let alice_still_in = |what: &'static str| {
+        let new = new.clone();
+        async move {
+            assert!(
+                store.load(&new).await.unwrap().is_some(),
+                "{what} reached another user's session"
+            );
+        }
+    };
+    assert_eq!(store.delete_user(&bob).await.unwrap(), 0);
+    alice_still_in("delete_user").await;
+    let first = key();
+    store
+        .create_with(
+            &first,
+            &record(Some(&bob), b"b", 60_000, 120_000),
+            &limit(LimitStrategy::RejectNew),
+        )
+        .await
+        .expect("the stale entry counted as one of bob's sessions");
+    for _ in 0..2 {
+        store
+            .create_with(
+                &key(),
+                &record(Some(&bob), b"b", 60_000, 120_000),
+                &limit(LimitStrategy::EvictOldest),
+            )
+            .await
+            .unwrap();
+        alice_still_in("an EvictOldest login").await;
+    }
+    assert!(store.load(&first).await.unwrap().is_none());
+    assert_eq!(store.delete_user(&bob).await.unwrap(), 1);
+    alice_still_in("delete_user").await;
+    assert_eq!(store.list_user_sessions(&alice).await.unwrap().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_server_layout() {
     let (store, mut raw) = single().await;
@@ -389,6 +467,7 @@ async fn single_server_layout() {
     extreme_deadlines(&store, &mut raw).await;
     rotation_leaves_a_moved_marker(&store, &mut raw).await;
     labels_sit_after_the_user_id(&store, &mut raw).await;
+    stale_entries_never_reach_another_users_session(&store, &mut raw).await;
     too_large_records_are_refused().await;
     // Everything written lives under the store's prefix.
     // SCAN, not KEYS: the server may hold millions of other keys.
@@ -429,6 +508,7 @@ async fn cluster_layout() {
     extreme_deadlines(&store, &mut raw).await;
     rotation_leaves_a_moved_marker(&store, &mut raw).await;
     labels_sit_after_the_user_id(&store, &mut raw).await;
+    stale_entries_never_reach_another_users_session(&store, &mut raw).await;
 }
 
 /// What the layout probe returns: format, user flag, version, the four
