@@ -224,20 +224,63 @@ async fn own_writes_are_seen_at_once_cluster() {
     own_writes_are_seen_at_once(true).await;
 }
 
-/// Racing writers on A, readers on B: once a write of version `v` has
-/// returned on A for longer than the bound, B never serves an older one.
-async fn no_stale_read_after_the_bound(on_cluster: bool) {
-    const BOUND: Duration = Duration::from_millis(250);
-    let (a, b) = pair(on_cluster).await;
-    let keys: Vec<StorageKey> = (0..8).map(|_| key()).collect();
+/// How long after a write returned no instance may still serve an older
+/// version, in the racing tests.
+const STALE_BOUND: Duration = Duration::from_millis(250);
+
+/// Per key: the newest version whose write has returned, and when.
+type Written = std::sync::Arc<Vec<std::sync::Mutex<(u64, Instant)>>>;
+
+/// `n` sessions created at version 1 on `store`, and their [`Written`].
+async fn racing_keys(store: &RedisStore, n: usize) -> (Vec<StorageKey>, Written) {
+    let keys: Vec<StorageKey> = (0..n).map(|_| key()).collect();
     for k in &keys {
-        a.create(k, &record(None, b"0", 1)).await.unwrap();
+        store.create(k, &record(None, b"0", 1)).await.unwrap();
     }
-    let written: std::sync::Arc<Vec<std::sync::Mutex<(u64, Instant)>>> = std::sync::Arc::new(
+    let written = std::sync::Arc::new(
         keys.iter()
             .map(|_| std::sync::Mutex::new((1, Instant::now())))
             .collect(),
     );
+    (keys, written)
+}
+
+/// Loads every key on `store` until `stop`, asserting that no load returns
+/// a version older than one written more than [`STALE_BOUND`] before the
+/// load began. Returns how many loads it made.
+fn spawn_reader(
+    store: &RedisStore,
+    keys: &[StorageKey],
+    written: &Written,
+    stop: Instant,
+) -> tokio::task::JoinHandle<u64> {
+    let (store, keys, written) = (store.clone(), keys.to_vec(), written.clone());
+    tokio::spawn(async move {
+        let mut reads = 0;
+        while Instant::now() < stop {
+            for (i, k) in keys.iter().enumerate() {
+                // What had certainly been written before this load began.
+                let (floor, at) = *written[i].lock().unwrap();
+                let settled = at.elapsed() > STALE_BOUND;
+                let got = store.load(k).await.unwrap().expect("live").version;
+                assert!(
+                    !settled || got >= floor,
+                    "served version {got} after version {floor} had been written {:?} before",
+                    at.elapsed()
+                );
+                reads += 1;
+            }
+            tokio::task::yield_now().await;
+        }
+        reads
+    })
+}
+
+/// Racing writers on A, readers on B: once a write of version `v` has
+/// returned on A for longer than the bound, B never serves an older one.
+async fn no_stale_read_after_the_bound(on_cluster: bool) {
+    let (a, b) = pair(on_cluster).await;
+    let (keys, written) = racing_keys(&a, 8).await;
     let stop = Instant::now() + Duration::from_secs(2);
     let mut tasks = Vec::new();
     for (i, k) in keys.iter().enumerate() {
@@ -255,28 +298,10 @@ async fn no_stale_read_after_the_bound(on_cluster: bool) {
             0u64
         }));
     }
-    let mut reads = 0u64;
     for _ in 0..4 {
-        let (b, keys, written) = (b.clone(), keys.clone(), written.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut reads = 0;
-            while Instant::now() < stop {
-                for (i, k) in keys.iter().enumerate() {
-                    // What had certainly been written before this load began.
-                    let (floor, at) = *written[i].lock().unwrap();
-                    let settled = at.elapsed() > BOUND;
-                    let got = b.load(k).await.unwrap().expect("live").version;
-                    assert!(
-                        !settled || got >= floor,
-                        "B served version {got} after version {floor} had been written {:?} before",
-                        at.elapsed()
-                    );
-                    reads += 1;
-                }
-            }
-            reads
-        }));
+        tasks.push(spawn_reader(&b, &keys, &written, stop));
     }
+    let mut reads = 0u64;
     for task in tasks {
         reads += task.await.expect("a racing task failed");
     }
@@ -300,17 +325,8 @@ async fn no_stale_read_after_the_bound_cluster() {
 /// once a write of version `v` has returned on either instance for longer
 /// than the bound, neither serves an older one.
 async fn no_stale_read_with_writers_on_both(on_cluster: bool) {
-    const BOUND: Duration = Duration::from_millis(250);
     let (a, b) = pair(on_cluster).await;
-    let keys: Vec<StorageKey> = (0..4).map(|_| key()).collect();
-    for k in &keys {
-        a.create(k, &record(None, b"0", 1)).await.unwrap();
-    }
-    let written: std::sync::Arc<Vec<std::sync::Mutex<(u64, Instant)>>> = std::sync::Arc::new(
-        keys.iter()
-            .map(|_| std::sync::Mutex::new((1, Instant::now())))
-            .collect(),
-    );
+    let (keys, written) = racing_keys(&a, 4).await;
     let stop = Instant::now() + Duration::from_secs(2);
     let mut writers = Vec::new();
     for (i, k) in keys.iter().enumerate() {
@@ -336,28 +352,10 @@ async fn no_stale_read_with_writers_on_both(on_cluster: bool) {
             }));
         }
     }
-    let mut readers = Vec::new();
-    for store in [&a, &b, &a, &b] {
-        let (store, keys, written) = (store.clone(), keys.clone(), written.clone());
-        readers.push(tokio::spawn(async move {
-            let mut reads = 0u64;
-            while Instant::now() < stop {
-                for (i, k) in keys.iter().enumerate() {
-                    let (floor, at) = *written[i].lock().unwrap();
-                    let settled = at.elapsed() > BOUND;
-                    let got = store.load(k).await.unwrap().expect("live").version;
-                    assert!(
-                        !settled || got >= floor,
-                        "served version {got} after version {floor} had been written {:?} before",
-                        at.elapsed()
-                    );
-                    reads += 1;
-                }
-                tokio::task::yield_now().await;
-            }
-            reads
-        }));
-    }
+    let readers: Vec<_> = [&a, &b, &a, &b]
+        .into_iter()
+        .map(|store| spawn_reader(store, &keys, &written, stop))
+        .collect();
     let mut stored = 0;
     for w in writers {
         stored += w.await.expect("a writer failed");
@@ -378,7 +376,7 @@ async fn no_stale_read_with_writers_on_both(on_cluster: bool) {
                 r.as_ref().is_some_and(|r| r.version == last)
             })
             .await;
-            assert!(got < BOUND, "took {got:?}");
+            assert!(got < STALE_BOUND, "took {got:?}");
         }
     }
 }
