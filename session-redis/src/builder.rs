@@ -369,7 +369,6 @@ impl RedisStoreBuilder {
                 target,
                 self.connect_timeout,
                 self.operation_timeout,
-                prefix.session_key_head(),
             ))
         });
         RedisStore::from_parts(

@@ -1,9 +1,11 @@
 //! The connection: one multiplexed connection to a single server
 //! ([`ConnectionManager`], which reconnects by itself) or the cluster client's
 //! connection ([`ClusterConnection`], which follows slots and reconnects per
-//! node). Both are cheap handles; every operation clones one.
+//! node). Both are cheap handles; every operation clones one. A near cache's
+//! tracking connection to one primary is a third kind (see
+//! [`crate::tracking`]).
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
@@ -14,6 +16,9 @@ pub(crate) enum Conn {
     Single(ConnectionManager),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
+    /// The near cache's tracking connection to the primary of the keys
+    /// sent on it (never reconnects: a new one is a new link).
+    Tracked(MultiplexedConnection),
 }
 
 impl ConnectionLike for Conn {
@@ -21,6 +26,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Tracked(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -33,6 +39,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Tracked(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -40,6 +47,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Tracked(c) => c.get_db(),
         }
     }
 }

@@ -153,6 +153,24 @@ pub(crate) fn is_wrong_node(e: &RedisError) -> bool {
     )
 }
 
+/// Whether the server refused `e`'s command without running it because it
+/// does not serve the key there (any more): a redirect, a node that is not
+/// (or no longer) a primary, a cluster that is down, or no connection.
+pub(crate) fn is_refused_unrun(e: &RedisError) -> bool {
+    is_wrong_node(e)
+        || is_never_sent(e)
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::CrossSlot
+            )
+        )
+}
+
 /// Whether `e` proves the command never reached a server: the connection it
 /// was to go out on could not be made. A command that failed on a broken
 /// connection may have been executed before the reply was lost (the client

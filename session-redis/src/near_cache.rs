@@ -1,6 +1,6 @@
 //! The near cache: session records kept in the application's memory,
 //! coherent with Redis through server-assisted invalidation
-//! (RESP3 `CLIENT TRACKING ... BCAST`).
+//! (RESP3 `CLIENT TRACKING`).
 //!
 //! Turned on with [`RedisStoreBuilder::near_cache`](crate::RedisStoreBuilder::near_cache);
 //! off by default. See [`NearCache`] for the guarantee and its bound.
@@ -8,9 +8,13 @@
 //! # How a copy can never be older than the bound
 //!
 //! - **Tracking.** The store keeps one tracking connection to every
-//!   primary (one on a single server), with `CLIENT TRACKING ON BCAST
-//!   PREFIX <prefix>:s:{`: the server pushes the name of every session key
-//!   of this prefix that any client modifies, deletes or expires. The push handler drops the local copy of that key, in the
+//!   primary (one on a single server), with `CLIENT TRACKING ON NOLOOP`
+//!   (key mode). Every read of a session key that may fill the cache goes
+//!   on the tracking connection of the key's primary, so the server
+//!   remembers that this instance read the key, and pushes its name when
+//!   any other client modifies, deletes or expires it (including this
+//!   store's own writes on its ordinary connection). The push handler runs
+//!   inline in the connection's reader and drops the local copy, in the
 //!   order the pushes arrive.
 //! - **Leases close the read/invalidate race.** A `load` that misses puts a
 //!   *lease* (a numbered placeholder) under the key *before* it sends its
@@ -18,27 +22,40 @@
 //!   invalidation handled after the lease was taken removes it, so a reply
 //!   that a later write made stale is never stored, whatever order the
 //!   reply and the push are handled in.
-//! - **Own writes.** When a write of this store returns, the keys it
-//!   changed are dropped locally (its own push may still be on its way).
-//!   That also voids the lease of any load that read them before the write,
-//!   so no such reply is stored. Writes that can change keys the store does
-//!   not name beforehand (`delete` following a rotation's moves, "log out
-//!   everywhere", a call that failed half-way) end with a *barrier*
-//!   instead: a `ROLE` on the tracking connections. The server sends the
-//!   invalidations of a write before it answers a command it reads after the
-//!   write's reply went out, and the push handler runs before the `ROLE`'s
-//!   reply is delivered, so when such a write returns, this instance has
-//!   dropped every key it touched. A write whose outcome is unknown (timed
-//!   out, connection lost) empties the cache.
-//! - **No write-through.** A write's new bytes are not stored: a push for
-//!   a later write by another instance, handled before the store could
-//!   insert them, would leave them stale for good (an invalidation names
-//!   only the key). The next `load` after a write is one `GET`.
+//! - **Updates are written through.** `update` (the compare-and-set that
+//!   most requests' writes are) goes on the key's tracking connection under
+//!   a fresh lease. `NOLOOP` keeps the server from pushing this write back
+//!   to its own connection, and the update script reads the key back after
+//!   writing it, inside the script, so that the server tracks it for this
+//!   instance again with no write in between (a write untracks a key for
+//!   every client). So any later write by another client is pushed here,
+//!   and voids the lease or drops the copy whichever comes first; a write
+//!   by another client before this one makes the compare-and-set fail. When
+//!   the update stored its bytes and its lease is still there, those bytes
+//!   become the copy; otherwise (another lease, an invalidation, a flush, a
+//!   conflict, an unknown outcome) the key is dropped. A load that shared
+//!   the write's lease may have stored what it read before the write: the
+//!   write then drops it.
+//! - **Other own writes.** When another write of this store returns (it goes
+//!   on the ordinary connection, so the server pushes it like anyone's), the
+//!   keys it changed are dropped locally (the push may still be on its way).
+//!   That also voids the lease of any load that read them before the write.
+//!   Writes that can change keys the store does not name beforehand
+//!   (`delete` following a rotation's moves, "log out everywhere", a call
+//!   that failed half-way) end with a *barrier* instead: a `ROLE` on the
+//!   tracking connections. The server pushes the invalidations of a write
+//!   before it answers a command it reads after the write, and the push
+//!   handler runs before the `ROLE`'s reply is delivered, so when such a
+//!   write returns, this instance has dropped every key it touched. A write
+//!   whose outcome is unknown (timed out, connection lost) empties the
+//!   cache.
 //! - **Doubt empties the cache.** A dropped or killed tracking connection,
 //!   a failed barrier, a `FLUSHALL`, a failover (a primary that turns
-//!   replica, a changed cluster topology, a `READONLY` reply) or a heartbeat
-//!   late by more than the staleness bound empties the cache, and nothing
-//!   is served from it again until tracking is re-established.
+//!   replica, a changed cluster topology, a `READONLY` or redirect reply on
+//!   a tracking connection) or a heartbeat late by more than the staleness
+//!   bound empties the cache, and nothing is served from it again until
+//!   tracking is re-established (the server forgets a closed connection's
+//!   tracked keys; a new one starts with an empty cache).
 //! - **Expiry** is judged on every hit by the application's clock, from
 //!   the record's own deadlines, exactly as for a `GET`.
 
@@ -77,14 +94,15 @@ const SHARDS: usize = 16;
 /// before serving another read from it. Writes through this store are
 /// visible to its own next `load` without a window (see the module docs).
 ///
-/// **Cost.** One extra connection per primary, a heartbeat, a `ROLE` round trip after
-/// each `delete` and `delete_user`, and one `GET` for the first read after
-/// each write (writes drop the local copy rather than replace it). The
-/// server sends every instance the name of every session key written
-/// under the store's prefix, in every database (`BCAST` mode with that
-/// prefix; tracking is not per database, and a `FLUSHDB` of any database
-/// empties the cache): unrelated keys cost nothing, but give each
-/// application its own prefix.
+/// **Cost.** One extra connection per primary (which also carries the
+/// cached keys' reads and the updates), a heartbeat, a `ROLE` round trip
+/// after each `delete` and `delete_user`, and one `GET` for the first read
+/// after a write other than `update` (a rotation, a touch, another
+/// instance's write). On the server: its tracking table remembers, per
+/// instance, each key that instance read until the key changes (Redis
+/// bounds the table with `tracking-table-max-keys` and pushes the keys it
+/// forgets, which drops them here). Tracking is not per database: a
+/// `FLUSHDB` of any database empties the cache.
 ///
 /// ```
 /// use std::time::Duration;
@@ -428,6 +446,48 @@ impl LocalCache {
         }
     }
 
+    /// Takes a lease on `key` for a write sent on its tracking connection,
+    /// replacing whatever is there (a copy, or another call's lease, whose
+    /// reply then stores nothing). `None` when not serving.
+    pub(crate) fn write_lease(&self, key: &[u8]) -> Option<Lease> {
+        if !self.serving() {
+            return None;
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let max = self.max_shard_bytes();
+        self.shard(key).put(key.into(), Slot::Lease(token), max);
+        Some(Lease { token, generation })
+    }
+
+    /// Ends a write taken with [`Self::write_lease`]: `written` (the bytes
+    /// the write stored, `None` if it stored nothing or its outcome is
+    /// unknown) becomes the copy if the lease is still under `key` (no
+    /// invalidation, no flush and no later lease came in between).
+    /// Otherwise whatever is under `key` is dropped: a load that shared
+    /// the lease may have stored what it read before the write.
+    pub(crate) fn complete_write(&self, key: &[u8], lease: Lease, written: Option<Bytes>) {
+        let mut shard = self.shard(key);
+        let ours = matches!(shard.map.peek(key), Some(Slot::Lease(t)) if *t == lease.token);
+        match written {
+            Some(bytes)
+                if ours
+                    && self.generation.load(Ordering::Acquire) == lease.generation
+                    && key.len() + bytes.len() + ENTRY_OVERHEAD <= self.max_shard_bytes() =>
+            {
+                let slot = Slot::Value {
+                    bytes,
+                    stored: Instant::now(),
+                };
+                let max = self.max_shard_bytes();
+                shard.put(key.into(), slot, max);
+            }
+            _ => {
+                shard.remove(key);
+            }
+        }
+    }
+
     /// Drops `key` (and any lease on it): the server said it changed.
     pub(crate) fn invalidate(&self, key: &[u8]) {
         if self.shard(key).remove(key) {
@@ -502,6 +562,56 @@ mod tests {
         cache.complete(b"k", first, Some(Bytes::from_static(b"first")));
         cache.complete(b"k", second, Some(Bytes::from_static(b"second")));
         assert_eq!(cache.get(b"k").as_deref(), Some(&b"first"[..]));
+    }
+
+    #[test]
+    fn a_write_keeps_its_bytes_only_under_its_own_lease() {
+        let cache = serving_cache(NearCache::new());
+        // Written through: the next read is a hit on the written bytes.
+        let lease = cache.write_lease(b"k").expect("serving");
+        cache.complete_write(b"k", lease, Some(Bytes::from_static(b"v2")));
+        assert_eq!(cache.get(b"k").as_deref(), Some(&b"v2"[..]));
+
+        // Another client's write pushed before this one's reply was
+        // handled: nothing kept, the old copy is gone too.
+        let lease = cache.write_lease(b"k").expect("serving");
+        cache.invalidate(b"k");
+        cache.complete_write(b"k", lease, Some(Bytes::from_static(b"v3")));
+        assert_eq!(cache.get(b"k"), None);
+
+        // A load sharing the write's lease stored what it read (maybe
+        // from before the write): the write drops it, keeps nothing.
+        let write = cache.write_lease(b"k").expect("serving");
+        let load = cache.lease(b"k").expect("serving");
+        cache.complete(b"k", load, Some(Bytes::from_static(b"old")));
+        cache.complete_write(b"k", write, Some(Bytes::from_static(b"new")));
+        assert_eq!(cache.get(b"k"), None);
+
+        // A load's lease taken before the write is voided by it.
+        let load = cache.lease(b"k").expect("serving");
+        let write = cache.write_lease(b"k").expect("serving");
+        cache.complete_write(b"k", write, Some(Bytes::from_static(b"new")));
+        cache.complete(b"k", load, Some(Bytes::from_static(b"old")));
+        assert_eq!(cache.get(b"k").as_deref(), Some(&b"new"[..]));
+
+        // Two writes: only the later lease may keep its bytes; the
+        // earlier one, ending last, drops them.
+        let first = cache.write_lease(b"k").expect("serving");
+        let second = cache.write_lease(b"k").expect("serving");
+        cache.complete_write(b"k", second, Some(Bytes::from_static(b"second")));
+        cache.complete_write(b"k", first, Some(Bytes::from_static(b"first")));
+        assert_eq!(cache.get(b"k"), None);
+
+        // A write that stored nothing (conflict, unknown outcome) drops the copy.
+        let lease = cache.write_lease(b"k").expect("serving");
+        cache.complete_write(b"k", lease, None);
+        assert_eq!(cache.get(b"k"), None);
+
+        // A flush voids a write lease like a load's.
+        let lease = cache.write_lease(b"k").expect("serving");
+        cache.flush();
+        cache.complete_write(b"k", lease, Some(Bytes::from_static(b"v")));
+        assert_eq!(cache.get(b"k"), None);
     }
 
     #[test]

@@ -224,7 +224,8 @@ return {1, 0, ''}
 ///
 /// KEYS: session, [index]. ARGV: expected version (8 bytes), now, value,
 /// ttl ms, user segment, new absolute deadline, index ttl ms, index ready
-/// ("1" when the caller already extended the index), member.
+/// ("1" when the caller already extended the index), member, track ("1" on
+/// a near cache's tracking connection: the key is read back after the write).
 /// Returns 1 stored, 0 not found, -1 conflict, -2 user differs, -3 the index
 /// must be extended first (cluster only).
 const UPDATE: &str = concat!(
@@ -247,6 +248,10 @@ if tonumber(ARGV[4]) <= 0 then
   redis.call('DEL', KEYS[1])
 else
   redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  -- Sent on a near cache's tracking connection: read the key back, so
+  -- that the server tracks it again for the caller (its own write, not
+  -- pushed to it, untracked it).
+  if ARGV[10] == '1' then redis.call('EXISTS', KEYS[1]) end
 end
 return 1
 "#

@@ -29,11 +29,13 @@ use session_core::{
 use crate::builder::RedisStoreBuilder;
 use crate::codec::{self, Stored, HEADER_LEN};
 use crate::connection::Conn;
-use crate::error::{is_connection_failure, is_never_sent, is_wrong_node, store_error, SetupError};
+use crate::error::{
+    is_connection_failure, is_never_sent, is_refused_unrun, is_wrong_node, store_error, SetupError,
+};
 use crate::keys::{InvalidPrefix, KeyPrefix};
 use crate::near_cache::NearCacheStats;
 use crate::scripts::{self, create, delete, delete_if_user, lifecycle, update, Scripts};
-use crate::tracking::Tracker;
+use crate::tracking::{Route, Tracker};
 
 /// Longest TTL ever set (100 years): deadlines further away are capped.
 const MAX_TTL_MS: i64 = 100 * 365 * 24 * 3_600_000;
@@ -1357,28 +1359,50 @@ impl RedisStore {
     async fn raw_load(&self, key: &StorageKey) -> StoreResult<Option<SessionRecord>> {
         self.recheck_clock_skew();
         let session_key = self.prefix.session_key(key);
-        let cache = self.shared.tracker.as_deref().map(Tracker::cache);
+        let tracker = self.shared.tracker.as_deref();
+        let cache = tracker.map(Tracker::cache);
         if let Some(bytes) = cache.and_then(|c| c.get(session_key.as_bytes())) {
             return Self::live_record(bytes);
         }
         // Taken before the GET goes out: an invalidation handled from now
         // on voids it, so a reply that a later write made stale is not kept.
-        let lease = cache.and_then(|c| c.lease(session_key.as_bytes()));
+        // The GET goes on the key's tracking connection, so that the server
+        // tracks the key for this instance from the moment it reads it.
+        let tracked = tracker.and_then(|t| {
+            let route = t.route(session_key.as_bytes())?;
+            Some((t, route, t.cache().lease(session_key.as_bytes())?))
+        });
         let cmd = get(&session_key);
-        let value: Option<Vec<u8>> = self
-            .bounded(
-                "load",
+        let (value, from_tracked): (Option<Vec<u8>>, bool) = self
+            .bounded("load", async {
+                if let Some((tracker, route, _)) = &tracked {
+                    match cmd
+                        .query_async(&mut Conn::Tracked(route.conn.clone()))
+                        .await
+                    {
+                        Ok(value) => return Ok((value, true)),
+                        // Read again on the data connection, not kept.
+                        Err(_) => {
+                            tracker.lost(route.link, "a read on a tracking connection failed")
+                        }
+                    }
+                }
                 self.retrying("load", Retry::Idempotent, |mut conn| {
                     let cmd = &cmd;
                     async move { cmd.query_async(&mut conn).await }
-                }),
-            )
+                })
+                .await
+                .map(|value| (value, false))
+            })
             .await?;
         // A marker (moved away by a rotation, or ended while moving) reads
         // as no session, and is not cached.
         let value = value.filter(|v| !codec::is_marker(v)).map(Bytes::from);
-        if let (Some(cache), Some(lease)) = (cache, lease) {
-            cache.complete(session_key.as_bytes(), lease, value.clone());
+        if let Some((tracker, _, lease)) = tracked {
+            let kept = value.clone().filter(|_| from_tracked);
+            tracker
+                .cache()
+                .complete(session_key.as_bytes(), lease, kept);
         }
         value.map_or(Ok(None), Self::live_record)
     }
@@ -1395,12 +1419,16 @@ impl RedisStore {
         Ok(Some(record))
     }
 
+    /// `update`; with a near cache, sent on the key's tracking connection
+    /// and written through (see [`crate::near_cache`]). Returns whether the
+    /// cache has already been brought up to date (written through, or the
+    /// copy dropped).
     async fn raw_update(
         &self,
         key: &StorageKey,
         expected_version: u64,
         record: &SessionRecord,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         let value = self.encode(record)?;
         let now = Timestamp::now();
         let ttl = ttl_ms(record.expires_at(), now);
@@ -1414,7 +1442,7 @@ impl RedisStore {
         let cluster = self.is_cluster();
         let script = &self.scripts().update;
         let with_index = index.as_ref().filter(|_| !cluster);
-        let command = |index_ready: bool| {
+        let command = |index_ready: bool, track: bool| {
             let mut cmd = scripts::evalsha(
                 script,
                 1 + usize::from(with_index.is_some()),
@@ -1430,36 +1458,76 @@ impl RedisStore {
                 .arg(record.absolute_deadline.as_unix_millis())
                 .arg(index_ttl)
                 .arg(if index_ready { "1" } else { "0" })
-                .arg(key.as_str());
+                .arg(key.as_str())
+                .arg(if track { "1" } else { "0" });
             cmd
         };
+        // One attempt on `conn`; the index entry (cluster: another slot)
+        // is refreshed on `index_conn`.
+        let attempt = |mut conn: Conn, mut index_conn: Conn, track: bool| {
+            let (index, command) = (&index, &command);
+            async move {
+                let code: i64 = scripts::run(script, &command(false, track), &mut conn).await?;
+                match (index, code) {
+                    (Some(index), update::NEEDS_INDEX) => {
+                        // The absolute deadline moved later: make the
+                        // index outlive it before the session does.
+                        self.index_add(&mut index_conn, index, key, now, index_ttl)
+                            .await?;
+                        scripts::run(script, &command(true, track), &mut conn).await
+                    }
+                    _ => Ok(code),
+                }
+            }
+        };
+        // Written through only on the key's tracking connection: the
+        // server sends this instance no push for it (NOLOOP), and the
+        // script reads the key back, so that later writes by others are
+        // pushed. The lease is taken before the script goes out.
+        let tracked: Option<(&Tracker, Route, _)> = self.shared.tracker.as_deref().and_then(|t| {
+            let route = t.route(session_key.as_bytes())?;
+            Some((t, route, t.cache().write_lease(session_key.as_bytes())?))
+        });
         // Compare-and-set: sent again only if nothing was sent. (A first
         // attempt that got as far as the index wrote nothing else: the
         // script answers NEEDS_INDEX without writing, the index entry is
         // refreshed, not doubled.)
-        let code = self
-            .bounded(
-                "update",
-                self.retrying("update", Retry::NeverSent, |mut conn| {
-                    let (index, command) = (&index, &command);
-                    async move {
-                        let code: i64 = scripts::run(script, &command(false), &mut conn).await?;
-                        match (index, code) {
-                            (Some(index), update::NEEDS_INDEX) => {
-                                // The absolute deadline moved later: make the
-                                // index outlive it before the session does.
-                                self.index_add(&mut conn, index, key, now, index_ttl)
-                                    .await?;
-                                scripts::run(script, &command(true), &mut conn).await
-                            }
-                            _ => Ok(code),
+        let out = self
+            .bounded("update", async {
+                if let Some((tracker, route, _)) = &tracked {
+                    let conn = Conn::Tracked(route.conn.clone());
+                    match attempt(conn, self.conn(), true).await {
+                        Ok(code) => return Ok((code, true)),
+                        // Refused without running: send it the usual way.
+                        Err(e) if is_refused_unrun(&e) => {
+                            tracker.lost(route.link, "a tracking connection refused a write");
+                        }
+                        Err(e) => {
+                            tracker.lost(route.link, "a write on a tracking connection failed");
+                            return Err(e);
                         }
                     }
-                }),
-            )
-            .await?;
+                }
+                self.retrying("update", Retry::NeverSent, |conn| {
+                    attempt(conn.clone(), conn, false)
+                })
+                .await
+                .map(|code| (code, false))
+            })
+            .await;
+        let cache_done = tracked.is_some();
+        if let Some((tracker, _, lease)) = tracked {
+            let written = match &out {
+                Ok((update::STORED, true)) if ttl > 0 => Some(Bytes::from(value)),
+                _ => None,
+            };
+            tracker
+                .cache()
+                .complete_write(session_key.as_bytes(), lease, written);
+        }
+        let (code, _) = out?;
         match code {
-            update::STORED => Ok(()),
+            update::STORED => Ok(cache_done),
             update::NOT_FOUND => Err(StoreError::NotFound),
             update::CONFLICT => Err(StoreError::Conflict),
             update::USER_DIFFERS => Err(StoreError::backend(UserIdChanged)),
@@ -1670,9 +1738,15 @@ impl SessionStore for RedisStore {
         expected_version: u64,
         record: &SessionRecord,
     ) -> StoreResult<()> {
-        let out = self.raw_update(key, expected_version, record).await;
-        self.after_write_to(&out, [key]).await;
-        out
+        match self.raw_update(key, expected_version, record).await {
+            // The near cache holds the written bytes, or dropped its copy.
+            Ok(true) => Ok(()),
+            out => {
+                let out = out.map(drop);
+                self.after_write_to(&out, [key]).await;
+                out
+            }
+        }
     }
 
     async fn touch(

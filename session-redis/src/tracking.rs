@@ -1,5 +1,6 @@
 //! The near cache's tracking connections: one RESP3 connection per primary
-//! with `CLIENT TRACKING ON BCAST PREFIX`, their push handler, heartbeat and
+//! with `CLIENT TRACKING ON NOLOOP`, which carries the cached keys' reads and
+//! the updates written through the cache, their push handler, heartbeat and
 //! barrier. See [`crate::near_cache`] for why this keeps the cache coherent.
 
 use std::collections::BTreeSet;
@@ -34,6 +35,33 @@ struct Links {
     conns: Vec<MultiplexedConnection>,
     /// The slot map they were made for (cluster), to notice failovers.
     topology: Option<BTreeSet<(i64, i64, String, i64)>>,
+    /// Cluster: (first slot, last slot, index in `conns`), sorted.
+    slots: Vec<(u16, u16, usize)>,
+}
+
+/// A session key's tracking connection: the key's reads and written-through
+/// updates go on it, so that the server tracks the key for this instance.
+pub(crate) struct Route {
+    /// The link the connection belongs to (see [`Tracker::lost`]).
+    pub(crate) link: u64,
+    /// The primary's tracking connection.
+    pub(crate) conn: MultiplexedConnection,
+}
+
+/// The cluster hash slot of `key` (CRC16/XMODEM of its hash tag, mod 16384).
+fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|b| *b == b'}')
+                .filter(|close| *close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
 }
 
 /// Tracking connections and the cache they keep coherent.
@@ -45,9 +73,6 @@ pub(crate) struct Tracker {
     wake: Notify,
     connect_timeout: Duration,
     operation_timeout: Duration,
-    /// The session keys' common head (`<prefix>:s:{`): the server pushes
-    /// invalidations for keys that start with it only.
-    key_head: String,
 }
 
 /// Handles the pushes of one tracking connection, inline in its reader:
@@ -96,7 +121,6 @@ impl Tracker {
         target: Target,
         connect_timeout: Duration,
         operation_timeout: Duration,
-        key_head: String,
     ) -> Arc<Self> {
         let tracker = Arc::new(Self {
             cache,
@@ -106,7 +130,6 @@ impl Tracker {
             wake: Notify::new(),
             connect_timeout,
             operation_timeout,
-            key_head,
         });
         let weak = Arc::downgrade(&tracker);
         tokio::spawn(run(weak));
@@ -115,6 +138,28 @@ impl Tracker {
 
     pub(crate) fn cache(&self) -> &LocalCache {
         &self.cache
+    }
+
+    /// The tracking connection that `session_key`'s reads and written-through
+    /// updates must use; `None` while tracking is not established (the
+    /// cache then neither serves nor stores).
+    pub(crate) fn route(&self, session_key: &[u8]) -> Option<Route> {
+        let links = self.current()?;
+        let index = if links.slots.is_empty() {
+            0
+        } else {
+            let slot = slot_of(session_key);
+            let at = links.slots.partition_point(|(_, last, _)| *last < slot);
+            match links.slots.get(at) {
+                Some((first, _, index)) if *first <= slot => *index,
+                // A slot no primary held when tracking started.
+                _ => return None,
+            }
+        };
+        Some(Route {
+            link: links.id,
+            conn: links.conns.get(index)?.clone(),
+        })
     }
 
     fn current(&self) -> Option<Arc<Links>> {
@@ -240,6 +285,10 @@ impl Tracker {
         }
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
         let dead = Arc::new(AtomicBool::new(false));
+        let slots = topology
+            .as_ref()
+            .map(|topology| slot_routes(topology, &infos))
+            .unwrap_or_default();
         let mut conns = Vec::with_capacity(infos.len());
         for info in infos {
             let redis = info
@@ -264,12 +313,15 @@ impl Tracker {
                     "the server is a replica; waiting for a primary",
                 )));
             }
+            // Default (key) mode: the server remembers the keys this
+            // connection reads and pushes their invalidation when another
+            // client changes them. NOLOOP: not for writes sent on this
+            // connection itself, which the store writes through (see
+            // `crate::near_cache`).
             redis::cmd("CLIENT")
                 .arg("TRACKING")
                 .arg("ON")
-                .arg("BCAST")
-                .arg("PREFIX")
-                .arg(&self.key_head)
+                .arg("NOLOOP")
                 .query_async::<()>(&mut conn)
                 .await?;
             conns.push(conn);
@@ -279,6 +331,7 @@ impl Tracker {
             dead: dead.clone(),
             conns,
             topology,
+            slots,
         });
         // Nothing can be cached while not serving, but a lease from before
         // the loss must not complete into the new generation.
@@ -422,6 +475,27 @@ async fn cluster_slots<C: ConnectionLike>(
     Ok(slots)
 }
 
+/// The slot ranges of `topology` with the index in `infos` of the primary
+/// serving each (ranges whose primary has no connection are left out, so
+/// their keys are not cached).
+fn slot_routes(
+    topology: &BTreeSet<(i64, i64, String, i64)>,
+    infos: &[ConnectionInfo],
+) -> Vec<(u16, u16, usize)> {
+    let mut routes: Vec<(u16, u16, usize)> = topology
+        .iter()
+        .filter_map(|(first, last, host, port)| {
+            let index = infos.iter().position(|info| {
+                matches!(info.addr(), ConnectionAddr::Tcp(h, p) | ConnectionAddr::TcpTls { host: h, port: p, .. }
+                    if h == host && i64::from(*p) == *port)
+            })?;
+            Some((u16::try_from(*first).ok()?, u16::try_from(*last).ok()?, index))
+        })
+        .collect();
+    routes.sort_unstable();
+    routes
+}
+
 fn bad_slots() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Parse, "unexpected CLUSTER SLOTS reply"))
 }
@@ -443,4 +517,25 @@ fn node_info(seed: &ConnectionInfo, host: String, port: i64) -> Option<Connectio
         _ => ConnectionAddr::Tcp(host, port),
     };
     Some(seed.clone().set_addr(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_of;
+
+    #[test]
+    fn slots_match_the_servers_cluster_keyslot() {
+        // Each pair as `CLUSTER KEYSLOT` answers it.
+        for (key, slot) in [
+            ("foo", 12182),
+            ("somekey", 11058),
+            ("{user1000}.following", 3443),
+            ("app:s:{abc123}", 4795),
+            ("{}x", 10595),
+            ("a{}b{c}", 7353),
+            ("x{", 3596),
+        ] {
+            assert_eq!(slot_of(key.as_bytes()), slot, "{key}");
+        }
+    }
 }

@@ -84,7 +84,7 @@ where
         }
         assert!(
             start.elapsed() < REACH,
-            "{what}: B still serves the old state after {REACH:?} (last load: version {:?})",
+            "{what}: the loading instance still serves the old state after {REACH:?} (last load: version {:?})",
             loaded.map(|r| r.version)
         );
         tokio::task::yield_now().await;
@@ -222,6 +222,55 @@ async fn own_writes_are_seen_at_once_single() {
 #[tokio::test]
 async fn own_writes_are_seen_at_once_cluster() {
     own_writes_are_seen_at_once(true).await;
+}
+
+/// An `update` keeps its bytes as the writer's copy (its next load is a
+/// hit on the new version), and a write by another instance after it still
+/// reaches the writer: the update script read the key back, so the server
+/// tracks it again for the writer, whose own write had untracked it.
+async fn updates_are_written_through(on_cluster: bool) {
+    let (a, b) = pair(on_cluster).await;
+    let rounds = 40u64;
+    let mut hits = 0;
+    for round in 0..rounds {
+        let k = key();
+        a.create(&k, &record(None, b"v1", 1)).await.unwrap();
+        cached_on(&a, &k).await;
+        a.update(&k, 1, &record(None, b"v2", 2)).await.unwrap();
+        let before = a.near_cache_stats().expect("near cache on");
+        let loaded = a.load(&k).await.unwrap().map(|r| r.version);
+        assert_eq!(loaded, Some(2), "round {round}: A reads its own update");
+        if a.near_cache_stats().expect("near cache on").hits > before.hits {
+            hits += 1;
+        }
+        // Another instance writes after A's written-through update.
+        b.update(&k, 2, &record(None, b"v3", 3)).await.unwrap();
+        until(&a, &k, "B's update after A's written-through one", |r| {
+            r.as_ref().is_some_and(|r| r.version == 3)
+        })
+        .await;
+        // And A again, on top of B's, from its refreshed copy.
+        cached_on(&a, &k).await;
+        a.update(&k, 3, &record(None, b"v4", 4)).await.unwrap();
+        a.delete(&k).await.unwrap();
+        assert!(a.load(&k).await.unwrap().is_none(), "round {round}");
+    }
+    // A round misses only when tracking lapsed (a heartbeat late on a
+    // loaded machine); without write-through every round would.
+    assert!(
+        hits * 4 >= rounds * 3,
+        "only {hits} of {rounds} loads after an update were served from the cache"
+    );
+}
+
+#[tokio::test]
+async fn updates_are_written_through_single() {
+    updates_are_written_through(false).await;
+}
+
+#[tokio::test]
+async fn updates_are_written_through_cluster() {
+    updates_are_written_through(true).await;
 }
 
 /// How long after a write returned no instance may still serve an older
