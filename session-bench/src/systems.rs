@@ -773,10 +773,16 @@ pub async fn our_store(
                 .connect(&servers.redis)
                 .await?,
         ),
+        // Sized like the Moka cache of tower-sessions' caching store
+        // (2,000,000 entries): every session of the run fits.
         "redis-near-cache" => Arc::new(
             session_redis::RedisStore::builder()
                 .prefix(ns)
-                .near_cache(session_redis::NearCache::new())
+                .near_cache(
+                    session_redis::NearCache::new()
+                        .max_entries(2_000_000)
+                        .max_bytes(1 << 30),
+                )
                 .connect(&servers.redis)
                 .await?,
         ),

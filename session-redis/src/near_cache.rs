@@ -59,7 +59,6 @@
 //! - **Expiry** is judged on every hit by the application's clock, from
 //!   the record's own deadlines, exactly as for a `GET`.
 
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -222,8 +221,11 @@ enum Slot {
 }
 
 struct Shard {
+    /// Unbounded by itself (a bounded `LruCache` would allocate its whole
+    /// table up front): `put` enforces `max_entries`.
     map: LruCache<Box<[u8]>, Slot>,
     bytes: usize,
+    max_entries: usize,
 }
 
 impl Shard {
@@ -249,11 +251,9 @@ impl Shard {
     fn put(&mut self, key: Box<[u8]>, slot: Slot, max_bytes: usize) {
         self.remove(&key);
         self.bytes += Self::weight(&key, &slot);
-        if let Some((k, old)) = self.map.push(key, slot) {
-            // The least recently used entry made room (entry bound).
-            self.bytes -= Self::weight(&k, &old);
-        }
-        while self.bytes > max_bytes {
+        self.map.push(key, slot);
+        // The least recently used entries make room.
+        while self.bytes > max_bytes || self.map.len() > self.max_entries {
             match self.map.pop_lru() {
                 Some((k, old)) => self.bytes -= Self::weight(&k, &old),
                 None => break,
@@ -293,13 +293,13 @@ pub(crate) struct LocalCache {
 
 impl LocalCache {
     pub(crate) fn new(config: NearCache) -> Self {
-        let per_shard_entries = NonZeroUsize::new(config.max_entries.div_ceil(SHARDS).max(1))
-            .unwrap_or(NonZeroUsize::MIN);
+        let per_shard_entries = config.max_entries.div_ceil(SHARDS).max(1);
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    map: LruCache::new(per_shard_entries),
+                    map: LruCache::unbounded(),
                     bytes: 0,
+                    max_entries: per_shard_entries,
                 })
             })
             .collect();
