@@ -3,7 +3,7 @@
 //! connection ([`ClusterConnection`], which follows slots and reconnects per
 //! node). Both are cheap handles; every operation clones one. A near cache's
 //! tracking connection to one primary is a third kind (see
-//! [`crate::tracking`]).
+//! `tracking`).
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
