@@ -50,9 +50,12 @@
 //! deadline with `SETRANGE`, and the TTL) and `delete` are Lua scripts
 //! loaded once and called by SHA-1 (`EVALSHA`; reloaded by
 //! [`redis::Script`] after a restart or `SCRIPT FLUSH` drops them).
-//! `list_user_sessions` and `delete_user` read the index, visit the sessions
-//! concurrently (reading only headers), and prune entries whose sessions
-//! are gone. `delete` of a logged-in session takes two commands: the
+//! `list_user_sessions` reads the index, visits the sessions concurrently
+//! (reading only headers), and prunes entries whose sessions are gone.
+//! `delete_user` is one script on a single server (the index, every session
+//! in it and the moves it follows, atomically: two concurrent calls count
+//! as if one ran first); on a cluster it reads the index, ends the sessions
+//! concurrently and reads the index again for logins that landed meanwhile. `delete` of a logged-in session takes two commands: the
 //! session's script returns its user, then the entry goes.
 //! `delete_expired` is a no-op: Redis expires keys itself.
 //!

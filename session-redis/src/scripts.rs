@@ -336,6 +336,79 @@ return {0, '', member, 0}
 "#
 );
 
+/// "Log out everywhere" on a single server, in one atomic step: every
+/// session of the user's index ends, following moved markers, and the
+/// handled entries leave the index. Two calls for one user (or a call and
+/// a login) cannot interleave, so the count is that of one of their orders.
+///
+/// KEYS: index. ARGV: user segment, now, session key head (`<prefix>:s:{`),
+/// moves to follow per entry. Returns the number of live sessions ended
+/// (a session reached both through its entry and a moved marker counts once).
+const DELETE_USER: &str = concat!(
+    prelude!(),
+    r#"
+local seg, now, head, hops = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local ended, count, gone = {}, 0, {}
+local function ends(member)
+  if not ended[member] then ended[member] = true; count = count + 1 end
+end
+-- The record (or marker) under `member`, reached through a moved marker:
+-- as `delete` ends it, following later moves.
+local function follow(member)
+  for i = 0, hops do
+    local key = head .. member .. '}'
+    local h = redis.call('GETRANGE', key, 0, seg_end(seg))
+    if is_format(h, F_MOVED) then
+      local n = u32(h, AT_USER_LEN)
+      local to = ''
+      if n > 0 then to = redis.call('GETRANGE', key, HEADER, HEADER - 1 + n) end
+      local untl = math.min(i64(h, AT_IDLE), i64(h, AT_ABSOLUTE))
+      redis.call('DEL', key)
+      if untl <= now or #to == 0 then return end
+      member = to
+    elseif is_format(h, F_ENDED) or #h == 0 then
+      return
+    else
+      if live(h, now) then ends(member) end
+      if is_record(h) and user_seg(h) == seg then table.insert(gone, member) end
+      redis.call('DEL', key)
+      return
+    end
+  end
+end
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local key = head .. member .. '}'
+  local h = redis.call('GETRANGE', key, 0, seg_end(seg))
+  if #h == 0 then
+    table.insert(gone, member)
+  elseif is_format(h, F_MOVED) then
+    if has_user(h) then
+      local n = u32(h, AT_USER_LEN)
+      -- The new key, then the user segment of the session that moved: an
+      -- entry of another user (left by a create refused over this key)
+      -- leads nowhere.
+      local rest = redis.call('GETRANGE', key, HEADER, HEADER - 1 + n + #seg)
+      local to, owner = string.sub(rest, 1, n), string.sub(rest, n + 1)
+      if #owner == 0 or owner == seg then
+        local untl = math.min(i64(h, AT_IDLE), i64(h, AT_ABSOLUTE))
+        redis.call('DEL', key)
+        table.insert(gone, member)
+        if untl > now and #to > 0 then follow(to) end
+      end
+    end
+  elseif is_record(h) and user_seg(h) == seg then
+    if live(h, now) then ends(member) end
+    redis.call('DEL', key)
+    table.insert(gone, member)
+  end
+end
+for i = 1, #gone, 500 do
+  redis.call('ZREM', KEYS[1], unpack(gone, i, math.min(i + 499, #gone)))
+end
+return count
+"#
+);
+
 /// Deletes a session only if it belongs to the given user (or is the moved
 /// marker of a logged-in session, which `delete_user` follows).
 ///
@@ -558,6 +631,7 @@ pub(crate) struct Scripts {
     pub(crate) touch: Script,
     pub(crate) delete: Script,
     pub(crate) delete_if_user: Script,
+    pub(crate) delete_user: Script,
     pub(crate) create_with: Script,
     pub(crate) rotate: Script,
     pub(crate) drop_pending: Script,
@@ -576,6 +650,7 @@ impl Scripts {
             touch: script(TOUCH),
             delete: script(DELETE),
             delete_if_user: script(DELETE_IF_USER),
+            delete_user: script(DELETE_USER),
             create_with: script(CREATE_WITH),
             rotate: script(MOVE),
             drop_pending: script(DROP_PENDING),

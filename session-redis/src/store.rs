@@ -1787,6 +1787,20 @@ impl RedisStore {
         let index = self.prefix.index_key(user_id.as_bytes());
         let segment = codec::user_segment(Some(user_id));
         let cluster = self.is_cluster();
+        if !cluster {
+            // One script: atomic, so concurrent calls and logins see each
+            // other whole (a repeat after a lost reply counts 0 for what the
+            // first attempt ended).
+            let head = self.prefix.session_key_head();
+            let script = &self.scripts().delete_user;
+            let mut cmd = scripts::evalsha(script, 1, index.len() + segment.len() + head.len());
+            cmd.arg(&index)
+                .arg(&segment[..])
+                .arg(Timestamp::now().as_unix_millis())
+                .arg(&head)
+                .arg(MAX_MOVES);
+            return scripts::run(script, &cmd, &mut conn).await;
+        }
         // Sessions ended, by the key they were under: a session reached
         // both through its entry and through a moved marker counts once.
         let mut ended = HashSet::new();

@@ -729,6 +729,54 @@ pub async fn rotation_racing_delete_user_leaves_nothing_live(h: Harness) {
     }
 }
 
+/// Several "log out everywhere" calls for one user at once (a double
+/// click, two devices): every session ends, each is counted by exactly one
+/// call, and on an atomic store one call counts them all (the others find
+/// nothing left), as in some order of the calls.
+pub async fn racing_delete_users_count_each_session_once(h: Harness) {
+    const SESSIONS: u64 = 6;
+    const CALLS: usize = 4;
+    let store = h.store().await;
+    for round in 0..h.rounds() {
+        let user = h.user(&format!("rdd{round}"));
+        let keys: Vec<StorageKey> = (0..SESSIONS).map(|_| h.key()).collect();
+        for k in &keys {
+            store.create(k, &live(Some(&user), b"s")).await.unwrap();
+        }
+        let calls = (0..CALLS)
+            .map(|_| {
+                let (store, user) = (store.clone(), user.clone());
+                async move { store.delete_user(&user).await }
+            })
+            .collect();
+        let mut counts: Vec<u64> = race_all(calls)
+            .await
+            .into_iter()
+            .map(|r| r.expect("delete_user"))
+            .collect();
+        assert_eq!(
+            counts.iter().sum::<u64>(),
+            SESSIONS,
+            "round {round}: each session must be counted by exactly one call: {counts:?}"
+        );
+        if h.is_atomic() {
+            counts.sort_unstable();
+            assert_eq!(
+                counts,
+                [0, 0, 0, SESSIONS],
+                "round {round}: no order of the calls splits the count"
+            );
+        }
+        for k in &keys {
+            assert!(
+                !loads(&*store, k).await,
+                "round {round}: a session survived"
+            );
+        }
+        assert!(listed(&*store, &user).await.is_empty(), "round {round}");
+    }
+}
+
 /// A rotation racing a `delete` of the old key (logout, "end that
 /// session", an eviction): nothing of the session is live afterwards.
 pub async fn rotation_racing_delete_leaves_nothing_live(h: Harness) {

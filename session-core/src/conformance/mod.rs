@@ -340,6 +340,7 @@ macro_rules! __conformance_case_list {
             racing_logins_evict_oldest_leave_exactly_max,
             racing_rotations_of_one_record_have_one_winner,
             rotation_racing_delete_user_leaves_nothing_live,
+            racing_delete_users_count_each_session_once,
             rotation_racing_delete_leaves_nothing_live,
             rotation_racing_update_never_loses_the_update,
             create_racing_delete_user_leaves_every_session_indexed,
