@@ -30,12 +30,16 @@
 //!   instance again with no write in between (a write untracks a key for
 //!   every client). So any later write by another client is pushed here,
 //!   and voids the lease or drops the copy whichever comes first; a write
-//!   by another client before this one makes the compare-and-set fail. When
+//!   by another client before this one either made the compare-and-set
+//!   fail (it changed the version) or was pushed before the reply (a
+//!   touch), voiding the lease. When
 //!   the update stored its bytes and its lease is still there, those bytes
 //!   become the copy; otherwise (another lease, an invalidation, a flush, a
-//!   conflict, an unknown outcome) the key is dropped. A load that shared
-//!   the write's lease may have stored what it read before the write: the
-//!   write then drops it.
+//!   conflict, an unknown outcome, the caller dropped the write's future)
+//!   the key is dropped. A load that shared the write's lease may have
+//!   stored what it read before the write: the write then drops it. Every
+//!   lease is taken before the key's tracking connection is chosen, so a
+//!   connection replaced in between (which flushes) voids it.
 //! - **Other own writes.** When another write of this store returns (it goes
 //!   on the ordinary connection, so the server pushes it like anyone's), the
 //!   keys it changed are dropped locally (the push may still be on its way).
@@ -52,10 +56,13 @@
 //! - **Doubt empties the cache.** A dropped or killed tracking connection,
 //!   a failed barrier, a `FLUSHALL`, a failover (a primary that turns
 //!   replica, a changed cluster topology, a `READONLY` or redirect reply on
-//!   a tracking connection) or a heartbeat late by more than the staleness
-//!   bound empties the cache, and nothing is served from it again until
-//!   tracking is re-established (the server forgets a closed connection's
-//!   tracked keys; a new one starts with an empty cache).
+//!   a tracking connection) or a server's tracking table over half its
+//!   `tracking-table-max-keys` (Redis does not push a `NOLOOP` client the
+//!   keys it forgets during that client's own command) empties the cache,
+//!   and nothing is served from it again until tracking is re-established;
+//!   a heartbeat late by more than the staleness bound stops serving until
+//!   it answers (its answer comes after every push sent before it). A new
+//!   connection starts with an empty cache.
 //! - **Expiry** is judged on every hit by the application's clock, from
 //!   the record's own deadlines, exactly as for a `GET`.
 
@@ -98,10 +105,16 @@ const SHARDS: usize = 16;
 /// after each `delete` and `delete_user`, and one `GET` for the first read
 /// after a write other than `update` (a rotation, a touch, another
 /// instance's write). On the server: its tracking table remembers, per
-/// instance, each key that instance read until the key changes (Redis
-/// bounds the table with `tracking-table-max-keys` and pushes the keys it
-/// forgets, which drops them here). Tracking is not per database: a
-/// `FLUSHDB` of any database empties the cache.
+/// instance, each key that instance read until the key changes. Redis
+/// bounds that table with `tracking-table-max-keys` (default 1,000,000
+/// keys, all clients together) and does not tell a `NOLOOP` client of the
+/// keys it forgets during that client's own command, so the cache serves
+/// only while the table is at most half full (checked by the heartbeat):
+/// with many instances or sessions, raise the setting or set it to 0 (no
+/// limit). For the same reason the cache needs a server that does not
+/// evict keys (`maxmemory-policy noeviction`, the store's default
+/// requirement). Tracking is not per database: a `FLUSHDB` of any database
+/// empties the cache.
 ///
 /// ```
 /// use std::time::Duration;
@@ -167,7 +180,8 @@ impl NearCache {
     }
 
     /// How often the tracking connections are checked (`ROLE`: still a
-    /// primary, plus the    /// server's role on a single server and the slot map on a cluster).
+    /// primary; the slot map on a cluster; the server's tracking table not
+    /// over half full).
     /// Bounded below by 10 ms.
     #[must_use]
     pub fn heartbeat(mut self, every: Duration) -> Self {
@@ -271,6 +285,33 @@ impl Shard {
 pub(crate) struct Lease {
     token: u64,
     generation: u64,
+}
+
+/// A write's lease, completed by [`WriteGuard::complete`]; if the write's
+/// future is dropped first (a client that went away, an application
+/// timeout), the key is dropped: a load that shared the lease may have
+/// stored what it read before the write.
+pub(crate) struct WriteGuard<'a> {
+    cache: &'a LocalCache,
+    key: &'a [u8],
+    lease: Option<Lease>,
+}
+
+impl WriteGuard<'_> {
+    /// Ends the write; see [`LocalCache::complete_write`].
+    pub(crate) fn complete(mut self, written: Option<Bytes>) {
+        if let Some(lease) = self.lease.take() {
+            self.cache.complete_write(self.key, lease, written);
+        }
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.cache.complete_write(self.key, lease, None);
+        }
+    }
 }
 
 /// The cache proper: shards, leases, and whether it may serve.
@@ -460,6 +501,17 @@ impl LocalCache {
         Some(Lease { token, generation })
     }
 
+    /// [`Self::write_lease`], held by a guard that drops the key unless
+    /// the write completes it.
+    pub(crate) fn write_guard<'a>(&'a self, key: &'a [u8]) -> Option<WriteGuard<'a>> {
+        let lease = self.write_lease(key)?;
+        Some(WriteGuard {
+            cache: self,
+            key,
+            lease: Some(lease),
+        })
+    }
+
     /// Ends a write taken with [`Self::write_lease`]: `written` (the bytes
     /// the write stored, `None` if it stored nothing or its outcome is
     /// unknown) becomes the copy if the lease is still under `key` (no
@@ -605,6 +657,14 @@ mod tests {
         // A write that stored nothing (conflict, unknown outcome) drops the copy.
         let lease = cache.write_lease(b"k").expect("serving");
         cache.complete_write(b"k", lease, None);
+        assert_eq!(cache.get(b"k"), None);
+
+        // A write whose future was dropped (after its script went out, a
+        // load sharing its lease stored what it read before): the key goes.
+        let write = cache.write_guard(b"k").expect("serving");
+        let load = cache.lease(b"k").expect("serving");
+        cache.complete(b"k", load, Some(Bytes::from_static(b"before the write")));
+        drop(write);
         assert_eq!(cache.get(b"k"), None);
 
         // A flush voids a write lease like a load's.

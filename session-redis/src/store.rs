@@ -1368,9 +1368,17 @@ impl RedisStore {
         // on voids it, so a reply that a later write made stale is not kept.
         // The GET goes on the key's tracking connection, so that the server
         // tracks the key for this instance from the moment it reads it.
+        // The lease first, then the route: a link replaced in between
+        // flushed the cache, which voids the lease.
         let tracked = tracker.and_then(|t| {
-            let route = t.route(session_key.as_bytes())?;
-            Some((t, route, t.cache().lease(session_key.as_bytes())?))
+            let lease = t.cache().lease(session_key.as_bytes())?;
+            match t.route(session_key.as_bytes()) {
+                Some(route) => Some((t, route, lease)),
+                None => {
+                    t.cache().complete(session_key.as_bytes(), lease, None);
+                    None
+                }
+            }
         });
         let cmd = get(&session_key);
         let (value, from_tracked): (Option<Vec<u8>>, bool) = self
@@ -1484,9 +1492,17 @@ impl RedisStore {
         // server sends this instance no push for it (NOLOOP), and the
         // script reads the key back, so that later writes by others are
         // pushed. The lease is taken before the script goes out.
+        // The lease first, then the route (as in `load`); the guard drops
+        // the key if this future is dropped before the write completes it.
         let tracked: Option<(&Tracker, Route, _)> = self.shared.tracker.as_deref().and_then(|t| {
-            let route = t.route(session_key.as_bytes())?;
-            Some((t, route, t.cache().write_lease(session_key.as_bytes())?))
+            let guard = t.cache().write_guard(session_key.as_bytes())?;
+            match t.route(session_key.as_bytes()) {
+                Some(route) => Some((t, route, guard)),
+                None => {
+                    guard.complete(None);
+                    None
+                }
+            }
         });
         // Compare-and-set: sent again only if nothing was sent. (A first
         // attempt that got as far as the index wrote nothing else: the
@@ -1516,14 +1532,12 @@ impl RedisStore {
             })
             .await;
         let cache_done = tracked.is_some();
-        if let Some((tracker, _, lease)) = tracked {
+        if let Some((_, _, guard)) = tracked {
             let written = match &out {
                 Ok((update::STORED, true)) if ttl > 0 => Some(Bytes::from(value)),
                 _ => None,
             };
-            tracker
-                .cache()
-                .complete_write(session_key.as_bytes(), lease, written);
+            guard.complete(written);
         }
         let (code, _) = out?;
         match code {

@@ -199,7 +199,7 @@ impl Tracker {
     }
 
     /// Returns once every invalidation the server sent for writes that
-    /// completed before this call has been handled (a `PING` on each
+    /// completed before this call has been handled (a `ROLE` on each
     /// tracking connection; the server answers it after those pushes). On
     /// failure the cache is emptied instead.
     pub(crate) async fn barrier(&self) {
@@ -318,6 +318,7 @@ impl Tracker {
             // client changes them. NOLOOP: not for writes sent on this
             // connection itself, which the store writes through (see
             // `crate::near_cache`).
+            tracking_preconditions(&mut conn).await?;
             redis::cmd("CLIENT")
                 .arg("TRACKING")
                 .arg("ON")
@@ -372,6 +373,17 @@ impl Tracker {
             let replies = join_all(roles).await;
             if !replies.iter().all(|r| matches!(r, Ok(true))) {
                 return Err("a primary stopped answering or became a replica");
+            }
+            let tables = links.conns.iter().map(|conn| {
+                let mut conn = conn.clone();
+                async move { table_has_room(&mut conn).await }
+            });
+            for room in join_all(tables).await {
+                match room {
+                    Ok(true) => {}
+                    Ok(false) => return Err(TABLE_FULL),
+                    Err(_) => return Err("a primary did not answer INFO stats"),
+                }
             }
             if let Some(known) = &links.topology {
                 // Every linked primary must still see the same slot map.
@@ -432,6 +444,75 @@ async fn run(weak: Weak<Tracker>) {
             () = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// Why tracking stops when the server's tracking table fills up.
+const TABLE_FULL: &str =
+    "the server's tracking table is over half full (tracking-table-max-keys): \
+     a key it forgets because of this instance's own command is not pushed to this instance \
+     (NOLOOP), so the near cache stays off until it has room; raise the setting or set it to 0";
+
+/// The value of the server setting `name`, `None` where `CONFIG` is
+/// forbidden (some managed services) or the setting unknown.
+async fn setting(conn: &mut MultiplexedConnection, name: &str) -> Option<String> {
+    // A map on RESP3 (these connections), a flat array on RESP2.
+    let reply: redis::RedisResult<std::collections::HashMap<String, String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(conn)
+        .await;
+    reply.ok().and_then(|mut pairs| pairs.remove(name))
+}
+
+/// Checks what key-mode tracking with `NOLOOP` needs of the server.
+///
+/// Redis skips a `NOLOOP` client's invalidations while that client's own
+/// command is being processed, including those of keys the server drops
+/// then for other reasons: keys evicted under `maxmemory`, and keys it
+/// stops tracking when its tracking table is over its limit. So an evicting
+/// server is refused, and tracking starts (and, checked by the heartbeat,
+/// stays) only while the table is at most half full ([`table_has_room`]).
+/// A server that forbids `CONFIG` is taken to have the defaults (no
+/// eviction, a limit of 1,000,000 keys).
+async fn tracking_preconditions(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    let maxmemory: u64 = setting(conn, "maxmemory")
+        .await
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let policy = setting(conn, "maxmemory-policy").await.unwrap_or_default();
+    if maxmemory > 0 && !policy.is_empty() && policy != "noeviction" {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "the near cache needs a server that does not evict keys (maxmemory-policy noeviction, \
+             or no maxmemory): a key evicted during this instance's own command is not pushed to it",
+        )));
+    }
+    if !table_has_room(conn).await? {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            TABLE_FULL,
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the server's tracking table (all clients' tracked keys) is at
+/// most half of its `tracking-table-max-keys` (0: no limit).
+async fn table_has_room(conn: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
+    let limit: u64 = setting(conn, "tracking-table-max-keys")
+        .await
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    if limit == 0 {
+        return Ok(true);
+    }
+    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await?;
+    let tracked = info
+        .lines()
+        .find_map(|l| l.strip_prefix("tracking_total_keys:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok(tracked <= limit / 2)
 }
 
 async fn is_primary(conn: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
