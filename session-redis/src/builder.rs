@@ -8,7 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use session_core::redact::RedactedError;
 
-use crate::connection::Conn;
+use crate::connection::{config_get, Conn};
 use crate::error::SetupError;
 use crate::keys::{KeyPrefix, DEFAULT_PREFIX};
 use crate::near_cache::{LocalCache, NearCache};
@@ -209,20 +209,11 @@ impl RedisStoreBuilder {
     /// let us read its configuration (`CONFIG` renamed or forbidden, as on
     /// some managed services) is accepted with a warning.
     async fn check_eviction_policy(&self, conn: &mut ConnectionManager) -> Result<(), SetupError> {
-        async fn config_get(
-            conn: &mut ConnectionManager,
-            name: &str,
-        ) -> redis::RedisResult<String> {
-            let pair: Vec<String> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(conn)
-                .await?;
-            Ok(pair.into_iter().nth(1).unwrap_or_default())
-        }
         let read = async {
-            let maxmemory = config_get(conn, "maxmemory").await?;
-            let policy = config_get(conn, "maxmemory-policy").await?;
+            let maxmemory = config_get(conn, "maxmemory").await?.unwrap_or_default();
+            let policy = config_get(conn, "maxmemory-policy")
+                .await?
+                .unwrap_or_default();
             Ok::<_, redis::RedisError>((maxmemory, policy))
         };
         let (maxmemory, policy) = match tokio::time::timeout(self.connect_timeout, read).await {

@@ -51,3 +51,18 @@ impl ConnectionLike for Conn {
         }
     }
 }
+
+/// The value of the server setting `name` (`CONFIG GET`, read as a map on
+/// RESP3 and as a flat array on RESP2); `None` when the server has no such
+/// setting.
+pub(crate) async fn config_get<C: ConnectionLike>(
+    conn: &mut C,
+    name: &str,
+) -> redis::RedisResult<Option<String>> {
+    let mut pairs: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(conn)
+        .await?;
+    Ok(pairs.remove(name))
+}

@@ -455,13 +455,10 @@ const TABLE_FULL: &str =
 /// The value of the server setting `name`, `None` where `CONFIG` is
 /// forbidden (some managed services) or the setting unknown.
 async fn setting(conn: &mut MultiplexedConnection, name: &str) -> Option<String> {
-    // A map on RESP3 (these connections), a flat array on RESP2.
-    let reply: redis::RedisResult<std::collections::HashMap<String, String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg(name)
-        .query_async(conn)
-        .await;
-    reply.ok().and_then(|mut pairs| pairs.remove(name))
+    crate::connection::config_get(conn, name)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Checks what key-mode tracking with `NOLOOP` needs of the server.

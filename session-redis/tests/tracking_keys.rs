@@ -4,6 +4,9 @@
 //! tracking table. Alone in its test binary, because it reads a
 //! server-wide counter.
 
+mod common;
+
+use common::admin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,14 +14,6 @@ use session_core::{SessionRecord, SessionStore, StorageKey, Timestamp};
 use session_redis::{NearCache, RedisStore};
 use session_test_support::servers::redis_url;
 use session_test_support::{storage_key, unique};
-
-async fn admin() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url().as_str())
-        .expect("REDIS_URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connecting to the test Redis failed (REDIS_URL, or run scripts/services.sh)")
-}
 
 async fn tracked_keys() -> i64 {
     let info: String = redis::cmd("INFO")

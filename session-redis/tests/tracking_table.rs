@@ -4,19 +4,14 @@
 //! full, and starts again when it has room. Alone in its test binary,
 //! because it changes a server-wide setting (and restores it).
 
+mod common;
+
+use common::admin;
 use std::time::{Duration, Instant};
 
 use session_redis::{NearCache, RedisStore};
 use session_test_support::servers::redis_url;
 use session_test_support::unique;
-
-async fn admin() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url().as_str())
-        .expect("REDIS_URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connecting to the test Redis failed (REDIS_URL, or run scripts/services.sh)")
-}
 
 async fn serving_within(store: &RedisStore, serving: bool, limit: Duration) -> bool {
     let start = Instant::now();

@@ -22,3 +22,13 @@ pub async fn cluster_store(prefix: &str) -> RedisStore {
         .await
         .expect("connecting to the test Redis Cluster failed")
 }
+
+/// A plain connection to the test Redis (`REDIS_URL`), for reading and
+/// changing server-wide state.
+pub async fn admin() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(session_test_support::servers::redis_url().as_str())
+        .expect("REDIS_URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connecting to the test Redis failed (REDIS_URL, or run scripts/services.sh)")
+}
