@@ -83,7 +83,8 @@ struct Args {
     /// Random seed of the operation sequence.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Run only the systems whose name starts with this (repeatable), for
+    /// Run only the systems whose name starts with this (repeatable), or,
+    /// with a leading `=`, the one named exactly this (`=manager`), for
     /// profiling one of them; without the floor there are no ratios.
     #[arg(long = "only", value_name = "SYSTEM")]
     only: Vec<String>,
@@ -250,7 +251,11 @@ async fn run(args: Args, progress: &Progress) -> BenchResult<Vec<Row>> {
             }
             let mut ready: Vec<(String, Arc<dyn System>)> = Vec::new();
             for (name, mut sys) in list {
-                if !args.only.is_empty() && !args.only.iter().any(|o| name.starts_with(o.as_str()))
+                if !args.only.is_empty()
+                    && !args.only.iter().any(|o| match o.strip_prefix('=') {
+                        Some(exact) => name == exact,
+                        None => name.starts_with(o.as_str()),
+                    })
                 {
                     continue;
                 }

@@ -197,6 +197,7 @@ impl RedisStoreBuilder {
         let reconnect = Some((client, self.manager_config()));
         let connect_timeout = self.connect_timeout;
         let store = self.finish(prefix, Conn::Single(conn), reconnect, target, None);
+        store.load_functions().await;
         store.wait_for_near_cache(connect_timeout).await;
         // Information only: a server that does not answer TIME now will be
         // measured again on use.
@@ -311,6 +312,7 @@ impl RedisStoreBuilder {
         let target = Target::Cluster { seeds };
         let connect_timeout = self.connect_timeout;
         let store = self.finish(prefix, Conn::Cluster(conn), None, target, Some(client));
+        store.load_functions().await;
         store.wait_for_near_cache(connect_timeout).await;
         let _ = store.measure_clock_skew().await;
         Ok(store)

@@ -47,9 +47,12 @@
 //! **Operations.** `load` is one `GET`. `create` (insert-only),
 //! `create_with` (see *Lifecycle* below), `update` (compare-and-set on the
 //! version), `touch` (rewrites only the 16 bytes of last access and idle
-//! deadline with `SETRANGE`, and the TTL) and `delete` are Lua scripts
-//! loaded once and called by SHA-1 (`EVALSHA`; reloaded by
-//! [`redis::Script`] after a restart or `SCRIPT FLUSH` drops them).
+//! deadline with `SETRANGE`, and the TTL) and `delete` are Lua scripts:
+//! on Redis 7+ one function library, loaded when the store connects and
+//! called with `FCALL`; where functions are refused (Redis 6, an ACL
+//! without `FUNCTION`/`FCALL`), the same scripts by SHA-1 with `EVALSHA`.
+//! Either is loaded again by the first call that finds it missing (a
+//! restart without persistence, `FUNCTION FLUSH`, `SCRIPT FLUSH`).
 //! `list_user_sessions` reads the index, visits the sessions concurrently
 //! (reading only headers), and prunes entries whose sessions are gone.
 //! `delete_user` is one script on a single server (the index, every session

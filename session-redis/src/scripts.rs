@@ -1,10 +1,14 @@
 //! The server-side Lua scripts.
 //!
-//! Each is sent once (`SCRIPT LOAD`, done by [`redis::Script`] on the first
-//! `NOSCRIPT` reply) and then invoked by its SHA-1 with `EVALSHA`, so a call
-//! carries only keys and arguments. After a server restart or `SCRIPT FLUSH`
-//! the first call gets `NOSCRIPT` again and the script is reloaded
-//! transparently.
+//! On Redis 7+ they are one function library (see [`Library`]), loaded
+//! with `FUNCTION LOAD` when the store connects, and each call is an
+//! `FCALL`: the shared helpers are then created once per load instead of
+//! once per call. Where functions are refused (Redis 6, an ACL without
+//! them) each script is sent once (`SCRIPT LOAD`, done by [`redis::Script`]
+//! on the first `NOSCRIPT` reply) and invoked by its SHA-1 with `EVALSHA`.
+//! Either way a call carries only keys and arguments, and after a server
+//! restart, `FUNCTION FLUSH` or `SCRIPT FLUSH` the first call finds its
+//! code missing and loads it again transparently (see [`run`]).
 //!
 //! Every script reads the fixed record header with `GETRANGE` (see
 //! [`crate::codec`]) at offsets it takes from Lua locals that
@@ -27,6 +31,9 @@
 //! keys may live on other nodes): `CREATE_WITH` reads the sessions listed
 //! in the user's index (`<prefix>:s:{<member>}`) to count and evict them,
 //! and `DELETE` follows moved markers to the keys they name.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind};
 
@@ -623,39 +630,182 @@ return {string.byte(h, AT_FORMAT), string.byte(h, AT_USER_FLAG),
     format!("{}{body}", layout_lua())
 }
 
+/// The Lua body of a script without the shared helpers it starts with,
+/// for the function library, which defines the helpers once.
+fn body(script: &'static str) -> &'static str {
+    let s = script.strip_prefix(prelude!()).unwrap_or(script);
+    s.strip_prefix(rotation!()).unwrap_or(s)
+}
+
+/// Whether a script may run when the server is over `maxmemory`: as a
+/// function, Redis checks this before the call (an `EVAL` script is
+/// checked at its first write that may grow memory, which is what the
+/// store relied on before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Oom {
+    /// Refused over `maxmemory`, like any write that may grow memory.
+    Deny,
+    /// Removes data (and may leave a small marker): allowed, so that a
+    /// logout works on a full server.
+    Allow,
+    /// Reads only (`no-writes`).
+    ReadOnly,
+}
+
+/// Every script: field name, Lua source (with the helpers), OOM policy.
+const ALL: [(&str, &str, Oom); 12] = [
+    ("create", CREATE, Oom::Deny),
+    ("index_add", INDEX_ADD, Oom::Deny),
+    ("update", UPDATE, Oom::Deny),
+    ("touch", TOUCH, Oom::Deny),
+    ("delete", DELETE, Oom::Allow),
+    ("delete_if_user", DELETE_IF_USER, Oom::Allow),
+    ("delete_user", DELETE_USER, Oom::Allow),
+    ("create_with", CREATE_WITH, Oom::Deny),
+    ("rotate", MOVE, Oom::Deny),
+    ("drop_pending", DROP_PENDING, Oom::Allow),
+    ("list_user_sessions", LIST_USER, Oom::ReadOnly),
+    ("unindex_if_gone", UNINDEX_IF_GONE, Oom::Allow),
+];
+
+/// The scripts as one Redis function library (Redis 7+): loaded once per
+/// server with `FUNCTION LOAD REPLACE`, then each script is an `FCALL`.
+///
+/// Why: an `EVALSHA` runs the whole chunk on every call, so every helper
+/// function of the shared prelude is created again each time; a library
+/// creates them once, when it is loaded. On Redis 7.0 this takes about
+/// 1 µs of server time off every write (`update`: 5.2 → 4.3 µs at 200 B),
+/// which is a fifth of the near cache's write path.
+///
+/// The library's name carries a hash of its code, so two versions of this
+/// crate against one server (a rolling deploy) each call their own
+/// functions. Where functions are unavailable (Redis 6, an ACL without
+/// `FUNCTION`), the store keeps calling the same scripts with `EVALSHA`.
+pub(crate) struct Library {
+    /// `#!lua name=…` source registering every script.
+    code: String,
+    /// Whether calls use `FCALL`: set once the library was loaded, cleared
+    /// when a server refuses to load it.
+    functions: AtomicBool,
+}
+
+impl Library {
+    fn new(layout: &str) -> (Self, String) {
+        let mut defs = String::new();
+        for (name, source, oom) in ALL {
+            let flags = match oom {
+                Oom::Deny => "",
+                Oom::Allow => ", flags={'allow-oom'}",
+                Oom::ReadOnly => ", flags={'no-writes'}",
+            };
+            defs.push_str(&format!(
+                "redis.register_function{{function_name=NAME .. '_{name}', callback=function(KEYS, ARGV)\n{}\nend{flags}}}\n",
+                body(source)
+            ));
+        }
+        let helpers = concat!(prelude!(), rotation!());
+        let unnamed = format!("{layout}{helpers}{defs}");
+        // A 64-bit prefix of the code's SHA-1 (the one `EVALSHA` uses).
+        let sha1 = Script::new(&unnamed).get_hash().to_owned();
+        let name = format!("session_{}", &sha1[..16]);
+        let code = format!("#!lua name={name}\nlocal NAME = '{name}'\n{unnamed}");
+        (
+            Self {
+                code,
+                // Until a server says otherwise: the first call that finds
+                // the library missing loads it.
+                functions: AtomicBool::new(true),
+            },
+            name,
+        )
+    }
+
+    /// Loads the library on the server(s) behind `conn` (every primary of
+    /// a cluster); on a refusal (Redis 6, an ACL without `FUNCTION`) the
+    /// scripts are called with `EVALSHA` from then on.
+    pub(crate) async fn load(&self, conn: &mut Conn) -> RedisResult<()> {
+        let loaded = Cmd::new()
+            .arg("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(&self.code)
+            .query_async::<redis::Value>(conn)
+            .await;
+        match loaded {
+            Ok(_) => {
+                self.functions.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                // A refusal (an error reply), not a lost connection.
+                if e.code().is_some() {
+                    self.functions.store(false, Ordering::Release);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether calls go out as `FCALL`.
+    pub(crate) fn uses_functions(&self) -> bool {
+        self.functions.load(Ordering::Acquire)
+    }
+}
+
+/// One script: its `EVALSHA` form and its function in the [`Library`].
+pub(crate) struct LuaScript {
+    script: Script,
+    function: String,
+    library: Arc<Library>,
+}
+
 /// The compiled scripts (their SHA-1s are computed once, at construction).
 pub(crate) struct Scripts {
-    pub(crate) create: Script,
-    pub(crate) index_add: Script,
-    pub(crate) update: Script,
-    pub(crate) touch: Script,
-    pub(crate) delete: Script,
-    pub(crate) delete_if_user: Script,
-    pub(crate) delete_user: Script,
-    pub(crate) create_with: Script,
-    pub(crate) rotate: Script,
-    pub(crate) drop_pending: Script,
-    pub(crate) list_user_sessions: Script,
-    pub(crate) unindex_if_gone: Script,
+    pub(crate) library: Arc<Library>,
+    pub(crate) create: LuaScript,
+    pub(crate) index_add: LuaScript,
+    pub(crate) update: LuaScript,
+    pub(crate) touch: LuaScript,
+    pub(crate) delete: LuaScript,
+    pub(crate) delete_if_user: LuaScript,
+    pub(crate) delete_user: LuaScript,
+    pub(crate) create_with: LuaScript,
+    pub(crate) rotate: LuaScript,
+    pub(crate) drop_pending: LuaScript,
+    pub(crate) list_user_sessions: LuaScript,
+    pub(crate) unindex_if_gone: LuaScript,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Self {
         let layout = layout_lua();
-        let script = |body: &str| Script::new(&format!("{layout}{body}"));
+        let (library, name) = Library::new(&layout);
+        let library = Arc::new(library);
+        let make = |field: &str| {
+            let (_, source, _) = ALL
+                .iter()
+                .find(|(f, _, _)| *f == field)
+                .expect("every field is listed in ALL");
+            LuaScript {
+                script: Script::new(&format!("{layout}{source}")),
+                function: format!("{name}_{field}"),
+                library: library.clone(),
+            }
+        };
         Self {
-            create: script(CREATE),
-            index_add: script(INDEX_ADD),
-            update: script(UPDATE),
-            touch: script(TOUCH),
-            delete: script(DELETE),
-            delete_if_user: script(DELETE_IF_USER),
-            delete_user: script(DELETE_USER),
-            create_with: script(CREATE_WITH),
-            rotate: script(MOVE),
-            drop_pending: script(DROP_PENDING),
-            list_user_sessions: script(LIST_USER),
-            unindex_if_gone: script(UNINDEX_IF_GONE),
+            create: make("create"),
+            index_add: make("index_add"),
+            update: make("update"),
+            touch: make("touch"),
+            delete: make("delete"),
+            delete_if_user: make("delete_if_user"),
+            delete_user: make("delete_user"),
+            create_with: make("create_with"),
+            rotate: make("rotate"),
+            drop_pending: make("drop_pending"),
+            list_user_sessions: make("list_user_sessions"),
+            unindex_if_gone: make("unindex_if_gone"),
+            library,
         }
     }
 }
@@ -707,33 +857,107 @@ pub(crate) mod lifecycle {
 /// storage key) beyond the `bytes` its caller declares.
 const SMALL_ARGS: usize = 192;
 
-/// Starts an `EVALSHA` of `script` declaring `keys` keys; append the keys,
-/// then the arguments. `bytes` is the length of the large ones (key names,
-/// the record) so that the command's buffer is allocated once: appending a
-/// record to an empty command would reallocate it several times per write.
+/// Starts a call of `script` declaring `keys` keys (`FCALL` of its
+/// function once the [`Library`] is loaded, else `EVALSHA`); append the
+/// keys, then the arguments. `bytes` is the length of the large ones (key
+/// names, the record) so that the command's buffer is allocated once:
+/// appending a record to an empty command would reallocate it several
+/// times per write.
 ///
 /// Building the command directly (rather than through
 /// [`redis::ScriptInvocation`]) copies each argument, the record included,
 /// once instead of twice.
-pub(crate) fn evalsha(script: &Script, keys: usize, bytes: usize) -> Cmd {
+pub(crate) fn evalsha(script: &LuaScript, keys: usize, bytes: usize) -> Cmd {
     let mut cmd = Cmd::with_capacity(16, "EVALSHA".len() + 40 + bytes + SMALL_ARGS);
-    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+    if script.library.uses_functions() {
+        cmd.arg("FCALL").arg(&script.function).arg(keys);
+    } else {
+        cmd.arg("EVALSHA").arg(script.script.get_hash()).arg(keys);
+    }
     cmd
 }
 
-/// Sends `cmd` (built by [`evalsha`] for `script`); on `NOSCRIPT` (server
-/// restarted, `SCRIPT FLUSH`, failover to a node that never saw it) loads
-/// the script and sends it once more.
-pub(crate) async fn run<T: FromRedisValue>(
-    script: &Script,
-    cmd: &Cmd,
-    conn: &mut Conn,
-) -> RedisResult<T> {
+/// Whether `e` says the function called is not on the server (restarted
+/// without persistence, `FUNCTION FLUSH`, a node that never saw the
+/// library): the call did not run.
+fn function_missing(e: &redis::RedisError) -> bool {
+    e.code() == Some("ERR")
+        && e.detail()
+            .is_some_and(|d| d.starts_with("Function not found"))
+}
+
+/// Whether `e` refuses `FCALL` itself (Redis 6: unknown command; an ACL
+/// without it): the call did not run.
+fn fcall_refused(e: &redis::RedisError) -> bool {
+    let detail = e.detail().unwrap_or_default().to_ascii_lowercase();
+    match e.code() {
+        Some("ERR") => detail.starts_with("unknown command"),
+        Some("NOPERM") => detail.contains("'fcall'"),
+        _ => false,
+    }
+}
+
+/// `cmd` (an `FCALL` built by [`evalsha`]) as the `EVALSHA` of the same
+/// script with the same keys and arguments.
+fn as_evalsha(script: &LuaScript, cmd: &Cmd) -> Cmd {
+    let mut eval = Cmd::new();
+    eval.arg("EVALSHA").arg(script.script.get_hash());
+    for arg in cmd.args_iter().skip(2) {
+        if let redis::Arg::Simple(bytes) = arg {
+            eval.arg(bytes);
+        }
+    }
+    eval
+}
+
+/// Sends an `EVALSHA`, loading the script once on `NOSCRIPT` (server
+/// restarted, `SCRIPT FLUSH`, failover to a node that never saw it).
+async fn eval<T: FromRedisValue>(script: &LuaScript, cmd: &Cmd, conn: &mut Conn) -> RedisResult<T> {
     match cmd.query_async(conn).await {
         Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             tracing::debug!(target: "session_redis", "script cache was empty; reloading");
-            script.load_async(conn).await?;
+            script.script.load_async(conn).await?;
             cmd.query_async(conn).await
+        }
+        other => other,
+    }
+}
+
+/// Sends `cmd` (built by [`evalsha`] for `script`).
+///
+/// An `EVALSHA` answered `NOSCRIPT` loads its script and goes once more.
+/// An `FCALL` whose function is missing loads the library and goes once
+/// more; one the server refuses (no functions, or the library refused)
+/// goes as `EVALSHA`, and so do later calls. None of these replies means
+/// the call ran, so sending it again runs it at most once.
+pub(crate) async fn run<T: FromRedisValue>(
+    script: &LuaScript,
+    cmd: &Cmd,
+    conn: &mut Conn,
+) -> RedisResult<T> {
+    let fcall = cmd
+        .args_iter()
+        .next()
+        .is_some_and(|a| matches!(a, redis::Arg::Simple(b"FCALL")));
+    if !fcall {
+        return eval(script, cmd, conn).await;
+    }
+    match cmd.query_async(conn).await {
+        Err(e) if function_missing(&e) => {
+            tracing::debug!(target: "session_redis", "function library missing; loading it");
+            match script.library.load(conn).await {
+                Ok(()) => cmd.query_async(conn).await,
+                Err(e) if e.code().is_some() => {
+                    tracing::warn!(target: "session_redis", error = %e, "the server refused the function library; calling scripts with EVALSHA");
+                    eval(script, &as_evalsha(script, cmd), conn).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) if fcall_refused(&e) => {
+            tracing::warn!(target: "session_redis", error = %e, "the server refused FCALL; calling scripts with EVALSHA");
+            script.library.functions.store(false, Ordering::Release);
+            eval(script, &as_evalsha(script, cmd), conn).await
         }
         other => other,
     }

@@ -2,7 +2,8 @@
 //!
 //! Every operation is bounded by the operation timeout and costs one round
 //! trip in the common case: `load` is a `GET`, `create`, `create_with`,
-//! `update`, `touch` are one `EVALSHA` each on a single server. On a
+//! `update`, `touch` are one script call (`FCALL`, or `EVALSHA` where
+//! functions are refused) each on a single server. On a
 //! cluster, `create` of a logged-in session writes the index entry first (a
 //! second command, to the index's slot), `create_with` is a sequence of
 //! single-slot steps (see the [crate docs](crate)), and `delete` follows
@@ -371,6 +372,23 @@ impl RedisStore {
     #[must_use]
     pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
         self.shared.tracker.as_ref().map(|t| t.cache().stats())
+    }
+
+    /// Loads the scripts' function library (see [`crate::scripts`]) now,
+    /// so the first calls do not pay for it; on failure the first call
+    /// that needs it tries again (or falls back to `EVALSHA`).
+    pub(crate) async fn load_functions(&self) {
+        let mut conn = self.conn();
+        let load = self.shared.scripts.library.load(&mut conn);
+        match tokio::time::timeout(self.shared.operation_timeout, load).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(target: "session_redis", error = %e, "function library not loaded at connect");
+            }
+            Err(_) => {
+                tracing::debug!(target: "session_redis", "function library not loaded at connect: timed out");
+            }
+        }
     }
 
     /// Waits up to `limit` for the near cache to start serving (no wait

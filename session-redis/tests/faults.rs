@@ -110,10 +110,11 @@ async fn fault_restarts_lose_no_acknowledged_write() {
     scenarios::run_restarts_lose_no_acknowledged_write(&store, &p.server).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripts_are_reloaded_after_script_flush() {
-    let server = ServerProcess::redis(spare_port(), &[]).await;
-    let store = store_on(&server).await;
+/// Every scripted operation of `store` (created on `server`), with the
+/// server's scripts and functions flushed after the first two writes;
+/// `flush` names what the store calls with (`"FUNCTION"` for the function
+/// library, `"SCRIPT"` for `EVALSHA`).
+async fn scripted_calls_survive_a_flush(store: &RedisStore, server: &ServerProcess, flush: &str) {
     let client = redis::Client::open(server.url("redis")).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
 
@@ -127,20 +128,28 @@ async fn scripts_are_reloaded_after_script_flush() {
         .await
         .unwrap();
     assert!(
-        cached_scripts(&mut raw).await >= 2,
-        "scripts were not cached"
+        held(&mut raw, flush).await >= 1,
+        "the store did not call with {flush}"
+    );
+    let other = if flush == "SCRIPT" {
+        "FUNCTION"
+    } else {
+        "SCRIPT"
+    };
+    assert_eq!(
+        held(&mut raw, other).await,
+        0,
+        "the store called with {other} as well"
     );
 
-    redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async::<()>(&mut raw)
-        .await
-        .unwrap();
-    assert_eq!(
-        cached_scripts(&mut raw).await,
-        0,
-        "SCRIPT FLUSH left scripts"
-    );
+    for what in ["SCRIPT", "FUNCTION"] {
+        redis::cmd(what)
+            .arg("FLUSH")
+            .query_async::<()>(&mut raw)
+            .await
+            .unwrap();
+    }
+    assert_eq!(held(&mut raw, flush).await, 0, "{flush} FLUSH left some");
 
     // Every scripted operation still works on the same store.
     store
@@ -159,12 +168,69 @@ async fn scripts_are_reloaded_after_script_flush() {
         .unwrap();
     assert_eq!(&store.load(&k).await.unwrap().unwrap().data[..], b"3");
     assert!(
-        cached_scripts(&mut raw).await >= 3,
-        "scripts were not reloaded"
+        held(&mut raw, flush).await >= 1,
+        "{flush}: not loaded again"
     );
     store.delete(&k).await.unwrap();
     assert_eq!(store.delete_user("flush").await.unwrap(), 1);
     assert!(store.load(&k2).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_are_reloaded_after_function_flush() {
+    let server = ServerProcess::redis(spare_port(), &[]).await;
+    let store = store_on(&server).await;
+    scripted_calls_survive_a_flush(&store, &server, "FUNCTION").await;
+}
+
+/// A user that may not use Redis functions (as on Redis 6, which has
+/// none): the store calls the same scripts with `EVALSHA`, whether it
+/// learns that at connect or, made lazily, from its first `FCALL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_with_evalsha_where_functions_are_refused() {
+    let server = ServerProcess::redis(spare_port(), &[]).await;
+    let client = redis::Client::open(server.url("redis")).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "evalonly", "on", ">pw", "~*", "&*", "+@all"])
+        .arg(&["-function", "-fcall", "-fcall_ro"])
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    let url = server
+        .url("redis")
+        .replacen("redis://", "redis://evalonly:pw@", 1);
+    let builder = || {
+        RedisStore::builder()
+            .namespace("faults")
+            .operation_timeout(OP_TIMEOUT)
+    };
+    let eager = builder().connect(&url).await.unwrap();
+    scripted_calls_survive_a_flush(&eager, &server, "SCRIPT").await;
+    let lazy = builder().connect_lazy(&url).unwrap();
+    scripted_calls_survive_a_flush(&lazy, &server, "SCRIPT").await;
+}
+
+/// How many scripts (`"SCRIPT"`) or function libraries of this crate
+/// (`"FUNCTION"`) the server holds.
+async fn held(raw: &mut redis::aio::MultiplexedConnection, what: &str) -> i64 {
+    if what == "SCRIPT" {
+        cached_scripts(raw).await
+    } else {
+        session_libraries(raw).await
+    }
+}
+
+/// How many of this crate's function libraries the server holds.
+async fn session_libraries(raw: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let list: Vec<redis::Value> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg("session_*")
+        .query_async(raw)
+        .await
+        .unwrap();
+    i64::try_from(list.len()).unwrap()
 }
 
 /// How many scripts the server has cached.

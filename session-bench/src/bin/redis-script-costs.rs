@@ -1,6 +1,7 @@
 //! Server time per call of the Redis write path, from `INFO commandstats`
 //! (`usec_per_call`): a plain `SET`, scripts of growing size, the store's
-//! own compare-and-set (through `RedisStore::update`), and a staged write
+//! own compare-and-set (through `RedisStore::update`, an `FCALL` of its
+//! function library on Redis 7), and a staged write
 //! (`SET` to a staging key, then a script that checks and renames).
 //!
 //! ```sh
@@ -123,7 +124,7 @@ impl Measurement {
             Self::PlainSet => "plain SET … PX",
             Self::EmptyScript => "EVALSHA `return 1`, 10 arguments",
             Self::BareCas => "EVALSHA `GETRANGE` + `SET`",
-            Self::StoreUpdate => "the store's `update` (one EVALSHA)",
+            Self::StoreUpdate => "the store's `update` (one FCALL of its function library)",
             Self::Staged => "staged: `SET` + EVALSHA `GETRANGE`, `RENAME`, `PEXPIRE`",
         }
     }
@@ -234,7 +235,7 @@ async fn measure(
             while let Some(r) = runs.join_next().await {
                 r??;
             }
-            let cost = usec_per_call(conn, &["evalsha"]).await;
+            let cost = usec_per_call(conn, &["fcall"]).await;
             for k in &keys {
                 store.delete(k).await?;
             }
