@@ -189,11 +189,14 @@ async fn systems_for(
         ));
     }
     if b == Backend::Memcached {
-        let store =
-            session_bench::systems::our_store("memcached-async", servers, &ns(&format!("a{tag}")))
-                .await?;
+        let store = session_bench::systems::our_store(
+            "memcached-blocking",
+            servers,
+            &ns(&format!("a{tag}")),
+        )
+        .await?;
         out.push((
-            "manager (async transport)".into(),
+            "manager (blocking transport)".into(),
             Box::new(systems::Manager::with_config(store, session_config(args)?)),
         ));
     }

@@ -796,15 +796,16 @@ pub async fn our_store(
             store.migrate().await?;
             Arc::new(store)
         }
+        // The default transport (the builder's): the Tokio client.
         "memcached" => {
             let config = session_memcached::MemcachedConfig::new([servers.memcached.as_str()])?
                 .with_namespace(ns)?;
-            Arc::new(session_memcached::MemcachedStore::new_blocking(config)?)
+            Arc::new(session_memcached::MemcachedStore::new_async(config).await?)
         }
-        "memcached-async" => {
+        "memcached-blocking" => {
             let config = session_memcached::MemcachedConfig::new([servers.memcached.as_str()])?
                 .with_namespace(ns)?;
-            Arc::new(session_memcached::MemcachedStore::new_async(config).await?)
+            Arc::new(session_memcached::MemcachedStore::new_blocking(config)?)
         }
         other => return Err(format!("unknown backend {other}").into()),
     })
