@@ -1,6 +1,6 @@
 //! The server-side Lua scripts.
 //!
-//! On Redis 7+ they are one function library (see [`Library`]), loaded
+//! On Redis 7+ they are one function library (see `Library`), loaded
 //! with `FUNCTION LOAD` when the store connects, and each call is an
 //! `FCALL`: the shared helpers are then created once per load instead of
 //! once per call. Where functions are refused (Redis 6, an ACL without
@@ -8,7 +8,7 @@
 //! on the first `NOSCRIPT` reply) and invoked by its SHA-1 with `EVALSHA`.
 //! Either way a call carries only keys and arguments, and after a server
 //! restart, `FUNCTION FLUSH` or `SCRIPT FLUSH` the first call finds its
-//! code missing and loads it again transparently (see [`run`]).
+//! code missing and loads it again transparently (see `run`).
 //!
 //! Every script reads the fixed record header with `GETRANGE` (see
 //! [`crate::codec`]) at offsets it takes from Lua locals that
@@ -32,8 +32,9 @@
 //! in the user's index (`<prefix>:s:{<member>}`) to count and evict them,
 //! and `DELETE` follows moved markers to the keys they name.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind};
 
@@ -684,10 +685,28 @@ const ALL: [(&str, &str, Oom); 12] = [
 pub(crate) struct Library {
     /// `#!lua name=…` source registering every script.
     code: String,
-    /// Whether calls use `FCALL`: set once the library was loaded, cleared
-    /// when a server refuses to load it.
-    functions: AtomicBool,
+    /// [`UNKNOWN`], [`ON`] (calls use `FCALL`) or [`OFF`] (the server
+    /// refused functions: `EVALSHA`).
+    state: AtomicU8,
+    /// When (ms on [`Instant`] since `epoch`) a load may be tried again
+    /// after one failed for a reason other than a refusal.
+    next_try_ms: AtomicU64,
+    epoch: Instant,
+    /// One load at a time: calls that find the library missing together
+    /// send one `FUNCTION LOAD` each, one after the other (the later ones
+    /// answered "already exists", with nothing compiled or written).
+    loading: tokio::sync::Mutex<()>,
 }
+
+/// Not loaded yet (calls use `EVALSHA`, and try to load it).
+const UNKNOWN: u8 = 0;
+/// Loaded: calls use `FCALL`.
+const ON: u8 = 1;
+/// Refused by the server: calls use `EVALSHA`.
+const OFF: u8 = 2;
+/// Least time between two load attempts that failed without a refusal
+/// (a full or loading server, a demoted node, a lost connection).
+const RETRY_LOAD_AFTER: Duration = Duration::from_secs(1);
 
 impl Library {
     fn new(layout: &str) -> (Self, String) {
@@ -705,50 +724,70 @@ impl Library {
         }
         let helpers = concat!(prelude!(), rotation!());
         let unnamed = format!("{layout}{helpers}{defs}");
-        // A 64-bit prefix of the code's SHA-1 (the one `EVALSHA` uses).
+        // A 64-bit prefix of the code's SHA-1 (the one `EVALSHA` uses): the
+        // same name is the same code, so a library already there under it
+        // is this one.
         let sha1 = Script::new(&unnamed).get_hash().to_owned();
         let name = format!("session_{}", &sha1[..16]);
         let code = format!("#!lua name={name}\nlocal NAME = '{name}'\n{unnamed}");
         (
             Self {
                 code,
-                // Until a server says otherwise: the first call that finds
-                // the library missing loads it.
-                functions: AtomicBool::new(true),
+                state: AtomicU8::new(UNKNOWN),
+                next_try_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
+                loading: tokio::sync::Mutex::new(()),
             },
             name,
         )
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a load may be tried now (not refused, and not within
+    /// [`RETRY_LOAD_AFTER`] of a failed one).
+    fn may_try(&self) -> bool {
+        self.state.load(Ordering::Acquire) != OFF
+            && self.now_ms() >= self.next_try_ms.load(Ordering::Acquire)
+    }
+
     /// Loads the library on the server(s) behind `conn` (every primary of
-    /// a cluster); on a refusal (Redis 6, an ACL without `FUNCTION`) the
-    /// scripts are called with `EVALSHA` from then on.
+    /// a cluster) with `FUNCTION LOAD`; a library already there under its
+    /// name counts as loaded. Calls use `FCALL` once it is; on a refusal
+    /// (Redis 6, an ACL without `FUNCTION`) they use `EVALSHA` from then
+    /// on; any other failure is tried again by a call at least
+    /// [`RETRY_LOAD_AFTER`] later.
     pub(crate) async fn load(&self, conn: &mut Conn) -> RedisResult<()> {
+        let _one_at_a_time = self.loading.lock().await;
         let loaded = Cmd::new()
             .arg("FUNCTION")
             .arg("LOAD")
-            .arg("REPLACE")
             .arg(&self.code)
             .query_async::<redis::Value>(conn)
             .await;
         match loaded {
-            Ok(_) => {
-                self.functions.store(true, Ordering::Release);
-                Ok(())
-            }
-            Err(e) => {
-                // A refusal (an error reply), not a lost connection.
-                if e.code().is_some() {
-                    self.functions.store(false, Ordering::Release);
+            Err(e) if !already_exists(&e) => {
+                if refused(&e) {
+                    self.state.store(OFF, Ordering::Release);
+                } else {
+                    let retry = u64::try_from(RETRY_LOAD_AFTER.as_millis()).unwrap_or(u64::MAX);
+                    self.next_try_ms
+                        .store(self.now_ms().saturating_add(retry), Ordering::Release);
                 }
                 Err(e)
+            }
+            _ => {
+                self.state.store(ON, Ordering::Release);
+                Ok(())
             }
         }
     }
 
     /// Whether calls go out as `FCALL`.
     pub(crate) fn uses_functions(&self) -> bool {
-        self.functions.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) == ON
     }
 }
 
@@ -886,13 +925,26 @@ fn function_missing(e: &redis::RedisError) -> bool {
             .is_some_and(|d| d.starts_with("Function not found"))
 }
 
-/// Whether `e` refuses `FCALL` itself (Redis 6: unknown command; an ACL
-/// without it): the call did not run.
-fn fcall_refused(e: &redis::RedisError) -> bool {
+/// Whether `e` answers `FUNCTION LOAD` of a library whose name is taken:
+/// by this very code, as the name is its hash.
+fn already_exists(e: &redis::RedisError) -> bool {
+    e.code() == Some("ERR")
+        && e.detail()
+            .is_some_and(|d| d.starts_with("Library") && d.ends_with("already exists"))
+}
+
+/// Whether `e` refuses a function command itself (`FCALL`, `FUNCTION
+/// LOAD`): Redis 6 does not know it, or an ACL forbids it. The command did
+/// not run, and will not run on this server.
+fn refused(e: &redis::RedisError) -> bool {
     let detail = e.detail().unwrap_or_default().to_ascii_lowercase();
     match e.code() {
-        Some("ERR") => detail.starts_with("unknown command"),
-        Some("NOPERM") => detail.contains("'fcall'"),
+        Some("ERR") => {
+            detail.starts_with("unknown command") || detail.starts_with("unknown subcommand")
+        }
+        // Its wording names the command ('fcall', 'function|load'); a key
+        // the user may not touch reads otherwise.
+        Some("NOPERM") => detail.contains("'fcall'") || detail.contains("'function"),
         _ => false,
     }
 }
@@ -925,47 +977,137 @@ async fn eval<T: FromRedisValue>(script: &LuaScript, cmd: &Cmd, conn: &mut Conn)
 
 /// Sends `cmd` (built by [`evalsha`] for `script`).
 ///
-/// An `EVALSHA` answered `NOSCRIPT` loads its script and goes once more.
-/// An `FCALL` whose function is missing loads the library and goes once
-/// more; one the server refuses (no functions, or the library refused)
-/// goes as `EVALSHA`, and so do later calls. None of these replies means
-/// the call ran, so sending it again runs it at most once.
+/// An `EVALSHA` answered `NOSCRIPT` loads its script and goes once more;
+/// while the library has not been loaded, an `EVALSHA` first tries to
+/// load it, so later calls use `FCALL`. An `FCALL` whose function is
+/// missing loads the library and goes once more; if the library cannot be
+/// loaded, or the server refuses `FCALL`, this call goes as `EVALSHA`.
+/// None of these replies means the call ran, so sending it again runs it
+/// at most once.
 pub(crate) async fn run<T: FromRedisValue>(
     script: &LuaScript,
     cmd: &Cmd,
     conn: &mut Conn,
 ) -> RedisResult<T> {
+    let library = &script.library;
     let fcall = cmd
         .args_iter()
         .next()
         .is_some_and(|a| matches!(a, redis::Arg::Simple(b"FCALL")));
     if !fcall {
-        return eval(script, cmd, conn).await;
-    }
-    match cmd.query_async(conn).await {
-        Err(e) if function_missing(&e) => {
-            tracing::debug!(target: "session_redis", "function library missing; loading it");
-            match script.library.load(conn).await {
-                Ok(()) => cmd.query_async(conn).await,
-                Err(e) if e.code().is_some() => {
-                    tracing::warn!(target: "session_redis", error = %e, "the server refused the function library; calling scripts with EVALSHA");
-                    eval(script, &as_evalsha(script, cmd), conn).await
-                }
-                Err(e) => Err(e),
+        if library.state.load(Ordering::Acquire) == UNKNOWN && library.may_try() {
+            if let Err(e) = library.load(conn).await {
+                tracing::debug!(target: "session_redis", error = %e, "function library not loaded; calling scripts with EVALSHA");
             }
         }
-        Err(e) if fcall_refused(&e) => {
-            tracing::warn!(target: "session_redis", error = %e, "the server refused FCALL; calling scripts with EVALSHA");
-            script.library.functions.store(false, Ordering::Release);
-            eval(script, &as_evalsha(script, cmd), conn).await
-        }
-        other => other,
+        return eval(script, cmd, conn).await;
     }
+    let refusal = match cmd.query_async(conn).await {
+        Err(e) if function_missing(&e) => {
+            tracing::debug!(target: "session_redis", "function library missing; loading it");
+            if library.may_try() {
+                match library.load(conn).await {
+                    Ok(()) => return cmd.query_async(conn).await,
+                    Err(e) => e,
+                }
+            } else {
+                e
+            }
+        }
+        Err(e) if refused(&e) => {
+            library.state.store(OFF, Ordering::Release);
+            e
+        }
+        other => return other,
+    };
+    if library.state.load(Ordering::Acquire) == OFF {
+        tracing::warn!(target: "session_redis", error = %refusal, "the server refuses Redis functions; calling scripts with EVALSHA");
+    } else {
+        tracing::debug!(target: "session_redis", error = %refusal, "function library unavailable; this call goes as EVALSHA");
+    }
+    eval(script, &as_evalsha(script, cmd), conn).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error a client gets for the reply line `-{line}`.
+    fn reply(line: &str) -> redis::RedisError {
+        redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+            .expect("an error reply parses")
+            .extract_error()
+            .expect_err("an error reply is an error")
+    }
+
+    /// The replies Redis 6.2, 7.0 and 7.2 give, word for word.
+    #[test]
+    fn function_replies_are_told_apart() {
+        let missing = reply("ERR Function not found");
+        assert!(function_missing(&missing) && !refused(&missing) && !already_exists(&missing));
+        let exists = reply("ERR Library 'session_0123456789abcdef' already exists");
+        assert!(already_exists(&exists) && !refused(&exists) && !function_missing(&exists));
+        for refusal in [
+            // Redis 6.2 knows neither command.
+            "ERR unknown command `FCALL`, with args beginning with: `session_x_update`, `1`, ",
+            "ERR unknown command 'FUNCTION', with args beginning with: 'LOAD' ",
+            "ERR unknown subcommand 'LOAD'. Try FUNCTION HELP.",
+            // ACLs, 7.0 and 7.2 wording.
+            "NOPERM this user has no permissions to run the 'fcall' command",
+            "NOPERM this user has no permissions to run the 'function|load' command",
+            "NOPERM User evalonly has no permissions to run the 'fcall' command",
+        ] {
+            let e = reply(refusal);
+            assert!(refused(&e), "{refusal}");
+            assert!(!function_missing(&e) && !already_exists(&e), "{refusal}");
+        }
+        for other in [
+            // A key the user may not touch, a full server, a demoted or
+            // loading node: not a refusal of functions.
+            "NOPERM this user has no permissions to access one of the keys used as arguments",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "READONLY You can't write against a read only replica.",
+            "LOADING Redis is loading the dataset in memory",
+            "ERR Error running script (call to f_123): @user_script:1: boom",
+        ] {
+            let e = reply(other);
+            assert!(!refused(&e), "{other}");
+            assert!(!function_missing(&e) && !already_exists(&e), "{other}");
+        }
+    }
+
+    /// Every script is a function of the library, with its OOM flags.
+    #[test]
+    fn the_library_registers_every_script() {
+        let scripts = Scripts::new();
+        let code = &scripts.library.code;
+        let name = code
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("#!lua name="))
+            .expect("a library header");
+        assert!(name.starts_with("session_") && name.len() == "session_".len() + 16);
+        for (field, _, oom) in ALL {
+            let at = code
+                .find(&format!("NAME .. '_{field}'"))
+                .unwrap_or_else(|| panic!("{field} is not registered"));
+            let end = code[at..]
+                .find("\nredis.register_function")
+                .map_or(code.len(), |n| at + n);
+            let registration = &code[at..end];
+            let flags = match oom {
+                Oom::Deny => None,
+                Oom::Allow => Some("'allow-oom'"),
+                Oom::ReadOnly => Some("'no-writes'"),
+            };
+            match flags {
+                Some(f) => assert!(registration.contains(f), "{field} lacks {f}"),
+                None => assert!(!registration.contains("flags="), "{field} has flags"),
+            }
+        }
+        assert!(scripts.update.function.starts_with(name));
+        assert!(!scripts.library.uses_functions(), "on before any load");
+    }
 
     /// Record offsets come only from [`layout_lua`]: no script body names
     /// one as a number (the positions and `GETRANGE` offsets of the

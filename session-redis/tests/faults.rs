@@ -117,6 +117,7 @@ async fn fault_restarts_lose_no_acknowledged_write() {
 async fn scripted_calls_survive_a_flush(store: &RedisStore, server: &ServerProcess, flush: &str) {
     let client = redis::Client::open(server.url("redis")).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    flush_all_code(&mut raw).await;
 
     let k = key();
     store
@@ -142,13 +143,7 @@ async fn scripted_calls_survive_a_flush(store: &RedisStore, server: &ServerProce
         "the store called with {other} as well"
     );
 
-    for what in ["SCRIPT", "FUNCTION"] {
-        redis::cmd(what)
-            .arg("FLUSH")
-            .query_async::<()>(&mut raw)
-            .await
-            .unwrap();
-    }
+    flush_all_code(&mut raw).await;
     assert_eq!(held(&mut raw, flush).await, 0, "{flush} FLUSH left some");
 
     // Every scripted operation still works on the same store.
@@ -209,6 +204,81 @@ async fn scripts_run_with_evalsha_where_functions_are_refused() {
     scripted_calls_survive_a_flush(&eager, &server, "SCRIPT").await;
     let lazy = builder().connect_lazy(&url).unwrap();
     scripted_calls_survive_a_flush(&lazy, &server, "SCRIPT").await;
+
+    // May call functions but not load them: the same.
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "callonly", "on", ">pw", "~*", "&*", "+@all"])
+        .arg(&["-function", "+function|list"])
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    let url = server
+        .url("redis")
+        .replacen("redis://", "redis://callonly:pw@", 1);
+    let call_only = builder().connect(&url).await.unwrap();
+    scripted_calls_survive_a_flush(&call_only, &server, "SCRIPT").await;
+}
+
+/// A server at `maxmemory` with `noeviction` (the setting the store asks
+/// for): writes that may grow memory fail with a typed error, while reads,
+/// logout and "log out everywhere" go on working, so users can still leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_still_logs_users_out() {
+    let server = ServerProcess::redis(
+        spare_port(),
+        &["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"],
+    )
+    .await;
+    let store = store_on(&server).await;
+    let mut sessions = Vec::new();
+    let full = loop {
+        let k = key();
+        match store
+            .create(&k, &record(Some("full"), &[7u8; 4096], 1))
+            .await
+        {
+            Ok(()) => sessions.push(k),
+            Err(e) => break e,
+        }
+        assert!(sessions.len() < 5_000, "3 MB never filled up");
+    };
+    assert!(
+        matches!(full, StoreError::Backend(_)),
+        "a full server's refusal: {full:?}"
+    );
+    assert!(sessions.len() > 10, "filled up after {}", sessions.len());
+    let err = store
+        .update(&sessions[0], 1, &record(Some("full"), &[8u8; 4096], 2))
+        .await
+        .expect_err("an update that may grow memory on a full server");
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert_eq!(
+        store.load(&sessions[0]).await.unwrap().unwrap().version,
+        1,
+        "the refused update changed the session"
+    );
+    store
+        .delete(&sessions[1])
+        .await
+        .expect("a logout on a full server");
+    assert!(store.load(&sessions[1]).await.unwrap().is_none());
+    let ended = store
+        .delete_user("full")
+        .await
+        .expect("log out everywhere on a full server");
+    assert_eq!(ended, u64::try_from(sessions.len() - 1).unwrap());
+    assert!(store.load(&sessions[0]).await.unwrap().is_none());
+}
+
+/// Drops every script and function the server holds.
+async fn flush_all_code(raw: &mut redis::aio::MultiplexedConnection) {
+    for what in ["SCRIPT", "FUNCTION"] {
+        redis::cmd(what)
+            .arg("FLUSH")
+            .query_async::<()>(raw)
+            .await
+            .unwrap();
+    }
 }
 
 /// How many scripts (`"SCRIPT"`) or function libraries of this crate
