@@ -1,6 +1,7 @@
 //! `EncryptedStore` over each real backend: the whole conformance suite, the
 //! fault scenarios (through a fault proxy in front of each server), and a
 //! raw read of the backend that finds neither the plaintext nor the user.
+//! The suite runs over Redis with its near cache on as well.
 //!
 //! Servers come from `REDIS_URL`, `DATABASE_URL` and `MEMCACHED_URL` (the
 //! defaults are the local ones `scripts/services.sh` starts); a missing
@@ -100,6 +101,21 @@ mod over_redis {
             super::EncryptedStore::new(inner, super::ring())
         }
     );
+}
+
+/// With the near cache on, the store `EncryptedStore` wraps serves loads
+/// from memory: the suite's lifecycle and racing cases run over it too.
+mod over_near_cached_redis {
+    session_core::conformance_suite!(|ns: String| async move {
+        let url = super::servers::redis_url();
+        let inner = super::RedisStore::builder()
+            .namespace(format!("enc_near_{ns}"))
+            .near_cache(session_redis::NearCache::new())
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("no Redis at {}: {e}", super::redact_url(&url)));
+        super::EncryptedStore::new(inner, super::ring())
+    });
 }
 
 mod over_postgres {
