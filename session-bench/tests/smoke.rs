@@ -31,13 +31,12 @@ async fn ours(backend: &str, tag: &str) -> Arc<dyn session_core::SessionStore> {
 async fn all_systems(backend: &str) {
     let servers = Servers::from_env();
     let ns = format!("smoke{}{backend}", std::process::id());
-    for (i, variant) in [backend, &format!("{backend}-async")]
-        .into_iter()
-        .enumerate()
-    {
-        if i == 1 && backend != "memcached" {
-            continue;
-        }
+    let variants: &[&str] = match backend {
+        "memcached" => &["memcached", "memcached-blocking"],
+        "redis" => &["redis", "redis-near-cache"],
+        other => &[other],
+    };
+    for &variant in variants {
         smoke(
             &format!("{variant} manager"),
             Box::new(systems::Manager::new(ours(variant, "m").await)),
