@@ -264,8 +264,9 @@ pub(crate) fn pending_marker() -> [u8; HEADER_LEN] {
     out[0] = FORMAT_PENDING;
     out
 }
-/// Offset of `last_access`, followed by `idle_deadline`.
-#[cfg(test)]
+
+/// Offset of `last_access`, followed by `idle_deadline` (what a touch
+/// rewrites).
 pub(crate) const TOUCH_OFFSET: usize = layout::LAST_ACCESS;
 
 /// Decodes a stored value without copying the data: the returned record's

@@ -40,6 +40,14 @@
 //!   stored what it read before the write: the write then drops it. Every
 //!   lease is taken before the key's tracking connection is chosen, so a
 //!   connection replaced in between (which flushes) voids it.
+//! - **Touches are written through** the same way (`touch` moves only the
+//!   last access and the idle deadline): the lease also takes the copy it
+//!   replaces, and when the touch applied under a lease still there, that
+//!   copy with the two deadlines patched in becomes the copy again, as old
+//!   as it was (a patch does not renew `max_age`). It equals the server's
+//!   record: any write between the copy's read and the touch was pushed
+//!   before the touch's reply, voiding the lease. A touch that deleted the
+//!   key (its new deadline already passed) keeps nothing.
 //! - **Other own writes.** When another write of this store returns (it goes
 //!   on the ordinary connection, so the server pushes it like anyone's), the
 //!   keys it changed are dropped locally (the push may still be on its way).
@@ -101,10 +109,10 @@ const SHARDS: usize = 16;
 /// visible to its own next `load` without a window (see the module docs).
 ///
 /// **Cost.** One extra connection per primary (which also carries the
-/// cached keys' reads and the updates), a heartbeat, a `ROLE` round trip
-/// after each `delete` and `delete_user`, and one `GET` for the first read
-/// after a write other than `update` (a rotation, a touch, another
-/// instance's write). On the server: its tracking table remembers, per
+/// cached keys' reads, the updates and the touches), a heartbeat, a `ROLE`
+/// round trip after each `delete` and `delete_user`, and one `GET` for the
+/// first read after a write other than `update` and `touch` (a rotation,
+/// another instance's write). On the server: its tracking table remembers, per
 /// instance, each key that instance read until the key changes. Redis
 /// bounds that table with `tracking-table-max-keys` (default 1,000,000
 /// keys, all clients together) and does not tell a `NOLOOP` client of the
@@ -301,9 +309,30 @@ impl WriteGuard<'_> {
     /// Ends the write; see [`LocalCache::complete_write`].
     pub(crate) fn complete(mut self, written: Option<Bytes>) {
         if let Some(lease) = self.lease.take() {
-            self.cache.complete_write(self.key, lease, written);
+            self.cache
+                .complete_write_stamped(self.key, lease, written, Instant::now());
         }
     }
+
+    /// Ends a write that changed part of `copy` (a touch): `patched`, the
+    /// copy with the write applied, is kept as for
+    /// [`complete`](Self::complete), but as old as `copy` (a patch does not
+    /// renew [`NearCache::max_age`]).
+    pub(crate) fn complete_patched(mut self, copy: &CachedCopy, patched: Bytes) {
+        if let Some(lease) = self.lease.take() {
+            self.cache
+                .complete_write_stamped(self.key, lease, Some(patched), copy.stored);
+        }
+    }
+}
+
+/// The copy a write replaced with its lease (see
+/// [`LocalCache::write_guard_over_copy`]).
+pub(crate) struct CachedCopy {
+    /// The cached record's bytes.
+    pub(crate) bytes: Bytes,
+    /// When they were read from Redis.
+    stored: Instant,
 }
 
 impl Drop for WriteGuard<'_> {
@@ -512,6 +541,41 @@ impl LocalCache {
         })
     }
 
+    /// [`Self::write_guard`], also returning the copy the lease replaced
+    /// (if one was cached and younger than `max_age`), for a write that
+    /// changes part of it: the server held exactly those bytes when the
+    /// lease was taken, unless an invalidation is on its way, which then
+    /// voids the lease.
+    pub(crate) fn write_guard_over_copy<'a>(
+        &'a self,
+        key: &'a [u8],
+    ) -> Option<(WriteGuard<'a>, Option<CachedCopy>)> {
+        if !self.serving() {
+            return None;
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let max = self.max_shard_bytes();
+        let mut shard = self.shard(key);
+        let copy = match shard.map.peek(key) {
+            Some(Slot::Value { bytes, stored }) if stored.elapsed() <= self.config.max_age => {
+                Some(CachedCopy {
+                    bytes: bytes.clone(),
+                    stored: *stored,
+                })
+            }
+            _ => None,
+        };
+        shard.put(key.into(), Slot::Lease(token), max);
+        drop(shard);
+        let guard = WriteGuard {
+            cache: self,
+            key,
+            lease: Some(Lease { token, generation }),
+        };
+        Some((guard, copy))
+    }
+
     /// Ends a write taken with [`Self::write_lease`]: `written` (the bytes
     /// the write stored, `None` if it stored nothing or its outcome is
     /// unknown) becomes the copy if the lease is still under `key` (no
@@ -519,6 +583,17 @@ impl LocalCache {
     /// Otherwise whatever is under `key` is dropped: a load that shared
     /// the lease may have stored what it read before the write.
     pub(crate) fn complete_write(&self, key: &[u8], lease: Lease, written: Option<Bytes>) {
+        self.complete_write_stamped(key, lease, written, Instant::now());
+    }
+
+    /// [`Self::complete_write`], the copy counted as read at `stored`.
+    fn complete_write_stamped(
+        &self,
+        key: &[u8],
+        lease: Lease,
+        written: Option<Bytes>,
+        stored: Instant,
+    ) {
         let mut shard = self.shard(key);
         let ours = matches!(shard.map.peek(key), Some(Slot::Lease(t)) if *t == lease.token);
         match written {
@@ -527,10 +602,7 @@ impl LocalCache {
                     && self.generation.load(Ordering::Acquire) == lease.generation
                     && key.len() + bytes.len() + ENTRY_OVERHEAD <= self.max_shard_bytes() =>
             {
-                let slot = Slot::Value {
-                    bytes,
-                    stored: Instant::now(),
-                };
+                let slot = Slot::Value { bytes, stored };
                 let max = self.max_shard_bytes();
                 shard.put(key.into(), slot, max);
             }
@@ -672,6 +744,49 @@ mod tests {
         cache.flush();
         cache.complete_write(b"k", lease, Some(Bytes::from_static(b"v")));
         assert_eq!(cache.get(b"k"), None);
+    }
+
+    #[test]
+    fn a_patch_keeps_the_copy_it_replaced_only_under_its_lease() {
+        let cache = serving_cache(NearCache::new().max_age(Duration::from_millis(200)));
+        let lease = cache.lease(b"k").expect("serving");
+        cache.complete(b"k", lease, Some(Bytes::from_static(b"v1")));
+
+        // The copy comes back with the lease, which replaces it.
+        let (guard, copy) = cache.write_guard_over_copy(b"k").expect("serving");
+        let copy = copy.expect("a copy was cached");
+        assert_eq!(&copy.bytes[..], b"v1");
+        assert_eq!(cache.get(b"k"), None, "the lease replaced the copy");
+        guard.complete_patched(&copy, Bytes::from_static(b"v1 touched"));
+        assert_eq!(cache.get(b"k").as_deref(), Some(&b"v1 touched"[..]));
+
+        // An invalidation in between: nothing kept.
+        let (guard, copy) = cache.write_guard_over_copy(b"k").expect("serving");
+        cache.invalidate(b"k");
+        guard.complete_patched(&copy.expect("cached"), Bytes::from_static(b"stale"));
+        assert_eq!(cache.get(b"k"), None);
+
+        // No copy: nothing to patch, and the lease still voids a load's.
+        let load = cache.lease(b"k").expect("serving");
+        let (guard, copy) = cache.write_guard_over_copy(b"k").expect("serving");
+        assert!(copy.is_none());
+        cache.complete(b"k", load, Some(Bytes::from_static(b"read before")));
+        guard.complete(None);
+        assert_eq!(cache.get(b"k"), None);
+
+        // A patch does not renew the copy's age.
+        let lease = cache.lease(b"k").expect("serving");
+        cache.complete(b"k", lease, Some(Bytes::from_static(b"v2")));
+        std::thread::sleep(Duration::from_millis(120));
+        let (guard, copy) = cache.write_guard_over_copy(b"k").expect("serving");
+        guard.complete_patched(&copy.expect("cached"), Bytes::from_static(b"v2 touched"));
+        assert!(cache.get(b"k").is_some());
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(
+            cache.get(b"k"),
+            None,
+            "older than max_age since it was read"
+        );
     }
 
     #[test]

@@ -268,7 +268,9 @@ return 1
 /// Moves last access and idle deadline in place, and the TTL.
 ///
 /// KEYS: session. ARGV: now, 16 bytes (last access, idle deadline), idle
-/// deadline. Returns 1 touched, 0 not found.
+/// deadline, track ("1" on a near cache's tracking connection: the key is
+/// read back after the write, as in [`UPDATE`]). Returns 1 touched (or
+/// deleted, its new deadline passed), 0 not found.
 const TOUCH: &str = concat!(
     prelude!(),
     r#"
@@ -284,6 +286,7 @@ local ttl = expires - now
 if ttl > 3153600000000 then ttl = 3153600000000 end
 redis.call('SETRANGE', KEYS[1], AT_LAST_ACCESS - 1, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
+if ARGV[4] == '1' then redis.call('EXISTS', KEYS[1]) end
 return 1
 "#
 );

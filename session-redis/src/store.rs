@@ -34,7 +34,7 @@ use crate::error::{
     is_connection_failure, is_never_sent, is_refused_unrun, is_wrong_node, store_error, SetupError,
 };
 use crate::keys::{InvalidPrefix, KeyPrefix};
-use crate::near_cache::NearCacheStats;
+use crate::near_cache::{CachedCopy, NearCacheStats};
 use crate::scripts::{self, create, delete, delete_if_user, lifecycle, update, Scripts};
 use crate::tracking::{Route, Tracker};
 
@@ -1569,34 +1569,99 @@ impl RedisStore {
         }
     }
 
+    /// `touch`; with a near cache, sent on the key's tracking connection
+    /// and written through: the cached copy, with the two deadlines
+    /// patched in, stays the copy if no invalidation came in between (as
+    /// for `update`, see [`crate::near_cache`]). Returns whether the cache
+    /// has already been brought up to date.
     async fn raw_touch(
         &self,
         key: &StorageKey,
         last_access: Timestamp,
         idle_deadline: Timestamp,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         let now = Timestamp::now();
         let session_key = self.prefix.session_key(key);
         let fields = codec::touch_bytes(last_access, idle_deadline);
         let script = &self.scripts().touch;
-        let mut cmd = scripts::evalsha(script, 1, session_key.len());
-        cmd.arg(&session_key)
-            .arg(now.as_unix_millis())
-            .arg(&fields[..])
-            .arg(idle_deadline.as_unix_millis());
+        let command = |track: bool| {
+            let mut cmd = scripts::evalsha(script, 1, session_key.len());
+            cmd.arg(&session_key)
+                .arg(now.as_unix_millis())
+                .arg(&fields[..])
+                .arg(idle_deadline.as_unix_millis())
+                .arg(if track { "1" } else { "0" });
+            cmd
+        };
+        // The lease (and the copy it replaced) first, then the route.
+        let tracked = self.shared.tracker.as_deref().and_then(|t| {
+            let (guard, copy) = t.cache().write_guard_over_copy(session_key.as_bytes())?;
+            match t.route(session_key.as_bytes()) {
+                Some(route) => Some((t, route, guard, copy)),
+                None => {
+                    guard.complete(None);
+                    None
+                }
+            }
+        });
         // Sets absolute values: a repeat after an applied first attempt
         // writes the same bytes and answers the same.
-        let touched: i64 = self
-            .bounded(
-                "touch",
+        let out = self
+            .bounded("touch", async {
+                if let Some((tracker, route, _, _)) = &tracked {
+                    let mut conn = Conn::Tracked(route.conn.clone());
+                    match scripts::run::<i64>(script, &command(true), &mut conn).await {
+                        Ok(code) => return Ok((code, true)),
+                        // Idempotent: sent again the usual way, whether or
+                        // not this one ran (the cache keeps nothing).
+                        Err(e) if is_refused_unrun(&e) => {
+                            tracker.lost(route.link, "a tracking connection refused a write");
+                        }
+                        Err(_) => {
+                            tracker.lost(route.link, "a write on a tracking connection failed");
+                        }
+                    }
+                }
+                let cmd = command(false);
                 self.retrying("touch", Retry::Idempotent, |mut conn| {
                     let cmd = &cmd;
                     async move { scripts::run(script, cmd, &mut conn).await }
-                }),
-            )
-            .await?;
+                })
+                .await
+                .map(|code| (code, false))
+            })
+            .await;
+        let cache_done = tracked.is_some();
+        if let Some((_, _, guard, copy)) = tracked {
+            // The script deletes the key when its new deadline has passed:
+            // then nothing is kept (the key is no longer tracked for this
+            // instance, so a later record under it would not be pushed).
+            let kept = |copy: &CachedCopy| {
+                let at = session_core::codec::layout::ABSOLUTE_DEADLINE;
+                let absolute = copy
+                    .bytes
+                    .get(at..at + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(i64::from_be_bytes);
+                copy.bytes.len() >= codec::TOUCH_OFFSET + 16
+                    && absolute.is_some_and(|absolute| {
+                        idle_deadline.as_unix_millis().min(absolute) > now.as_unix_millis()
+                    })
+            };
+            match (&out, copy) {
+                // The copy as the server now holds it: the same bytes, the
+                // deadlines moved.
+                (Ok((1, true)), Some(copy)) if kept(&copy) => {
+                    let mut patched = copy.bytes.to_vec();
+                    patched[codec::TOUCH_OFFSET..codec::TOUCH_OFFSET + 16].copy_from_slice(&fields);
+                    guard.complete_patched(&copy, Bytes::from(patched));
+                }
+                _ => guard.complete(None),
+            }
+        }
+        let (touched, _) = out?;
         if touched == 1 {
-            Ok(())
+            Ok(cache_done)
         } else {
             Err(StoreError::NotFound)
         }
@@ -1787,9 +1852,15 @@ impl SessionStore for RedisStore {
         last_access: Timestamp,
         idle_deadline: Timestamp,
     ) -> StoreResult<()> {
-        let out = self.raw_touch(key, last_access, idle_deadline).await;
-        self.after_write_to(&out, [key]).await;
-        out
+        match self.raw_touch(key, last_access, idle_deadline).await {
+            // The near cache holds the touched copy, or dropped it.
+            Ok(true) => Ok(()),
+            out => {
+                let out = out.map(drop);
+                self.after_write_to(&out, [key]).await;
+                out
+            }
+        }
     }
 
     async fn delete(&self, key: &StorageKey) -> StoreResult<()> {

@@ -273,6 +273,78 @@ async fn updates_are_written_through_cluster() {
     updates_are_written_through(true).await;
 }
 
+/// A touch through A keeps A's copy, with the deadlines moved (its next
+/// load is a hit on them); a later write by B still reaches A; a touch to
+/// a deadline already past leaves nothing to load on either instance.
+async fn touches_are_written_through(on_cluster: bool) {
+    let (a, b) = pair(on_cluster).await;
+    let rounds = 40u64;
+    let mut hits = 0;
+    for round in 0..rounds {
+        let k = key();
+        a.create(&k, &record(None, b"v1", 1)).await.unwrap();
+        let cached = cached_on(&a, &k).await;
+        let later = cached
+            .last_access
+            .saturating_add(Duration::from_millis(500));
+        let idle = later.saturating_add(Duration::from_secs(600));
+        a.touch(&k, later, idle).await.unwrap();
+        let before = a.near_cache_stats().expect("near cache on");
+        let loaded = a.load(&k).await.unwrap().expect("touched, still live");
+        assert_eq!(
+            (loaded.last_access, loaded.idle_deadline, loaded.version),
+            (later, idle, 1),
+            "round {round}: A reads its own touch"
+        );
+        assert_eq!(loaded.data, cached.data, "round {round}");
+        if a.near_cache_stats().expect("near cache on").hits > before.hits {
+            hits += 1;
+        }
+        // B writes after A's written-through touch: A follows.
+        b.update(&k, 1, &record(None, b"v2", 2)).await.unwrap();
+        until(&a, &k, "B's update after A's written-through touch", |r| {
+            r.as_ref().is_some_and(|r| r.version == 2)
+        })
+        .await;
+        // A touch to a deadline already past ends the session everywhere.
+        cached_on(&a, &k).await;
+        cached_on(&b, &k).await;
+        let now = Timestamp::now();
+        let past = now.saturating_sub(Duration::from_secs(1));
+        a.touch(&k, now, past).await.unwrap();
+        assert!(a.load(&k).await.unwrap().is_none(), "round {round}: A");
+        until(
+            &b,
+            &k,
+            "a touch that ended the session on A",
+            Option::is_none,
+        )
+        .await;
+        // A new record under the same key (as a conformance case may
+        // write) reaches A too: A kept no copy of the deleted one.
+        b.create(&k, &record(None, b"again", 1)).await.unwrap();
+        until(&a, &k, "a record created again under the key", |r| {
+            r.as_ref()
+                .is_some_and(|r| r.data == Bytes::from_static(b"again"))
+        })
+        .await;
+    }
+    assert!(
+        hits * 4 >= rounds * 3,
+        "only {hits} of {rounds} loads after a touch were served from the cache"
+    );
+}
+
+#[tokio::test]
+async fn touches_are_written_through_single() {
+    touches_are_written_through(false).await;
+}
+
+#[tokio::test]
+async fn touches_are_written_through_cluster() {
+    touches_are_written_through(true).await;
+}
+
 /// How long after a write returned no instance may still serve an older
 /// version, in the racing tests.
 const STALE_BOUND: Duration = Duration::from_millis(250);
