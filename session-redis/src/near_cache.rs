@@ -45,9 +45,12 @@
 //!   replaces, and when the touch applied under a lease still there, that
 //!   copy with the two deadlines patched in becomes the copy again, as old
 //!   as it was (a patch does not renew `max_age`). It equals the server's
-//!   record: any write between the copy's read and the touch was pushed
-//!   before the touch's reply, voiding the lease. A touch that deleted the
-//!   key (its new deadline already passed) keeps nothing.
+//!   record: another client's write between the copy's read and the touch
+//!   was pushed before the touch's reply, voiding the lease; this
+//!   instance's own write in flight on the tracking connection (an update
+//!   whose lease a load shared) drops the key when it completes, as it
+//!   does for that load's copy. A touch that deleted the key (its new
+//!   deadline already passed) keeps nothing.
 //! - **Other own writes.** When another write of this store returns (it goes
 //!   on the ordinary connection, so the server pushes it like anyone's), the
 //!   keys it changed are dropped locally (the push may still be on its way).
@@ -544,8 +547,9 @@ impl LocalCache {
     /// [`Self::write_guard`], also returning the copy the lease replaced
     /// (if one was cached and younger than `max_age`), for a write that
     /// changes part of it: the server held exactly those bytes when the
-    /// lease was taken, unless an invalidation is on its way, which then
-    /// voids the lease.
+    /// lease was taken, unless an invalidation is on its way (which then
+    /// voids the lease) or an own write of this instance is in flight
+    /// (which drops the key when it completes).
     pub(crate) fn write_guard_over_copy<'a>(
         &'a self,
         key: &'a [u8],
@@ -748,7 +752,7 @@ mod tests {
 
     #[test]
     fn a_patch_keeps_the_copy_it_replaced_only_under_its_lease() {
-        let cache = serving_cache(NearCache::new().max_age(Duration::from_millis(200)));
+        let cache = serving_cache(NearCache::new().max_age(Duration::from_secs(1)));
         let lease = cache.lease(b"k").expect("serving");
         cache.complete(b"k", lease, Some(Bytes::from_static(b"v1")));
 
@@ -774,14 +778,18 @@ mod tests {
         guard.complete(None);
         assert_eq!(cache.get(b"k"), None);
 
-        // A patch does not renew the copy's age.
+        // A patch does not renew the copy's age (the heartbeat is kept
+        // fresh, so only `max_age` can make the copy go).
         let lease = cache.lease(b"k").expect("serving");
         cache.complete(b"k", lease, Some(Bytes::from_static(b"v2")));
-        std::thread::sleep(Duration::from_millis(120));
+        std::thread::sleep(Duration::from_millis(600));
+        cache.heartbeat_ok(cache.now_ms());
         let (guard, copy) = cache.write_guard_over_copy(b"k").expect("serving");
         guard.complete_patched(&copy.expect("cached"), Bytes::from_static(b"v2 touched"));
         assert!(cache.get(b"k").is_some());
-        std::thread::sleep(Duration::from_millis(120));
+        std::thread::sleep(Duration::from_millis(600));
+        cache.heartbeat_ok(cache.now_ms());
+        assert!(cache.serving());
         assert_eq!(
             cache.get(b"k"),
             None,

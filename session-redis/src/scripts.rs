@@ -269,8 +269,8 @@ return 1
 ///
 /// KEYS: session. ARGV: now, 16 bytes (last access, idle deadline), idle
 /// deadline, track ("1" on a near cache's tracking connection: the key is
-/// read back after the write, as in [`UPDATE`]). Returns 1 touched (or
-/// deleted, its new deadline passed), 0 not found.
+/// read back after the write, as in [`UPDATE`]). Returns 1 touched, 2
+/// deleted (its new deadline has passed), 0 not found.
 const TOUCH: &str = concat!(
     prelude!(),
     r#"
@@ -280,7 +280,7 @@ if not live(h, now) then return 0 end
 local expires = math.min(tonumber(ARGV[3]), i64(h, AT_ABSOLUTE))
 if expires <= now then
   redis.call('DEL', KEYS[1])
-  return 1
+  return 2
 end
 local ttl = expires - now
 if ttl > 3153600000000 then ttl = 3153600000000 end
@@ -850,6 +850,12 @@ impl Scripts {
             library,
         }
     }
+}
+
+/// Result codes of [`TOUCH`].
+pub(crate) mod touch {
+    pub(crate) const TOUCHED: i64 = 1;
+    pub(crate) const DELETED: i64 = 2;
 }
 
 /// Result codes of [`UPDATE`].

@@ -34,8 +34,8 @@ use crate::error::{
     is_connection_failure, is_never_sent, is_refused_unrun, is_wrong_node, store_error, SetupError,
 };
 use crate::keys::{InvalidPrefix, KeyPrefix};
-use crate::near_cache::{CachedCopy, NearCacheStats};
-use crate::scripts::{self, create, delete, delete_if_user, lifecycle, update, Scripts};
+use crate::near_cache::NearCacheStats;
+use crate::scripts::{self, create, delete, delete_if_user, lifecycle, touch, update, Scripts};
 use crate::tracking::{Route, Tracker};
 
 /// Longest TTL ever set (100 years): deadlines further away are capped.
@@ -1633,25 +1633,15 @@ impl RedisStore {
             .await;
         let cache_done = tracked.is_some();
         if let Some((_, _, guard, copy)) = tracked {
-            // The script deletes the key when its new deadline has passed:
-            // then nothing is kept (the key is no longer tracked for this
-            // instance, so a later record under it would not be pushed).
-            let kept = |copy: &CachedCopy| {
-                let at = session_core::codec::layout::ABSOLUTE_DEADLINE;
-                let absolute = copy
-                    .bytes
-                    .get(at..at + 8)
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(i64::from_be_bytes);
-                copy.bytes.len() >= codec::TOUCH_OFFSET + 16
-                    && absolute.is_some_and(|absolute| {
-                        idle_deadline.as_unix_millis().min(absolute) > now.as_unix_millis()
-                    })
-            };
             match (&out, copy) {
                 // The copy as the server now holds it: the same bytes, the
-                // deadlines moved.
-                (Ok((1, true)), Some(copy)) if kept(&copy) => {
+                // deadlines moved. (A touch that deleted the key, its new
+                // deadline passed, keeps nothing: the key is no longer
+                // tracked for this instance, so a later record under it
+                // would not be pushed.)
+                (Ok((touch::TOUCHED, true)), Some(copy))
+                    if copy.bytes.len() >= codec::TOUCH_OFFSET + 16 =>
+                {
                     let mut patched = copy.bytes.to_vec();
                     patched[codec::TOUCH_OFFSET..codec::TOUCH_OFFSET + 16].copy_from_slice(&fields);
                     guard.complete_patched(&copy, Bytes::from(patched));
@@ -1659,11 +1649,9 @@ impl RedisStore {
                 _ => guard.complete(None),
             }
         }
-        let (touched, _) = out?;
-        if touched == 1 {
-            Ok(cache_done)
-        } else {
-            Err(StoreError::NotFound)
+        match out?.0 {
+            touch::TOUCHED | touch::DELETED => Ok(cache_done),
+            _ => Err(StoreError::NotFound),
         }
     }
 
