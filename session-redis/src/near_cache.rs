@@ -521,39 +521,13 @@ impl LocalCache {
 
     /// Takes a lease on `key` for a write sent on its tracking connection,
     /// replacing whatever is there (a copy, or another call's lease, whose
-    /// reply then stores nothing). `None` when not serving.
-    pub(crate) fn write_lease(&self, key: &[u8]) -> Option<Lease> {
-        if !self.serving() {
-            return None;
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let max = self.max_shard_bytes();
-        self.shard(key).put(key.into(), Slot::Lease(token), max);
-        Some(Lease { token, generation })
-    }
-
-    /// [`Self::write_lease`], held by a guard that drops the key unless
-    /// the write completes it.
-    pub(crate) fn write_guard<'a>(&'a self, key: &'a [u8]) -> Option<WriteGuard<'a>> {
-        let lease = self.write_lease(key)?;
-        Some(WriteGuard {
-            cache: self,
-            key,
-            lease: Some(lease),
-        })
-    }
-
-    /// [`Self::write_guard`], also returning the copy the lease replaced
-    /// (if one was cached and younger than `max_age`), for a write that
-    /// changes part of it: the server held exactly those bytes when the
+    /// reply then stores nothing), and returns the copy it replaced (if one
+    /// was cached and younger than `max_age`), for a write that changes
+    /// part of it (a touch): the server held exactly those bytes when the
     /// lease was taken, unless an invalidation is on its way (which then
     /// voids the lease) or an own write of this instance is in flight
-    /// (which drops the key when it completes).
-    pub(crate) fn write_guard_over_copy<'a>(
-        &'a self,
-        key: &'a [u8],
-    ) -> Option<(WriteGuard<'a>, Option<CachedCopy>)> {
+    /// (which drops the key when it completes). `None` when not serving.
+    fn write_lease_over_copy(&self, key: &[u8]) -> Option<(Lease, Option<CachedCopy>)> {
         if !self.serving() {
             return None;
         }
@@ -571,16 +545,31 @@ impl LocalCache {
             _ => None,
         };
         shard.put(key.into(), Slot::Lease(token), max);
-        drop(shard);
+        Some((Lease { token, generation }, copy))
+    }
+
+    /// [`Self::write_lease_over_copy`] without the copy.
+    #[cfg(test)]
+    fn write_lease(&self, key: &[u8]) -> Option<Lease> {
+        self.write_lease_over_copy(key).map(|(lease, _)| lease)
+    }
+
+    /// [`Self::write_lease_over_copy`], the lease held by a guard that
+    /// drops the key unless the write completes it.
+    pub(crate) fn write_guard_over_copy<'a>(
+        &'a self,
+        key: &'a [u8],
+    ) -> Option<(WriteGuard<'a>, Option<CachedCopy>)> {
+        let (lease, copy) = self.write_lease_over_copy(key)?;
         let guard = WriteGuard {
             cache: self,
             key,
-            lease: Some(Lease { token, generation }),
+            lease: Some(lease),
         };
         Some((guard, copy))
     }
 
-    /// Ends a write taken with [`Self::write_lease`]: `written` (the bytes
+    /// Ends a write taken with [`Self::write_lease_over_copy`]: `written` (the bytes
     /// the write stored, `None` if it stored nothing or its outcome is
     /// unknown) becomes the copy if the lease is still under `key` (no
     /// invalidation, no flush and no later lease came in between).
@@ -737,7 +726,7 @@ mod tests {
 
         // A write whose future was dropped (after its script went out, a
         // load sharing its lease stored what it read before): the key goes.
-        let write = cache.write_guard(b"k").expect("serving");
+        let (write, _) = cache.write_guard_over_copy(b"k").expect("serving");
         let load = cache.lease(b"k").expect("serving");
         cache.complete(b"k", load, Some(Bytes::from_static(b"before the write")));
         drop(write);

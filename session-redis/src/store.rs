@@ -34,7 +34,7 @@ use crate::error::{
     is_connection_failure, is_never_sent, is_refused_unrun, is_wrong_node, store_error, SetupError,
 };
 use crate::keys::{InvalidPrefix, KeyPrefix};
-use crate::near_cache::NearCacheStats;
+use crate::near_cache::{CachedCopy, NearCacheStats, WriteGuard};
 use crate::scripts::{self, create, delete, delete_if_user, lifecycle, touch, update, Scripts};
 use crate::tracking::{Route, Tracker};
 
@@ -1445,6 +1445,29 @@ impl RedisStore {
         Ok(Some(record))
     }
 
+    /// For a write with a near cache: a write lease on `session_key` (and
+    /// the copy it replaced), then the key's tracking connection. The lease
+    /// comes first, so a connection replaced in between (which flushes)
+    /// voids it; the guard drops the key if the write's future is dropped
+    /// before it completes it. `None` without a cache, when it is not
+    /// serving, or when the key has no tracking connection.
+    fn tracked_write<'a>(
+        &'a self,
+        session_key: &'a str,
+    ) -> Option<(&'a Tracker, Route, WriteGuard<'a>, Option<CachedCopy>)> {
+        let tracker = self.shared.tracker.as_deref()?;
+        let (guard, copy) = tracker
+            .cache()
+            .write_guard_over_copy(session_key.as_bytes())?;
+        match tracker.route(session_key.as_bytes()) {
+            Some(route) => Some((tracker, route, guard, copy)),
+            None => {
+                guard.complete(None);
+                None
+            }
+        }
+    }
+
     /// `update`; with a near cache, sent on the key's tracking connection
     /// and written through (see [`crate::near_cache`]). Returns whether the
     /// cache has already been brought up to date (written through, or the
@@ -1512,23 +1535,14 @@ impl RedisStore {
         // pushed. The lease is taken before the script goes out.
         // The lease first, then the route (as in `load`); the guard drops
         // the key if this future is dropped before the write completes it.
-        let tracked: Option<(&Tracker, Route, _)> = self.shared.tracker.as_deref().and_then(|t| {
-            let guard = t.cache().write_guard(session_key.as_bytes())?;
-            match t.route(session_key.as_bytes()) {
-                Some(route) => Some((t, route, guard)),
-                None => {
-                    guard.complete(None);
-                    None
-                }
-            }
-        });
+        let tracked = self.tracked_write(&session_key);
         // Compare-and-set: sent again only if nothing was sent. (A first
         // attempt that got as far as the index wrote nothing else: the
         // script answers NEEDS_INDEX without writing, the index entry is
         // refreshed, not doubled.)
         let out = self
             .bounded("update", async {
-                if let Some((tracker, route, _)) = &tracked {
+                if let Some((tracker, route, _, _)) = &tracked {
                     let conn = Conn::Tracked(route.conn.clone());
                     match attempt(conn, self.conn(), true).await {
                         Ok(code) => return Ok((code, true)),
@@ -1550,7 +1564,7 @@ impl RedisStore {
             })
             .await;
         let cache_done = tracked.is_some();
-        if let Some((_, _, guard)) = tracked {
+        if let Some((_, _, guard, _)) = tracked {
             let written = match &out {
                 Ok((update::STORED, true)) if ttl > 0 => Some(Bytes::from(value)),
                 _ => None,
@@ -1593,17 +1607,7 @@ impl RedisStore {
                 .arg(if track { "1" } else { "0" });
             cmd
         };
-        // The lease (and the copy it replaced) first, then the route.
-        let tracked = self.shared.tracker.as_deref().and_then(|t| {
-            let (guard, copy) = t.cache().write_guard_over_copy(session_key.as_bytes())?;
-            match t.route(session_key.as_bytes()) {
-                Some(route) => Some((t, route, guard, copy)),
-                None => {
-                    guard.complete(None);
-                    None
-                }
-            }
-        });
+        let tracked = self.tracked_write(&session_key);
         // Sets absolute values: a repeat after an applied first attempt
         // writes the same bytes and answers the same.
         let out = self

@@ -184,17 +184,7 @@ async fn functions_are_reloaded_after_function_flush() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_run_with_evalsha_where_functions_are_refused() {
     let server = ServerProcess::redis(spare_port(), &[]).await;
-    let client = redis::Client::open(server.url("redis")).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("ACL")
-        .arg(&["SETUSER", "evalonly", "on", ">pw", "~*", "&*", "+@all"])
-        .arg(&["-function", "-fcall", "-fcall_ro"])
-        .query_async::<()>(&mut raw)
-        .await
-        .unwrap();
-    let url = server
-        .url("redis")
-        .replacen("redis://", "redis://evalonly:pw@", 1);
+    let url = user_url(&server, "evalonly", &["-function", "-fcall", "-fcall_ro"]).await;
     let builder = || {
         RedisStore::builder()
             .namespace("faults")
@@ -206,17 +196,25 @@ async fn scripts_run_with_evalsha_where_functions_are_refused() {
     scripted_calls_survive_a_flush(&lazy, &server, "SCRIPT").await;
 
     // May call functions but not load them: the same.
+    let url = user_url(&server, "callonly", &["-function", "+function|list"]).await;
+    let call_only = builder().connect(&url).await.unwrap();
+    scripted_calls_survive_a_flush(&call_only, &server, "SCRIPT").await;
+}
+
+/// The URL of `server` as a new ACL user `name` allowed everything but
+/// what `rules` take away.
+async fn user_url(server: &ServerProcess, name: &str, rules: &[&str]) -> String {
+    let client = redis::Client::open(server.url("redis")).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("ACL")
-        .arg(&["SETUSER", "callonly", "on", ">pw", "~*", "&*", "+@all"])
-        .arg(&["-function", "+function|list"])
+        .arg(&["SETUSER", name, "on", ">pw", "~*", "&*", "+@all"])
+        .arg(rules)
         .query_async::<()>(&mut raw)
         .await
         .unwrap();
-    let url = server
+    server
         .url("redis")
-        .replacen("redis://", "redis://callonly:pw@", 1);
-    let call_only = builder().connect(&url).await.unwrap();
-    scripted_calls_survive_a_flush(&call_only, &server, "SCRIPT").await;
+        .replacen("redis://", &format!("redis://{name}:pw@"), 1)
 }
 
 /// A server at `maxmemory` with `noeviction` (the setting the store asks
