@@ -189,6 +189,18 @@ async fn systems_for(
         ));
     }
     if b == Backend::Memcached {
+        out.push((
+            "floor (memcache crate)".into(),
+            Box::new(
+                systems::MemcacheCrateFloor::connect(
+                    &servers.memcached_addr(),
+                    &ns(&format!("c{tag}")),
+                    16,
+                    64,
+                )
+                .await?,
+            ),
+        ));
         let store = session_bench::systems::our_store(
             "memcached-blocking",
             servers,

@@ -677,6 +677,87 @@ impl System for MemcachedFloor {
     }
 }
 
+/// What the `memcache` crate's Tokio meta client costs on its own: the
+/// same commands `MemcachedStore` sends per request (`mg` with the CAS
+/// token, and on writes a CAS-guarded `ms`), on one pooled client with the
+/// store's default pool settings, and nothing else. Not one of the
+/// issue's floors: it separates what the client crate costs from what the
+/// store adds on top of it.
+pub struct MemcacheCrateFloor {
+    client: session_memcached::memcache::exp::AsyncMetaClient,
+    prefix: String,
+    value: Bytes,
+}
+
+impl MemcacheCrateFloor {
+    /// Builds the client (connections are dialed on first use), keeping at
+    /// most `max_idle` idle connections and `max_connections` in all.
+    ///
+    /// # Errors
+    ///
+    /// When the address does not resolve.
+    pub async fn connect(
+        addr: &str,
+        prefix: &str,
+        max_idle: usize,
+        max_connections: usize,
+    ) -> BenchResult<Self> {
+        use session_memcached::memcache::exp::MetaClient;
+        let client = MetaClient::builder()
+            .io_timeout(Some(std::time::Duration::from_secs(1)))
+            .connect_timeout(Some(std::time::Duration::from_secs(1)))
+            .max_idle(max_idle)
+            .max_connections(Some(max_connections))
+            .connect_multiple_async([addr])
+            .await?;
+        Ok(Self {
+            client,
+            prefix: prefix.to_owned(),
+            value: Bytes::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl System for MemcacheCrateFloor {
+    async fn setup(&mut self, sessions: usize, payload: usize) -> BenchResult<()> {
+        self.value = floor_value(payload);
+        for i in 0..sessions {
+            self.client
+                .set(format!("{}:{i}", self.prefix), &self.value[..])
+                .ttl_raw(3600)
+                .send()
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn op(&self, _worker: usize, op: Op) -> BenchResult<()> {
+        use session_memcached::memcache::exp::Meta;
+        let key = format!("{}:{}", self.prefix, op.session);
+        // A conflict is answered as the store answers it: read again.
+        for _ in 0..8 {
+            let got = self.client.get(&key).meta(Meta::NONE.cas()).send().await?;
+            let value = got.value.as_deref().ok_or("missing")?;
+            if !op.write {
+                return Ok(());
+            }
+            let cas = got.item.cas.ok_or("no cas token")?;
+            let stored = self
+                .client
+                .set(&key, value)
+                .ttl_raw(3600)
+                .compare_cas(cas)
+                .send()
+                .await?;
+            if stored.applied() {
+                return Ok(());
+            }
+        }
+        Err("cas conflict 8 times in a row".into())
+    }
+}
+
 // ----------------------------------------------------------------- peers
 
 macro_rules! tower_sessions_peer {

@@ -72,6 +72,17 @@ async fn all_systems(backend: &str) {
         ),
     };
     smoke("floor", floor).await;
+    if backend == "memcached" {
+        let crate_floor = systems::MemcacheCrateFloor::connect(
+            &servers.memcached_addr(),
+            &format!("{ns}c"),
+            4,
+            8,
+        )
+        .await
+        .unwrap();
+        smoke("floor (memcache crate)", Box::new(crate_floor)).await;
+    }
     for (name, peer) in systems::peers(backend, &servers, &ns).await.unwrap() {
         smoke(&name, peer).await;
     }
