@@ -1,5 +1,5 @@
-//! The demo's flows over actix-web, each run against MemoryStore and a real
-//! Redis server: login (a fresh ID every time: session fixation defence),
+//! The demo's flows over actix-web, each run against MemoryStore, a real
+//! Redis server, and the same Redis with the near cache on: login (a fresh ID every time: session fixation defence),
 //! the profile, rotation, logout (the old cookie stops working), logging
 //! out everywhere, the per-user limit (reject and evict), one-time tokens
 //! (once, also under racing requests), read-modify-write under dozens of
@@ -25,7 +25,7 @@ use session_actix::session_core::conformance::{HookedStore, Operation, StoreHook
 use session_actix::session_core::redact::redact_url;
 use session_actix::session_core::StoreResult;
 use session_actix::{LimitStrategy, MemoryStore, SessionConfig, SessionManager, SessionStore};
-use session_redis::RedisStore;
+use session_redis::{NearCache, RedisStore};
 use session_test_support::process::{spare_port, ServerProcess};
 use session_test_support::{servers, unique};
 
@@ -36,6 +36,20 @@ async fn redis() -> Arc<dyn SessionStore> {
     Arc::new(
         RedisStore::builder()
             .prefix(unique("actix"))
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("no Redis at {}: {e}", redact_url(&url))),
+    )
+}
+
+/// Redis with the near cache on: loads are served from this process's
+/// copy, kept coherent by the server's invalidations.
+async fn near_cached_redis() -> Arc<dyn SessionStore> {
+    let url = servers::redis_url();
+    Arc::new(
+        RedisStore::builder()
+            .prefix(unique("actix"))
+            .near_cache(NearCache::new())
             .connect(&url)
             .await
             .unwrap_or_else(|e| panic!("no Redis at {}: {e}", redact_url(&url))),
@@ -98,7 +112,8 @@ fn value(cookie: &str) -> &str {
     cookie.split_once('=').unwrap().1
 }
 
-/// Each flow, as one test over MemoryStore and one over Redis.
+/// Each flow, as one test over MemoryStore, one over Redis and one over
+/// near-cached Redis.
 macro_rules! over_every_backend {
     ($($flow:ident),* $(,)?) => {
         mod memory {
@@ -114,6 +129,14 @@ macro_rules! over_every_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $flow() {
                     super::$flow(super::redis().await).await;
+                }
+            )*
+        }
+        mod redis_near_cache {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $flow() {
+                    super::$flow(super::near_cached_redis().await).await;
                 }
             )*
         }
