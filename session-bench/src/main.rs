@@ -63,6 +63,12 @@ struct Args {
     /// extra write that the floors and tower-sessions never do).
     #[arg(long, default_value_t = 60)]
     touch_interval_secs: u64,
+    /// Redis floors name their keys like the store's session keys
+    /// (`<prefix>:s:{<64 hex digits>}`) instead of `<prefix>:<n>`: the
+    /// same key length on both sides, to separate what key length costs
+    /// from what the store's code costs.
+    #[arg(long)]
+    store_shaped_floor_keys: bool,
     /// Also write the Markdown table to this file.
     #[arg(long, value_name = "FILE")]
     markdown: Option<std::path::PathBuf>,
@@ -94,6 +100,14 @@ fn session_config(args: &Args) -> BenchResult<session_core::SessionConfig> {
     Ok(session_core::SessionConfig::builder()
         .touch_interval(std::time::Duration::from_secs(args.touch_interval_secs))
         .build()?)
+}
+
+fn floor_keys(args: &Args) -> systems::FloorKeys {
+    if args.store_shaped_floor_keys {
+        systems::FloorKeys::LikeTheStore
+    } else {
+        systems::FloorKeys::Short
+    }
 }
 
 fn ns(tag: &str) -> String {
@@ -133,7 +147,9 @@ async fn systems_for(
     let floor: Box<dyn System> = match b {
         Backend::Memory => Box::<systems::MemoryFloor>::default(),
         Backend::Redis => Box::new(
-            systems::RedisFloor::connect(&servers.redis, &ns(&format!("floor{tag}"))).await?,
+            systems::RedisFloor::connect(&servers.redis, &ns(&format!("floor{tag}")))
+                .await?
+                .with_keys(floor_keys(args)),
         ),
         Backend::Postgres => Box::new(
             systems::PostgresFloor::connect(
@@ -157,7 +173,9 @@ async fn systems_for(
         out.push((
             "floor+cas".into(),
             Box::new(
-                systems::RedisCasFloor::connect(&servers.redis, &ns(&format!("cas{tag}"))).await?,
+                systems::RedisCasFloor::connect(&servers.redis, &ns(&format!("cas{tag}")))
+                    .await?
+                    .with_keys(floor_keys(args)),
             ),
         ));
     }

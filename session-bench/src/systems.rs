@@ -354,17 +354,42 @@ impl System for MemoryFloor {
     }
 }
 
-/// Stores `value` under `<prefix>:0` … `<prefix>:<sessions - 1>` for an
+/// How a Redis floor names its keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FloorKeys {
+    /// `<prefix>:<n>`: as short as a key can usefully be (the default, and
+    /// the floor).
+    #[default]
+    Short,
+    /// `<prefix>:s:{<64 hex digits>}`: as long as the Redis store's session
+    /// keys (the hex of a 256-bit hash of the session ID), to separate what
+    /// key length costs from what the store's code costs.
+    LikeTheStore,
+}
+
+impl FloorKeys {
+    /// The key of session number `n` under `prefix`.
+    #[must_use]
+    pub fn key(self, prefix: &str, n: usize) -> String {
+        match self {
+            Self::Short => format!("{prefix}:{n}"),
+            Self::LikeTheStore => format!("{prefix}:s:{{{n:064x}}}"),
+        }
+    }
+}
+
+/// Stores `value` under the keys of sessions `0` … `sessions - 1` for an
 /// hour: the sessions a Redis floor starts from.
 async fn seed_redis(
     conn: &redis::aio::ConnectionManager,
     prefix: &str,
+    keys: FloorKeys,
     value: &Bytes,
     sessions: usize,
 ) -> BenchResult<()> {
     let (conn, prefix, value) = (conn.clone(), prefix.to_owned(), value.clone());
     parallel(sessions, move |i| {
-        let (mut conn, key, value) = (conn.clone(), format!("{prefix}:{i}"), value.clone());
+        let (mut conn, key, value) = (conn.clone(), keys.key(&prefix, i), value.clone());
         async move {
             redis::cmd("SET")
                 .arg(key)
@@ -385,6 +410,7 @@ async fn seed_redis(
 pub struct RedisFloor {
     conn: redis::aio::ConnectionManager,
     prefix: String,
+    keys: FloorKeys,
     value: Bytes,
 }
 
@@ -399,8 +425,16 @@ impl RedisFloor {
         Ok(Self {
             conn: redis::aio::ConnectionManager::new(client).await?,
             prefix: prefix.to_owned(),
+            keys: FloorKeys::Short,
             value: Bytes::new(),
         })
+    }
+
+    /// Names its keys as `keys` says (before `setup`).
+    #[must_use]
+    pub fn with_keys(mut self, keys: FloorKeys) -> Self {
+        self.keys = keys;
+        self
     }
 }
 
@@ -408,12 +442,12 @@ impl RedisFloor {
 impl System for RedisFloor {
     async fn setup(&mut self, sessions: usize, payload: usize) -> BenchResult<()> {
         self.value = floor_value(payload);
-        seed_redis(&self.conn, &self.prefix, &self.value, sessions).await
+        seed_redis(&self.conn, &self.prefix, self.keys, &self.value, sessions).await
     }
 
     async fn op(&self, _worker: usize, op: Op) -> BenchResult<()> {
         let mut conn = self.conn.clone();
-        let key = format!("{}:{}", self.prefix, op.session);
+        let key = self.keys.key(&self.prefix, op.session);
         let v: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
         let v = v.ok_or("missing")?;
         if op.write {
@@ -439,6 +473,7 @@ impl System for RedisFloor {
 pub struct RedisCasFloor {
     conn: redis::aio::ConnectionManager,
     prefix: String,
+    keys: FloorKeys,
     value: Bytes,
     script: redis::Script,
 }
@@ -461,9 +496,17 @@ impl RedisCasFloor {
         Ok(Self {
             conn: redis::aio::ConnectionManager::new(client).await?,
             prefix: prefix.to_owned(),
+            keys: FloorKeys::Short,
             value: Bytes::new(),
             script: redis::Script::new(CAS_SCRIPT),
         })
+    }
+
+    /// Names its keys as `keys` says (before `setup`).
+    #[must_use]
+    pub fn with_keys(mut self, keys: FloorKeys) -> Self {
+        self.keys = keys;
+        self
     }
 }
 
@@ -474,12 +517,12 @@ impl System for RedisCasFloor {
         value.extend_from_slice(&floor_value(payload));
         self.value = Bytes::from(value);
         self.script.load_async(&mut self.conn.clone()).await?;
-        seed_redis(&self.conn, &self.prefix, &self.value, sessions).await
+        seed_redis(&self.conn, &self.prefix, self.keys, &self.value, sessions).await
     }
 
     async fn op(&self, _worker: usize, op: Op) -> BenchResult<()> {
         let mut conn = self.conn.clone();
-        let key = format!("{}:{}", self.prefix, op.session);
+        let key = self.keys.key(&self.prefix, op.session);
         // A conflict (another task wrote the session since this one read
         // it) is answered as a correct client must: read again, try again.
         for _ in 0..8 {
@@ -972,4 +1015,26 @@ pub async fn peers(
         _ => {}
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FloorKeys;
+    use session_core::SessionId;
+    use session_redis::keys::KeyPrefix;
+
+    #[test]
+    fn store_shaped_floor_keys_are_as_long_as_the_stores_session_keys() {
+        let prefix = KeyPrefix::new("bench").unwrap();
+        let key = session_core::KeyDeriver::default().derive(&SessionId::generate());
+        let store = prefix.session_key(&key);
+        let floor = FloorKeys::LikeTheStore.key("bench", 42);
+        assert_eq!(
+            floor.len(),
+            store.len(),
+            "{floor} against the store's shape"
+        );
+        assert!(floor.starts_with("bench:s:{") && floor.ends_with('}'));
+        assert_eq!(FloorKeys::Short.key("bench", 42), "bench:42");
+    }
 }
