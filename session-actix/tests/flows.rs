@@ -1,5 +1,6 @@
 //! The demo's flows over actix-web, each run against MemoryStore, a real
-//! Redis server, and the same Redis with the near cache on: login (a fresh ID every time: session fixation defence),
+//! Redis server, and the same Redis with the near cache on: login (a fresh
+//! ID every time: session fixation defence),
 //! the profile, rotation, logout (the old cookie stops working), logging
 //! out everywhere, the per-user limit (reject and evict), one-time tokens
 //! (once, also under racing requests), read-modify-write under dozens of
@@ -32,24 +33,23 @@ use session_test_support::{servers, unique};
 use common::Server;
 
 async fn redis() -> Arc<dyn SessionStore> {
-    let url = servers::redis_url();
-    Arc::new(
-        RedisStore::builder()
-            .prefix(unique("actix"))
-            .connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("no Redis at {}: {e}", redact_url(&url))),
-    )
+    redis_with(None).await
 }
 
 /// Redis with the near cache on: loads are served from this process's
 /// copy, kept coherent by the server's invalidations.
 async fn near_cached_redis() -> Arc<dyn SessionStore> {
+    redis_with(Some(NearCache::new())).await
+}
+
+async fn redis_with(near_cache: Option<NearCache>) -> Arc<dyn SessionStore> {
     let url = servers::redis_url();
+    let mut builder = RedisStore::builder().prefix(unique("actix"));
+    if let Some(near_cache) = near_cache {
+        builder = builder.near_cache(near_cache);
+    }
     Arc::new(
-        RedisStore::builder()
-            .prefix(unique("actix"))
-            .near_cache(NearCache::new())
+        builder
             .connect(&url)
             .await
             .unwrap_or_else(|e| panic!("no Redis at {}: {e}", redact_url(&url))),
